@@ -1,0 +1,90 @@
+"""cbirlib: content-based retrieval of 3D medical images.
+
+Every axial slice of a CT or MR volume is embedded by a pretrained 2D model, slice
+embeddings go into an HNSW index, and retrieval chains compose slice search, volume
+aggregation, late-interaction re-ranking and localization.
+
+``import cbirlib`` is cheap: the public names below are loaded on first use, and no
+torch import or plugin loading happens at import time.
+
+Examples
+--------
+>>> import cbirlib
+>>> cbirlib.Volume.__name__
+'Volume'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "Volume": "cbirlib.volume",
+    "SliceLabels": "cbirlib.labels",
+    "load_volume": "cbirlib.io",
+    "CbirError": "cbirlib.errors",
+    "Extractor": "cbirlib.extractor",
+    "SliceExtractor": "cbirlib.extractor",
+    "InputConfig": "cbirlib.preprocess",
+    "hookimpl": "cbirlib.hookspecs",
+    "create_extractor": "cbirlib.plugins",
+    "list_extractors": "cbirlib.plugins",
+    "load_plugins": "cbirlib.plugins",
+    "HnswConfig": "cbirlib.index",
+    "SliceIndex": "cbirlib.index",
+    "ExactIndex": "cbirlib.index",
+    "build_index": "cbirlib.build",
+    "Hits": "cbirlib.hits",
+    "Retriever": "cbirlib.pipeline",
+    "Pipeline": "cbirlib.pipeline",
+    "stage": "cbirlib.pipeline",
+    "Cutoff": "cbirlib.pipeline",
+    "SliceSearch": "cbirlib.search",
+    "region_query": "cbirlib.search",
+    "TopSlice": "cbirlib.aggregate",
+    "CountVotes": "cbirlib.aggregate",
+    "MaxSimRerank": "cbirlib.rerank",
+    "Localize": "cbirlib.localize",
+    "evaluate": "cbirlib.evaluate",
+    "benchmark": "cbirlib.benchmark",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cbirlib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from cbirlib.aggregate import CountVotes, TopSlice
+    from cbirlib.benchmark import benchmark
+    from cbirlib.build import build_index
+    from cbirlib.errors import CbirError
+    from cbirlib.evaluate import evaluate
+    from cbirlib.extractor import Extractor, SliceExtractor
+    from cbirlib.hits import Hits
+    from cbirlib.hookspecs import hookimpl
+    from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
+    from cbirlib.io import load_volume
+    from cbirlib.labels import SliceLabels
+    from cbirlib.localize import Localize
+    from cbirlib.pipeline import Cutoff, Pipeline, Retriever, stage
+    from cbirlib.plugins import create_extractor, list_extractors, load_plugins
+    from cbirlib.preprocess import InputConfig
+    from cbirlib.rerank import MaxSimRerank
+    from cbirlib.search import SliceSearch, region_query
+    from cbirlib.volume import Volume

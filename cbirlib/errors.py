@@ -1,0 +1,154 @@
+"""Exceptions raised by cbirlib.
+
+Every error cbirlib raises on purpose derives from :class:`CbirError`; most also
+derive from the natural builtin (``ValueError``, ``KeyError``, ``FileNotFoundError``)
+so that existing ``except`` clauses keep working.
+
+Examples
+--------
+>>> from cbirlib.errors import CbirError, UnknownStructureError
+>>> issubclass(UnknownStructureError, KeyError)
+True
+>>> try:
+...     raise UnknownStructureError("no structure 'livr'")
+... except CbirError as exc:
+...     print(type(exc).__name__)
+UnknownStructureError
+"""
+
+from __future__ import annotations
+
+
+class CbirError(Exception):
+    """Base class of every error raised by cbirlib."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; keep messages readable for KeyError subclasses.
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+# --- reading volumes -------------------------------------------------------------
+
+
+class VolumeReadError(CbirError, ValueError):
+    """A file or folder could not be read as a volume (corrupt, truncated, unsupported)."""
+
+
+class VolumeNotFoundError(CbirError, FileNotFoundError):
+    """A path that should hold a volume does not exist or is empty."""
+
+
+class InvalidVolumeError(CbirError, ValueError):
+    """Image data that was read but is not a usable 3D volume (2D/4D, NaN/Inf, bad spacing)."""
+
+
+class DicomSeriesError(VolumeReadError):
+    """A DICOM folder holds no series, several series, or an inconsistent series."""
+
+
+class MissingSliceError(DicomSeriesError):
+    """A DICOM series has a gap in its slice positions."""
+
+
+class MaskShapeError(InvalidVolumeError):
+    """A segmentation mask does not match the shape of its image."""
+
+
+class UnknownStructureError(CbirError, KeyError):
+    """A structure (anatomical class) name that is not known."""
+
+
+class DatasetError(CbirError, ValueError):
+    """A data-set folder does not follow the expected layout."""
+
+
+class UnknownSubjectError(DatasetError, KeyError):
+    """A subject id that is not in the data set."""
+
+
+# --- extractors and plugins --------------------------------------------------------
+
+
+class UnknownExtractorError(CbirError, KeyError):
+    """No extractor is registered under the requested name."""
+
+
+class ExtractorError(CbirError, RuntimeError):
+    """An extractor failed to build or to embed slices."""
+
+
+class WeightsError(CbirError, RuntimeError):
+    """Pretrained weights are missing, unreachable, corrupt or do not fit the model."""
+
+
+class ChecksumError(WeightsError, ValueError):
+    """A downloaded or local file does not match its expected sha256."""
+
+
+class PluginError(CbirError, RuntimeError):
+    """A plugin failed to load or registered something invalid."""
+
+
+# --- index -----------------------------------------------------------------------------
+
+
+class SliceIndexError(CbirError, ValueError):
+    """Base class of slice-index errors."""
+
+
+class DimensionMismatchError(SliceIndexError):
+    """Vectors whose dimension differs from the index's dimension."""
+
+
+class DuplicateVolumeError(SliceIndexError, KeyError):
+    """A volume id that is already in the index."""
+
+
+class VolumeNotInIndexError(SliceIndexError, KeyError):
+    """A volume id that is not in the index."""
+
+
+class IndexFormatError(SliceIndexError):
+    """An index directory that is missing, truncated, corrupt or of an unknown format."""
+
+
+class ExtractorMismatchError(SliceIndexError):
+    """Vectors from an extractor whose config differs from the one the index was built with."""
+
+
+# --- retrieval and evaluation ---------------------------------------------------------
+
+
+class PipelineError(CbirError, TypeError):
+    """Stages that cannot be chained (level mismatch) or a pipeline used wrongly."""
+
+
+class EvaluationError(CbirError, ValueError):
+    """Queries, ground truth or metrics that do not fit together."""
+
+
+__all__ = [
+    "CbirError",
+    "VolumeReadError",
+    "VolumeNotFoundError",
+    "InvalidVolumeError",
+    "DicomSeriesError",
+    "MissingSliceError",
+    "MaskShapeError",
+    "UnknownStructureError",
+    "DatasetError",
+    "UnknownSubjectError",
+    "UnknownExtractorError",
+    "ExtractorError",
+    "WeightsError",
+    "ChecksumError",
+    "PluginError",
+    "SliceIndexError",
+    "DimensionMismatchError",
+    "DuplicateVolumeError",
+    "VolumeNotInIndexError",
+    "IndexFormatError",
+    "ExtractorMismatchError",
+    "PipelineError",
+    "EvaluationError",
+]

@@ -1,0 +1,153 @@
+"""Per-slice label sets: which structures are present in each axial slice.
+
+Labels serve evaluation only (ground truth), never search.
+
+Examples
+--------
+>>> import numpy as np
+>>> from cbirlib.labels import SliceLabels
+>>> liver = np.zeros((4, 8, 8), dtype=bool); liver[1:3, 2:5, 2:5] = True
+>>> labels = SliceLabels.from_masks({"liver": liver})
+>>> labels.structures(1)
+frozenset({'liver'})
+>>> labels.span("liver")
+(1, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cbirlib.errors import MaskShapeError, UnknownStructureError
+
+
+@dataclass(frozen=True, eq=False)
+class SliceLabels:
+    """Presence of named structures in each axial slice of one volume.
+
+    Parameters
+    ----------
+    names
+        Structure names, one per column of ``present``.
+    present
+        Boolean matrix of shape ``(n_slices, len(names))``; ``present[s, j]`` is True
+        when structure ``names[j]`` appears in slice ``s``.
+    """
+
+    names: tuple[str, ...]
+    present: npt.NDArray[np.bool_]
+
+    def __post_init__(self) -> None:
+        present = np.asarray(self.present, dtype=bool)
+        if present.ndim != 2 or present.shape[1] != len(self.names):
+            raise MaskShapeError(
+                f"label matrix of shape {present.shape} does not fit {len(self.names)} names"
+            )
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("structure names must be unique")
+        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "present", present)
+        object.__setattr__(self, "_column", {n: i for i, n in enumerate(self.names)})
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_masks(
+        cls, masks: Mapping[str, npt.ArrayLike], *, min_pixels: int = 1
+    ) -> SliceLabels:
+        """Build labels from binary masks of shape ``(Z, Y, X)``.
+
+        A structure is present in slice ``s`` when its mask has at least ``min_pixels``
+        non-zero pixels in ``s``. All masks must share one shape.
+        """
+        if min_pixels < 1:
+            raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
+        names = tuple(masks)
+        columns = []
+        shape: tuple[int, ...] | None = None
+        for name in names:
+            mask = np.asarray(masks[name])
+            if mask.ndim != 3:
+                raise MaskShapeError(f"mask {name!r} has {mask.ndim} dimensions, expected 3")
+            if shape is not None and mask.shape != shape:
+                raise MaskShapeError(
+                    f"mask {name!r} has shape {mask.shape}, other masks have {shape}"
+                )
+            shape = mask.shape
+            counts = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+            columns.append(counts >= min_pixels)
+        n_slices = shape[0] if shape is not None else 0
+        present = np.stack(columns, axis=1) if columns else np.zeros((n_slices, 0), bool)
+        return cls(names, present)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.present.shape[0])
+
+    def column(self, name: str) -> int:
+        """Column of ``name``; raises :class:`UnknownStructureError` if it is not known."""
+        try:
+            return int(self._column[name])  # type: ignore[attr-defined]
+        except KeyError:
+            raise UnknownStructureError(
+                f"unknown structure {name!r}; known: {', '.join(sorted(self.names))}"
+            ) from None
+
+    def structures(self, slice_index: int) -> frozenset[str]:
+        """Names of the structures present in one slice."""
+        row = self.present[slice_index]
+        return frozenset(n for n, p in zip(self.names, row, strict=True) if p)
+
+    def volume_structures(self) -> frozenset[str]:
+        """Names of the structures present anywhere in the volume."""
+        anywhere = self.present.any(axis=0)
+        return frozenset(n for n, p in zip(self.names, anywhere, strict=True) if p)
+
+    def contains(self, name: str) -> bool:
+        """Whether ``name`` is present in at least one slice."""
+        return bool(self.present[:, self.column(name)].any())
+
+    def slices_with(self, name: str) -> npt.NDArray[np.int64]:
+        """Indices of the slices where ``name`` is present (ascending)."""
+        return np.flatnonzero(self.present[:, self.column(name)]).astype(np.int64)
+
+    def span(self, name: str) -> tuple[int, int] | None:
+        """First and last slice (inclusive) where ``name`` is present, or None."""
+        idx = self.slices_with(name)
+        return (int(idx[0]), int(idx[-1])) if idx.size else None
+
+    # -- transformations ------------------------------------------------------------------
+
+    def slab(self, start: int, stop: int) -> SliceLabels:
+        """Labels of slices ``start:stop``."""
+        return SliceLabels(self.names, self.present[start:stop])
+
+    def select(self, names: Iterable[str]) -> SliceLabels:
+        """Labels restricted to ``names`` (in that order)."""
+        names = tuple(names)
+        cols = [self.column(n) for n in names]
+        return SliceLabels(names, self.present[:, cols])
+
+    def grouped(self, mapping: Mapping[str, str]) -> SliceLabels:
+        """Merge structures into groups: a group is present where any member is.
+
+        Structures missing from ``mapping`` are dropped; mapping keys that are not in
+        ``names`` are ignored, so one mapping serves volumes with different class sets.
+        """
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(self.names):
+            if name in mapping:
+                groups.setdefault(mapping[name], []).append(i)
+        group_names = tuple(sorted(groups))
+        present = np.zeros((len(self), len(group_names)), dtype=bool)
+        for j, group in enumerate(group_names):
+            present[:, j] = self.present[:, groups[group]].any(axis=1)
+        return SliceLabels(group_names, present)
+
+    def __repr__(self) -> str:
+        return f"SliceLabels(n_slices={len(self)}, n_structures={len(self.names)})"
