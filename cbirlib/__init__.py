@@ -53,10 +53,15 @@ _LAZY: dict[str, str] = {
     "benchmark": "cbirlib.benchmark",
 }
 
+# submodules reachable as attributes (``cbirlib.datasets.make_phantoms``) without an import
+_SUBMODULES = ("datasets", "errors", "metrics", "structures", "viz")
+
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"cbirlib.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'cbirlib' has no attribute {name!r}")
@@ -66,7 +71,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted([*__all__, *_SUBMODULES])
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

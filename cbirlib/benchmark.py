@@ -1,0 +1,321 @@
+"""The study's protocol in one call, on any folder in the TotalSegmentator layout.
+
+:func:`benchmark` splits the subjects into queries (one split, default ``"test"``) and
+database (every other subject; a query volume is never in the database), builds one
+slice index per extractor (or reuses it from ``out_dir``), runs
+
+* **slice**-wise retrieval (``SliceSearch >> TopSlice``; slice-wise recall),
+* **volume** retrieval (``SliceSearch >> CountVotes >> Cutoff(top)``, and with
+  re-ranking ``SliceSearch >> CountVotes >> MaxSimRerank(top)``; recall@1/3/5/10, AP,
+  nDCG@10),
+* **region** and **localized** retrieval: for each query volume and each structure it
+  contains, :func:`~cbirlib.search.region_query` (the same two chains, ending in
+  ``Localize(method="votes")`` or ``Localize()`` (MaxSim argmax slices); region recall,
+  AP, nDCG@10, localized recall, localization ratio),
+
+and writes one per-class table per (level, mode, metric) as CSV and Markdown.
+
+The count-vote chain is cut at the same ``top`` candidates the re-ranker sees, so both
+rank the same volumes and differ only in their order.
+
+Examples
+--------
+>>> import tempfile
+>>> from cbirlib.datasets import make_phantoms
+>>> from cbirlib.benchmark import benchmark
+>>> root = tempfile.mkdtemp()
+>>> _ = make_phantoms(root, 6, shape=(32, 32), seed=3)
+>>> tables = benchmark(root, modes=("volume",), level="coarse", verbose=False)
+>>> tables["coarse/volume/volume_recall@1"].columns.tolist()
+['baseline', 'baseline + MaxSim']
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from cbirlib.errors import EvaluationError
+from cbirlib.evaluate import MEAN_ROW, evaluate, per_class_table, to_csv, to_markdown
+from cbirlib.metrics import Metric, Truth, default_metrics
+
+__all__ = ["MODES", "benchmark", "system_name"]
+
+logger = logging.getLogger(__name__)
+
+#: Retrieval modes of the study.
+MODES = ("slice", "volume", "region", "localized")
+
+Level = Literal["coarse", "fine"]
+
+
+def system_name(extractor: str, rerank: bool) -> str:
+    """Column label of one system: ``"dinov2"`` or ``"dinov2 + MaxSim"``.
+
+    Examples
+    --------
+    >>> system_name("baseline", True)
+    'baseline + MaxSim'
+    """
+    return f"{extractor} + MaxSim" if rerank else extractor
+
+
+def _as_tuple(value: str | Sequence[str], what: str, valid: Sequence[str]) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    bad = [v for v in items if v not in valid]
+    if bad or not items:
+        raise EvaluationError(
+            f"invalid {what} {bad[0] if bad else items!r}; valid: {', '.join(map(repr, valid))}"
+        )
+    return items
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def _chain(search: Any, *, rerank: bool, top: int, localize: bool) -> Any:
+    """Count votes (cut at ``top``) or MaxSim re-ranking of the ``top`` candidates."""
+    from cbirlib.aggregate import CountVotes
+    from cbirlib.localize import Localize
+    from cbirlib.pipeline import Cutoff
+    from cbirlib.rerank import MaxSimRerank
+
+    if rerank:
+        chain = search >> CountVotes() >> MaxSimRerank(top=top)
+        return chain >> Localize() if localize else chain
+    chain = search >> CountVotes() >> Cutoff(top)
+    return chain >> Localize(method="votes") if localize else chain
+
+
+def _region_queries(volumes: Sequence[Any], level: Level) -> list[Any]:
+    """One region query per (query volume, structure it contains) at ``level``."""
+    from cbirlib.search import region_query
+    from cbirlib.structures import COARSE_GROUPS
+
+    out = []
+    for volume in volumes:
+        labels = volume.labels if level == "fine" else volume.labels.grouped(COARSE_GROUPS)
+        for structure in sorted(labels.volume_structures()):
+            out.append(region_query(volume, structure))
+    return out
+
+
+def benchmark(
+    root: str | os.PathLike[str],
+    extractors: Sequence[str] = ("baseline",),
+    modes: Sequence[str] = MODES,
+    *,
+    rerank: Sequence[bool] = (False, True),
+    k: int = 100,
+    top: int = 20,
+    out_dir: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    level: Level | Sequence[Level] = ("coarse", "fine"),
+    exact: bool = False,
+    verbose: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Run the study's retrieval protocol and return its per-class tables.
+
+    Parameters
+    ----------
+    root
+        A data set in the TotalSegmentator layout (``meta.csv`` with a ``split`` column,
+        e.g. written by :func:`~cbirlib.datasets.make_phantoms`).
+    extractors
+        Extractor names for :func:`cbirlib.create_extractor`.
+    modes
+        Any of ``"slice"``, ``"volume"``, ``"region"``, ``"localized"``.
+    rerank
+        Which volume chains to run: ``False`` count votes, ``True`` MaxSim re-ranking.
+    k
+        Neighbours per query slice.
+    top
+        Candidate volumes per query: re-ranked by MaxSim, and the cut of the count-vote
+        ranking.
+    out_dir
+        Where indexes (``index-<extractor>``) and tables (``tables/``) go; an index
+        found there is reused (and completed if a build was interrupted). ``None``: a
+        temporary folder, and no tables are written.
+    split
+        The query split; the database is every subject of the other splits.
+    level
+        ``"coarse"`` (29 regions), ``"fine"`` (104 classes) or both.
+    exact
+        Use exact (brute-force) search instead of HNSW.
+    verbose
+        Progress bars and log messages.
+
+    Returns
+    -------
+    dict
+        ``"<level>/<mode>/<metric>"`` -> :func:`~cbirlib.evaluate.per_class_table`
+        (one row per structure of the level, one column per system), and
+        ``"summary"``: one row per (level, mode, metric, system) with the mean and SD
+        over classes.
+
+    Raises
+    ------
+    EvaluationError
+        Unknown modes/levels or an empty query or database split.
+    DatasetError
+        ``root`` is not a TotalSegmentator folder.
+    """
+    from tqdm.auto import tqdm
+
+    from cbirlib.datasets import TotalSegmentator
+    from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
+
+    modes = _as_tuple(modes, "mode", MODES)
+    levels: tuple[Level, ...] = _as_tuple(level, "level", ("coarse", "fine"))  # type: ignore[assignment]
+    reranks = tuple(dict.fromkeys(bool(r) for r in rerank))
+    if not reranks:
+        raise EvaluationError("rerank must list at least one of False, True")
+    dataset = TotalSegmentator(root)
+    query_ids = tuple(dataset.subjects_in(split))
+    database_ids = tuple(s for s in dataset.subjects if s not in set(query_ids))
+    if not query_ids or not database_ids:
+        splits = sorted({str(dataset.split_of(s)) for s in dataset.subjects})
+        raise EvaluationError(
+            f"split {split!r} gives {len(query_ids)} query and {len(database_ids)} database "
+            f"subjects in {str(root)!r}; both must be non-empty (splits: {', '.join(splits)})"
+        )
+    logger.info("benchmark: %d query / %d database subjects", len(query_ids), len(database_ids))
+
+    with tempfile.TemporaryDirectory(prefix="cbirlib-bench-") as tmp:
+        work = Path(out_dir) if out_dir is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        queries = [
+            dataset.load(s) for s in tqdm(query_ids, desc="query volumes", disable=not verbose)
+        ]
+        database = {
+            s: dataset.labels(s) for s in tqdm(database_ids, desc="labels", disable=not verbose)
+        }
+        truth = Truth(database=database)
+        regions = {lv: _region_queries(queries, lv) for lv in levels}
+        results = []
+        for name in extractors:
+            results += _run_extractor(
+                name, dataset, database_ids, queries, regions, truth, modes, reranks,
+                k=k, top=top, work=work, exact=exact, verbose=verbose,
+            )  # fmt: skip
+        rows = {"coarse": coarse_regions(), "fine": TOTALSEG_V1_CLASSES}
+        tables: dict[str, pd.DataFrame] = {}
+        summary = []
+        all_results = pd.concat(results, ignore_index=True)
+        for (lv, mode, metric), group in all_results.groupby(
+            ["level", "mode", "metric"], sort=False
+        ):
+            table = per_class_table(group, str(metric), structures=rows[str(lv)])
+            key = f"{lv}/{mode}/{metric}"
+            tables[key] = table
+            for system in table.columns:
+                summary.append(
+                    {
+                        "level": lv,
+                        "mode": mode,
+                        "metric": metric,
+                        "system": system,
+                        "mean": float(table.loc[MEAN_ROW, system]),
+                        "sd": table.attrs["sd"][str(system)],
+                        "n_classes": int(table.drop(index=MEAN_ROW)[system].notna().sum()),
+                    }
+                )
+        tables["summary"] = pd.DataFrame(summary)
+        if out_dir is not None:
+            _write(tables, work / "tables")
+    return tables
+
+
+def _run_extractor(
+    name: str,
+    dataset: Any,
+    database_ids: Sequence[str],
+    queries: Sequence[Any],
+    regions: dict[Level, list[Any]],
+    truth: Truth,
+    modes: Sequence[str],
+    reranks: Sequence[bool],
+    *,
+    k: int,
+    top: int,
+    work: Path,
+    exact: bool,
+    verbose: bool,
+) -> list[pd.DataFrame]:
+    """Index the database with one extractor and evaluate every requested mode."""
+    from cbirlib.aggregate import TopSlice
+    from cbirlib.build import build_index
+    from cbirlib.plugins import create_extractor
+    from cbirlib.search import SliceSearch
+
+    extractor = create_extractor(name)
+    path = work / f"index-{_slug(name)}"
+    sources = [(s, partial(dataset.load, s, labels=False)) for s in database_ids]
+    index = build_index(sources, extractor, path, exact=exact, verbose=verbose)
+    extra = sorted(set(index.volume_ids) - set(database_ids))
+    if extra:
+        raise EvaluationError(
+            f"the index at {str(path)!r} holds volumes outside the database split "
+            f"({', '.join(extra[:5])}); use another out_dir"
+        )
+    search = SliceSearch(extractor, index, k=k)
+    out: list[pd.DataFrame] = []
+
+    def run(mode: str, system: str, chain: Any, qs: Sequence[Any], metrics: Sequence[Metric],
+            levels: Sequence[Level]) -> None:  # fmt: skip
+        logger.info("%s: %s retrieval with %r", system, mode, chain)
+        hits = chain.retrieve(list(qs), verbose=verbose)
+        for lv in levels:
+            res = evaluate({system: hits}, qs, truth, metrics, level=lv)
+            res.insert(0, "mode", mode)
+            res.insert(0, "level", lv)
+            out.append(res)
+
+    all_levels = tuple(regions)
+    if "slice" in modes:
+        run("slice", name, search >> TopSlice(), queries, default_metrics("slice"), all_levels)
+    for rr in reranks:
+        system = system_name(name, rr)
+        if "volume" in modes:
+            chain = _chain(search, rerank=rr, top=top, localize=False)
+            run("volume", system, chain, queries, default_metrics("volume"), all_levels)
+        region_modes = [m for m in ("region", "localized") if m in modes]
+        for lv, region_queries in regions.items():
+            if not region_modes or not region_queries:
+                continue
+            chain = _chain(search, rerank=rr, top=top, localize="localized" in region_modes)
+            hits = chain.retrieve(list(region_queries), verbose=verbose)
+            for mode in region_modes:
+                res = evaluate(
+                    {system: hits}, region_queries, truth, default_metrics(mode), level=lv
+                )
+                res.insert(0, "mode", mode)
+                res.insert(0, "level", lv)
+                out.append(res)
+    return out
+
+
+def _write(tables: dict[str, pd.DataFrame], folder: Path) -> None:
+    """One CSV and one Markdown file per table, plus ``summary.csv`` and ``tables.md``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for key, table in tables.items():
+        if key == "summary":
+            table.to_csv(folder / "summary.csv", index=False)
+            continue
+        stem = _slug(key.replace("/", "_").replace("@", "_at_"))
+        to_csv(table, folder / f"{stem}.csv")
+        markdown = to_markdown(table)
+        (folder / f"{stem}.md").write_text(markdown + "\n", encoding="utf-8")
+        sections.append(f"## {key}\n\n{markdown}\n")
+    (folder / "tables.md").write_text("\n".join(sections), encoding="utf-8")
+    logger.info("wrote %d tables to %s", len(sections), folder)

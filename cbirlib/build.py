@@ -1,0 +1,251 @@
+"""Build a slice index from volumes: embed, add, checkpoint; resumable after a crash.
+
+:func:`build_index` embeds the volumes one by one with an extractor, adds their slices
+to a :class:`~cbirlib.index.SliceIndex` (or :class:`~cbirlib.index.ExactIndex`) and
+saves it atomically every ``checkpoint_every`` volumes and at the end. Started again
+after being killed at any point, it loads the saved index, skips the volumes already
+in it, and finishes with every volume exactly once.
+
+Volumes can be given lazily so that skipping an indexed volume costs no read: as
+``(volume_id, loader)`` pairs, as a mapping ``{volume_id: loader}``, or as a data set
+with ``.subjects`` and ``.load(subject_id, labels=False)`` (see :class:`SubjectSource`).
+
+Examples
+--------
+>>> import tempfile, numpy as np
+>>> from cbirlib.volume import Volume
+>>> class MeanExtractor:  # any object with name, dim, extract and to_config
+...     name, dim = "mean", 4
+...     def to_config(self): return {"name": "mean"}
+...     def extract(self, v):
+...         x = v.array.reshape(v.n_slices, 4, -1).mean(axis=2) + 1.0
+...         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+>>> vols = [Volume(f"v{i}", np.full((3, 4, 4), i, np.float32)) for i in range(2)]
+>>> index = build_index(vols, MeanExtractor(), tempfile.mkdtemp() + "/idx", verbose=False)
+>>> index.volume_ids, len(index)
+(['v0', 'v1'], 6)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+from tqdm.auto import tqdm
+
+from cbirlib.errors import DimensionMismatchError, ExtractorError, IndexFormatError
+from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
+from cbirlib.indexbase import BaseIndex
+from cbirlib.persist import resolve_dir
+from cbirlib.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IndexableExtractor", "SubjectSource", "VolumeSource", "build_index"]
+
+
+@runtime_checkable
+class IndexableExtractor(Protocol):
+    """What :func:`build_index` needs from an extractor (``cbirlib.Extractor`` fits)."""
+
+    name: str
+    dim: int
+
+    def extract(self, volume: Volume) -> npt.NDArray[np.float32]:
+        """``(n_slices, dim)`` float32 L2-normalised slice embeddings."""
+        ...
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-ready config that identifies the extractor and its preprocessing."""
+        ...
+
+
+@runtime_checkable
+class SubjectSource(Protocol):
+    """A data set that lists its subjects and loads one on demand (no read to list)."""
+
+    @property
+    def subjects(self) -> Sequence[str]:
+        """Subject (volume) ids."""
+        ...
+
+    def load(self, subject_id: str, *, labels: bool = ...) -> Volume:
+        """Read one subject's volume."""
+        ...
+
+
+#: One element of ``volumes``: a Volume, a ``(volume_id, loader)`` pair or a loader.
+VolumeSource = Volume | tuple[str, Callable[[], Volume]] | Callable[[], Volume]
+
+_Lazy = tuple[str | None, Callable[[], Volume]]
+
+
+def _identity(volume: Volume) -> Volume:
+    return volume
+
+
+def _lazy_items(
+    volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
+) -> Iterator[_Lazy]:
+    """``(id or None, loader)`` pairs; the id is None when only loading can tell it."""
+    if isinstance(volumes, SubjectSource) and not isinstance(volumes, Mapping):
+        for sid in volumes.subjects:
+            yield sid, partial(volumes.load, sid, labels=False)
+        return
+    if isinstance(volumes, Mapping):
+        for vid, loader in volumes.items():
+            yield str(vid), loader
+        return
+    for item in volumes:
+        if isinstance(item, Volume):
+            yield item.id, partial(_identity, item)
+        elif isinstance(item, tuple) and len(item) == 2 and callable(item[1]):
+            yield str(item[0]), item[1]
+        elif callable(item):
+            yield None, item
+        else:
+            raise TypeError(
+                f"cannot index {type(item).__name__!r}: give Volume objects, "
+                "(volume_id, loader) pairs, zero-argument loaders, or a data set with "
+                ".subjects and .load()"
+            )
+
+
+def _count(volumes: object) -> int | None:
+    if isinstance(volumes, SubjectSource):
+        return len(volumes.subjects)
+    return len(volumes) if hasattr(volumes, "__len__") else None
+
+
+def _open_index(
+    path: Path,
+    extractor: IndexableExtractor,
+    *,
+    config: HnswConfig,
+    exact: bool,
+    resume: bool,
+) -> BaseIndex:
+    cls: type[BaseIndex] = ExactIndex if exact else SliceIndex
+    ex_config = extractor.to_config()
+    if resume:
+        try:
+            resolve_dir(path)
+        except IndexFormatError:
+            pass  # nothing to resume
+        else:
+            index = cls.load(path, dim=int(extractor.dim))
+            index.check_extractor(ex_config, strict=True)
+            if index.config != config:
+                logger.warning(
+                    "resuming %s with its saved settings %s (given %s)", path, index.config, config
+                )
+            logger.info("resuming %s: %d volumes already indexed", path, index.n_volumes)
+            return index
+    return cls(int(extractor.dim), config=config, extractor_config=ex_config)
+
+
+def _embed(extractor: IndexableExtractor, volume: Volume) -> npt.NDArray[np.float32]:
+    emb = np.asarray(extractor.extract(volume))
+    if emb.ndim != 2 or emb.shape[0] != volume.n_slices:
+        raise ExtractorError(
+            f"extractor {extractor.name!r} returned shape {emb.shape} for volume "
+            f"{volume.id!r} with {volume.n_slices} slices; expected ({volume.n_slices}, dim)"
+        )
+    if emb.shape[1] != extractor.dim:
+        raise DimensionMismatchError(
+            f"extractor {extractor.name!r} returned {emb.shape[1]}-dim vectors for volume "
+            f"{volume.id!r}, but its dim is {extractor.dim}"
+        )
+    return emb
+
+
+def build_index(
+    volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
+    extractor: IndexableExtractor,
+    path: str | os.PathLike[str],
+    *,
+    config: HnswConfig = HnswConfig(),  # noqa: B008 - frozen dataclass
+    exact: bool = False,
+    verbose: bool = True,
+    resume: bool = True,
+    checkpoint_every: int = 10,
+) -> BaseIndex:
+    """Embed every slice of ``volumes`` and index them, with crash-safe checkpoints.
+
+    Parameters
+    ----------
+    volumes
+        Volumes, ``(volume_id, loader)`` pairs, a ``{volume_id: loader}`` mapping, bare
+        zero-argument loaders (read even when the volume is indexed already, since only
+        reading tells their id), or a data set with ``.subjects`` and
+        ``.load(subject_id, labels=False)``.
+    extractor
+        Slice embedder: ``name``, ``dim``, ``extract(volume)`` and ``to_config()``.
+    path
+        Index directory, written atomically at every checkpoint.
+    config
+        HNSW settings for a new index (a resumed index keeps its saved settings).
+    exact
+        Build an :class:`~cbirlib.index.ExactIndex` instead of a
+        :class:`~cbirlib.index.SliceIndex`.
+    verbose
+        Show a progress bar.
+    resume
+        Continue the index saved at ``path``: volumes already in it are skipped. Its
+        extractor config must match ``extractor.to_config()``
+        (:class:`~cbirlib.errors.ExtractorMismatchError` otherwise). With
+        ``resume=False`` an index at ``path`` is replaced.
+    checkpoint_every
+        Save after this many newly added volumes (and always at the end, and when an
+        error interrupts the build).
+
+    Returns
+    -------
+    SliceIndex or ExactIndex
+        The index, as saved at ``path``.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    path = Path(path)
+    index = _open_index(path, extractor, config=config, exact=exact, resume=resume)
+    fresh = not (path / "meta.json").is_file() or index.n_volumes == 0
+    unsaved = 0
+    added = skipped = 0
+    bar = tqdm(total=_count(volumes), disable=not verbose, desc="indexing", unit="vol")
+    try:
+        for vid, load in _lazy_items(volumes):
+            if vid is not None and vid in index:
+                skipped += 1
+                bar.update()
+                continue
+            volume = load()
+            if volume.id in index:
+                logger.warning("volume %r is already indexed; skipping it", volume.id)
+                skipped += 1
+                bar.update()
+                continue
+            emb = _embed(extractor, volume)
+            index.add(volume.id, emb, slice_meta={"z_mm": volume.z_positions})
+            added += 1
+            unsaved += 1
+            bar.update()
+            if unsaved >= checkpoint_every:
+                index.save(path)
+                unsaved = 0
+    except BaseException:
+        if unsaved and added:
+            logger.warning("build interrupted; saving the %d volumes indexed so far", len(index))
+            index.save(path)
+        raise
+    finally:
+        bar.close()
+    if unsaved or fresh:
+        index.save(path)
+    logger.info("indexed %d new volumes (%d skipped) into %s", added, skipped, path)
+    return index

@@ -1,0 +1,15 @@
+"""Data sets: the TotalSegmentator layout and synthetic phantoms written in it.
+
+Examples
+--------
+>>> from cbirlib.datasets import TotalSegmentator, make_phantoms
+>>> TotalSegmentator.__name__, make_phantoms.__name__
+('TotalSegmentator', 'make_phantoms')
+"""
+
+from __future__ import annotations
+
+from cbirlib.datasets.phantom import FIELDS_OF_VIEW, make_phantoms
+from cbirlib.datasets.totalsegmentator import SPLITS, TotalSegmentator
+
+__all__ = ["FIELDS_OF_VIEW", "SPLITS", "TotalSegmentator", "make_phantoms"]

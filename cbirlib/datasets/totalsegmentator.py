@@ -1,0 +1,332 @@
+"""The TotalSegmentator on-disk layout as a lazy, read-only mapping of subjects.
+
+Layout (as distributed on Zenodo)::
+
+    root/
+      meta.csv                      # optional; ';'- or ','-separated, columns
+                                    # image_id;age;gender;institute;study_type;split;...
+      s0000/
+        ct.nii.gz
+        segmentations/
+          spleen.nii.gz             # one binary mask per structure
+          kidney_right.nii.gz
+          ...
+
+A :class:`TotalSegmentator` is a ``Mapping[str, Volume]``: iterating it yields the
+subject ids (sorted) and reads no image; ``ds[subject_id]`` reads the CT and its masks.
+Only ``image_id`` and ``split`` are read from ``meta.csv``: demographic columns (age,
+gender, ...) are never read into anything.
+
+Labels have one column per requested v1 class (all 104 by default); a mask file that
+is absent gives an all-False column, v2 names are mapped onto v1 classes through
+:data:`cbirlib.structures.V2_TO_V1`, and mask files of other names are ignored.
+
+Examples
+--------
+>>> import tempfile
+>>> from cbirlib.datasets import make_phantoms
+>>> ds = make_phantoms(tempfile.mkdtemp(), 2, shape=(32, 32))
+>>> list(ds), ds.split_of("s0000") in {"train", "val", "test"}
+(['s0000', 's0001'], True)
+>>> vol = ds["s0000"]
+>>> vol.labels is not None and len(vol.labels.names)
+104
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from cbirlib.errors import DatasetError, UnknownSubjectError
+from cbirlib.labels import SliceLabels
+from cbirlib.structures import TOTALSEG_V1_CLASSES, V2_TO_V1, resolve_structure
+from cbirlib.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: Valid values of the ``split`` column of ``meta.csv``.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+IMAGE_FILE = "ct.nii.gz"
+MASK_FOLDER = "segmentations"
+META_FILE = "meta.csv"
+_MASK_SUFFIX = ".nii.gz"
+
+
+def _read_meta(path: Path) -> dict[str, str | None]:
+    """``image_id -> split`` from ``meta.csv`` (split None when the column is absent)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read meta file ({exc})") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DatasetError(f"{path}: empty meta file; expected a header with 'image_id'")
+    delimiter = ";" if lines[0].count(";") >= lines[0].count(",") else ","
+    rows = list(csv.reader(lines, delimiter=delimiter))
+    header = [h.strip() for h in rows[0]]
+    if "image_id" not in header:
+        raise DatasetError(
+            f"{path}: no 'image_id' column in header {header}; expected columns such as "
+            "image_id;age;gender;institute;study_type;split"
+        )
+    id_col = header.index("image_id")
+    split_col = header.index("split") if "split" in header else None
+    meta: dict[str, str | None] = {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DatasetError(
+                f"{path}, line {line_no}: {len(row)} fields, the header has {len(header)}"
+            )
+        image_id = row[id_col].strip()
+        if not image_id:
+            raise DatasetError(f"{path}, line {line_no}: empty image_id")
+        if image_id in meta:
+            raise DatasetError(f"{path}, line {line_no}: duplicate image_id {image_id!r}")
+        split = row[split_col].strip() if split_col is not None else None
+        if split is not None and split not in SPLITS:
+            raise DatasetError(
+                f"{path}, line {line_no}: split {split!r} of {image_id!r} is not one of "
+                f"{', '.join(SPLITS)}"
+            )
+        meta[image_id] = split
+    return meta
+
+
+def _resolve_classes(classes: Sequence[str] | None) -> tuple[str, ...]:
+    if classes is None:
+        return TOTALSEG_V1_CLASSES
+    if isinstance(classes, str):
+        classes = [classes]
+    names: dict[str, None] = {}
+    for name in classes:
+        names.update(dict.fromkeys(resolve_structure(name)[1]))
+    if not names:
+        raise DatasetError("classes is empty; pass None for all 104 v1 classes")
+    return tuple(names)
+
+
+class TotalSegmentator(Mapping[str, Volume]):
+    """A TotalSegmentator-style data set folder, read lazily.
+
+    Parameters
+    ----------
+    root
+        The data-set folder (one sub-folder per subject, optional ``meta.csv``).
+    split
+        Keep only the subjects of this split (``"train"``, ``"val"`` or ``"test"``);
+        needs a ``meta.csv`` with a ``split`` column.
+    min_pixels
+        A structure is present in a slice when its mask has at least this many pixels.
+    classes
+        Label columns: v1 fine class names and/or coarse region names (expanded to their
+        members); default all 104 v1 classes.
+
+    Raises
+    ------
+    DatasetError
+        ``root`` is not a folder, holds no subject, a subject folder lacks ``ct.nii.gz``,
+        ``meta.csv`` is malformed, or ``split`` is invalid.
+    UnknownStructureError
+        A name in ``classes`` is not a v1 class or coarse region.
+
+    Notes
+    -----
+    Construction lists folders and reads ``meta.csv`` only; no image is read until a
+    subject is loaded.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        split: str | None = None,
+        min_pixels: int = 1,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: not a folder; expected a TotalSegmentator root")
+        if min_pixels < 1:
+            raise DatasetError(f"min_pixels must be >= 1, got {min_pixels}")
+        if split is not None and split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        self.min_pixels = int(min_pixels)
+        self.classes: tuple[str, ...] = _resolve_classes(classes)
+        folders = sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        if not folders:
+            raise DatasetError(f"{self.root}: no subject folders found")
+        missing = [f for f in folders if not (self.root / f / IMAGE_FILE).is_file()]
+        if missing:
+            shown = ", ".join(str(self.root / f / IMAGE_FILE) for f in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DatasetError(f"missing image file(s): {shown}{more}")
+        meta_path = self.root / META_FILE
+        meta = _read_meta(meta_path) if meta_path.is_file() else {}
+        unlisted = sorted(set(meta) - set(folders))
+        if unlisted:
+            logger.warning(
+                "%s lists %d subject(s) without a folder (ignored), e.g. %s",
+                meta_path,
+                len(unlisted),
+                unlisted[0],
+            )
+        self._split: dict[str, str | None] = {f: meta.get(f) for f in folders}
+        if split is not None:
+            if not any(self._split.values()):
+                raise DatasetError(
+                    f"split={split!r} needs {meta_path} with a 'split' column; none found"
+                )
+            self._split = {f: s for f, s in self._split.items() if s == split}
+        self.split = split
+        self._subjects = tuple(self._split)
+
+    # -- listing (no image is read) --------------------------------------------------------
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """Subject ids (folder names), sorted."""
+        return self._subjects
+
+    def __len__(self) -> int:
+        return len(self._subjects)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._subjects)
+
+    def __contains__(self, subject_id: object) -> bool:
+        return subject_id in self._split
+
+    def _check(self, subject_id: str) -> None:
+        if subject_id not in self._split:
+            close = difflib.get_close_matches(str(subject_id), self._subjects, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            shown = ", ".join(self._subjects[:5]) + (" ..." if len(self) > 5 else "")
+            raise UnknownSubjectError(
+                f"unknown subject {subject_id!r} in {self.root}{hint} "
+                f"({len(self)} subjects: {shown})"
+            )
+
+    def split_of(self, subject_id: str) -> str | None:
+        """The split (``train``/``val``/``test``) of a subject, or None without meta.csv."""
+        self._check(subject_id)
+        return self._split[subject_id]
+
+    def subjects_in(self, split: str) -> tuple[str, ...]:
+        """The subjects of one split, sorted."""
+        if split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        return tuple(s for s in self._subjects if self._split[s] == split)
+
+    def image_path(self, subject_id: str) -> Path:
+        """Path of a subject's ``ct.nii.gz``."""
+        self._check(subject_id)
+        return self.root / subject_id / IMAGE_FILE
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def __getitem__(self, subject_id: str) -> Volume:
+        return self.load(subject_id)
+
+    def load(self, subject_id: str, *, labels: bool = True) -> Volume:
+        """Read a subject's CT (and, by default, its per-slice labels).
+
+        Parameters
+        ----------
+        subject_id
+            A subject folder name.
+        labels
+            Attach :class:`~cbirlib.labels.SliceLabels` built from the masks.
+
+        Raises
+        ------
+        UnknownSubjectError
+            For an id that is not in the data set.
+        DatasetError
+            The ``segmentations`` folder is missing (with ``labels=True``).
+        VolumeReadError, MaskShapeError
+            An unreadable image or mask, or a mask whose shape differs from the image.
+        """
+        from cbirlib.io import load_volume
+
+        volume = load_volume(self.image_path(subject_id), id=subject_id, modality="CT")
+        if not labels:
+            return volume
+        return volume.with_labels(self._labels(subject_id, like=volume))
+
+    def labels(self, subject_id: str) -> SliceLabels:
+        """Per-slice labels of a subject, reading its masks only (not the CT)."""
+        self._check(subject_id)
+        return self._labels(subject_id, like=None)
+
+    def volumes(self, *, labels: bool = True, verbose: bool = False) -> Iterator[Volume]:
+        """Load every subject in order (a progress bar with ``verbose=True``)."""
+        from tqdm.auto import tqdm
+
+        for subject_id in tqdm(self._subjects, desc="loading", disable=not verbose):
+            yield self.load(subject_id, labels=labels)
+
+    def _mask_files(self, subject_id: str) -> dict[str, list[Path]]:
+        """Requested v1 class -> the mask files that contribute to it."""
+        folder = self.root / subject_id / MASK_FOLDER
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: missing segmentations folder of {subject_id!r}")
+        wanted = set(self.classes)
+        sources: dict[str, list[Path]] = {}
+        for path in sorted(folder.iterdir()):
+            if not path.name.endswith(_MASK_SUFFIX):
+                continue
+            name = path.name[: -len(_MASK_SUFFIX)]
+            targets = (name,) if name in TOTALSEG_V1_CLASSES else V2_TO_V1.get(name, ())
+            if not targets:
+                logger.debug("%s: no v1 class of that name; ignored", path)
+            for target in targets:
+                if target in wanted:
+                    sources.setdefault(target, []).append(path)
+        return sources
+
+    def _labels(self, subject_id: str, *, like: Volume | None) -> SliceLabels:
+        from cbirlib.io import load_mask
+
+        sources = self._mask_files(subject_id)
+        cache: dict[Path, npt.NDArray[np.bool_]] = {}
+        shape: tuple[int, ...] | None = like.shape if like is not None else None
+        merged: dict[str, npt.NDArray[np.bool_]] = {}
+        for name, paths in sources.items():
+            for path in paths:
+                if path not in cache:
+                    cache[path] = load_mask(path, like=like)
+                    if shape is None:
+                        shape = cache[path].shape
+                mask = cache[path]
+                merged[name] = merged[name] | mask if name in merged else mask
+        if shape is None:  # no mask at all and no image: the slice count is in the header
+            shape = self._image_shape(subject_id)
+        empty = np.zeros(shape, dtype=bool)
+        masks = {name: merged.get(name, empty) for name in self.classes}
+        return SliceLabels.from_masks(masks, min_pixels=self.min_pixels)
+
+    def _image_shape(self, subject_id: str) -> tuple[int, int, int]:
+        from cbirlib.io import load_volume
+
+        return load_volume(self.image_path(subject_id), id=subject_id).shape
+
+    # Mapping would compare (and so load) every volume; a data set equals only itself.
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        split = f", split={self.split!r}" if self.split else ""
+        return f"TotalSegmentator({str(self.root)!r}, {len(self)} subjects{split})"

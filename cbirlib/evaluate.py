@@ -1,0 +1,302 @@
+"""Evaluate retrieval systems and lay the results out as the study's per-class tables.
+
+:func:`evaluate` runs every system on the same queries and computes every metric per
+``(query, structure)``; by default the values are averaged per structure.
+:func:`per_class_table` turns one metric into the paper's layout (one row per
+structure, one column per system, a last row ``"mean ± SD"`` over the classes), and
+:func:`to_markdown` / :func:`to_csv` render it with values like ``.863 ± .107``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from cbirlib.hits import Hits
+>>> from cbirlib.labels import SliceLabels
+>>> from cbirlib.metrics import Truth, VolumeRecall
+>>> from cbirlib.evaluate import evaluate, per_class_table, to_markdown
+>>> lab = lambda *rows: SliceLabels(("liver", "lung"), np.array(rows, dtype=bool))
+>>> truth = Truth(database={"a": lab([1, 0]), "b": lab([0, 1])},
+...               queries={"q": lab([1, 1]), "r": lab([0, 1])})
+>>> runs = {
+...     "good": Hits(query_id=["q", "q", "r"], volume_id=["a", "b", "b"],
+...                  score=[2.0, 1.0, 1.0], level="volume"),
+...     "bad": Hits(query_id=["q", "r"], volume_id=["b", "a"], score=[1.0, 1.0],
+...                 level="volume"),
+... }
+>>> results = evaluate(runs, [], truth, [VolumeRecall(1)], level="fine")
+>>> table = per_class_table(results, "volume_recall@1")
+>>> print(to_markdown(table))
+| structure | good | bad |
+|---|---|---|
+| liver | 1.000 | .000 |
+| lung | .500 | .500 |
+| mean ± SD | .750 ± .250 | .250 ± .250 |
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from cbirlib.errors import EvaluationError
+from cbirlib.labels import SliceLabels
+from cbirlib.metrics import HitsLike, Metric, Truth, aggregate
+from cbirlib.pipeline import Retriever
+from cbirlib.volume import Volume
+
+__all__ = [
+    "MEAN_ROW",
+    "evaluate",
+    "format_table",
+    "per_class_table",
+    "to_csv",
+    "to_markdown",
+    "truth_for",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Label of the last row of :func:`per_class_table`.
+MEAN_ROW = "mean ± SD"
+
+_LEVELS = ("coarse", "fine")
+
+
+def truth_for(
+    queries: Sequence[Volume],
+    truth: Truth | Mapping[str, SliceLabels],
+    *,
+    level: Literal["coarse", "fine"] = "coarse",
+    groups: Mapping[str, str] | None = None,
+) -> Truth:
+    """Complete the ground truth from the query volumes and group it for ``level``.
+
+    Query labels missing from ``truth`` are taken from ``query.labels``; a query with a
+    ``structure`` attribute (a :class:`~cbirlib.search.RegionVolume`) is a region
+    query for that structure.
+
+    Parameters
+    ----------
+    queries
+        The query volumes.
+    truth
+        A :class:`~cbirlib.metrics.Truth` or just the database labels by volume id.
+    level
+        ``"fine"`` keeps the labels as they are; ``"coarse"`` groups them with
+        ``groups``.
+    groups
+        Fine -> coarse mapping; default :data:`cbirlib.structures.COARSE_GROUPS`.
+    """
+    if level not in _LEVELS:
+        raise EvaluationError(f"unknown evaluation level {level!r}; valid: 'coarse', 'fine'")
+    base = truth if isinstance(truth, Truth) else Truth(database=dict(truth))
+    labels = dict(base.queries)
+    regions = dict(base.regions)
+    seen: set[str] = set()
+    for query in queries:
+        if query.id in seen:
+            raise EvaluationError(f"query id {query.id!r} occurs twice; query ids must be unique")
+        seen.add(query.id)
+        if query.id not in labels:
+            if query.labels is None:
+                raise EvaluationError(
+                    f"query {query.id!r} has no labels and the truth has none for it"
+                )
+            labels[query.id] = query.labels
+        structure = getattr(query, "structure", None)
+        if isinstance(structure, str) and structure and query.id not in regions:
+            regions[query.id] = structure
+    out = Truth(database=base.database, queries=labels, regions=regions)
+    if level == "coarse":
+        if groups is None:
+            from cbirlib.structures import COARSE_GROUPS
+
+            groups = COARSE_GROUPS
+        out = out.grouped(groups)
+    return out
+
+
+def evaluate(
+    systems: Mapping[str, Retriever | HitsLike],
+    queries: Sequence[Volume],
+    truth: Truth | Mapping[str, SliceLabels],
+    metrics: Sequence[Metric],
+    *,
+    level: Literal["coarse", "fine"] = "coarse",
+    groups: Mapping[str, str] | None = None,
+    per_query: bool = False,
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """Run every system on ``queries`` and compute every metric.
+
+    Parameters
+    ----------
+    systems
+        Name -> retriever (anything with ``retrieve(queries, verbose=...)``, e.g. a
+        :class:`~cbirlib.pipeline.Pipeline`), or name -> precomputed hits.
+    queries
+        Query volumes (volume queries, or :func:`~cbirlib.search.region_query` slabs).
+        Never part of the database.
+    truth
+        Ground truth; see :func:`truth_for`.
+    metrics
+        Metric objects from :mod:`cbirlib.metrics`.
+    level
+        ``"coarse"`` (grouped with ``groups``) or ``"fine"`` labels.
+    groups
+        Fine -> coarse mapping; default :data:`cbirlib.structures.COARSE_GROUPS`.
+    per_query
+        Return one row per (system, metric, query, structure) instead of per structure.
+    verbose
+        Show progress bars and pass ``verbose`` to the retrievers.
+
+    Returns
+    -------
+    DataFrame
+        ``per_query=False``: columns ``system``, ``metric``, ``structure``, ``value``,
+        ``n`` (queries, or query slices for slice recall, behind the value).
+        ``per_query=True``: ``system``, ``metric``, ``query_id``, ``structure``,
+        ``value``, ``weight``. Structures no query contains have no rows.
+    """
+    if not metrics:
+        raise EvaluationError("evaluate() needs at least one metric")
+    full = truth_for(queries, truth, level=level, groups=groups)
+    frames: list[pd.DataFrame] = []
+    from tqdm.auto import tqdm
+
+    for name, system in tqdm(systems.items(), desc="systems", disable=not verbose):
+        if isinstance(system, HitsLike):
+            hits = system
+        elif hasattr(system, "retrieve"):
+            logger.info("retrieving %d queries with %s", len(queries), name)
+            hits = system.retrieve(list(queries), verbose=verbose)
+        else:
+            raise EvaluationError(
+                f"system {name!r} is a {type(system).__name__}; expected a Retriever or Hits"
+            )
+        for metric in metrics:
+            values = metric.compute(hits, full)
+            if not per_query:
+                values = aggregate(values).reset_index()
+            values.insert(0, "metric", metric.name)
+            values.insert(0, "system", name)
+            frames.append(values)
+    columns = (
+        ["system", "metric", "query_id", "structure", "value", "weight"]
+        if per_query
+        else ["system", "metric", "structure", "value", "n"]
+    )
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def per_class_table(
+    results: pd.DataFrame,
+    metric: str,
+    *,
+    structures: Sequence[str] | None = None,
+    systems: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One metric in the study's layout: structures x systems plus a ``"mean ± SD"`` row.
+
+    Parameters
+    ----------
+    results
+        Output of :func:`evaluate` (per structure or per query; per-query values are
+        averaged first).
+    metric
+        Metric name, e.g. ``"volume_recall@1"``.
+    structures
+        Row order; structures without results become NaN rows (default: the structures
+        with results, sorted).
+    systems
+        Column order (default: order of appearance).
+
+    Returns
+    -------
+    DataFrame
+        Numeric; the last row ``"mean ± SD"`` holds the mean over the classes (NaN
+        classes skipped) and ``table.attrs["sd"]`` the matching population SDs
+        (``ddof=0``); :func:`format_table` renders both.
+    """
+    if "query_id" in results.columns:
+        parts = []
+        for (system, name), group in results.groupby(["system", "metric"], sort=False):
+            agg = aggregate(group).reset_index()
+            agg.insert(0, "metric", str(name))
+            agg.insert(0, "system", str(system))
+            parts.append(agg)
+        results = pd.concat(parts, ignore_index=True) if parts else results
+    chosen = results[results["metric"] == metric]
+    if chosen.empty:
+        known = sorted(results["metric"].unique()) if "metric" in results else []
+        raise EvaluationError(f"no results for metric {metric!r}; available: {known}")
+    table = chosen.pivot_table(
+        index="structure", columns="system", values="value", aggfunc="mean", dropna=False
+    )
+    order = list(systems) if systems is not None else list(dict.fromkeys(chosen["system"]))
+    table = table.reindex(columns=order)
+    table = table.reindex(sorted(table.index) if structures is None else list(structures))
+    table = table.astype(float)
+    mean = table.mean(axis=0, skipna=True)
+    sd = table.std(axis=0, skipna=True, ddof=0)
+    table.loc[MEAN_ROW] = mean
+    table.index.name = "structure"
+    table.columns.name = None
+    table.attrs["metric"] = metric
+    table.attrs["sd"] = {str(k): float(v) for k, v in sd.items()}
+    return table
+
+
+def _fmt(value: float, digits: int) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    if text.startswith("0."):
+        return text[1:]
+    if text.startswith("-0."):
+        return "-" + text[2:]
+    return text
+
+
+def format_table(table: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
+    """Values as strings like ``.863``; the ``"mean ± SD"`` row as ``.863 ± .107``.
+
+    The mean and SD are recomputed from the class rows, so an edited table renders
+    consistently.
+    """
+    classes = table.drop(index=MEAN_ROW, errors="ignore")
+    out = classes.map(lambda v: _fmt(float(v), digits)).astype(object)
+    if MEAN_ROW in table.index:
+        mean = classes.mean(axis=0, skipna=True)
+        sd = classes.std(axis=0, skipna=True, ddof=0)
+        out.loc[MEAN_ROW] = [
+            f"{_fmt(float(m), digits)} ± {_fmt(float(s), digits)}"
+            for m, s in zip(mean, sd, strict=True)
+        ]
+    return out
+
+
+def to_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table of :func:`per_class_table` output."""
+    text = format_table(table, digits=digits)
+    header = [str(table.index.name or ""), *(str(c) for c in text.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in text.iterrows():
+        lines.append("| " + " | ".join([str(label), *(str(v) for v in row)]) + " |")
+    return "\n".join(lines)
+
+
+def to_csv(table: pd.DataFrame, path: str | Path, *, digits: int = 3) -> Path:
+    """Write :func:`format_table` output as CSV (UTF-8) and return the path."""
+    path = Path(path)
+    try:
+        format_table(table, digits=digits).to_csv(path, encoding="utf-8")
+    except OSError as exc:
+        raise EvaluationError(f"cannot write table to {str(path)!r}: {exc}") from None
+    return path

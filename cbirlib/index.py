@@ -1,0 +1,255 @@
+"""The slice indexes: :class:`SliceIndex` (HNSW, hnswlib) and :class:`ExactIndex` (brute force).
+
+Both map string volume ids to the embeddings of their slices, keep slice metadata
+(slice number and z position in mm), give re-ranking cheap access to the stored
+vectors, and save to / load from a crash-safe, pickle-free directory. They share
+:class:`~cbirlib.indexbase.BaseIndex` and differ only in the search backend.
+
+Examples
+--------
+>>> import numpy as np
+>>> from cbirlib.index import SliceIndex
+>>> rng = np.random.default_rng(0)
+>>> index = SliceIndex(8)
+>>> index.add("a", rng.normal(size=(5, 8)), slice_meta={"z_mm": np.arange(5) * 2.0})
+>>> index.add("b", rng.normal(size=(3, 8)))
+>>> len(index), index.volume_ids
+(8, ['a', 'b'])
+>>> m = index.search(index.vectors("a")[:2], k=3)
+>>> m.volume_ids[:, 0].tolist(), m.slice_indices[:, 0].tolist(), m.z_mm[:, 0].tolist()
+(['a', 'a'], [0, 1], [0.0, 2.0])
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+
+from cbirlib.errors import DimensionMismatchError, IndexFormatError
+from cbirlib.indexbase import (
+    BaseIndex,
+    ExtractorMismatchWarning,
+    HnswConfig,
+    SliceMatches,
+    exact_search,
+)
+from cbirlib.persist import load_npy
+from cbirlib.vectorstore import VectorStore, hnsw_file_vectors
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ExactIndex",
+    "ExtractorMismatchWarning",
+    "HnswConfig",
+    "SliceIndex",
+    "SliceMatches",
+]
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+_GRAPH_FILE = "hnsw.bin"
+_STORE_FILE = "vectors.npy"
+_MIN_CAPACITY = 1024
+
+
+def _load_store(directory: Path, dim: int, dtype: str, *, mmap: bool) -> VectorStore:
+    path = directory / _STORE_FILE
+    data = load_npy(path, mmap=True)
+    if data.ndim == 2 and data.shape[1] != dim:
+        raise DimensionMismatchError(
+            f"index file {str(path)!r} holds vectors of dimension {data.shape[1]}, "
+            f"meta.json says {dim}"
+        )
+    return VectorStore.load(path, dim, dtype, mmap=mmap)
+
+
+class SliceIndex(BaseIndex):
+    """Approximate nearest-slice index on an hnswlib HNSW graph (cosine similarity).
+
+    Parameters
+    ----------
+    dim
+        Embedding dimension.
+    config
+        Graph settings and the precision of the stored vectors (:class:`HnswConfig`).
+        With ``store_dtype="float32"`` the vectors are read back from the graph itself
+        (memory-mapped from its file after :meth:`load`), so they are stored once;
+        ``"float16"`` keeps an extra half-precision copy.
+    extractor_config
+        ``Extractor.to_config()`` of the model that made the vectors; saved with the
+        index and compared by :meth:`check_extractor`.
+
+    Notes
+    -----
+    The graph grows automatically (its capacity doubles). Removed volumes are marked
+    deleted in the graph; their labels are never reused. ``ef`` is saved and restored.
+    """
+
+    KIND = "hnsw"
+
+    def _init_backend(self) -> None:
+        self._graph = self._new_graph(_MIN_CAPACITY)
+        self._store = (
+            VectorStore(self.dim, "float16") if self.config.store_dtype == "float16" else None
+        )
+        self._mapped: tuple[F32, I64] | None = None  # (file vectors, row of each label)
+
+    def _new_graph(self, capacity: int) -> Any:
+        graph = hnswlib.Index(space="cosine", dim=self.dim)
+        graph.init_index(
+            max_elements=capacity,
+            M=self.config.M,
+            ef_construction=self.config.ef_construction,
+            random_seed=100,
+        )
+        graph.set_ef(self._ef)
+        return graph
+
+    def _apply_ef(self) -> None:
+        self._graph.set_ef(self._ef)
+
+    def _backend_add(self, labels: I64, vectors: F32) -> None:
+        need = int(labels[-1]) + 1  # every label ever added is a graph element
+        capacity = int(self._graph.get_max_elements())
+        if need > capacity:
+            self._graph.resize_index(max(need, 2 * capacity))
+        self._graph.add_items(vectors, labels, num_threads=-1)
+        if self._store is not None:
+            self._store.put(int(labels[0]), vectors)
+
+    def _backend_remove(self, labels: I64) -> None:
+        for label in labels.tolist():
+            self._graph.mark_deleted(label)
+
+    def _rows(self, start: int, n: int) -> F32:
+        if self._store is not None:
+            return self._store.rows(start, n)
+        if self._mapped is not None and start < len(self._mapped[1]):
+            vectors, row_of = self._mapped
+            rows = row_of[start : start + n]
+            first = int(rows[0])
+            if (rows == np.arange(first, first + n)).all():
+                return vectors[first : first + n]  # a view into the memory-mapped file
+            return vectors[rows]
+        labels = np.arange(start, start + n, dtype=np.int64)
+        return np.asarray(self._graph.get_items(labels, return_type="numpy"), np.float32)
+
+    def _backend_search(self, queries: F32, k: int) -> tuple[I64, F32]:
+        ef = self._ef
+        try:
+            while True:
+                try:
+                    labels, distances = self._graph.knn_query(queries, k=k, num_threads=-1)
+                except RuntimeError:
+                    # With deletions hnswlib may find fewer than k live items at this ef.
+                    if ef >= self._next_label:
+                        break
+                    ef = min(max(ef, k) * 2, self._next_label)
+                    self._graph.set_ef(ef)
+                    continue
+                return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+        finally:
+            if ef != self._ef:
+                self._graph.set_ef(self._ef)
+        logger.debug("HNSW search found fewer than k=%d live items; searching exactly", k)
+        return self._exact_fallback(queries, k)
+
+    def _backend_save(self, directory: Path) -> None:
+        self._graph.save_index(str(directory / _GRAPH_FILE))
+        if self._store is not None:
+            self._store.save(directory / _STORE_FILE)
+
+    def _backend_load(self, directory: Path, meta: dict[str, Any], *, mmap: bool) -> None:
+        path = directory / _GRAPH_FILE
+        vectors, labels = hnsw_file_vectors(path, self.dim, mmap=mmap)  # validates layout
+        if len(labels) != self._next_label or (
+            len(labels) and int(labels.max()) >= self._next_label
+        ):
+            raise IndexFormatError(
+                f"index file {str(path)!r} holds {len(labels)} elements, "
+                f"meta.json says {self._next_label}"
+            )
+        graph = hnswlib.Index(space="cosine", dim=self.dim)
+        try:
+            graph.load_index(str(path), max_elements=max(self._next_label, _MIN_CAPACITY))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise IndexFormatError(f"index file {str(path)!r} is unreadable: {exc}") from None
+        self._graph = graph
+        if self._store is not None:
+            self._store = _load_store(directory, self.dim, "float16", mmap=mmap)
+        else:
+            row_of = np.empty(len(labels), np.int64)
+            row_of[labels.astype(np.int64)] = np.arange(len(labels))
+            self._mapped = (vectors, row_of)
+
+
+class ExactIndex(BaseIndex):
+    """Brute-force slice index with the :class:`SliceIndex` interface.
+
+    Search is one matrix product over the stored vectors (float32 or float16,
+    ``config.store_dtype``); it is exact, so it is the reference for HNSW recall.
+    Removal leaves a hole that :meth:`save` compacts.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> index = ExactIndex(3)
+    >>> index.add("v", np.eye(3))
+    >>> index.search([[1.0, 0.1, 0.0]], k=5).slice_indices.tolist()
+    [[0, 1, 2]]
+    """
+
+    KIND = "exact"
+
+    def _init_backend(self) -> None:
+        self._store = VectorStore(self.dim, self.config.store_dtype)
+
+    def _backend_add(self, labels: I64, vectors: F32) -> None:
+        self._store.put(int(labels[0]), vectors)
+
+    def _backend_remove(self, labels: I64) -> None:
+        pass  # the alive mask hides the rows until save() compacts them
+
+    def _rows(self, start: int, n: int) -> F32:
+        return self._store.rows(start, n)
+
+    def _backend_search(self, queries: F32, k: int) -> tuple[I64, F32]:
+        n = self._next_label
+        labels = np.arange(n, dtype=np.int64)
+        return exact_search(queries, self._store.raw()[:n], labels, k, alive=self._alive[:n])
+
+    def _before_save(self) -> None:
+        if self._n_entries == self._next_label:
+            return
+        store = VectorStore(self.dim, self.config.store_dtype)
+        slice_index = np.zeros(self._n_entries, np.int64)
+        z_mm = np.zeros(self._n_entries, np.float64)
+        new = 0
+        for vid, (start, n) in list(self._spans.items()):
+            store.put(new, self._store.raw()[start : start + n])
+            slice_index[new : new + n] = self._slice_index[start : start + n]
+            z_mm[new : new + n] = self._z_mm[start : start + n]
+            self._spans[vid] = (new, n)
+            new += n
+        self._store, self._slice_index, self._z_mm = store, slice_index, z_mm
+        self._alive = np.ones(new, bool)
+        self._next_label = new
+        self._table = None
+
+    def _backend_save(self, directory: Path) -> None:
+        self._store.save(directory / _STORE_FILE)
+
+    def _backend_load(self, directory: Path, meta: dict[str, Any], *, mmap: bool) -> None:
+        self._store = _load_store(directory, self.dim, self.config.store_dtype, mmap=mmap)
+        if len(self._store) != self._next_label:
+            raise IndexFormatError(
+                f"index file {str(directory / _STORE_FILE)!r} has {len(self._store)} rows, "
+                f"meta.json says {self._next_label}"
+            )

@@ -1,0 +1,573 @@
+"""Readers: NIfTI files and DICOM series to :class:`~cbirlib.volume.Volume`.
+
+This is the only module that reads image files. Both readers go through one private
+function (``_canonical_zyx``) so that images and masks always share one layout:
+
+* the image is reoriented to the closest canonical (RAS+) orientation with nibabel, so
+  its data are indexed ``(i, j, k) = (R, A, S)``;
+* the :class:`Volume` array is ``data.transpose(2, 1, 0)``, i.e. ``(Z, Y, X) = (S, A, R)``:
+  ``array[0]`` is the most inferior axial slice, rows run posterior -> anterior and
+  columns left -> right (patient's left to patient's right);
+* ``spacing`` is ``(dz, dy, dx)`` in mm, ``z_positions`` the superior (RAS ``z``)
+  world coordinate in mm of voxel ``(0, 0, k)`` of each slice (ascending), and
+  ``affine`` the canonical voxel ``(x, y, z)`` -> RAS mm matrix.
+
+DICOM series are read with pydicom. Slices are sorted by their ``ImagePositionPatient``
+projected on the slice normal (the cross product of the two ``ImageOrientationPatient``
+rows), never by file name or ``InstanceNumber``; ``RescaleSlope``/``RescaleIntercept``
+(the modality LUT) are applied. A gap larger than 1.5 times the median slice spacing
+raises :class:`~cbirlib.errors.MissingSliceError`; smaller spacing irregularities
+(above 1 % of the median spacing, or 0.01 mm) only emit a ``UserWarning`` and the true
+positions are kept in ``z_positions``. Only the files directly inside the folder are
+read (no recursion); files that are not DICOM are skipped.
+
+No patient identifier (name, ID, birth date, ...) is copied into the volume or logged.
+
+Examples
+--------
+>>> import numpy as np, nibabel as nib, tempfile, pathlib
+>>> tmp = pathlib.Path(tempfile.mkdtemp())
+>>> data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)   # (i, j, k) = (R, A, S)
+>>> nib.save(nib.Nifti1Image(data, np.diag([1.0, 2.0, 3.0, 1.0])), tmp / "case1.nii.gz")
+>>> vol = load_volume(tmp / "case1.nii.gz")
+>>> vol
+Volume('case1', shape=(4, 3, 2), spacing=3x2x1 mm, CT)
+>>> vol.z_positions.tolist()
+[0.0, 3.0, 6.0, 9.0]
+>>> bool((vol.array == data.transpose(2, 1, 0)).all())
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+
+from cbirlib.errors import (
+    DicomSeriesError,
+    InvalidVolumeError,
+    MaskShapeError,
+    MissingSliceError,
+    VolumeNotFoundError,
+    VolumeReadError,
+)
+from cbirlib.volume import Volume
+
+__all__ = ["NIFTI_SUFFIXES", "load_mask", "load_volume", "nifti_shape"]
+
+logger = logging.getLogger(__name__)
+
+#: File name endings read as NIfTI.
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+
+#: A gap larger than this many median spacings is a missing slice.
+MAX_GAP_RATIO = 1.5
+#: Relative spacing deviation above which an uneven DICOM series triggers a warning.
+SPACING_REL_TOL = 0.01
+#: Absolute spacing deviation (mm) below which spacing is always considered even.
+SPACING_ABS_TOL = 0.01
+#: Tolerance on ImageOrientationPatient direction cosines within one series.
+ORIENTATION_TOL = 1e-4
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+# --- shared layout --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Canonical:
+    """Image data in the Volume layout, with its geometry."""
+
+    array: npt.NDArray[Any]  # (Z, Y, X) = (S, A, R)
+    affine: npt.NDArray[np.float64]  # canonical voxel (x, y, z) -> RAS mm
+    spacing: tuple[float, float, float]  # (dz, dy, dx)
+    z_positions: npt.NDArray[np.float64]
+
+
+def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonical:
+    """Reorient a nibabel image to RAS+ and return its data as ``(Z, Y, X)``.
+
+    The one place where the layout convention lives: images and masks both go here.
+    """
+    if img.ndim == 4 and img.shape[3] == 1:
+        img = nib.funcs.squeeze_image(img)  # type: ignore[no-untyped-call]
+    if img.ndim != 3:
+        raise InvalidVolumeError(
+            f"{source}: expected a 3D image, got {img.ndim}D data of shape {tuple(img.shape)}"
+            " (only a 4D image with a trailing dimension of 1 is accepted)"
+        )
+    try:
+        img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
+        if as_mask:
+            data: npt.NDArray[Any] = np.asanyarray(img.dataobj) != 0
+        else:
+            data = img.get_fdata(dtype=np.float32)
+    except Exception as exc:  # nibabel, zlib, gzip and numpy errors of a damaged file
+        raise VolumeReadError(
+            f"{source}: cannot read the image data ({type(exc).__name__}: {exc}); "
+            "the file may be truncated or corrupt"
+        ) from None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # (dx, dy, dz)
+    n_z = data.shape[2]
+    z = affine[2, 2] * np.arange(n_z, dtype=np.float64) + affine[2, 3]
+    return _Canonical(
+        array=np.ascontiguousarray(data.transpose(2, 1, 0)),
+        affine=affine,
+        spacing=(float(zooms[2]), float(zooms[1]), float(zooms[0])),
+        z_positions=z,
+    )
+
+
+def _make_volume(source: str, canon: _Canonical, *, id: str, modality: str) -> Volume:
+    """Build the Volume, making sure validation errors name the source file."""
+    try:
+        return Volume(
+            id,
+            canon.array,
+            spacing=canon.spacing,
+            z_positions=canon.z_positions,
+            modality=modality,
+            affine=canon.affine,
+        )
+    except InvalidVolumeError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
+
+
+# --- NIfTI ------------------------------------------------------------------------------------
+
+
+def _nifti_stem(path: Path) -> str | None:
+    """File name without its NIfTI suffix, or None if it is not a NIfTI name."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise VolumeNotFoundError(f"{path}: no such file or folder")
+
+
+def _load_nifti_image(path: Path) -> Any:
+    try:
+        return nib.load(path)
+    except Exception as exc:
+        raise VolumeReadError(
+            f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc}); "
+            "the file may be truncated or corrupt"
+        ) from None
+
+
+def _read_nifti(path: Path, *, as_mask: bool = False) -> _Canonical:
+    img = _load_nifti_image(path)
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise VolumeReadError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
+    return _canonical_zyx(img, str(path), as_mask=as_mask)
+
+
+def _unsupported(path: Path) -> VolumeReadError:
+    hint = ""
+    if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
+        hint = f"; for DICOM pass the folder of the series ({path.parent})"
+    return VolumeReadError(
+        f"{path}: unsupported file type; expected a NIfTI file "
+        f"({', '.join(NIFTI_SUFFIXES)}) or a folder holding one DICOM series{hint}"
+    )
+
+
+# --- DICOM ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DicomHeader:
+    """What the scan keeps of one DICOM file (no patient data)."""
+
+    path: Path
+    series_uid: str
+    description: str
+    modality: str
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient (6,)
+    position: tuple[float, ...] | None  # ImagePositionPatient (3,)
+    pixel_spacing: tuple[float, ...] | None  # (row spacing, column spacing)
+    shape: tuple[int, int]  # (Rows, Columns)
+    slice_spacing: float | None  # SpacingBetweenSlices or SliceThickness
+
+
+def _floats(value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
+    """Headers of the DICOM image files directly inside ``folder``."""
+    import pydicom
+
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if not files:
+        raise VolumeNotFoundError(f"{folder}: empty folder (no files; subfolders are not searched)")
+    headers: list[_DicomHeader] = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as exc:  # InvalidDicomError, truncated headers, unreadable files
+            logger.debug("%s: skipped, not a readable DICOM file (%s)", f, type(exc).__name__)
+            continue
+        uid = ds.get("SeriesInstanceUID")
+        rows, cols = ds.get("Rows"), ds.get("Columns")
+        if uid is None or rows is None or cols is None:
+            logger.debug("%s: skipped, a DICOM file without image or series", f)
+            continue
+        thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+        headers.append(
+            _DicomHeader(
+                path=f,
+                series_uid=str(uid),
+                description=str(ds.get("SeriesDescription", "") or ""),
+                modality=str(ds.get("Modality", "") or "unknown"),
+                orientation=_floats(ds.get("ImageOrientationPatient")),
+                position=_floats(ds.get("ImagePositionPatient")),
+                pixel_spacing=_floats(ds.get("PixelSpacing")),
+                shape=(int(rows), int(cols)),
+                slice_spacing=float(thickness) if thickness else None,
+            )
+        )
+    if not headers:
+        raise VolumeReadError(f"{folder}: no DICOM image files among its {len(files)} file(s)")
+    return headers
+
+
+def _pick_series(
+    folder: Path, headers: list[_DicomHeader], series_uid: str | None
+) -> list[_DicomHeader]:
+    groups: dict[str, list[_DicomHeader]] = {}
+    for h in headers:
+        groups.setdefault(h.series_uid, []).append(h)
+
+    def listing() -> str:
+        return "; ".join(
+            f"{uid} ({g[0].description or 'no description'}, {len(g)} slices)"
+            for uid, g in sorted(groups.items())
+        )
+
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise DicomSeriesError(
+                f"{folder}: no series with SeriesInstanceUID {series_uid!r}; available: {listing()}"
+            )
+        return groups[series_uid]
+    if len(groups) > 1:
+        raise DicomSeriesError(
+            f"{folder}: holds {len(groups)} series; pass series_uid= one of: {listing()}"
+        )
+    return next(iter(groups.values()))
+
+
+def _check_series(folder: Path, series: list[_DicomHeader]) -> None:
+    """Raise on missing geometry, mixed orientations, pixel shapes or spacings."""
+    first = series[0]
+    for h in series:
+        for attr, tag in (
+            ("orientation", "ImageOrientationPatient"),
+            ("position", "ImagePositionPatient"),
+            ("pixel_spacing", "PixelSpacing"),
+        ):
+            if getattr(h, attr) is None:
+                raise DicomSeriesError(f"{h.path}: missing or invalid {tag}")
+        assert h.orientation is not None and first.orientation is not None
+        if len(h.orientation) != 6 or not np.allclose(
+            h.orientation, first.orientation, atol=ORIENTATION_TOL
+        ):
+            raise DicomSeriesError(
+                f"{folder}: mixed orientations in series {first.series_uid}: "
+                f"{h.path.name} has ImageOrientationPatient {list(h.orientation)}, "
+                f"{first.path.name} has {list(first.orientation)}"
+            )
+        if h.shape != first.shape:
+            raise DicomSeriesError(
+                f"{folder}: mixed pixel shapes in series {first.series_uid}: "
+                f"{h.path.name} is {h.shape[0]}x{h.shape[1]}, "
+                f"{first.path.name} is {first.shape[0]}x{first.shape[1]} (Rows x Columns)"
+            )
+        assert h.pixel_spacing is not None and first.pixel_spacing is not None
+        if not np.allclose(h.pixel_spacing, first.pixel_spacing, rtol=1e-3):
+            raise DicomSeriesError(
+                f"{folder}: mixed PixelSpacing in series {first.series_uid}: "
+                f"{h.path.name} has {list(h.pixel_spacing)}, "
+                f"{first.path.name} has {list(first.pixel_spacing)}"
+            )
+
+
+def _slice_steps(folder: Path, uid: str, proj: npt.NDArray[np.float64], names: list[str]) -> float:
+    """Check sorted slice positions for duplicates, gaps and unevenness; median step."""
+    diffs = np.diff(proj)
+    dup = np.flatnonzero(diffs < 1e-3)
+    if dup.size:
+        i = int(dup[0])
+        raise DicomSeriesError(
+            f"{folder}: series {uid}: {names[i]} and {names[i + 1]} share the slice "
+            f"position {proj[i]:.3f} mm along the slice normal (duplicate files, or "
+            "several echoes/phases/acquisitions in one series, which is not supported)"
+        )
+    median = float(np.median(diffs))
+    gaps = np.flatnonzero(diffs > MAX_GAP_RATIO * median)
+    if gaps.size:
+        where = ", ".join(
+            f"between {proj[i]:.2f} and {proj[i + 1]:.2f} mm "
+            f"({names[i]} and {names[i + 1]}, gap {diffs[i]:.2f} mm)"
+            for i in gaps.tolist()
+        )
+        raise MissingSliceError(
+            f"{folder}: series {uid} is missing slices: {where}; "
+            f"median spacing {median:.2f} mm over {proj.size} slices"
+        )
+    deviation = float(np.abs(diffs - median).max())
+    if deviation > max(SPACING_ABS_TOL, SPACING_REL_TOL * median):
+        warnings.warn(
+            f"{folder}: series {uid} has uneven slice spacing (from {diffs.min():.3f} to "
+            f"{diffs.max():.3f} mm, median {median:.3f} mm); true positions are kept in "
+            "z_positions",
+            UserWarning,
+            stacklevel=4,
+        )
+    return median
+
+
+def _read_pixels(path: Path) -> npt.NDArray[np.float32]:
+    import pydicom
+    from pydicom.pixels.processing import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        raw = ds.pixel_array
+        values = apply_modality_lut(raw, ds)
+    except Exception as exc:
+        raise VolumeReadError(
+            f"{path}: cannot decode the DICOM pixel data ({type(exc).__name__}: {exc})"
+        ) from None
+    if values.ndim != 2:
+        raise DicomSeriesError(
+            f"{path}: pixel data of shape {values.shape}; only single-frame grayscale "
+            "slices are supported"
+        )
+    return np.asarray(values, dtype=np.float32)
+
+
+def _read_dicom_series(folder: Path, *, series_uid: str | None) -> tuple[_Canonical, str]:
+    """Read one DICOM series folder into the canonical layout; also return its modality."""
+    series = _pick_series(folder, _scan_dicom_folder(folder), series_uid)
+    _check_series(folder, series)
+    first = series[0]
+    assert first.orientation is not None and first.pixel_spacing is not None
+    row_dir = np.asarray(first.orientation[:3])  # direction of increasing column index
+    col_dir = np.asarray(first.orientation[3:])  # direction of increasing row index
+    normal = np.cross(row_dir, col_dir)
+    positions = np.asarray([h.position for h in series], dtype=np.float64)  # LPS mm
+    proj = positions @ normal
+    order = np.argsort(proj, kind="stable")
+    series = [series[i] for i in order.tolist()]
+    positions, proj = positions[order], proj[order]
+    names = [h.path.name for h in series]
+    if len(series) > 1:
+        median = _slice_steps(folder, first.series_uid, proj, names)
+        step = (positions[-1] - positions[0]) / (len(series) - 1)
+    else:
+        median = first.slice_spacing or 1.0
+        step = normal * median
+    logger.debug(
+        "%s: series %s, %d slices, spacing %.3f mm", folder, first.series_uid, len(series), median
+    )
+    stack = np.stack([_read_pixels(h.path) for h in series])  # (k, row, column)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * first.pixel_spacing[1]
+    lps[:3, 1] = col_dir * first.pixel_spacing[0]
+    lps[:3, 2] = step
+    lps[:3, 3] = positions[0]
+    img = nib.Nifti1Image(  # type: ignore[no-untyped-call]
+        stack.transpose(2, 1, 0), _LPS_TO_RAS @ lps
+    )  # data indexed (column, row, k)
+    canon = _canonical_zyx(img, str(folder))
+    if len(series) > 2 and int(np.argmax(np.abs(normal))) == 2:
+        # axial-like series: keep the true (possibly uneven) slice positions
+        z_true = np.sort(positions[:, 2])
+        offset = canon.z_positions[0] - z_true[0]
+        canon = replace(canon, z_positions=z_true + offset)
+    return canon, first.modality
+
+
+# --- public API ---------------------------------------------------------------------------
+
+
+def load_volume(
+    path: str | os.PathLike[str],
+    *,
+    series_uid: str | None = None,
+    id: str | None = None,
+    modality: str | None = None,
+) -> Volume:
+    """Read a NIfTI file or a DICOM series folder as a canonical :class:`Volume`.
+
+    Parameters
+    ----------
+    path
+        A ``.nii`` / ``.nii.gz`` file, or a folder whose files form one DICOM series.
+    series_uid
+        For a DICOM folder holding several series: the ``SeriesInstanceUID`` to read.
+    id
+        Volume id; defaults to the file name without ``.nii``/``.nii.gz``, or the
+        folder name for DICOM. Never taken from patient data.
+    modality
+        ``"CT"``, ``"MR"``, ...; defaults to the DICOM ``Modality`` tag (``"unknown"``
+        when absent), and to ``"CT"`` for NIfTI.
+
+    Returns
+    -------
+    Volume
+        float32 array ``(Z, Y, X)`` in RAS+ orientation, slices inferior -> superior,
+        with spacing, z positions and affine set (see the module docstring).
+
+    Raises
+    ------
+    VolumeNotFoundError
+        The path does not exist, or is an empty folder.
+    VolumeReadError
+        Unsupported file type, corrupt or truncated file, a folder without DICOM files.
+    DicomSeriesError
+        Several series without ``series_uid``, an unknown ``series_uid``, mixed
+        orientations or pixel shapes; :class:`MissingSliceError` for a gap.
+    InvalidVolumeError
+        Not a 3D image (2D, 4D), NaN or infinite voxels.
+
+    Examples
+    --------
+    >>> import numpy as np, nibabel as nib, tempfile, pathlib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> flipped = np.diag([-1.0, -1.0, -2.5, 1.0])   # LPI: z runs superior -> inferior
+    >>> data = np.zeros((4, 4, 3), np.int16); data[..., 0] = 7   # k = 0 is the top slice
+    >>> nib.save(nib.Nifti1Image(data, flipped), tmp / "lpi.nii")
+    >>> vol = load_volume(tmp / "lpi.nii", modality="MR")
+    >>> vol.array[:, 0, 0].tolist(), vol.spacing, vol.modality
+    ([0.0, 0.0, 7.0], (2.5, 1.0, 1.0), 'MR')
+    """
+    p = Path(path)
+    _check_exists(p)
+    if p.is_dir():
+        canon, dicom_modality = _read_dicom_series(p, series_uid=series_uid)
+        return _make_volume(
+            str(p), canon, id=id or p.resolve().name, modality=modality or dicom_modality
+        )
+    stem = _nifti_stem(p)
+    if stem is None:
+        raise _unsupported(p)
+    canon = _read_nifti(p)
+    return _make_volume(str(p), canon, id=id or stem, modality=modality or "CT")
+
+
+def load_mask(path: str | os.PathLike[str], *, like: Volume | None = None) -> npt.NDArray[np.bool_]:
+    """Read a NIfTI segmentation mask as a boolean ``(Z, Y, X)`` array.
+
+    The mask is canonicalised exactly like :func:`load_volume`, so it lines up with
+    the image it was drawn on. Any non-zero voxel is True.
+
+    Parameters
+    ----------
+    path
+        A ``.nii`` / ``.nii.gz`` file.
+    like
+        The volume the mask belongs to; its shape must match.
+
+    Raises
+    ------
+    MaskShapeError
+        The mask's shape differs from ``like.shape``.
+    VolumeNotFoundError, VolumeReadError, InvalidVolumeError
+        As for :func:`load_volume`.
+
+    Examples
+    --------
+    >>> import numpy as np, nibabel as nib, tempfile, pathlib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> m = np.zeros((2, 3, 4), np.uint8); m[1, 2, 3] = 1
+    >>> nib.save(nib.Nifti1Image(m, np.eye(4)), tmp / "liver.nii.gz")
+    >>> mask = load_mask(tmp / "liver.nii.gz")
+    >>> mask.shape, mask.dtype, np.argwhere(mask).tolist()
+    ((4, 3, 2), dtype('bool'), [[3, 2, 1]])
+    """
+    p = Path(path)
+    _check_exists(p)
+    if p.is_dir() or _nifti_stem(p) is None:
+        raise VolumeReadError(
+            f"{p}: unsupported mask file; expected a NIfTI file ({', '.join(NIFTI_SUFFIXES)})"
+        )
+    canon = _read_nifti(p, as_mask=True)
+    mask: npt.NDArray[np.bool_] = canon.array.astype(bool, copy=False)
+    if like is not None:
+        if mask.shape != like.shape:
+            raise MaskShapeError(
+                f"{p}: mask shape {mask.shape} (Z, Y, X) differs from the shape "
+                f"{like.shape} of volume {like.id!r}"
+            )
+        if like.affine is not None and not np.allclose(canon.affine, like.affine, atol=1e-2):
+            logger.warning(
+                "%s: mask affine differs from the affine of volume %r; "
+                "the mask may not be aligned with the image",
+                p,
+                like.id,
+            )
+    return mask
+
+
+def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """Shape ``(Z, Y, X)`` that :func:`load_volume` would give, read from the header only.
+
+    Cheap: no voxel data are read.
+
+    Raises
+    ------
+    VolumeNotFoundError, VolumeReadError, InvalidVolumeError
+        As for :func:`load_volume` (NIfTI files only).
+
+    Examples
+    --------
+    >>> import numpy as np, nibabel as nib, tempfile, pathlib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> sar = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [2, 0, 0, 0], [0, 0, 0, 1.0]])
+    >>> nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.int16), sar), tmp / "p.nii")
+    >>> nifti_shape(tmp / "p.nii")
+    (5, 6, 7)
+    """
+    p = Path(path)
+    _check_exists(p)
+    if p.is_dir() or _nifti_stem(p) is None:
+        raise _unsupported(p)
+    img = _load_nifti_image(p)
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InvalidVolumeError(
+            f"{p}: expected a 3D image, got {len(shape)}D data of shape {tuple(img.shape)}"
+        )
+    try:
+        ornt = nib.io_orientation(img.affine)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        raise VolumeReadError(f"{p}: unusable affine ({type(exc).__name__}: {exc})") from None
+    ras = [0, 0, 0]
+    for axis, (out_axis, _flip) in enumerate(ornt):
+        ras[int(out_axis)] = shape[axis]
+    return (ras[2], ras[1], ras[0])

@@ -1,0 +1,609 @@
+"""Retrieval metrics of the study, computed per (query, structure).
+
+Every metric is a small frozen dataclass with a ``name`` and a
+:meth:`~Metric.compute` method that turns a hits table and the ground truth
+(:class:`Truth`) into one value per ``(query, structure)`` pair. The values are
+returned as a long :class:`pandas.DataFrame` with the columns ``query_id``,
+``structure``, ``value`` and ``weight``; :func:`aggregate` turns them into one
+value per structure (a weighted mean: ``weight`` is the number of query slices for
+:class:`SliceRecall`, 1 otherwise).
+
+Definitions (METHOD.md, "Evaluation"); a volume *contains* ``c`` when ``c`` is
+present in at least one of its slices:
+
+* :class:`SliceRecall` -- over the query slices that contain ``c``, the fraction
+  whose top-1 retrieved slice also contains ``c`` (pooled over all slices of all
+  queries).
+* :class:`VolumeRecall` ``(k)`` -- over the query volumes that contain ``c``, the
+  fraction for which **at least one** of the top-``k`` retrieved volumes contains
+  ``c`` (``k=1``: the top-1 volume contains ``c``).
+* :class:`RegionRecall` ``(k)`` -- the same over region queries for ``c``.
+* :class:`LocalizedRecall` -- over region queries for ``c``, the fraction whose
+  top-1 volume contains ``c`` **and** whose predicted span
+  ``[loc_first, loc_last]`` overlaps the slices where ``c`` lies in that volume.
+* :class:`LocalizationRatio` -- for a region query for ``c``, the fraction of the
+  predicted span's slices in the top-1 volume that contain ``c`` (mean over the
+  region queries for ``c``; 0 when the top-1 volume has no ``c``).
+* :class:`AveragePrecision` and :class:`NDCG` ``(k)`` -- binary relevance "the
+  volume contains ``c``", with every database volume that contains ``c`` counted
+  as relevant (the ``trec_eval`` / ``ranx`` convention). Pairs without any
+  relevant database volume are NaN and left out of the means.
+
+Which structures a query is evaluated on: a region query (its id is a key of
+``Truth.regions``) only for the structure it was made for; any other query for
+every structure present in its own labels. Structures that no query contains do
+not appear in the results (they are missing/NaN, never 0).
+
+Examples
+--------
+>>> import numpy as np
+>>> import pandas as pd
+>>> from cbirlib.labels import SliceLabels
+>>> from cbirlib.metrics import Truth, VolumeRecall, aggregate
+>>> lab = lambda *rows: SliceLabels(("liver", "lung"), np.array(rows, dtype=bool))
+>>> truth = Truth(
+...     database={"a": lab([1, 0], [1, 0]), "b": lab([0, 1])},
+...     queries={"q": lab([1, 0], [0, 1])},
+... )
+>>> hits = pd.DataFrame({"query_id": ["q", "q"], "volume_id": ["a", "b"],
+...                      "slice_index": [-1, -1], "query_slice": [-1, -1],
+...                      "score": [2.0, 1.0], "rank": [1, 2],
+...                      "level": ["volume", "volume"]})
+>>> aggregate(VolumeRecall(k=1).compute(hits, truth))["value"].to_dict()
+{'liver': 1.0, 'lung': 0.0}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from cbirlib.errors import EvaluationError
+from cbirlib.labels import SliceLabels
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "NDCG",
+    "AveragePrecision",
+    "HitsLike",
+    "LocalizationRatio",
+    "LocalizedRecall",
+    "Metric",
+    "RegionRecall",
+    "SliceRecall",
+    "Truth",
+    "VolumeRecall",
+    "aggregate",
+    "default_metrics",
+]
+
+#: Columns of the long table every :meth:`Metric.compute` returns.
+METRIC_COLUMNS = ("query_id", "structure", "value", "weight")
+
+_REQUIRED = ("query_id", "volume_id", "slice_index", "query_slice", "score", "rank")
+
+
+@runtime_checkable
+class HitsLike(Protocol):
+    """Anything with a ``to_pandas()`` giving the Hits columns (e.g. :class:`cbirlib.Hits`)."""
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The hits as a DataFrame with the agreed columns."""
+        ...
+
+
+# -- ground truth ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground truth for evaluation.
+
+    Parameters
+    ----------
+    database
+        Database volume id -> its :class:`~cbirlib.labels.SliceLabels`.
+    queries
+        Query id -> the labels of the query *as it was queried* (the slices that
+        ``query_slice`` indexes; for a region query, the labels of the slab).
+    regions
+        Region query id -> the structure the region query was made for. Queries not
+        in this mapping are volume queries.
+    """
+
+    database: Mapping[str, SliceLabels]
+    queries: Mapping[str, SliceLabels] = field(default_factory=dict)
+    regions: Mapping[str, str] = field(default_factory=dict)
+
+    def grouped(self, mapping: Mapping[str, str]) -> Truth:
+        """The same truth on grouped labels (e.g. fine -> coarse).
+
+        Region structures that are keys of ``mapping`` are mapped too; names that are
+        already group names are kept.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from cbirlib.labels import SliceLabels
+        >>> lab = SliceLabels(("lung_upper_lobe_left", "liver"), np.ones((2, 2), bool))
+        >>> t = Truth({"a": lab}, {"q": lab}, {"q": "lung_upper_lobe_left"})
+        >>> g = t.grouped({"lung_upper_lobe_left": "lung", "liver": "liver"})
+        >>> g.database["a"].names, dict(g.regions)
+        (('liver', 'lung'), {'q': 'lung'})
+        """
+        return Truth(
+            database={k: v.grouped(mapping) for k, v in self.database.items()},
+            queries={k: v.grouped(mapping) for k, v in self.queries.items()},
+            regions={k: mapping.get(c, c) for k, c in self.regions.items()},
+        )
+
+    def query_structures(self, query_id: str) -> frozenset[str]:
+        """The structures a query is evaluated on (see the module docstring)."""
+        if query_id in self.regions:
+            return frozenset({self.regions[query_id]})
+        return self.query_labels(query_id).volume_structures()
+
+    def query_labels(self, query_id: str) -> SliceLabels:
+        """Labels of a query; raises :class:`EvaluationError` if there are none."""
+        try:
+            return self.queries[query_id]
+        except KeyError:
+            raise EvaluationError(
+                f"no ground-truth labels for query {query_id!r}; "
+                f"known queries: {_preview(self.queries)}"
+            ) from None
+
+    def volume_labels(self, volume_id: str) -> SliceLabels:
+        """Labels of a database volume; raises :class:`EvaluationError` if unknown."""
+        try:
+            return self.database[volume_id]
+        except KeyError:
+            raise EvaluationError(
+                f"retrieved volume {volume_id!r} has no ground-truth labels; "
+                f"known database volumes: {_preview(self.database)}"
+            ) from None
+
+    def volume_contains(self, volume_id: str, structure: str) -> bool:
+        """Whether a database volume contains ``structure`` (False if it lacks the name)."""
+        labels = self.volume_labels(volume_id)
+        return structure in labels.names and labels.contains(structure)
+
+    def n_relevant(self, structure: str) -> int:
+        """Number of database volumes that contain ``structure``."""
+        return sum(self.volume_contains(v, structure) for v in self.database)
+
+
+def _preview(keys: Mapping[str, object], n: int = 8) -> str:
+    names = sorted(keys)
+    more = f", ... ({len(names)} in all)" if len(names) > n else ""
+    return (", ".join(repr(k) for k in names[:n]) + more) if names else "none"
+
+
+# -- hits helpers --------------------------------------------------------------------------
+
+
+def _frame(hits: HitsLike | pd.DataFrame) -> pd.DataFrame:
+    frame = hits if isinstance(hits, pd.DataFrame) else hits.to_pandas()
+    missing = [c for c in _REQUIRED if c not in frame.columns]
+    if missing:
+        raise EvaluationError(
+            f"hits lack the columns {missing}; expected at least {list(_REQUIRED)}"
+        )
+    return frame
+
+
+def _check_level(frame: pd.DataFrame, expected: str, hint: str) -> None:
+    """Raise unless the hits are at ``expected`` level (``attrs["level"]`` or a column)."""
+    if "level" in frame.columns:
+        levels = {str(v) for v in frame["level"].unique()}
+    else:
+        levels = {str(frame.attrs.get("level", "unknown"))}
+    if not frame.empty and levels != {expected}:
+        raise EvaluationError(
+            f"this metric needs {expected}-level hits, got level {sorted(levels)}; {hint}"
+        )
+
+
+def _ranked_volumes(hits: HitsLike | pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Volume-level hits per query, best first, one row per volume."""
+    frame = _frame(hits)
+    _check_level(frame, "volume", "aggregate slice hits first (SliceSearch() >> CountVotes())")
+    frame = frame.sort_values(["query_id", "rank", "score"], ascending=[True, True, False])
+    frame = frame.drop_duplicates(["query_id", "volume_id"], keep="first")
+    return {str(q): g.reset_index(drop=True) for q, g in frame.groupby("query_id", sort=True)}
+
+
+def _top_slices(hits: HitsLike | pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per query, the top-1 retrieved slice of each query slice."""
+    frame = _frame(hits)
+    _check_level(frame, "slice", "use SliceSearch() or SliceSearch() >> TopSlice()")
+    if (frame["query_slice"] < 0).any():
+        raise EvaluationError("slice-level hits need query_slice >= 0 for every row")
+    frame = frame.sort_values(
+        ["query_id", "query_slice", "score", "rank"], ascending=[True, True, False, True]
+    )
+    frame = frame.drop_duplicates(["query_id", "query_slice"], keep="first")
+    return {str(q): g.reset_index(drop=True) for q, g in frame.groupby("query_id", sort=True)}
+
+
+def _all_query_ids(hits: HitsLike | pd.DataFrame, truth: Truth) -> list[str]:
+    """Queries with ground truth: those with hits plus those the truth knows."""
+    ids = {str(q) for q in _frame(hits)["query_id"].unique()}
+    return sorted(ids | set(truth.queries) | set(truth.regions))
+
+
+def _records(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    return frame.astype({"query_id": object, "structure": object, "value": float, "weight": float})
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+class Metric(Protocol):
+    """What :func:`cbirlib.evaluate.evaluate` needs from a metric."""
+
+    @property
+    def name(self) -> str:
+        """Column label of the metric, e.g. ``"volume_recall@1"``."""
+        ...
+
+    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+        """One row per (query, structure) with :data:`METRIC_COLUMNS`."""
+        ...
+
+
+@dataclass(frozen=True)
+class SliceRecall:
+    """Slice-wise recall: top-1 retrieved slice contains ``c`` for query slices with ``c``.
+
+    Needs slice-level hits with ``query_slice``. ``value`` is the per-query fraction
+    and ``weight`` the number of the query's slices that contain ``c``, so the
+    weighted mean over queries pools all query slices. A query slice without any hit
+    counts as a miss.
+
+    Examples
+    --------
+    >>> SliceRecall().name
+    'slice_recall'
+    """
+
+    level: ClassVar[str] = "slice"
+
+    @property
+    def name(self) -> str:
+        """Metric name."""
+        return "slice_recall"
+
+    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+        """Per (query, structure) slice-wise recall; see the class docstring."""
+        top = _top_slices(hits)
+        rows: list[tuple[str, str, float, float]] = []
+        for qid in _all_query_ids(hits, truth):
+            if qid in truth.regions:
+                continue
+            labels = truth.query_labels(qid)
+            retrieved: dict[int, tuple[str, int]] = {}
+            if qid in top:
+                g = top[qid]
+                for t, v, s in zip(g["query_slice"], g["volume_id"], g["slice_index"], strict=True):
+                    retrieved[int(t)] = (str(v), int(s))
+            for c in sorted(labels.volume_structures()):
+                slices = labels.slices_with(c)
+                found = 0
+                for t in slices:
+                    if int(t) in retrieved:
+                        v, s = retrieved[int(t)]
+                        db = truth.volume_labels(v)
+                        found += bool(c in db.names and db.present[s, db.column(c)])
+                rows.append((qid, c, found / slices.size, float(slices.size)))
+        return _records(rows)
+
+
+def _recall_at_k(
+    hits: HitsLike | pd.DataFrame, truth: Truth, k: int, *, regions_only: bool
+) -> pd.DataFrame:
+    if k < 1:
+        raise EvaluationError(f"k must be >= 1, got {k}")
+    ranked = _ranked_volumes(hits)
+    rows: list[tuple[str, str, float, float]] = []
+    for qid in _all_query_ids(hits, truth):
+        if regions_only and qid not in truth.regions:
+            continue
+        top = list(ranked[qid]["volume_id"][:k]) if qid in ranked else []
+        for c in sorted(truth.query_structures(qid)):
+            hit = any(truth.volume_contains(str(v), c) for v in top)
+            rows.append((qid, c, float(hit), 1.0))
+    return _records(rows)
+
+
+@dataclass(frozen=True)
+class VolumeRecall:
+    """Volume-based recall@k: at least one of the top ``k`` volumes contains ``c``.
+
+    Evaluated for every structure ``c`` of each query (a region query: only its own
+    structure). Needs volume-level hits.
+
+    Examples
+    --------
+    >>> VolumeRecall(k=3).name
+    'volume_recall@3'
+    """
+
+    k: int = 1
+    level: ClassVar[str] = "volume"
+
+    @property
+    def name(self) -> str:
+        """Metric name."""
+        return f"volume_recall@{self.k}"
+
+    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+        """Per (query, structure) 1.0 or 0.0; see the class docstring."""
+        return _recall_at_k(hits, truth, self.k, regions_only=False)
+
+
+@dataclass(frozen=True)
+class RegionRecall:
+    """Region-based recall@k: over region queries for ``c``, top ``k`` has a volume with ``c``.
+
+    Only queries listed in ``Truth.regions`` are evaluated.
+
+    Examples
+    --------
+    >>> RegionRecall().name
+    'region_recall'
+    """
+
+    k: int = 1
+    level: ClassVar[str] = "volume"
+
+    @property
+    def name(self) -> str:
+        """Metric name."""
+        return "region_recall" if self.k == 1 else f"region_recall@{self.k}"
+
+    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+        """Per region query 1.0 or 0.0; see the class docstring."""
+        return _recall_at_k(hits, truth, self.k, regions_only=True)
+
+
+def _localized(
+    hits: HitsLike | pd.DataFrame, truth: Truth
+) -> Iterator[tuple[str, str, SliceLabels | None, int, int]]:
+    """For each region query: (query, c, top-1 volume labels or None, first, last)."""
+    ranked = _ranked_volumes(hits)
+    for qid in _all_query_ids(hits, truth):
+        if qid not in truth.regions:
+            continue
+        c = truth.regions[qid]
+        g = ranked.get(qid)
+        if g is None or len(g) == 0:
+            yield qid, c, None, -1, -1
+            continue
+        for col in ("loc_first", "loc_last"):
+            if col not in g.columns:
+                raise EvaluationError(
+                    f"hits lack the localization column {col!r}; end the pipeline with Localize()"
+                )
+        first = float(g["loc_first"].iloc[0])
+        last = float(g["loc_last"].iloc[0])
+        labels = truth.volume_labels(str(g["volume_id"].iloc[0]))
+        if not (np.isfinite(first) and np.isfinite(last)) or first < 0 or last < first:
+            yield qid, c, labels, -1, -1
+        else:
+            yield qid, c, labels, int(first), int(last)
+
+
+@dataclass(frozen=True)
+class LocalizedRecall:
+    """Localized recall: top-1 volume contains ``c`` and the predicted span overlaps ``c``.
+
+    Needs volume-level hits with ``loc_first`` and ``loc_last`` (inclusive slice
+    indices in the retrieved volume). A missing or invalid span is a miss.
+
+    Examples
+    --------
+    >>> LocalizedRecall().name
+    'localized_recall'
+    """
+
+    level: ClassVar[str] = "volume"
+
+    @property
+    def name(self) -> str:
+        """Metric name."""
+        return "localized_recall"
+
+    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+        """Per region query 1.0 or 0.0; see the class docstring."""
+        rows: list[tuple[str, str, float, float]] = []
+        for qid, c, labels, first, last in _localized(hits, truth):
+            hit = False
+            if labels is not None and first >= 0 and c in labels.names:
+                hit = bool(labels.present[first : last + 1, labels.column(c)].any())
+            rows.append((qid, c, float(hit), 1.0))
+        return _records(rows)
+
+
+@dataclass(frozen=True)
+class LocalizationRatio:
+    """Fraction of the predicted span's slices (top-1 volume) that contain ``c``.
+
+    1.0 means the span ``[loc_first, loc_last]`` lies entirely on ``c``; 0.0 when
+    the top-1 volume lacks ``c`` or the span is missing.
+
+    Examples
+    --------
+    >>> LocalizationRatio().name
+    'localization_ratio'
+    """
+
+    level: ClassVar[str] = "volume"
+
+    @property
+    def name(self) -> str:
+        """Metric name."""
+        return "localization_ratio"
+
+    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+        """Per region query a ratio in [0, 1]; see the class docstring."""
+        rows: list[tuple[str, str, float, float]] = []
+        for qid, c, labels, first, last in _localized(hits, truth):
+            ratio = 0.0
+            if labels is not None and first >= 0 and c in labels.names:
+                span = labels.present[first : last + 1, labels.column(c)]
+                ratio = float(span.mean()) if span.size else 0.0
+            rows.append((qid, c, ratio, 1.0))
+        return _records(rows)
+
+
+def _relevance(
+    hits: HitsLike | pd.DataFrame, truth: Truth
+) -> Iterator[tuple[str, str, np.ndarray, int]]:
+    """Per (query, c): binary relevance of the ranked volumes and the number relevant."""
+    ranked = _ranked_volumes(hits)
+    n_relevant: dict[str, int] = {}
+    for qid in _all_query_ids(hits, truth):
+        vols = list(ranked[qid]["volume_id"]) if qid in ranked else []
+        for c in sorted(truth.query_structures(qid)):
+            if c not in n_relevant:
+                n_relevant[c] = truth.n_relevant(c)
+            rel = np.array([truth.volume_contains(str(v), c) for v in vols], dtype=float)
+            yield qid, c, rel, n_relevant[c]
+
+
+@dataclass(frozen=True)
+class AveragePrecision:
+    """Average precision with relevance "the volume contains ``c``".
+
+    ``AP = sum_i P@i * rel_i / R`` over the ranked volumes (cut at ``k`` when
+    given), with ``R`` the number of database volumes that contain ``c``; NaN when
+    ``R == 0``. Agrees with ``ranx`` ``"map"`` / ``"map@k"``.
+
+    Examples
+    --------
+    >>> AveragePrecision().name, AveragePrecision(k=10).name
+    ('ap', 'ap@10')
+    """
+
+    k: int | None = None
+    level: ClassVar[str] = "volume"
+
+    @property
+    def name(self) -> str:
+        """Metric name."""
+        return "ap" if self.k is None else f"ap@{self.k}"
+
+    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+        """Per (query, structure) AP; see the class docstring."""
+        rows: list[tuple[str, str, float, float]] = []
+        for qid, c, rel, n_rel in _relevance(hits, truth):
+            rel = rel[: self.k] if self.k is not None else rel
+            if n_rel == 0:
+                rows.append((qid, c, math.nan, 1.0))
+                continue
+            precision = np.cumsum(rel) / np.arange(1, rel.size + 1)
+            rows.append((qid, c, float((precision * rel).sum() / n_rel), 1.0))
+        return _records(rows)
+
+
+@dataclass(frozen=True)
+class NDCG:
+    """Normalised discounted cumulative gain at ``k`` with binary relevance.
+
+    ``DCG@k = sum_{i<=k} rel_i / log2(i + 1)``; the ideal DCG ranks ``min(R, k)``
+    relevant volumes first (``R`` as in :class:`AveragePrecision`); NaN when
+    ``R == 0``. Agrees with ``ranx`` ``"ndcg@k"``.
+
+    Examples
+    --------
+    >>> NDCG(k=10).name
+    'ndcg@10'
+    """
+
+    k: int = 10
+    level: ClassVar[str] = "volume"
+
+    @property
+    def name(self) -> str:
+        """Metric name."""
+        return f"ndcg@{self.k}"
+
+    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+        """Per (query, structure) nDCG@k; see the class docstring."""
+        if self.k < 1:
+            raise EvaluationError(f"k must be >= 1, got {self.k}")
+        discount = 1.0 / np.log2(np.arange(2, self.k + 2))
+        rows: list[tuple[str, str, float, float]] = []
+        for qid, c, rel, n_rel in _relevance(hits, truth):
+            if n_rel == 0:
+                rows.append((qid, c, math.nan, 1.0))
+                continue
+            rel = rel[: self.k]
+            dcg = float((rel * discount[: rel.size]).sum())
+            ideal = float(discount[: min(n_rel, self.k)].sum())
+            rows.append((qid, c, dcg / ideal, 1.0))
+        return _records(rows)
+
+
+def default_metrics(mode: str) -> tuple[Metric, ...]:
+    """The study's metrics for a retrieval mode.
+
+    Parameters
+    ----------
+    mode
+        ``"slice"``, ``"volume"``, ``"region"`` or ``"localized"``.
+
+    Examples
+    --------
+    >>> [m.name for m in default_metrics("region")]
+    ['region_recall', 'ap', 'ndcg@10']
+    """
+    if mode == "slice":
+        return (SliceRecall(),)
+    if mode == "volume":
+        return (*(VolumeRecall(k) for k in (1, 3, 5, 10)), AveragePrecision(), NDCG(10))
+    if mode == "region":
+        return (RegionRecall(), AveragePrecision(), NDCG(10))
+    if mode == "localized":
+        return (LocalizedRecall(), LocalizationRatio())
+    raise EvaluationError(
+        f"unknown retrieval mode {mode!r}; valid: 'slice', 'volume', 'region', 'localized'"
+    )
+
+
+def aggregate(values: pd.DataFrame) -> pd.DataFrame:
+    """Per-structure weighted mean of per-(query, structure) values.
+
+    NaN values are left out; a structure with no finite value is NaN.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by structure, with columns ``value`` and ``n`` (summed weight of the
+        finite values: query slices for slice recall, queries otherwise).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> v = pd.DataFrame({"query_id": ["a", "b"], "structure": ["x", "x"],
+    ...                   "value": [1.0, 0.5], "weight": [1.0, 2.0]})
+    >>> float(aggregate(v).loc["x", "value"])
+    0.6666666666666666
+    """
+    ok = values["value"].notna()
+    weighted = (values["value"].where(ok, 0.0) * values["weight"].where(ok, 0.0)).groupby(
+        values["structure"]
+    )
+    total = values["weight"].where(ok, 0.0).groupby(values["structure"]).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = weighted.sum() / total.replace(0.0, np.nan)
+    out = pd.DataFrame({"value": mean.astype(float), "n": total.astype(float)})
+    out.index.name = "structure"
+    return out.sort_index()

@@ -1,0 +1,206 @@
+"""Crash-safe persistence of index directories.
+
+An index is a directory of plain files (``meta.json`` beside ``.npy`` and binary
+files). :func:`atomic_write_dir` writes such a directory so that a crash at any moment
+leaves either the old or the new directory, never a mix: files are written into a
+temporary sibling directory, flushed to disk, and swapped in by two renames
+(``path -> path.old``, ``tmp -> path``). :func:`resolve_dir` finds the directory to
+read, falling back to ``path.old`` when a crash happened between the two renames.
+
+Nothing here pickles: arrays go through ``np.save``/``np.load`` with
+``allow_pickle=False``.
+
+Examples
+--------
+>>> import tempfile, pathlib, numpy as np
+>>> from cbirlib.persist import atomic_write_dir, load_npy, resolve_dir, save_npy, write_json
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> def write(d):
+...     save_npy(d / "a.npy", np.arange(3))
+...     write_json(d / "meta.json", {"format": 1})
+>>> atomic_write_dir(root / "idx", write)
+>>> load_npy(resolve_dir(root / "idx") / "a.npy").tolist()
+[0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cbirlib.errors import IndexFormatError
+
+logger = logging.getLogger(__name__)
+
+META_NAME = "meta.json"
+BACKUP_SUFFIX = ".old"
+TMP_MARK = ".tmp-"
+
+__all__ = [
+    "META_NAME",
+    "atomic_write_dir",
+    "backup_path",
+    "fsync_dir",
+    "load_npy",
+    "read_json",
+    "resolve_dir",
+    "save_npy",
+    "sha256_file",
+    "write_json",
+]
+
+
+def backup_path(path: Path) -> Path:
+    """The sibling that holds the previous version during a swap (``path + '.old'``)."""
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry to disk (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
+    """Hex sha256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_npy(path: Path, array: npt.ArrayLike) -> None:
+    """Write one array as ``.npy`` (never pickled; object arrays are refused)."""
+    arr = np.asarray(array)
+    if arr.dtype == object:
+        raise TypeError(f"{path.name}: object arrays cannot be saved without pickle")
+    with open(path, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+
+
+def load_npy(path: Path, *, mmap: bool = False) -> npt.NDArray[Any]:
+    """Read one ``.npy`` file; any failure becomes :class:`IndexFormatError` naming it."""
+    if not path.is_file():
+        raise IndexFormatError(f"index file {str(path)!r} is missing")
+    try:
+        arr: npt.NDArray[Any] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexFormatError(f"index file {str(path)!r} is unreadable: {exc}") from None
+    return arr
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON (sorted keys, indented)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read JSON; a missing or malformed file becomes :class:`IndexFormatError`."""
+    if not path.is_file():
+        raise IndexFormatError(f"index file {str(path)!r} is missing")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (ValueError, OSError) as exc:
+        raise IndexFormatError(f"index file {str(path)!r} is not valid JSON: {exc}") from None
+
+
+def _is_index_dir(path: Path) -> bool:
+    return (path / META_NAME).is_file()
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete leftovers of crashed saves: temp dirs, and a backup when ``path`` is whole."""
+    for tmp in path.parent.glob(f".{path.name}{TMP_MARK}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    backup = backup_path(path)
+    if backup.exists() and _is_index_dir(path):
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def atomic_write_dir(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Create or replace directory ``path`` atomically.
+
+    Parameters
+    ----------
+    path
+        Target directory. If it exists it must be an index directory (holding
+        ``meta.json``) or empty; anything else is refused rather than overwritten.
+    write
+        Called with a fresh temporary directory (a sibling of ``path``, so on the same
+        filesystem) that it fills with files. Every file is then fsynced.
+
+    Notes
+    -----
+    One writer per path at a time; concurrent saves to the same path are not supported.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not (path.is_dir() and (_is_index_dir(path) or not any(path.iterdir()))):
+        raise IndexFormatError(
+            f"refusing to overwrite {str(path)!r}: it exists and is not an index directory"
+        )
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
+    try:
+        write(tmp)
+        for file in tmp.iterdir():
+            _fsync_file(file)
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    backup = backup_path(path)
+    if path.exists():
+        if backup.exists():  # path is whole here, so the backup is a stale copy
+            shutil.rmtree(backup)
+        os.rename(path, backup)
+        fsync_dir(path.parent)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+    shutil.rmtree(backup, ignore_errors=True)
+    logger.debug("wrote %s atomically", path)
+
+
+def resolve_dir(path: str | os.PathLike[str]) -> Path:
+    """The directory to read for ``path``, recovering from an interrupted swap.
+
+    Returns ``path`` when it holds ``meta.json``; else ``path + '.old'`` when a crash
+    left only the previous version there. Raises :class:`IndexFormatError` otherwise.
+    """
+    path = Path(path)
+    if _is_index_dir(path):
+        return path
+    backup = backup_path(path)
+    if not path.exists() and _is_index_dir(backup):
+        logger.warning("index %s missing; recovering the previous version %s", path, backup)
+        return backup
+    if path.exists():
+        raise IndexFormatError(f"{str(path)!r} is not an index directory (no {META_NAME})")
+    raise IndexFormatError(f"no index at {str(path)!r}")

@@ -1,0 +1,172 @@
+"""Where the slice vectors live: a growable row store, and a reader for hnswlib files.
+
+:class:`VectorStore` keeps all slice embeddings in one contiguous matrix (float32 or
+float16), row ``i`` holding the vector of index label ``i``. It grows by doubling, saves
+to one ``.npy`` file and loads memory-mapped, so reading the rows of one volume is a
+cheap view.
+
+:func:`hnsw_file_vectors` maps the vectors that an hnswlib graph file already holds,
+so an HNSW index need not store its float32 vectors twice.
+
+Examples
+--------
+>>> import numpy as np
+>>> from cbirlib.vectorstore import VectorStore
+>>> store = VectorStore(4, "float16")
+>>> store.put(0, np.eye(4, dtype=np.float32)[:2])
+>>> store.rows(0, 2).dtype, store.rows(0, 2).shape
+(dtype('float32'), (2, 4))
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cbirlib.errors import DimensionMismatchError, IndexFormatError
+from cbirlib.persist import load_npy, save_npy
+
+logger = logging.getLogger(__name__)
+
+STORE_DTYPES = ("float32", "float16")
+_HNSW_HEADER = 96  # bytes before hnswlib's level-0 data block (hnswlib 0.7/0.8 format)
+
+__all__ = ["STORE_DTYPES", "VectorStore", "hnsw_file_vectors"]
+
+F32 = npt.NDArray[np.float32]
+
+
+class VectorStore:
+    """A growable matrix of vectors whose row number is the index label.
+
+    Parameters
+    ----------
+    dim
+        Vector dimension.
+    dtype
+        ``"float32"`` or ``"float16"`` (half the memory and disk; rows are returned as
+        float32).
+    """
+
+    def __init__(self, dim: int, dtype: str = "float32") -> None:
+        if dtype not in STORE_DTYPES:
+            raise ValueError(f"store dtype {dtype!r} is not supported; use one of {STORE_DTYPES}")
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+        self._data: npt.NDArray[Any] = np.zeros((0, dim), self.dtype)
+        self._size = 0  # rows in use (highest label + 1)
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows in use."""
+        return self._size * self.dim * self.dtype.itemsize
+
+    def _reserve(self, n: int) -> None:
+        if n <= self._data.shape[0] and self._data.flags.writeable:
+            return
+        capacity = max(n, 2 * self._data.shape[0], 1024)
+        grown = np.empty((capacity, self.dim), self.dtype)
+        grown[: self._size] = self._data[: self._size]
+        self._data = grown
+
+    def put(self, start: int, vectors: F32) -> None:
+        """Write ``vectors`` into rows ``start:start+len(vectors)`` (growing as needed)."""
+        stop = start + len(vectors)
+        self._reserve(stop)
+        self._data[start:stop] = vectors
+        self._size = max(self._size, stop)
+
+    def rows(self, start: int, n: int) -> F32:
+        """Rows ``start:start+n`` as float32 (a view for a float32 store)."""
+        block = self._data[start : start + n]
+        return block if block.dtype == np.float32 else block.astype(np.float32)
+
+    def take(self, labels: npt.NDArray[np.int64]) -> F32:
+        """The rows of ``labels`` as a new float32 matrix."""
+        return np.asarray(self._data[labels], dtype=np.float32)
+
+    def raw(self) -> npt.NDArray[Any]:
+        """All rows in use, in the store's dtype (a view)."""
+        return self._data[: self._size]
+
+    def save(self, path: Path) -> None:
+        """Write the rows in use to one ``.npy`` file."""
+        save_npy(path, self.raw())
+
+    @classmethod
+    def load(cls, path: Path, dim: int, dtype: str, *, mmap: bool = True) -> VectorStore:
+        """Read a store written by :meth:`save`, memory-mapped when ``mmap``."""
+        data = load_npy(path, mmap=mmap)
+        if data.ndim != 2 or data.shape[1] != dim or data.dtype != np.dtype(dtype):
+            raise IndexFormatError(
+                f"index file {str(path)!r} holds a {data.dtype} array of shape {data.shape}, "
+                f"expected {dtype} rows of dimension {dim}"
+            )
+        store = cls(dim, dtype)
+        store._data = data
+        store._size = data.shape[0]
+        return store
+
+
+def hnsw_file_vectors(
+    path: Path, dim: int, *, mmap: bool = True
+) -> tuple[F32, npt.NDArray[np.uint64]]:
+    """The vectors and labels held in an hnswlib index file, without loading the graph.
+
+    hnswlib (0.7/0.8) writes a 96-byte header, then one fixed-size record per element
+    (level-0 links, the float32 vector, the 8-byte label). This maps that block and
+    returns strided views of the vector and label columns.
+
+    Parameters
+    ----------
+    path
+        File written by ``hnswlib.Index.save_index`` (``space`` ``"cosine"`` or ``"ip"``
+        with float32 data).
+    dim
+        Vector dimension, checked against the record layout.
+    mmap
+        Memory-map the file (default) or read the block into memory.
+
+    Returns
+    -------
+    vectors, labels
+        ``(n_elements, dim)`` float32 rows in hnswlib's internal order and their labels.
+    """
+    try:
+        header = np.fromfile(path, dtype="<u8", count=6)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise IndexFormatError(f"index file {str(path)!r} is unreadable: {exc}") from None
+    if header.size < 6:
+        raise IndexFormatError(f"index file {str(path)!r} is truncated (no hnswlib header)")
+    _, _, count, per_element, label_offset, data_offset = (int(v) for v in header)
+    file_dim = (label_offset - data_offset) // 4
+    if file_dim != dim and per_element == label_offset + 8 and file_dim > 0:
+        raise DimensionMismatchError(
+            f"index file {str(path)!r} holds vectors of dimension {file_dim}, expected {dim}"
+        )
+    if (
+        label_offset != data_offset + 4 * dim
+        or per_element != label_offset + 8
+        or _HNSW_HEADER + count * per_element > size
+    ):
+        raise IndexFormatError(
+            f"index file {str(path)!r} is not an hnswlib file of dimension {dim} or is truncated"
+        )
+    if mmap:
+        block: npt.NDArray[np.uint8] = np.memmap(
+            path, dtype=np.uint8, mode="r", offset=_HNSW_HEADER, shape=(count, per_element)
+        )
+    else:
+        block = np.fromfile(path, dtype=np.uint8, count=count * per_element, offset=_HNSW_HEADER)
+        block = block.reshape(count, per_element)
+    vectors = block[:, data_offset:label_offset].view(np.float32)
+    labels = block[:, label_offset:per_element].view(np.uint64)[:, 0]
+    return vectors, labels

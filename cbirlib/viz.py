@@ -1,0 +1,378 @@
+"""Pictures of retrieval results: montages of query and retrieved slices, localized bands.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, never through
+``pyplot``, so no global figure state is created or leaked and no display is needed;
+save them with ``fig.savefig(path)``, or let Jupyter show them.
+
+Display conventions (volumes are canonical RAS+, ``array[z]`` runs inferior to superior):
+
+* axial slices are shown in the radiological convention: anterior up, the patient's
+  right on the viewer's left;
+* coronal and sagittal reformats put superior up (z in mm on the vertical axis), with
+  the patient's right (coronal) or anterior (sagittal) on the viewer's left;
+* a localized span ``[first, last]`` (inclusive slice indices) is drawn as a band that
+  covers those slices' full thickness.
+
+Examples
+--------
+>>> import numpy as np
+>>> from cbirlib.volume import Volume
+>>> from cbirlib.viz import reformat_with_span
+>>> vol = Volume("v", np.zeros((20, 16, 16), np.float32), spacing=(2.0, 1.0, 1.0))
+>>> fig = reformat_with_span(vol, (5, 9))
+>>> [float(v) for v in fig.axes[0].get_ylim()]  # z in mm, superior up
+[-1.0, 39.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from cbirlib.errors import CbirError
+from cbirlib.hits import Hits
+from cbirlib.volume import Volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["PLANES", "VizError", "montage", "reformat_with_span"]
+
+Plane = Literal["coronal", "sagittal"]
+PLANES: tuple[str, ...] = ("coronal", "sagittal")
+"""Reformat planes :func:`reformat_with_span` and :func:`montage` can draw."""
+
+VolumeSource = Mapping[str, Volume] | Callable[[str], Volume]
+
+_BAND_COLOR = "tab:orange"
+_PANEL_INCHES = 2.6
+
+
+class VizError(CbirError, ValueError):
+    """Arguments a figure cannot be drawn from (unknown plane, query or volume id)."""
+
+
+@dataclass(frozen=True)
+class _Match:
+    """One retrieved volume as the montage shows it."""
+
+    rank: int
+    volume_id: str
+    score: float
+    slice_index: int  # -1: unknown, use the span's centre or the volume's centre
+    span: tuple[int, int] | None
+
+
+def _check_plane(plane: str) -> None:
+    if plane not in PLANES:
+        raise VizError(f"unknown plane {plane!r}; valid: {', '.join(PLANES)}")
+
+
+def _bounds(volume: Volume, window: str | tuple[float, float]) -> tuple[float, float]:
+    """Display window of a volume: the named CT window, or percentiles for MR."""
+    from cbirlib.preprocess import window_bounds
+
+    return window_bounds(volume.array, "percentile" if volume.modality == "MR" else window)
+
+
+def _z_edges(volume: Volume) -> npt.NDArray[np.float64]:
+    """Slice boundaries in mm (n_slices + 1 values), from the slice centres."""
+    z = volume.z_positions
+    half = volume.spacing[0] / 2.0
+    if len(z) == 1:
+        return np.array([z[0] - half, z[0] + half])
+    mid = (z[1:] + z[:-1]) / 2.0
+    return np.concatenate([[z[0] - (mid[0] - z[0])], mid, [z[-1] + (z[-1] - mid[-1])]])
+
+
+def _span_mm(volume: Volume, span: tuple[int, int]) -> tuple[float, float]:
+    first, last = sorted(span)
+    if first < 0 or last >= volume.n_slices:
+        raise VizError(
+            f"span {span} lies outside volume {volume.id!r} (slices 0..{volume.n_slices - 1})"
+        )
+    edges = _z_edges(volume)
+    return float(min(edges[first], edges[last + 1])), float(max(edges[first], edges[last + 1]))
+
+
+def _draw_axial(
+    ax: Axes,
+    volume: Volume,
+    index: int,
+    bounds: tuple[float, float],
+    title: str,
+) -> None:
+    # rows are y (posterior -> anterior), columns x (towards the patient's right):
+    # origin="lower" puts anterior up, reversing the columns puts the right on the left
+    image = volume.array[index][:, ::-1]
+    ax.imshow(image, cmap="gray", vmin=bounds[0], vmax=bounds[1], origin="lower")
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def _draw_reformat(
+    ax: Axes,
+    volume: Volume,
+    span: tuple[int, int] | None,
+    plane: str,
+    bounds: tuple[float, float],
+    title: str | None = None,
+) -> None:
+    _check_plane(plane)
+    _, ny, nx = volume.shape
+    _, dy, dx = volume.spacing
+    if plane == "coronal":  # (z, x), the patient's right on the viewer's left
+        image = volume.array[:, ny // 2, ::-1]
+        width = nx * dx
+    else:  # sagittal: (z, y), anterior on the viewer's left
+        image = volume.array[:, ::-1, nx // 2]
+        width = ny * dy
+    edges = _z_edges(volume)
+    if edges[0] > edges[-1]:  # z positions that decrease with the index: flip to superior-up
+        image, edges = image[::-1], edges[::-1]
+    ax.imshow(
+        image,
+        cmap="gray",
+        vmin=bounds[0],
+        vmax=bounds[1],
+        origin="lower",
+        extent=(0.0, width, float(edges[0]), float(edges[-1])),
+        aspect="equal",
+        interpolation="nearest",
+    )
+    if span is not None:
+        low, high = _span_mm(volume, span)
+        ax.axhspan(low, high, color=_BAND_COLOR, alpha=0.35, linewidth=0)
+    ax.set_xticks([])
+    ax.set_ylabel("z (mm)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    if title is not None:
+        ax.set_title(title, fontsize=8)
+
+
+def _new_figure(n_rows: int, n_cols: int) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(
+        figsize=(_PANEL_INCHES * n_cols, _PANEL_INCHES * 1.25 * n_rows), layout="constrained"
+    )
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    return fig, axes
+
+
+def reformat_with_span(
+    volume: Volume,
+    span: tuple[int, int] | None,
+    *,
+    plane: Plane = "coronal",
+    window: str | tuple[float, float] = "soft_tissue",
+    title: str | None = None,
+) -> Figure:
+    """A coronal or sagittal reformat of a volume with a localized span as a band.
+
+    Parameters
+    ----------
+    volume
+        The volume to draw (its central coronal or sagittal plane).
+    span
+        Inclusive slice indices ``(first, last)`` of the predicted location, or None
+        for no band.
+    plane
+        ``"coronal"`` or ``"sagittal"``.
+    window
+        Display window: a preset name of :data:`cbirlib.preprocess.WINDOW_PRESETS` or
+        ``(low, high)`` in HU; MR volumes use percentiles.
+    title
+        Axes title; defaults to the volume id and the span in slices and mm.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes; the vertical axis is z in mm with superior up.
+
+    Raises
+    ------
+    VizError
+        On an unknown plane or a span outside the volume.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbirlib.volume import Volume
+    >>> vol = Volume("v", np.zeros((10, 8, 8), np.float32))
+    >>> fig = reformat_with_span(vol, (2, 4), plane="sagittal")
+    >>> band = fig.axes[0].patches[0]  # slices 2..4 of 1 mm each
+    >>> band.get_y(), band.get_y() + band.get_height()
+    (1.5, 4.5)
+    """
+    _check_plane(plane)
+    if title is None:
+        title = volume.id
+        if span is not None:
+            low, high = _span_mm(volume, span)
+            title += f"\nslices {min(span)}-{max(span)} ({low:.0f}-{high:.0f} mm)"
+    fig, axes = _new_figure(1, 1)
+    _draw_reformat(axes[0, 0], volume, span, plane, _bounds(volume, window), title)
+    return fig
+
+
+def _select_query(hits: Hits, query: Volume, query_id: str | None) -> Hits:
+    ids = hits.query_ids()
+    if query_id is None:
+        if query.id in ids:
+            query_id = query.id
+        elif len(ids) == 1:
+            query_id = ids[0]
+        else:
+            raise VizError(
+                f"hits hold several queries and none is {query.id!r}; "
+                f"pass query_id= one of: {', '.join(ids)}"
+            )
+    elif query_id not in ids:
+        raise VizError(f"no hits for query {query_id!r}; queries: {', '.join(ids) or '(none)'}")
+    return hits.for_query(query_id)
+
+
+def _matches(hits: Hits, top: int) -> list[_Match]:
+    """The ``top`` best volumes of one query's hits, with their best slice and span."""
+    if hits.level == "volume":
+        rows = np.argsort(hits.rank, kind="stable")
+    else:  # slice level: a volume's best slice hit stands for the volume
+        rows = np.lexsort((np.arange(len(hits)), -hits.score))
+    has_span = "loc_first" in hits.extra and "loc_last" in hits.extra
+    out: list[_Match] = []
+    seen: set[str] = set()
+    for row in rows:
+        vid = str(hits.volume_id[row])
+        if vid in seen:
+            continue
+        seen.add(vid)
+        span = None
+        if has_span and int(hits.extra["loc_first"][row]) >= 0:
+            span = (int(hits.extra["loc_first"][row]), int(hits.extra["loc_last"][row]))
+        out.append(
+            _Match(len(out) + 1, vid, float(hits.score[row]), int(hits.slice_index[row]), span)
+        )
+        if len(out) == top:
+            break
+    return out
+
+
+def _load(volumes: VolumeSource, volume_id: str) -> Volume:
+    if isinstance(volumes, Mapping):
+        if volume_id not in volumes:
+            known = ", ".join(sorted(volumes)[:10])
+            raise VizError(f"no volume {volume_id!r} to draw; given: {known}")
+        return volumes[volume_id]
+    return volumes(volume_id)
+
+
+def montage(
+    query: Volume,
+    hits: Hits,
+    volumes: VolumeSource,
+    *,
+    top: int = 5,
+    window: str | tuple[float, float] = "soft_tissue",
+    plane: Plane | None = "coronal",
+    query_id: str | None = None,
+    query_span: tuple[int, int] | None = None,
+) -> Figure:
+    """The query next to its best retrieved volumes, with scores and localized spans.
+
+    Row 1 shows the query's central axial slice and, for each of the ``top`` retrieved
+    volumes (in rank order), its best-matching axial slice, titled with rank, volume
+    id, score and slice. Row 2 (unless ``plane=None``) shows a coronal or sagittal
+    reformat of each volume with its predicted span (the ``loc_first``/``loc_last``
+    columns written by :class:`~cbirlib.localize.Localize`) as a band, superior up.
+
+    Parameters
+    ----------
+    query
+        The query volume (for a region query, the sub-volume that was searched).
+    hits
+        Retrieval results; volume-level (ranked volumes) or slice-level (each volume is
+        represented by its best-scoring slice hit).
+    volumes
+        The database volumes by id: a mapping, or a function ``id -> Volume`` such as
+        ``dataset.load``.
+    top
+        How many retrieved volumes to show.
+    window
+        Display window (preset name or ``(low, high)`` HU); MR volumes use percentiles.
+    plane
+        ``"coronal"``, ``"sagittal"`` or None (no second row).
+    query_id
+        Which query of ``hits`` to show; defaults to ``query.id`` (or the only query).
+    query_span
+        A band to draw on the query's reformat (e.g. the region a region query covers).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``1 + n`` columns; ``n`` is the number of retrieved volumes shown.
+
+    Raises
+    ------
+    VizError
+        On ``top < 1``, an unknown plane or query id, or a retrieved volume that
+        ``volumes`` does not hold.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbirlib.hits import Hits
+    >>> from cbirlib.volume import Volume
+    >>> vols = {k: Volume(k, np.zeros((6, 8, 8), np.float32)) for k in ("q", "a", "b")}
+    >>> hits = Hits(query_id=["q", "q"], volume_id=["a", "b"], score=[0.9, 0.7],
+    ...             level="volume", extra={"loc_first": [1, 0], "loc_last": [3, 2]})
+    >>> fig = montage(vols["q"], hits, vols, top=2)
+    >>> [ax.get_title().splitlines()[0] for ax in fig.axes[:3]]
+    ['query q', '#1 a', '#2 b']
+    """
+    if top < 1:
+        raise VizError(f"top must be >= 1, got {top}")
+    if plane is not None:
+        _check_plane(plane)
+    matches = _matches(_select_query(hits, query, query_id), top)
+    n_cols = 1 + max(1, len(matches))
+    fig, axes = _new_figure(1 if plane is None else 2, n_cols)
+    q_index = query.n_slices // 2
+    q_bounds = _bounds(query, window)
+    _draw_axial(
+        axes[0, 0],
+        query,
+        q_index,
+        q_bounds,
+        f"query {query.id}\nslice {q_index} (z={query.z_positions[q_index]:.0f} mm)",
+    )
+    if plane is not None:
+        _draw_reformat(axes[1, 0], query, query_span, plane, q_bounds, f"query ({plane})")
+    for col, match in enumerate(matches, start=1):
+        volume = _load(volumes, match.volume_id)
+        if 0 <= match.slice_index < volume.n_slices:
+            index = match.slice_index
+        elif match.span is not None:
+            index = (match.span[0] + match.span[1]) // 2
+        else:
+            index = volume.n_slices // 2
+        bounds = _bounds(volume, window)
+        title = f"#{match.rank} {match.volume_id}\nscore {match.score:.3f}, slice {index}"
+        _draw_axial(axes[0, col], volume, index, bounds, title)
+        if plane is not None:
+            span_title = "no span"
+            if match.span is not None:
+                low, high = _span_mm(volume, match.span)
+                span_title = f"span {match.span[0]}-{match.span[1]} ({low:.0f}-{high:.0f} mm)"
+            _draw_reformat(axes[1, col], volume, match.span, plane, bounds, span_title)
+    if not matches:
+        axes[0, 1].set_axis_off()
+        axes[0, 1].set_title("no hits", fontsize=8)
+        if plane is not None:
+            axes[1, 1].set_axis_off()
+    return fig

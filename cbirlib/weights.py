@@ -1,0 +1,495 @@
+"""Where pretrained weights come from, and how they get into a model.
+
+One place resolves every weight source cbirlib knows:
+
+* the Hugging Face hub (through timm / :mod:`huggingface_hub`, standard HF cache,
+  honours ``HF_HUB_OFFLINE``): see :func:`hub_cache_dir`, :func:`hub_offline`,
+  :func:`hub_errors`;
+* a URL (``http(s)://`` or ``file://``): downloaded once into :func:`cache_dir`
+  (``$CBIRLIB_CACHE`` or ``~/.cache/cbirlib``), written to a temporary file and
+  renamed into place, with an optional sha256 check;
+* a local file: safetensors, or a torch checkpoint read with
+  ``torch.load(..., weights_only=True)`` (never unpickled freely).
+
+Checkpoints are unwrapped (nested ``"state_dict"`` / ``"model"`` entries) and
+``"module."`` prefixes (DataParallel) are stripped. :func:`load_into` loads a state
+dict strictly and raises :class:`~cbirlib.errors.WeightsError` listing missing and
+unexpected keys. Missing weights never fall back to random ones.
+
+Examples
+--------
+>>> import torch
+>>> from cbirlib.weights import remap_state_dict, strip_prefixes
+>>> sd = {"module.backbone.fc.weight": torch.zeros(2, 2)}
+>>> list(strip_prefixes(sd, ("module.", "backbone.")))
+['fc.weight']
+>>> list(remap_state_dict({"layer1.0.conv1.weight": torch.zeros(1)}, [(r"^layer", "stages.")]))
+['stages.1.0.conv1.weight']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cbirlib.errors import CbirError, ChecksumError, WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "CACHE_ENV",
+    "OFFLINE_ENV",
+    "cache_dir",
+    "download",
+    "hub_cache_dir",
+    "hub_errors",
+    "hub_file_cached",
+    "hub_offline",
+    "is_url",
+    "load_into",
+    "load_state_dict",
+    "remap_state_dict",
+    "resolve_file",
+    "sha256_file",
+    "strip_prefixes",
+    "unwrap_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "CBIRLIB_CACHE"
+"""Environment variable that overrides the download cache directory."""
+
+OFFLINE_ENV = "CBIRLIB_OFFLINE"
+"""Environment variable that forbids downloads from URLs (as ``HF_HUB_OFFLINE`` does)."""
+
+_TRUE = {"1", "on", "yes", "true"}
+_NESTED_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "net", "module")
+_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
+_SHOW = 5
+
+HOW_TO_PASS = (
+    'pass a local file with weights="path/to/file" (.safetensors or a torch checkpoint) '
+    'or a URL with weights="https://..."'
+)
+
+
+# --- locations ------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """The directory where weights downloaded from URLs are kept.
+
+    ``$CBIRLIB_CACHE`` if set, else ``$XDG_CACHE_HOME/cbirlib``, else ``~/.cache/cbirlib``.
+    Read at call time; the directory is not created here.
+
+    Examples
+    --------
+    >>> import os
+    >>> from cbirlib.weights import cache_dir
+    >>> os.environ["CBIRLIB_CACHE"] = "/tmp/cbir-cache"
+    >>> str(cache_dir())
+    '/tmp/cbir-cache'
+    >>> del os.environ["CBIRLIB_CACHE"]
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "cbirlib"
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache directory, read from the environment at call time.
+
+    ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else :mod:`huggingface_hub`'s default.
+    """
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    home = os.environ.get("HF_HOME")
+    if home:
+        return Path(home).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    """Whether downloads are switched off (``HF_HUB_OFFLINE``, ``CBIRLIB_OFFLINE``)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", OFFLINE_ENV):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return True
+    return False
+
+
+def is_url(source: str | os.PathLike[str]) -> bool:
+    """Whether ``source`` is an ``http``, ``https`` or ``file`` URL.
+
+    Examples
+    --------
+    >>> from cbirlib.weights import is_url
+    >>> is_url("https://example.org/w.pth"), is_url("weights/w.pth")
+    (True, False)
+    """
+    return isinstance(source, str) and urllib.parse.urlparse(source).scheme in {
+        "http",
+        "https",
+        "file",
+    }
+
+
+def hub_file_cached(repo_id: str, filename: str = "model.safetensors") -> bool:
+    """Whether ``filename`` of hub repository ``repo_id`` is in the local HF cache.
+
+    ``repo_id`` may end with ``@revision``.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = repo_id.partition("@")
+    found = try_to_load_from_cache(
+        repo, filename, cache_dir=str(hub_cache_dir()), revision=revision or None
+    )
+    return isinstance(found, str) and Path(found).is_file()
+
+
+@contextlib.contextmanager
+def hub_errors(what: str) -> Iterator[None]:
+    """Turn errors of a hub download (offline, no connection, missing file) into WeightsError.
+
+    Parameters
+    ----------
+    what
+        What is being loaded, for the message (e.g. ``"timm model 'resnet50.a1_in1k'"``).
+    """
+    try:
+        yield
+    except CbirError:
+        raise
+    except Exception as exc:  # hub, network and file errors of many libraries
+        reason = "downloads are switched off (HF_HUB_OFFLINE=1)" if hub_offline() else str(exc)
+        raise WeightsError(
+            f"pretrained weights for {what} are not available: {reason}. "
+            f"They are looked up in the Hugging Face cache at {hub_cache_dir()} "
+            f"(set HF_HOME or HF_HUB_CACHE to use another); download them once with network "
+            f"access, or {HOW_TO_PASS}."
+        ) from exc
+
+
+# --- files ----------------------------------------------------------------------------
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:
+    """The hex sha256 digest of a file, read in chunks.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
+    >>> _ = p.write_bytes(b"abc")
+    >>> sha256_file(p)[:16]
+    'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk_size), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {str(path)!r}: {exc}") from exc
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, sha256: str | None) -> None:
+    if sha256 is None:
+        return
+    actual = sha256_file(path)
+    if actual.lower() != sha256.strip().lower():
+        raise ChecksumError(
+            f"weights file {str(path)!r} has sha256 {actual}, expected {sha256.strip().lower()}"
+        )
+
+
+def download(
+    url: str,
+    *,
+    sha256: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
+    filename: str | None = None,
+) -> Path:
+    """Download ``url`` once into the cache and return the local path.
+
+    The file is written to a temporary file in the cache directory and renamed into
+    place only after it is complete (and its sha256 matches, when given), so a broken
+    download never leaves a file that looks valid. A file already in the cache is
+    re-used (and re-checked against ``sha256``).
+
+    Parameters
+    ----------
+    url
+        ``http(s)://`` or ``file://`` URL.
+    sha256
+        Expected hex digest; :class:`~cbirlib.errors.ChecksumError` on mismatch.
+    directory
+        Cache directory; default :func:`cache_dir`.
+    filename
+        Name in the cache; default the last part of the URL path.
+
+    Raises
+    ------
+    WeightsError
+        Downloads are switched off and the file is not cached, or the download failed.
+    ChecksumError
+        The file does not match ``sha256``.
+    """
+    target_dir = Path(directory) if directory is not None else cache_dir()
+    name = filename or Path(urllib.parse.urlparse(url).path).name
+    if not name:
+        raise WeightsError(f"cannot derive a file name from URL {url!r}; pass filename=")
+    target = target_dir / name
+    if target.is_file():
+        _check_sha256(target, sha256)
+        logger.debug("using cached %s", target)
+        return target
+    if hub_offline() and not url.startswith("file:"):
+        raise WeightsError(
+            f"weights {url!r} are not in the cache at {target} and downloads are switched off "
+            f"(HF_HUB_OFFLINE / {OFFLINE_ENV}); put the file there, set {CACHE_ENV} to a folder "
+            f"that holds it, or {HOW_TO_PASS}."
+        )
+    target_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target_dir)
+    tmp = Path(tmp_name)
+    try:
+        logger.info("downloading %s to %s", url, target)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                out.write(block)
+        _check_sha256(tmp, sha256)
+        os.replace(tmp, target)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        if isinstance(exc, CbirError):
+            raise
+        raise WeightsError(
+            f"could not download weights from {url!r}: {exc}; "
+            f"put the file at {target} yourself, or {HOW_TO_PASS}."
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def resolve_file(source: str | os.PathLike[str], *, sha256: str | None = None) -> Path:
+    """The local path of a weights ``source`` (a file path or a URL), checked against sha256.
+
+    Raises
+    ------
+    WeightsError
+        The file does not exist.
+    ChecksumError
+        The file does not match ``sha256``.
+    """
+    if is_url(source):
+        return download(str(source), sha256=sha256)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {str(source)!r} does not exist"
+            + (" (it is a directory)" if path.is_dir() else "")
+            + f"; {HOW_TO_PASS}."
+        )
+    _check_sha256(path, sha256)
+    return path
+
+
+# --- state dicts ----------------------------------------------------------------------
+
+
+def unwrap_checkpoint(obj: Any, *, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensor state dict inside a loaded checkpoint.
+
+    Descends into nested ``"state_dict"``, ``"model"`` (and similar) entries until a
+    mapping of tensors is found; non-tensor entries (epoch counters, optimiser
+    hyper-parameters) beside the tensors are dropped.
+    """
+    import torch
+
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            break
+        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        nested = next((obj[k] for k in _NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if nested is None:
+            break
+        obj = nested
+    keys = list(obj)[:_SHOW] if isinstance(obj, Mapping) else type(obj).__name__
+    raise WeightsError(
+        f"{source} holds no state dict of tensors (found {keys}); expected a mapping of "
+        f"parameter names to tensors, possibly under one of {list(_NESTED_KEYS)}"
+    )
+
+
+def strip_prefixes(
+    state_dict: Mapping[str, torch.Tensor], prefixes: Iterable[str] = ("module.",)
+) -> dict[str, torch.Tensor]:
+    """Remove leading ``prefixes`` (repeatedly, in any order) from every key."""
+    prefixes = tuple(prefixes)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key = key[len(prefix) :]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def remap_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    rules: Sequence[tuple[str, str | None]],
+) -> dict[str, torch.Tensor]:
+    """Rename keys by regular-expression rules, applied in order to every key.
+
+    Parameters
+    ----------
+    state_dict
+        The source state dict.
+    rules
+        ``(pattern, replacement)`` pairs for :func:`re.sub`; a ``None`` replacement
+        drops every key that matches ``pattern``.
+    """
+    compiled = [(re.compile(p), r) for p, r in rules]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        new: str | None = key
+        for pattern, repl in compiled:
+            assert new is not None
+            if repl is None:
+                if pattern.search(new):
+                    new = None
+                    break
+            else:
+                new = pattern.sub(repl, new)
+        if new is not None:
+            out[new] = value
+    return out
+
+
+def load_state_dict(
+    source: str | os.PathLike[str],
+    *,
+    sha256: str | None = None,
+    strip: Iterable[str] = ("module.",),
+) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file or URL (safetensors or torch checkpoint).
+
+    Parameters
+    ----------
+    source
+        Path or ``http(s)://`` / ``file://`` URL.
+    sha256
+        Expected hex digest of the file.
+    strip
+        Key prefixes to strip (default DataParallel's ``"module."``).
+
+    Returns
+    -------
+    dict
+        Parameter name -> CPU tensor.
+    """
+    import torch
+
+    path = resolve_file(source, sha256=sha256)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: Any = load_file(str(path), device="cpu")
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, unsafe pickle, wrong format
+        raise WeightsError(
+            f"cannot read weights file {str(path)!r} as "
+            f"{'safetensors' if path.suffix == '.safetensors' else 'a torch checkpoint'}: {exc}. "
+            f"Supported: .safetensors, and torch checkpoints ({', '.join(_SUFFIXES[1:])}) "
+            f"that load with torch.load(weights_only=True)"
+        ) from exc
+    sd = unwrap_checkpoint(raw, source=f"weights file {str(path)!r}")
+    return strip_prefixes(sd, strip)
+
+
+def _show(keys: Sequence[str]) -> str:
+    head = ", ".join(keys[:_SHOW])
+    return f"{len(keys)} ({head}{', ...' if len(keys) > _SHOW else ''})"
+
+
+def load_into(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    source: str = "checkpoint",
+) -> None:
+    """Load ``state_dict`` into ``model``, failing clearly when they do not fit.
+
+    Parameters
+    ----------
+    model
+        Target module.
+    state_dict
+        Parameter name -> tensor.
+    strict
+        If true, any missing or unexpected key is an error; otherwise they are logged.
+        Shape mismatches are always errors.
+    source
+        Where the weights come from, for messages.
+
+    Raises
+    ------
+    WeightsError
+        Missing or unexpected keys (first few of each and their counts), or tensors
+        whose shapes differ.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if shapes:
+        problems.append(f"shape mismatches {_show(shapes)}")
+    if strict and missing:
+        problems.append(f"missing keys {_show(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys {_show(unexpected)}")
+    if problems:
+        raise WeightsError(
+            f"weights from {source} do not fit {type(model).__name__}: " + "; ".join(problems)
+        )
+    if missing or unexpected:
+        logger.warning(
+            "loading %s non-strictly: missing %s, unexpected %s",
+            source,
+            _show(missing),
+            _show(unexpected),
+        )
+    model.load_state_dict(dict(state_dict), strict=strict)

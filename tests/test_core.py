@@ -1,0 +1,110 @@
+"""Tests of the package surface, Volume, SliceLabels and the error hierarchy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cbirlib
+from cbirlib.errors import (
+    CbirError,
+    InvalidVolumeError,
+    MaskShapeError,
+    UnknownStructureError,
+)
+from cbirlib.labels import SliceLabels
+from cbirlib.volume import Volume
+
+
+def test_import_is_cheap() -> None:
+    code = (
+        "import sys, cbirlib; "
+        "heavy = [m for m in ('torch', 'timm', 'hnswlib', 'pydicom', 'nibabel', 'matplotlib',"
+        " 'pandas') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_every_public_name_resolves() -> None:
+    for name in cbirlib.__all__:
+        obj = getattr(cbirlib, name)
+        assert obj is not None
+        if name != "__version__":
+            assert getattr(obj, "__doc__", None), f"{name} has no docstring"
+
+
+def test_unknown_attribute_raises() -> None:
+    with pytest.raises(AttributeError, match="no_such_name"):
+        cbirlib.no_such_name  # noqa: B018
+
+
+def test_errors_inherit_builtins() -> None:
+    assert issubclass(InvalidVolumeError, ValueError)
+    assert issubclass(UnknownStructureError, KeyError)
+    # KeyError subclasses keep a readable message (no extra quotes).
+    assert str(UnknownStructureError("bad name")) == "bad name"
+
+
+def test_volume_validates_and_slabs() -> None:
+    arr = np.arange(5 * 4 * 3, dtype=np.int16).reshape(5, 4, 3)
+    liver = np.zeros((5, 4, 3), bool)
+    liver[2:4] = True
+    labels = SliceLabels.from_masks({"liver": liver})
+    v = Volume("v", arr, spacing=(2.5, 1, 1), z_positions=np.arange(5) * 2.5 + 10, labels=labels)
+    assert v.array.dtype == np.float32
+    assert v.shape == (5, 4, 3)
+    sub = v.slab(2, 4)
+    assert sub.n_slices == 2
+    assert sub.z_positions.tolist() == [15.0, 17.5]
+    assert sub.labels is not None and sub.labels.span("liver") == (0, 1)
+    np.testing.assert_array_equal(sub.array, v.array[2:4])
+
+
+@pytest.mark.parametrize(
+    ("array", "kwargs", "match"),
+    [
+        (np.zeros((4, 4)), {}, "3D"),
+        (np.zeros((2, 4, 4, 1)), {}, "3D"),
+        (np.full((2, 2, 2), np.nan), {}, "NaN"),
+        (np.zeros((2, 2, 2)), {"spacing": (0, 1, 1)}, "spacing"),
+        (np.zeros((2, 2, 2)), {"z_positions": [0.0]}, "z positions"),
+    ],
+)
+def test_volume_rejects_bad_input(array: np.ndarray, kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidVolumeError, match=match):
+        Volume("bad", array, **kwargs)
+
+
+def test_volume_rejects_labels_of_other_length() -> None:
+    labels = SliceLabels(("a",), np.zeros((3, 1), bool))
+    with pytest.raises(MaskShapeError):
+        Volume("v", np.zeros((4, 2, 2)), labels=labels)
+
+
+def test_slice_labels_min_pixels_and_grouping() -> None:
+    a = np.zeros((3, 4, 4), bool)
+    a[0, 0, 0] = True  # one pixel
+    a[1, :2, :2] = True  # four pixels
+    b = np.zeros((3, 4, 4), bool)
+    b[2, 0, :3] = True
+    labels = SliceLabels.from_masks({"rib_left_1": a, "rib_right_1": b}, min_pixels=2)
+    assert labels.structures(0) == frozenset()
+    assert labels.structures(1) == {"rib_left_1"}
+    assert labels.volume_structures() == {"rib_left_1", "rib_right_1"}
+    coarse = labels.grouped({"rib_left_1": "ribs", "rib_right_1": "ribs"})
+    assert coarse.names == ("ribs",)
+    assert coarse.slices_with("ribs").tolist() == [1, 2]
+    with pytest.raises(UnknownStructureError, match="rib_left_1"):
+        labels.slices_with("liver")
+
+
+def test_slice_labels_mask_shapes_must_agree() -> None:
+    with pytest.raises(MaskShapeError, match="b"):
+        SliceLabels.from_masks({"a": np.zeros((2, 2, 2)), "b": np.zeros((3, 2, 2))})
+    with pytest.raises(CbirError):
+        SliceLabels.from_masks({"a": np.zeros((2, 2))})

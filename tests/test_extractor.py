@@ -1,0 +1,199 @@
+"""Tests of cbirlib.extractor: the Extractor ABC and the SliceExtractor torch base."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from cbirlib.errors import ExtractorError
+from cbirlib.extractor import SliceExtractor, resolve_device
+from cbirlib.preprocess import InputConfig
+from cbirlib.volume import Volume
+
+
+class TinyNet(SliceExtractor):
+    """A random-init CNN: a test fixture, never registered as a pretrained extractor."""
+
+    name = "tiny"
+    builds = 0
+
+    def __init__(self, *, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+
+    @property
+    def dim(self) -> int:
+        return 6
+
+    def default_input_config(self) -> InputConfig:
+        return InputConfig(size=(16, 16), window="soft_tissue")
+
+    def build_model(self) -> torch.nn.Module:
+        type(self).builds += 1
+        torch.manual_seed(self.seed)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(32, 6),
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        return {**super().to_config(), "seed": self.seed}
+
+
+class BrokenNet(TinyNet):
+    """Returns whatever ``output`` says, to exercise the output checks."""
+
+    name = "broken"
+
+    def __init__(self, output: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.output = output
+
+    def embed_slices(self, batch: torch.Tensor) -> torch.Tensor:
+        n = batch.shape[0]
+        if self.output == "shape":
+            return torch.ones(n, 2, 3)
+        if self.output == "rows":
+            return torch.ones(n + 1, self.dim)
+        if self.output == "nan":
+            return torch.full((n, self.dim), float("nan"))
+        if self.output == "zero":
+            return torch.zeros(n, self.dim)
+        return torch.ones(n, self.dim + 1)  # wrong dim
+
+
+def ct_volume(vid: str = "v1", n: int = 9, seed: int = 0, modality: str = "CT") -> Volume:
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(0.0, 150.0, size=(n, 24, 20)).astype(np.float32)
+    arr += np.linspace(-100, 100, n, dtype=np.float32)[:, None, None]
+    return Volume(vid, arr, spacing=(2.0, 0.8, 0.8), modality=modality)
+
+
+def test_device_auto_resolves_to_cpu_without_accelerators(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert TinyNet(device="auto").device == torch.device("cpu")
+
+
+def test_device_auto_prefers_cuda_when_present() -> None:
+    expected = "cuda" if torch.cuda.is_available() else None
+    if expected is None:
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ExtractorError, match="CUDA is not available"):
+            resolve_device("cuda")
+    else:
+        assert resolve_device("auto").type == "cuda"
+
+
+def test_unknown_device_lists_valid_ones() -> None:
+    with pytest.raises(ExtractorError, match="'gpu'.*auto.*cpu.*cuda"):
+        resolve_device("gpu")
+
+
+def test_extract_shape_dtype_and_unit_rows() -> None:
+    emb = TinyNet(device="cpu").extract(ct_volume())
+    assert emb.shape == (9, 6) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(emb[0], emb[-1])  # different slices, different vectors
+
+
+def test_slices_selects_rows_in_given_order() -> None:
+    ex = TinyNet(device="cpu")
+    vol = ct_volume()
+    full = ex.extract(vol)
+    part = ex.extract(vol, slices=np.array([7, 2, 2]))
+    np.testing.assert_allclose(part, full[[7, 2, 2]], atol=1e-6)
+    assert ex.extract(vol, slices=np.array([], dtype=np.int64)).shape == (0, 6)
+
+
+@pytest.mark.parametrize("bad", [np.array([0, 9]), np.array([-1]), np.array([0.5]), np.zeros((2, 2), int)])
+def test_bad_slices_raise_extractor_error(bad: np.ndarray) -> None:
+    with pytest.raises(ExtractorError, match="'tiny'"):
+        TinyNet(device="cpu").extract(ct_volume(), slices=bad)
+
+
+def test_batch_size_does_not_change_embeddings() -> None:
+    vol = ct_volume(n=11)
+    a = TinyNet(device="cpu", batch_size=1).extract(vol)
+    b = TinyNet(device="cpu", batch_size=4).extract(vol)
+    c = TinyNet(device="cpu", batch_size=64).extract(vol)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, c, atol=1e-5)
+
+
+def test_model_is_built_lazily_once() -> None:
+    TinyNet.builds = 0
+    ex = TinyNet(device="cpu")
+    assert TinyNet.builds == 0 and ex._model is None
+    ex.extract(ct_volume())
+    ex.extract(ct_volume(seed=1))
+    assert TinyNet.builds == 1
+    assert not ex.model.training
+
+
+def test_extract_many_yields_one_volume_at_a_time() -> None:
+    ex = TinyNet(device="cpu")
+    seen: list[str] = []
+
+    def volumes() -> Iterator[Volume]:
+        for i in range(3):
+            seen.append(f"v{i}")
+            yield ct_volume(f"v{i}", n=4 + i, seed=i)
+
+    gen = ex.extract_many(volumes())
+    vid, emb = next(gen)
+    assert (vid, emb.shape) == ("v0", (4, 6)) and seen == ["v0"]  # lazy
+    rest = list(gen)
+    assert [r[0] for r in rest] == ["v1", "v2"]
+    assert [r[1].shape[0] for r in rest] == [5, 6]
+    np.testing.assert_allclose(rest[1][1], ex.extract(ct_volume("v2", n=6, seed=2)), atol=1e-6)
+    assert len(list(ex.extract_many([ct_volume()], verbose=True))) == 1
+
+
+def test_mr_volumes_use_a_percentile_window() -> None:
+    ex = TinyNet(device="cpu")
+    vol = ct_volume(modality="MR")
+    scaled = Volume("s", vol.array * 10 + 500, modality="MR")
+    # a per-volume percentile window makes the embedding invariant to intensity scale
+    np.testing.assert_allclose(ex.extract(vol), ex.extract(scaled), atol=1e-4)
+    ct_scaled = Volume("c", vol.array * 10 + 500, modality="CT")
+    assert not np.allclose(ex.extract(Volume("c0", vol.array)), ex.extract(ct_scaled), atol=1e-3)
+
+
+def test_input_config_from_dict_and_to_config() -> None:
+    cfg = InputConfig(size=(12, 12), window="lung")
+    ex = TinyNet(device="cpu", input_config=cfg.to_dict(), seed=3)
+    assert ex.input_config == cfg
+    config = ex.to_config()
+    assert config == {"name": "tiny", "input_config": cfg.to_dict(), "seed": 3}
+    rebuilt = TinyNet(**{k: v for k, v in config.items() if k != "name"})
+    np.testing.assert_allclose(rebuilt.extract(ct_volume()), ex.extract(ct_volume()), atol=1e-6)
+    with pytest.raises(ExtractorError, match="input_config"):
+        TinyNet(input_config=42)  # type: ignore[arg-type]
+    with pytest.raises(ExtractorError, match="batch_size"):
+        TinyNet(batch_size=0)
+
+
+@pytest.mark.parametrize("output", ["shape", "rows", "nan", "zero", "dim"])
+def test_bad_model_output_raises_naming_the_extractor(output: str) -> None:
+    with pytest.raises(ExtractorError, match="'broken'"):
+        BrokenNet(output, device="cpu").extract(ct_volume())
+
+
+def test_build_model_must_return_a_module() -> None:
+    class NotAModel(TinyNet):
+        name = "notamodel"
+
+        def build_model(self) -> torch.nn.Module:
+            return "model"  # type: ignore[return-value]
+
+    with pytest.raises(ExtractorError, match="'notamodel'.*str"):
+        NotAModel(device="cpu").extract(ct_volume())

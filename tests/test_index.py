@@ -1,0 +1,323 @@
+"""SliceIndex / ExactIndex: adding, removing, searching, vectors, bad inputs, concurrency."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cbirlib.errors import (
+    DimensionMismatchError,
+    DuplicateVolumeError,
+    ExtractorMismatchError,
+    InvalidVolumeError,
+    SliceIndexError,
+    VolumeNotInIndexError,
+)
+from cbirlib.index import ExactIndex, ExtractorMismatchWarning, HnswConfig, SliceIndex
+
+KINDS = [SliceIndex, ExactIndex]
+
+
+def clustered(
+    rng: np.random.Generator, n_volumes: int, n_slices: int, dim: int, n_centroids: int = 6
+) -> dict[str, np.ndarray]:
+    """Volumes as smooth random walks around a few anatomical-level centroids."""
+    centroids = rng.normal(size=(n_centroids, dim))
+    out = {}
+    for v in range(n_volumes):
+        walk = rng.normal(scale=0.08, size=(n_slices, dim)).cumsum(axis=0)
+        noise = rng.normal(scale=0.02, size=(n_slices, dim))
+        out[f"vol{v:03d}"] = (centroids[rng.integers(n_centroids)] + walk + noise).astype(
+            np.float32
+        )
+    return out
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def data() -> dict[str, np.ndarray]:
+    return clustered(np.random.default_rng(0), 6, 20, 16)
+
+
+def fill(cls: type, data: dict[str, np.ndarray], **kw: object) -> SliceIndex | ExactIndex:
+    index = cls(16, **kw)
+    for i, (vid, x) in enumerate(data.items()):
+        index.add(vid, x, slice_meta={"z_mm": np.arange(len(x)) * 2.5 + i})
+    return index
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_keys_counts_and_metadata(cls: type, data: dict[str, np.ndarray]) -> None:
+    index = fill(cls, data)
+    assert len(index) == sum(len(x) for x in data.values())
+    assert index.volume_ids == list(data)
+    assert index.n_volumes == len(data)
+    assert "vol002" in index and "nope" not in index
+    meta = index.slice_meta("vol002")
+    np.testing.assert_array_equal(meta["slice_index"], np.arange(20))
+    np.testing.assert_allclose(meta["z_mm"], np.arange(20) * 2.5 + 2)
+    np.testing.assert_allclose(index.vectors("vol002"), unit(data["vol002"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_search_finds_the_slice_itself_with_metadata(
+    cls: type, data: dict[str, np.ndarray]
+) -> None:
+    index = fill(cls, data)
+    queries = data["vol004"][[3, 11]]
+    m = index.search(queries, k=5)
+    assert m.scores.shape == (2, 5) and m.scores.dtype == np.float32
+    assert m.volume_ids.tolist()[0][0] == "vol004" and m.volume_ids[1, 0] == "vol004"
+    assert m.slice_indices[:, 0].tolist() == [3, 11]
+    np.testing.assert_allclose(m.z_mm[:, 0], [3 * 2.5 + 4, 11 * 2.5 + 4])
+    np.testing.assert_allclose(m.scores[:, 0], 1.0, atol=1e-5)
+    assert (np.diff(m.scores, axis=1) <= 1e-6).all()  # descending per row
+    # scores are cosine similarities of the returned slices
+    for q in range(2):
+        for j in range(5):
+            v = index.vectors(m.volume_ids[q, j])[m.slice_indices[q, j]]
+            assert m.scores[q, j] == pytest.approx(float(unit(queries)[q] @ v), abs=1e-5)
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_partial_slice_index_metadata(cls: type) -> None:
+    index = cls(4)
+    x = np.random.default_rng(1).normal(size=(3, 4))
+    index.add("v", x, slice_meta={"slice_index": np.array([0, 5, 10])})
+    m = index.search(x[1], k=1)
+    assert m.slice_indices.tolist() == [[5]]
+    assert np.isnan(m.z_mm).all()  # unknown positions stay NaN
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_k_larger_than_index_and_empty_index(cls: type) -> None:
+    index = cls(4)
+    empty = index.search(np.ones((3, 4)), k=10)
+    assert empty.scores.shape == (3, 0) and empty.volume_ids.shape == (3, 0)
+    index.add("a", np.eye(4)[:3])
+    m = index.search(np.ones((2, 4)), k=50)
+    assert m.scores.shape == (2, 3)
+    assert sorted(m.slice_indices[0].tolist()) == [0, 1, 2]
+    assert index.search(np.ones(4), k=0).scores.shape == (1, 0)
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_remove_hides_volume_and_allows_readding(cls: type, data: dict[str, np.ndarray]) -> None:
+    index = fill(cls, data)
+    index.remove("vol001")
+    assert "vol001" not in index and len(index) == 100
+    m = index.search(data["vol001"], k=len(index))
+    assert "vol001" not in set(m.volume_ids.ravel())
+    with pytest.raises(VolumeNotInIndexError, match="vol001"):
+        index.vectors("vol001")
+    index.add("vol001", data["vol001"][:5])
+    assert index.volume_ids[-1] == "vol001" and len(index) == 105
+    assert index.search(data["vol001"][2], k=1).slice_indices.tolist() == [[2]]
+
+
+def test_search_after_removing_almost_everything_returns_all_live() -> None:
+    # hnswlib raises "contiguous 2D array" when fewer than k live items are reachable
+    rng = np.random.default_rng(3)
+    index = SliceIndex(8, config=HnswConfig(M=4, ef_construction=10, ef_search=2))
+    for v in range(40):
+        index.add(f"v{v}", rng.normal(size=(10, 8)))
+    for v in range(39):
+        index.remove(f"v{v}")
+    m = index.search(rng.normal(size=(5, 8)), k=10)
+    assert m.scores.shape == (5, 10)
+    assert set(m.volume_ids.ravel()) == {"v39"}
+    assert all(sorted(row) == list(range(10)) for row in m.slice_indices.tolist())
+    assert index.ef == 2  # the temporary larger ef was reset
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_vectors_for_concatenates_with_offsets(cls: type, data: dict[str, np.ndarray]) -> None:
+    index = fill(cls, data)
+    matrix, offsets = index.vectors_for(["vol003", "vol000"])
+    assert matrix.dtype == np.float32 and matrix.shape == (40, 16)
+    assert offsets.tolist() == [0, 20, 40] and offsets.dtype == np.int64
+    np.testing.assert_array_equal(matrix[20:], index.vectors("vol000"))
+    empty, off = index.vectors_for([])
+    assert empty.shape == (0, 16) and off.tolist() == [0]
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_bad_inputs(cls: type) -> None:
+    index = cls(4)
+    with pytest.raises(DimensionMismatchError, match=r"\(n, 4\)"):
+        index.add("a", np.ones((3, 5)))
+    with pytest.raises(InvalidVolumeError, match="NaN"):
+        index.add("a", np.array([[1.0, np.nan, 0, 0]]))
+    with pytest.raises(InvalidVolumeError, match="Inf"):
+        index.add("a", np.array([[1.0, np.inf, 0, 0]]))
+    with pytest.raises(InvalidVolumeError, match="zero"):
+        index.add("a", np.zeros((2, 4)))
+    with pytest.raises(SliceIndexError, match="valid keys"):
+        index.add("a", np.ones((2, 4)), slice_meta={"zmm": np.zeros(2)})
+    with pytest.raises(SliceIndexError, match=r"shape \(2,\)"):
+        index.add("a", np.ones((2, 4)), slice_meta={"z_mm": np.zeros(3)})
+    assert len(index) == 0 and index.volume_ids == []  # failed adds change nothing
+    index.add("a", np.ones((2, 4)))
+    with pytest.raises(DuplicateVolumeError, match="'a'"):
+        index.add("a", np.ones((2, 4)))
+    with pytest.raises(VolumeNotInIndexError, match="'b'.*'a'"):
+        index.remove("b")
+    with pytest.raises(KeyError):  # also a KeyError
+        index.slice_meta("b")
+    with pytest.raises(DimensionMismatchError):
+        index.search(np.ones((1, 3)), k=1)
+    with pytest.raises(InvalidVolumeError):
+        index.search(np.full((1, 4), np.nan), k=1)
+    with pytest.raises(SliceIndexError, match="k must be"):
+        index.search(np.ones((1, 4)), k=-1)
+    with pytest.raises(SliceIndexError, match="ef must be"):
+        index.ef = 0
+
+
+def test_config_validation_and_round_trip() -> None:
+    cfg = HnswConfig(M=8, ef_construction=50, ef_search=20, store_dtype="float16")
+    assert HnswConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(SliceIndexError, match="float32, float16"):
+        HnswConfig(store_dtype="int8")
+    with pytest.raises(SliceIndexError, match="M must be"):
+        HnswConfig(M=1)
+    with pytest.raises(SliceIndexError, match="valid keys"):
+        HnswConfig.from_dict({"m": 3})
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_float16_store(cls: type, data: dict[str, np.ndarray]) -> None:
+    index = fill(cls, data, config=HnswConfig(store_dtype="float16"))
+    v = index.vectors("vol002")
+    assert v.dtype == np.float32
+    np.testing.assert_allclose(v, unit(data["vol002"]), atol=2e-3)
+    m = index.search(data["vol002"][7], k=1)
+    assert (m.volume_ids[0, 0], m.slice_indices[0, 0]) == ("vol002", 7)
+
+
+def test_extractor_mismatch_warns_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    index = SliceIndex(4, extractor_config={"name": "dinov2", "window": (-100, 200)})
+    index.check_extractor({"name": "dinov2", "window": [-100, 200]})  # JSON-equal: silent
+    with pytest.warns(ExtractorMismatchWarning, match="name: index has 'dinov2', given 'x'"):
+        index.check_extractor({"name": "x", "window": [-100, 200]})
+    with pytest.raises(ExtractorMismatchError, match="window"):
+        index.check_extractor({"name": "dinov2"}, strict=True)
+    monkeypatch.setenv("CBIRLIB_STRICT", "1")
+    with pytest.raises(ExtractorMismatchError):
+        index.check_extractor({"name": "x"})
+    SliceIndex(4).check_extractor({"name": "x"})  # nothing stored: nothing to compare
+
+
+def test_hnsw_recall_at_10_against_exact() -> None:
+    rng = np.random.default_rng(7)
+    data = clustered(rng, 24, 150, 32)  # 3,600 vectors
+    hnsw, exact = SliceIndex(32), ExactIndex(32)
+    for vid, x in data.items():
+        hnsw.add(vid, x)
+        exact.add(vid, x)
+    all_x = np.concatenate(list(data.values()))
+    queries = all_x[rng.choice(len(all_x), 200)] + rng.normal(scale=0.05, size=(200, 32))
+    a, b = hnsw.search(queries, k=10), exact.search(queries, k=10)
+    hits = [
+        len(
+            set(zip(a.volume_ids[i], a.slice_indices[i], strict=True))
+            & set(zip(b.volume_ids[i], b.slice_indices[i], strict=True))
+        )
+        for i in range(len(queries))
+    ]
+    assert np.mean(hits) / 10 >= 0.99
+    assert np.mean(np.abs(a.scores[:, 0] - b.scores[:, 0]) < 1e-5) >= 0.98
+
+
+def test_capacity_grows_beyond_initial_allocation() -> None:
+    rng = np.random.default_rng(2)
+    index = SliceIndex(8, config=HnswConfig(M=8, ef_construction=40))
+    x = rng.normal(size=(2600, 8))
+    for v in range(13):
+        index.add(f"v{v}", x[v * 200 : (v + 1) * 200])
+    assert len(index) == 2600
+    m = index.search(x[[5, 2555]], k=1)
+    assert m.volume_ids[:, 0].tolist() == ["v0", "v12"]
+    assert m.slice_indices[:, 0].tolist() == [5, 155]
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_concurrent_searches_match_serial(cls: type) -> None:
+    rng = np.random.default_rng(5)
+    data = clustered(rng, 10, 60, 16)
+    index = cls(16)
+    for vid, x in data.items():
+        index.add(vid, x)
+    index.remove("vol003")
+    batches = [rng.normal(size=(int(rng.integers(1, 30)), 16)) for _ in range(40)]
+    serial = [index.search(q, k=7) for q in batches]
+    # concurrent callers, one of which changes nothing but reads ef
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(lambda q: index.search(q, k=7), batches))
+    for s, p in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(s.volume_ids, p.volume_ids)
+        np.testing.assert_array_equal(s.slice_indices, p.slice_indices)
+        np.testing.assert_array_equal(s.scores, p.scores)
+
+
+# --- model-based property test: SliceIndex vs ExactIndex over add/remove/save/load --------
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 7), st.integers(1, 12)),
+        st.tuples(st.just("remove"), st.integers(0, 7), st.just(0)),
+        st.tuples(st.just("save_load"), st.just(0), st.just(0)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=ops, seed=st.integers(0, 2**16))
+def test_random_operations_match_exact_model(
+    ops: list[tuple[str, int, int]], seed: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    rng = np.random.default_rng(seed)
+    # ef large enough that HNSW search on these tiny sets is exact
+    index = SliceIndex(6, config=HnswConfig(M=8, ef_construction=64, ef_search=200))
+    model = ExactIndex(6)
+    path = tmp_path_factory.mktemp("prop") / "idx"
+    for op, v, n in ops:
+        vid = f"v{v}"
+        if op == "add":
+            if vid in model:
+                with pytest.raises(DuplicateVolumeError):
+                    index.add(vid, np.ones((1, 6)))
+                continue
+            x = rng.normal(size=(n, 6))
+            z = rng.normal(size=n)
+            index.add(vid, x, slice_meta={"z_mm": z})
+            model.add(vid, x, slice_meta={"z_mm": z})
+        elif op == "remove":
+            if vid not in model:
+                with pytest.raises(VolumeNotInIndexError):
+                    index.remove(vid)
+                continue
+            index.remove(vid)
+            model.remove(vid)
+        else:
+            index.save(path)
+            index = SliceIndex.load(path)
+        assert index.volume_ids == model.volume_ids and len(index) == len(model)
+    for vid in model.volume_ids:
+        np.testing.assert_allclose(index.vectors(vid), model.vectors(vid), atol=1e-6)
+        np.testing.assert_array_equal(index.slice_meta(vid)["z_mm"], model.slice_meta(vid)["z_mm"])
+    q = rng.normal(size=(4, 6))
+    a, b = index.search(q, k=5), model.search(q, k=5)
+    assert a.scores.shape == b.scores.shape == (4, min(5, len(model)))
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)

@@ -1,0 +1,287 @@
+"""Metrics of the study on tiny hand-made cases (expected values computed by hand)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cbirlib.errors import EvaluationError
+from cbirlib.hits import Hits
+from cbirlib.labels import SliceLabels
+from cbirlib.metrics import (
+    NDCG,
+    AveragePrecision,
+    LocalizationRatio,
+    LocalizedRecall,
+    RegionRecall,
+    SliceRecall,
+    Truth,
+    VolumeRecall,
+    aggregate,
+    default_metrics,
+)
+
+NAMES = ("liver", "lung", "heart", "kidney")
+
+
+def lab(**cols: list[int]) -> SliceLabels:
+    """Labels over NAMES from per-structure columns (missing structures absent)."""
+    n = len(next(iter(cols.values())))
+    present = np.zeros((n, len(NAMES)), bool)
+    for j, name in enumerate(NAMES):
+        present[:, j] = cols.get(name, [0] * n)
+    return SliceLabels(NAMES, present)
+
+
+# database: which slices hold which structure
+#   a: liver [1,1,0,0]  lung [0,0,1,1]  heart [0,0,0,1]
+#   b: liver none       lung [1,1,1]    heart [0,1,0]
+#   c: liver [1,0]      nothing else
+DATABASE = {
+    "a": lab(liver=[1, 1, 0, 0], lung=[0, 0, 1, 1], heart=[0, 0, 0, 1]),
+    "b": lab(lung=[1, 1, 1], heart=[0, 1, 0]),
+    "c": lab(liver=[1, 0]),
+}
+# volume queries
+#   q1: liver [1,1,0]  lung [0,1,1]
+#   q2: liver [1,1,1]  heart [1,0,0]
+QUERIES = {
+    "q1": lab(liver=[1, 1, 0], lung=[0, 1, 1]),
+    "q2": lab(liver=[1, 1, 1], heart=[1, 0, 0]),
+}
+
+
+@pytest.fixture
+def truth() -> Truth:
+    return Truth(database=DATABASE, queries=QUERIES)
+
+
+def volume_hits(rankings: dict[str, list[str]], **extra: list[float]) -> Hits:
+    qid, vid, score = [], [], []
+    for q, vols in rankings.items():
+        for i, v in enumerate(vols):
+            qid.append(q)
+            vid.append(v)
+            score.append(10.0 - i)
+    return Hits(
+        query_id=qid,
+        volume_id=vid,
+        score=score,
+        level="volume",
+        extra={k: np.asarray(v, float) for k, v in extra.items()},
+    )
+
+
+def per_structure(values: pd.DataFrame) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in aggregate(values)["value"].items()}
+
+
+def test_slice_recall_pools_query_slices(truth: Truth) -> None:
+    # (query, query slice) -> (volume, slice); rank 2 rows must be ignored
+    top1 = {
+        ("q1", 0): ("a", 0),  # liver: a[0] has liver -> hit
+        ("q1", 1): ("b", 1),  # liver: miss (b has no liver); lung: b[1] lung -> hit
+        ("q1", 2): ("a", 3),  # lung: a[3] lung -> hit
+        ("q2", 0): ("c", 0),  # liver: hit; heart: c[0] no heart -> miss
+        ("q2", 1): ("c", 1),  # liver: c[1] no liver -> miss
+        ("q2", 2): ("c", 0),  # liver: hit
+    }
+    rows = []
+    for (q, t), (v, s) in top1.items():
+        rows.append((q, t, v, s, 0.9))
+        rows.append((q, t, "a", 1, 0.1))  # a worse second neighbour (a[1] has liver)
+    hits = Hits(
+        query_id=[r[0] for r in rows],
+        query_slice=[r[1] for r in rows],
+        volume_id=[r[2] for r in rows],
+        slice_index=[r[3] for r in rows],
+        score=[r[4] for r in rows],
+        level="slice",
+    )
+    values = SliceRecall().compute(hits, truth)
+    q1 = values[values.query_id == "q1"].set_index("structure")
+    assert q1.loc["liver", "value"] == 0.5 and q1.loc["liver", "weight"] == 2
+    # pooled: liver (1 + 2) / (2 + 3) = 0.6 (not the mean of 1/2 and 2/3); lung 2/2; heart 0/1
+    assert per_structure(values) == {"heart": 0.0, "liver": 0.6, "lung": 1.0}
+
+
+def test_volume_recall_at_k(truth: Truth) -> None:
+    hits = volume_hits({"q1": ["b", "a", "c"], "q2": ["c", "a", "b"]})
+    # @1: q1 top b: liver no, lung yes; q2 top c: liver yes, heart no
+    assert per_structure(VolumeRecall(1).compute(hits, truth)) == {
+        "heart": 0.0,
+        "liver": 0.5,
+        "lung": 1.0,
+    }
+    # @2: q1 liver found at a; q2 heart found at a ("at least one of the top k")
+    assert per_structure(VolumeRecall(2).compute(hits, truth)) == {
+        "heart": 1.0,
+        "liver": 1.0,
+        "lung": 1.0,
+    }
+
+
+def test_structures_absent_from_queries_are_not_reported(truth: Truth) -> None:
+    hits = volume_hits({"q1": ["b"], "q2": ["c"]})
+    out = aggregate(VolumeRecall(1).compute(hits, truth))
+    assert "kidney" not in out.index  # never 0 for a structure no query contains
+
+
+def test_query_without_hits_is_a_miss(truth: Truth) -> None:
+    hits = volume_hits({"q1": ["a"]})  # q2 retrieved nothing
+    values = VolumeRecall(1).compute(hits, truth).set_index(["query_id", "structure"])
+    assert values.loc[("q2", "liver"), "value"] == 0.0
+    assert values.loc[("q1", "liver"), "value"] == 1.0
+
+
+def test_average_precision_and_ndcg_by_hand(truth: Truth) -> None:
+    hits = volume_hits({"q1": ["b", "a", "c"], "q2": ["c", "a", "b"]})
+    # relevant volumes: liver {a, c}, lung {a, b}, heart {a, b}  (R = 2 each)
+    ap = AveragePrecision().compute(hits, truth).set_index(["query_id", "structure"])["value"]
+    assert ap[("q1", "liver")] == pytest.approx((1 / 2 + 2 / 3) / 2)  # rel 0,1,1
+    assert ap[("q1", "lung")] == pytest.approx(1.0)  # rel 1,1,0
+    assert ap[("q2", "heart")] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    nd = NDCG(2).compute(hits, truth).set_index(["query_id", "structure"])["value"]
+    # q1 liver: rel 0,1 -> (1/log2 3) / (1 + 1/log2 3)
+    assert nd[("q1", "liver")] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert nd[("q2", "liver")] == pytest.approx(1.0)
+
+
+def test_ranking_metrics_nan_without_relevant_volumes() -> None:
+    truth = Truth(database={"b": DATABASE["b"]}, queries={"q": lab(liver=[1])})
+    hits = volume_hits({"q": ["b"]})
+    assert np.isnan(AveragePrecision().compute(hits, truth)["value"]).all()
+    assert aggregate(NDCG(5).compute(hits, truth))["value"].isna().all()
+
+
+REGIONS = {"r1": "liver", "r2": "heart", "r3": "heart", "r4": "lung"}
+
+
+@pytest.fixture
+def region_truth() -> Truth:
+    queries = {r: lab(**{c: [1]}) for r, c in REGIONS.items()}
+    return Truth(database=DATABASE, queries=queries, regions=REGIONS)
+
+
+@pytest.fixture
+def region_hits() -> Hits:
+    # r1 -> a span [0, 2]: a has liver on 0,1 -> contains, overlaps, ratio 2/3
+    # r2 -> c span [0, 1]: c has no heart -> miss everywhere, ratio 0
+    # r3 -> a span [0, 2]: a has heart only on slice 3 -> contains, no overlap, ratio 0
+    # r4 -> b span [1, 1]: b has lung there -> contains, overlaps, ratio 1
+    return Hits(
+        query_id=["r1", "r1", "r2", "r3", "r4"],
+        volume_id=["a", "b", "c", "a", "b"],
+        score=[2.0, 1.0, 1.0, 1.0, 1.0],
+        level="volume",
+        extra={
+            "loc_first": np.array([0, 0, 0, 0, 1]),
+            "loc_last": np.array([2, 2, 1, 2, 1]),
+        },
+    )
+
+
+def test_region_metrics_by_hand(region_truth: Truth, region_hits: Hits) -> None:
+    assert per_structure(RegionRecall().compute(region_hits, region_truth)) == {
+        "heart": 0.5,
+        "liver": 1.0,
+        "lung": 1.0,
+    }
+    assert per_structure(LocalizedRecall().compute(region_hits, region_truth)) == {
+        "heart": 0.0,
+        "liver": 1.0,
+        "lung": 1.0,
+    }
+    assert per_structure(LocalizationRatio().compute(region_hits, region_truth)) == {
+        "heart": 0.0,
+        "liver": round(2 / 3, 6),
+        "lung": 1.0,
+    }
+
+
+def test_region_recall_ignores_volume_queries(region_truth: Truth, region_hits: Hits) -> None:
+    truth = Truth(
+        database=DATABASE,
+        queries={**region_truth.queries, **QUERIES},
+        regions=REGIONS,
+    )
+    hits = Hits.concat([region_hits.take(np.arange(len(region_hits))), region_hits])
+    values = RegionRecall().compute(hits, truth)
+    assert set(values.query_id) == set(REGIONS)
+
+
+def test_localized_metrics_need_localization_columns(region_truth: Truth) -> None:
+    hits = volume_hits({"r1": ["a"]})
+    with pytest.raises(EvaluationError, match="Localize"):
+        LocalizedRecall().compute(hits, region_truth)
+
+
+def test_level_mismatch_is_a_named_error(truth: Truth) -> None:
+    slice_hits = Hits(query_id=["q1"], volume_id=["a"], score=[1.0], query_slice=[0])
+    with pytest.raises(EvaluationError, match="volume-level"):
+        VolumeRecall().compute(slice_hits, truth)
+    with pytest.raises(EvaluationError, match="slice-level"):
+        SliceRecall().compute(volume_hits({"q1": ["a"]}), truth)
+
+
+def test_unknown_retrieved_volume_is_a_named_error(truth: Truth) -> None:
+    with pytest.raises(EvaluationError, match="'zz'"):
+        VolumeRecall().compute(volume_hits({"q1": ["zz"]}), truth)
+
+
+def test_coarse_grouping_of_truth(truth: Truth) -> None:
+    coarse = truth.grouped({"liver": "abdomen", "kidney": "abdomen", "lung": "thorax"})
+    hits = volume_hits({"q1": ["b"], "q2": ["b"]})
+    # q1 abdomen (liver) -> b none: 0; thorax (lung) -> b: 1; q2 abdomen -> 0; heart dropped
+    assert per_structure(VolumeRecall().compute(hits, coarse)) == {"abdomen": 0.0, "thorax": 1.0}
+
+
+def test_default_metrics_unknown_mode() -> None:
+    with pytest.raises(EvaluationError, match="'volume'"):
+        default_metrics("volumes")
+
+
+@pytest.mark.filterwarnings("ignore:unsafe cast:Warning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_ap_and_ndcg_agree_with_ranx() -> None:
+    ranx = pytest.importorskip("ranx")
+    rng = np.random.default_rng(7)
+    names = ("s0", "s1", "s2", "s3")
+    database = {f"v{i}": SliceLabels(names, rng.random((5, 4)) < 0.15) for i in range(15)}
+    queries = {f"q{i}": SliceLabels(names, rng.random((4, 4)) < 0.3) for i in range(6)}
+    truth = Truth(database=database, queries=queries)
+    qid, vid, score = [], [], []
+    for q in queries:
+        chosen = rng.choice(sorted(database), size=int(rng.integers(3, 12)), replace=False)
+        qid += [q] * len(chosen)
+        vid += list(chosen)
+        score += list(rng.random(len(chosen)))
+    hits = Hits(query_id=qid, volume_id=vid, score=score, level="volume")
+
+    ours = {}
+    for metric, ranx_name in ((AveragePrecision(), "map"), (NDCG(5), "ndcg@5")):
+        values = metric.compute(hits, truth).dropna(subset=["value"])
+        ours[ranx_name] = {
+            f"{q}|{c}": v for q, c, v in values[["query_id", "structure", "value"]].values
+        }
+    keys = sorted(ours["map"])
+    assert len(keys) >= 8
+    qrels = {
+        key: {v: 1 for v in database if truth.volume_contains(v, key.split("|")[1])} for key in keys
+    }
+    frame = hits.to_pandas()
+    run = {
+        key: {
+            str(v): float(s)
+            for v, s in frame[frame.query_id == key.split("|")[0]][["volume_id", "score"]].values
+        }
+        for key in keys
+    }
+    run_obj = ranx.Run(run)
+    ranx.evaluate(ranx.Qrels(qrels), run_obj, ["map", "ndcg@5"])
+    for name in ("map", "ndcg@5"):
+        theirs = {k: float(v) for k, v in run_obj.scores[name].items()}
+        assert theirs == pytest.approx(ours[name], abs=1e-9), name
