@@ -39,10 +39,7 @@ def best_time(func: Callable[[], object], repeat: int) -> float:
 
 def loop_numpy(q: F32, vectors: F32, offsets: npt.NDArray[np.int64]) -> list[float]:
     """One matrix product per candidate."""
-    return [
-        float((q @ vectors[a:b].T).max(axis=1).mean())
-        for a, b in itertools.pairwise(offsets)
-    ]
+    return [float((q @ vectors[a:b].T).max(axis=1).mean()) for a, b in itertools.pairwise(offsets)]
 
 
 def loop_python(q: F32, cands: list[F32]) -> list[float]:

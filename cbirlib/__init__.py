@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     "Volume": "cbirlib.volume",
     "SliceLabels": "cbirlib.labels",
     "load_volume": "cbirlib.io",
+    "load_mask": "cbirlib.io",
     "CbirError": "cbirlib.errors",
     "Extractor": "cbirlib.extractor",
     "SliceExtractor": "cbirlib.extractor",
@@ -84,7 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.hits import Hits
     from cbirlib.hookspecs import hookimpl
     from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
-    from cbirlib.io import load_volume
+    from cbirlib.io import load_mask, load_volume
     from cbirlib.labels import SliceLabels
     from cbirlib.localize import Localize
     from cbirlib.pipeline import Cutoff, Pipeline, Retriever, stage

@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,7 +28,7 @@ import numpy.typing as npt
 from cbirlib.hits import Hits
 from cbirlib.pipeline import SearchContext, Stage, StageLevel
 
-__all__ = ["CountVotes", "TopSlice"]
+__all__ = ["CountVotes", "TopSlice", "VoteEvidence"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -47,6 +48,49 @@ class TopSlice(Stage):
 
     def __repr__(self) -> str:
         return "TopSlice()"
+
+
+class VoteEvidence(Mapping[tuple[str, str], npt.NDArray[np.int64]]):
+    """Voted slices per ``(query_id, volume_id)``, looked up lazily.
+
+    Holds the slice hits sorted by pair; ``evidence[(q, v)]`` returns the distinct voted
+    slice indices (ascending) of volume ``v`` for query ``q``.
+    """
+
+    def __init__(
+        self,
+        queries: npt.NDArray[np.object_],
+        volumes: npt.NDArray[np.object_],
+        pairs: npt.NDArray[np.int64],
+        offsets: npt.NDArray[np.int64],
+        slices: npt.NDArray[np.int64],
+    ) -> None:
+        self._queries = {str(q): i for i, q in enumerate(queries)}
+        self._volumes = {str(v): i for i, v in enumerate(volumes)}
+        self._names = (queries, volumes)
+        self._pairs, self._offsets, self._slices = pairs, offsets, slices
+
+    def _position(self, key: tuple[str, str]) -> int | None:
+        q, v = self._queries.get(key[0]), self._volumes.get(key[1])
+        if q is None or v is None:
+            return None
+        code = q * len(self._volumes) + v
+        pos = int(np.searchsorted(self._pairs, code))
+        return pos if pos < len(self._pairs) and self._pairs[pos] == code else None
+
+    def __getitem__(self, key: tuple[str, str]) -> npt.NDArray[np.int64]:
+        pos = self._position(key)
+        if pos is None:
+            raise KeyError(key)
+        return np.unique(self._slices[self._offsets[pos] : self._offsets[pos + 1]])
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        n_v = len(self._volumes)
+        for code in self._pairs.tolist():
+            yield str(self._names[0][code // n_v]), str(self._names[1][code % n_v])
+
+    def __len__(self) -> int:
+        return len(self._pairs)
 
 
 def _codes(values: npt.NDArray[np.object_]) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.intp]]:
@@ -80,7 +124,7 @@ class CountVotes(Stage):
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Aggregate slice hits into ranked volume hits."""
         if len(hits) == 0:
-            context.evidence.setdefault("votes", {})
+            context.evidence["votes"] = {}
             return Hits.empty("volume", extra=("n_votes", "vote_sum"))
         queries, qcode = _codes(hits.query_id)
         volumes, vcode = _codes(hits.volume_id)
@@ -102,13 +146,14 @@ class CountVotes(Stage):
             level="volume",
             extra={"n_votes": counts[order].astype(np.int64), "vote_sum": sums[order]},
         )
-        # evidence: voted slices per (query, volume) pair, without a Python loop per hit
         by_pair = np.argsort(inverse, kind="stable")
-        bounds = np.cumsum(counts)[:-1]
-        slices = np.split(hits.slice_index[by_pair], bounds)
-        evidence = context.evidence.setdefault("votes", {})
-        for p, s in zip(range(len(pairs)), slices, strict=True):
-            evidence[(str(queries[pq[p]]), str(volumes[pv[p]]))] = np.unique(s)
+        context.evidence["votes"] = VoteEvidence(
+            queries,
+            volumes,
+            pairs,
+            np.concatenate([[0], np.cumsum(counts)]),
+            hits.slice_index[by_pair],
+        )
         return out
 
     def __repr__(self) -> str:

@@ -37,15 +37,19 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from cbirlib.errors import EvaluationError
 from cbirlib.evaluate import MEAN_ROW, evaluate, per_class_table, to_csv, to_markdown
 from cbirlib.metrics import Metric, Truth, default_metrics
+from cbirlib.volume import Volume
 
 __all__ = ["MODES", "benchmark", "system_name"]
 
@@ -94,6 +98,35 @@ def _chain(search: Any, *, rerank: bool, top: int, localize: bool) -> Any:
         return chain >> Localize() if localize else chain
     chain = search >> CountVotes() >> Cutoff(top)
     return chain >> Localize(method="votes") if localize else chain
+
+
+@dataclass
+class _CachedEmbedder:
+    """Embeds each query volume once; region queries reuse their source's embeddings.
+
+    Valid for extractors that embed every slice on its own (all 2D slice models), so
+    that a slab's embeddings are the rows of its source volume's.
+    """
+
+    extractor: Any
+    cache: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+
+    def to_config(self) -> dict[str, Any]:
+        return dict(self.extractor.to_config())
+
+    def add(self, volume: Volume) -> None:
+        if volume.id not in self.cache:
+            self.cache[volume.id] = np.asarray(self.extractor.extract(volume), np.float32)
+
+    def extract(
+        self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.float32]:
+        source = str(getattr(volume, "source_id", "") or volume.id)
+        if source not in self.cache:
+            return np.asarray(self.extractor.extract(volume, slices=slices), np.float32)
+        start = int(getattr(volume, "first_slice", 0)) if source != volume.id else 0
+        emb = self.cache[source][start : start + volume.n_slices]
+        return emb if slices is None else emb[slices]
 
 
 def _region_queries(volumes: Sequence[Any], level: Level) -> list[Any]:
@@ -217,6 +250,8 @@ def benchmark(
             table = per_class_table(group, str(metric), structures=rows[str(lv)])
             key = f"{lv}/{mode}/{metric}"
             tables[key] = table
+            row = table.loc[MEAN_ROW].to_numpy(dtype=float)
+            means = dict(zip(map(str, table.columns), row.tolist(), strict=True))
             for system in table.columns:
                 summary.append(
                     {
@@ -224,7 +259,7 @@ def benchmark(
                         "mode": mode,
                         "metric": metric,
                         "system": system,
-                        "mean": float(table.loc[MEAN_ROW, system]),
+                        "mean": means[str(system)],
                         "sd": table.attrs["sd"][str(system)],
                         "n_classes": int(table.drop(index=MEAN_ROW)[system].notna().sum()),
                     }
@@ -252,12 +287,14 @@ def _run_extractor(
     verbose: bool,
 ) -> list[pd.DataFrame]:
     """Index the database with one extractor and evaluate every requested mode."""
+    from tqdm.auto import tqdm
+
     from cbirlib.aggregate import TopSlice
     from cbirlib.build import build_index
     from cbirlib.plugins import create_extractor
     from cbirlib.search import SliceSearch
 
-    extractor = create_extractor(name)
+    extractor: Any = create_extractor(name)
     path = work / f"index-{_slug(name)}"
     sources = [(s, partial(dataset.load, s, labels=False)) for s in database_ids]
     index = build_index(sources, extractor, path, exact=exact, verbose=verbose)
@@ -267,7 +304,10 @@ def _run_extractor(
             f"the index at {str(path)!r} holds volumes outside the database split "
             f"({', '.join(extra[:5])}); use another out_dir"
         )
-    search = SliceSearch(extractor, index, k=k)
+    embedder = _CachedEmbedder(extractor)
+    for volume in tqdm(queries, desc=f"embedding queries ({name})", disable=not verbose):
+        embedder.add(volume)
+    search = SliceSearch(embedder, index, k=k)
     out: list[pd.DataFrame] = []
 
     def run(mode: str, system: str, chain: Any, qs: Sequence[Any], metrics: Sequence[Metric],

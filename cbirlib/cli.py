@@ -43,7 +43,6 @@ __all__ = ["build_parser", "discover_volumes", "main"]
 logger = logging.getLogger(__name__)
 
 PROG = "cbirlib"
-DEMO_STRUCTURE = "liver"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MODES = ("slice", "volume", "region", "localized")
 
@@ -233,10 +232,12 @@ def _load_query(path: Path) -> Volume:
 def _pick_demo_extractor(name: str) -> Extractor:
     from cbirlib.plugins import create_extractor, list_extractors
 
-    infos = list_extractors()
-    match = [i for i in infos if i.name == name or name in i.aliases]
+    # a substring pattern checks the weights of the matching extractors only (cheap)
+    match = [i for i in list_extractors(name) if i.name == name or name in i.aliases]
     if match and not match[0].weights_available:
-        usable = ", ".join(i.name for i in infos if i.weights_available and not i.is_family)
+        usable = ", ".join(
+            i.name for i in list_extractors() if i.weights_available and not i.is_family
+        )
         raise CliError(
             f"extractor {name!r} has no weights on this machine; extractors ready to use: "
             f"{usable} (see `cbirlib extractors` and the docs on weights)"
@@ -244,37 +245,80 @@ def _pick_demo_extractor(name: str) -> Extractor:
     return create_extractor(name)
 
 
+# a few coarse regions from head to thigh: the demo's recall table stays small
+DEMO_TABLE = ("brain", "lung", "heart", "liver", "kidney", "urinary_bladder", "femur")
+
+
 def _recall_table(
     pipeline: Pipeline, queries: list[Volume], database: dict[str, Any], verbose: bool
 ) -> pd.DataFrame:
-    """Per-structure volume recall@1, region recall@1 and localized recall (coarse)."""
-    from cbirlib.evaluate import evaluate, per_class_table
-    from cbirlib.metrics import LocalizedRecall, RegionRecall, VolumeRecall
+    """Volume recall@1, region recall@1 and localized recall for :data:`DEMO_TABLE`."""
+    import pandas as pd
+
+    from cbirlib.evaluate import MEAN_ROW, evaluate
+    from cbirlib.metrics import LocalizedRecall, Metric, RegionRecall, VolumeRecall
     from cbirlib.search import region_query
     from cbirlib.structures import COARSE_GROUPS
 
-    regions: list[Volume] = []
-    for volume in queries:
-        assert volume.labels is not None
-        coarse = volume.labels.grouped(COARSE_GROUPS)
-        for structure in sorted(coarse.volume_structures()):
-            regions.append(region_query(volume, structure))
-    columns = {}
-    for label, qs, metric in (
-        ("volume R@1", queries, VolumeRecall(1)),
-        ("region R@1", regions, RegionRecall(1)),
-        ("localized R", regions, LocalizedRecall()),
-    ):
-        results = evaluate({label: pipeline}, qs, database, [metric], verbose=verbose)
-        columns[label] = per_class_table(results, metric.name)[label]
-    import pandas as pd
+    regions = [
+        region_query(volume, structure)
+        for volume in queries
+        if volume.labels is not None
+        for structure in DEMO_TABLE
+        if structure in volume.labels.grouped(COARSE_GROUPS).volume_structures()
+    ]
+    by_volume: list[Metric] = [VolumeRecall(1)]
+    by_region: list[Metric] = [RegionRecall(1), LocalizedRecall()]
+    system = {"demo": pipeline}
+    results = pd.concat(
+        [
+            evaluate(system, queries, database, by_volume, verbose=verbose),
+            evaluate(system, regions, database, by_region, verbose=verbose),
+        ],
+        ignore_index=True,
+    )
+    table = results.pivot_table(index="structure", columns="metric", values="value")
+    table = table.reindex(index=[s for s in DEMO_TABLE if s in table.index])
+    table = table[[m.name for m in (*by_volume, *by_region)]]
+    table.columns = ["volume R@1", "region R@1", "localized R"]
+    table.loc[MEAN_ROW] = table.mean(axis=0)
+    return table
 
-    return pd.DataFrame(columns)
+
+def _demo_data(root: Path, args: argparse.Namespace) -> TotalSegmentator:
+    """The demo's phantoms: reused when ``root`` holds a demo with the same settings."""
+    import shutil
+
+    from cbirlib.datasets import make_phantoms
+    from cbirlib.datasets.totalsegmentator import TotalSegmentator
+
+    marker = root / "demo.json"
+    shape = (args.size, args.size)
+    settings = {"subjects": args.subjects, "seed": args.seed, "shape": list(shape)}
+    data_dir = root / "data"
+    if marker.is_file():
+        if json.loads(marker.read_text(encoding="utf-8")) == settings and data_dir.is_dir():
+            _write(sys.stdout, f"reusing the phantoms in {data_dir}")
+            return TotalSegmentator(data_dir)
+        for name in ("data", "index"):  # a previous demo's outputs, other settings
+            shutil.rmtree(root / name, ignore_errors=True)
+        marker.unlink()
+    elif data_dir.exists() and any(data_dir.iterdir()):
+        raise CliError(
+            f"{str(data_dir)!r} exists and was not written by `cbirlib demo`; "
+            "choose another --out folder"
+        )
+    if args.subjects < 3:
+        raise CliError(
+            f"--subjects must be >= 3 (database and held-out queries), got {args.subjects}"
+        )
+    data = make_phantoms(data_dir, args.subjects, seed=args.seed, shape=shape, verbose=True)
+    marker.write_text(json.dumps(settings), encoding="utf-8")
+    return data
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.build import build_index
-    from cbirlib.datasets import make_phantoms
     from cbirlib.evaluate import format_table
     from cbirlib.search import region_query
     from cbirlib.viz import montage
@@ -283,9 +327,8 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     root = Path(args.out)
     extractor = _pick_demo_extractor(args.extractor)
     _write(out, f"cbirlib demo: {args.subjects} phantom subjects (seed {args.seed}) in {root}")
-    data: TotalSegmentator = make_phantoms(
-        root / "data", args.subjects, seed=args.seed, verbose=True
-    )
+    root.mkdir(parents=True, exist_ok=True)
+    data = _demo_data(root, args)
     test = list(data.subjects_in("test"))
     database_ids = [s for s in data.subjects if s not in test]
     if not test or not database_ids:
@@ -300,16 +343,22 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         extractor,
         root / "index",
         verbose=True,
-        resume=False,
     )
     pipeline = _chain(extractor, index, top=args.top)
     _write(out, f"pipeline: {pipeline!r}\n")
 
-    query = data.load(test[0])
+    queries = [data.load(s) for s in test]
+    with_structure = [
+        q for q in queries if q.labels is not None and q.labels.contains(args.structure)
+    ]
+    if not with_structure:
+        raise CliError(
+            f"no held-out subject contains {args.structure!r}; try another --seed or --structure"
+        )
+    query = with_structure[0]
     hits = pipeline.retrieve(query, verbose=True)
     _print_results(out, f"volume query {query.id}:", _result_rows(hits, query.id))
-    region = region_query(query, DEMO_STRUCTURE)
-    assert region.labels is not None
+    region = region_query(query, args.structure)
     first = region.first_slice
     last = first + region.n_slices - 1
     _write(
@@ -319,12 +368,13 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     )
     region_hits = pipeline.retrieve(region, verbose=True)
     _print_results(out, "retrieved volumes, predicted span:", _result_rows(region_hits, region.id))
-    volume_cache: dict[str, Volume] = {}
+
+    cache: dict[str, Volume] = {}
 
     def load(volume_id: str) -> Volume:
-        if volume_id not in volume_cache:
-            volume_cache[volume_id] = data.load(volume_id)
-        return volume_cache[volume_id]
+        if volume_id not in cache:
+            cache[volume_id] = data.load(volume_id)
+        return cache[volume_id]
 
     fig = montage(
         query, region_hits, load, top=min(5, args.top), query_id=region.id, query_span=(first, last)
@@ -333,7 +383,6 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     fig.savefig(png, dpi=110)
 
     database = {s: load(s).labels for s in database_ids}
-    queries = [data.load(s) for s in test]
     table = _recall_table(pipeline, queries, database, verbose=True)
     _write(out, "\nper-structure recall on the held-out subjects (coarse regions):")
     _write(out, format_table(table).to_string())
@@ -433,7 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--extractor", default="baseline", help="extractor (default: %(default)s)")
     demo.add_argument("--subjects", type=int, default=12, help="phantom subjects (default: 12)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--size", type=int, default=128, help="in-plane pixels of the phantoms (default: 128)"
+    )
     demo.add_argument("--top", type=int, default=5, help="volumes to show (default: 5)")
+    demo.add_argument(
+        "--structure", default="liver", help="region query structure (default: %(default)s)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     index = sub.add_parser("index", help="embed and index a folder of volumes")

@@ -46,7 +46,7 @@ from cbirlib.errors import CbirError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["LOCALIZATION_COLUMNS", "Hits", "HitsError", "Level"]
+__all__ = ["LOCALIZATION_COLUMNS", "Hits", "HitsError", "Level", "UnknownColumnError"]
 
 Level = Literal["slice", "volume"]
 LEVELS: tuple[str, ...] = ("slice", "volume")
@@ -64,6 +64,10 @@ LOCALIZATION_COLUMNS: tuple[str, ...] = ("loc_first", "loc_last", "loc_z_first",
 
 class HitsError(CbirError, ValueError):
     """Columns that do not make a valid :class:`Hits` table."""
+
+
+class UnknownColumnError(HitsError, KeyError):
+    """A column name that the table does not have."""
 
 
 def _str_column(name: str, values: Any) -> npt.NDArray[np.object_]:
@@ -267,7 +271,7 @@ class Hits:
         """One column by name (core or extra)."""
         columns = self.columns
         if name not in columns:
-            raise KeyError(f"no Hits column {name!r}; columns: {', '.join(columns)}")
+            raise UnknownColumnError(f"no Hits column {name!r}; columns: {', '.join(columns)}")
         return columns[name]
 
     def query_ids(self) -> list[str]:
@@ -281,14 +285,43 @@ class Hits:
 
     # -- row selection ------------------------------------------------------------------
 
+    @classmethod
+    def _trusted(
+        cls, columns: Mapping[str, npt.NDArray[Any]], level: Level, extra: dict[str, Any]
+    ) -> Hits:
+        """A table from columns already validated (row subsets of a valid table)."""
+        out = object.__new__(cls)
+        for name in CORE_COLUMNS:
+            object.__setattr__(out, name, columns[name])
+        object.__setattr__(out, "level", level)
+        object.__setattr__(out, "extra", extra)
+        return out
+
     def take(self, rows: npt.ArrayLike) -> Hits:
         """The rows at integer positions (or a boolean mask) ``rows``, ranks unchanged."""
         idx = np.asarray(rows)
-        return Hits(
-            **{name: getattr(self, name)[idx] for name in CORE_COLUMNS},
-            level=self.level,
-            extra={name: col[idx] for name, col in self.extra.items()},
+        if idx.dtype != bool and not np.issubdtype(idx.dtype, np.integer):
+            if idx.size:
+                raise HitsError(f"take() needs integer positions or a mask, got {idx.dtype}")
+            idx = idx.astype(np.int64)
+        if idx.ndim != 1 or (idx.dtype == bool and len(idx) != len(self)):
+            raise HitsError(f"take() needs a 1-D selection of {len(self)} rows, got {idx.shape}")
+        return Hits._trusted(
+            {name: getattr(self, name)[idx] for name in CORE_COLUMNS},
+            self.level,
+            {name: col[idx] for name, col in self.extra.items()},
         )
+
+    def split_by_query(self) -> list[tuple[str, Hits]]:
+        """``(query_id, rows of that query)`` for every query, in order of first appearance.
+
+        One pass over the table (unlike calling :meth:`for_query` per query).
+        """
+        codes, n = _first_appearance_codes(self.query_id)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(1, n))
+        parts = [self.take(rows) for rows in np.split(order, bounds)] if n else []
+        return [(str(p.query_id[0]), p) for p in parts]
 
     def with_columns(self, **columns: npt.ArrayLike) -> Hits:
         """A copy with extra columns added or replaced."""

@@ -620,10 +620,21 @@ class BaseIndex(ABC):
             raise DimensionMismatchError(
                 f"index {str(directory)!r} has dimension {meta['dim']}, expected {dim}"
             )
-        config = HnswConfig.from_dict(meta["config"])
-        index = cls(int(meta["dim"]), config=config, extractor_config=meta["extractor_config"])
-        index._load_keys(directory, meta)
-        index._ef = int(meta["ef"])
+        try:
+            config = HnswConfig.from_dict(meta["config"])
+            index = cls(int(meta["dim"]), config=config, extractor_config=meta["extractor_config"])
+            index._load_keys(directory, meta)
+            index._ef = int(meta["ef"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise IndexFormatError(
+                f"index file {str(directory / META_NAME)!r} is malformed: {exc!r}"
+            ) from None
+        except SliceIndexError as exc:
+            if isinstance(exc, IndexFormatError | DimensionMismatchError):
+                raise
+            raise IndexFormatError(
+                f"index file {str(directory / META_NAME)!r} is malformed: {exc}"
+            ) from None
         index._backend_load(directory, meta, mmap=mmap)
         index._apply_ef()
         logger.info("loaded %r from %s", index, directory)
@@ -675,7 +686,12 @@ def _check_meta(directory: Path, kind: str, *, verify: bool) -> dict[str, Any]:
         raise IndexFormatError(
             f"index {str(directory)!r} is of kind {meta['kind']!r}; load it with {other}.load"
         )
-    for name, info in meta["files"].items():
+    files = meta["files"]
+    if not isinstance(files, dict) or not all(
+        isinstance(i, dict) and {"bytes", "sha256"} <= set(i) for i in files.values()
+    ):
+        raise IndexFormatError(f"index file {str(meta_path)!r} has a malformed 'files' entry")
+    for name, info in files.items():
         file = directory / name
         if not file.is_file():
             raise IndexFormatError(f"index file {str(file)!r} is missing")

@@ -103,7 +103,9 @@ class SearchContext:
     index: SliceStore | None = None
     embeddings: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     query_slices: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
-    evidence: dict[str, dict[tuple[str, str], npt.NDArray[np.int64]]] = field(default_factory=dict)
+    evidence: dict[str, Mapping[tuple[str, str], npt.NDArray[np.int64]]] = field(
+        default_factory=dict
+    )
     verbose: bool = False
 
     @classmethod
@@ -146,8 +148,17 @@ class Retriever(ABC):
     """Anything that answers queries with :class:`~cbirlib.hits.Hits`."""
 
     @abstractmethod
-    def retrieve(self, queries: Queries, *, verbose: bool = False) -> Hits:
-        """Run retrieval for one query volume or a list of them."""
+    def retrieve(
+        self,
+        queries: Queries,
+        *,
+        verbose: bool = False,
+        embeddings: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> Hits:
+        """Run retrieval for one query volume or a list of them.
+
+        ``embeddings`` optionally gives precomputed query embeddings by query id.
+        """
 
     def then(self, stage: Stage | Pipeline) -> Pipeline:
         """This retriever followed by ``stage`` (same as ``self >> stage``)."""
@@ -182,9 +193,15 @@ class Stage(Retriever):
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Map the input table to the output table."""
 
-    def retrieve(self, queries: Queries, *, verbose: bool = False) -> Hits:
-        """Run this stage alone (only a source stage can)."""
-        return Pipeline((self,)).retrieve(queries, verbose=verbose)
+    def retrieve(
+        self,
+        queries: Queries,
+        *,
+        verbose: bool = False,
+        embeddings: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> Hits:
+        """Run this stage alone (only a source stage can); see :meth:`Pipeline.retrieve`."""
+        return Pipeline((self,)).retrieve(queries, verbose=verbose, embeddings=embeddings)
 
 
 def _check_chain(stages: Sequence[Stage]) -> None:
@@ -325,8 +342,15 @@ class Pipeline(Stage):
                     f"embeddings given for unknown query {qid!r}; queries: "
                     f"{', '.join(context.queries)}"
                 )
-            context.embeddings[qid] = np.asarray(emb, dtype=np.float32)
-            context.query_slices[qid] = np.arange(len(context.embeddings[qid]), dtype=np.int64)
+            arr = np.asarray(emb, dtype=np.float32)
+            n_slices = context.queries[qid].n_slices
+            if arr.ndim != 2 or arr.shape[0] != n_slices:
+                raise PipelineError(
+                    f"embeddings of query {qid!r} have shape {arr.shape}; expected "
+                    f"({n_slices}, dim), one row per slice of the query volume"
+                )
+            context.embeddings[qid] = arr
+            context.query_slices[qid] = np.arange(n_slices, dtype=np.int64)
         return self.transform(Hits.empty("slice"), context)
 
     def __repr__(self) -> str:

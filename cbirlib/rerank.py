@@ -113,16 +113,16 @@ class MaxSimRerank(Stage):
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Score and re-order the top candidates of every query."""
         index = context.require_index(self)
-        evidence = context.evidence.setdefault("maxsim", {})
+        evidence: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
+        context.evidence["maxsim"] = evidence
         kept = hits.top(int(self.top))
         parts: list[Hits] = []
-        queries = kept.query_ids()
+        groups = kept.split_by_query()
         if context.verbose:
             from tqdm.auto import tqdm
 
-            queries = list(tqdm(queries, desc="MaxSim re-ranking", unit="query"))
-        for qid in queries:
-            cand = kept.for_query(qid)
+            groups = list(tqdm(groups, desc="MaxSim re-ranking", unit="query"))
+        for qid, cand in groups:
             cand = cand.take(np.argsort(cand.rank, kind="stable"))
             q = context.require_embeddings(qid, self)
             vids = [str(v) for v in cand.volume_id]

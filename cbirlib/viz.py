@@ -285,11 +285,12 @@ def montage(
 ) -> Figure:
     """The query next to its best retrieved volumes, with scores and localized spans.
 
-    Row 1 shows the query's central axial slice and, for each of the ``top`` retrieved
-    volumes (in rank order), its best-matching axial slice, titled with rank, volume
-    id, score and slice. Row 2 (unless ``plane=None``) shows a coronal or sagittal
-    reformat of each volume with its predicted span (the ``loc_first``/``loc_last``
-    columns written by :class:`~cbirlib.localize.Localize`) as a band, superior up.
+    Row 1 shows the query's central axial slice (of ``query_span`` if given) and, for
+    each of the ``top`` retrieved volumes (in rank order), its best-matching axial
+    slice, titled with rank, volume id, score and slice. Row 2 (unless ``plane=None``)
+    shows a coronal or sagittal reformat of each volume with its predicted span (the
+    ``loc_first``/``loc_last`` columns written by :class:`~cbirlib.localize.Localize`)
+    as a band, superior up.
 
     Parameters
     ----------
@@ -310,7 +311,8 @@ def montage(
     query_id
         Which query of ``hits`` to show; defaults to ``query.id`` (or the only query).
     query_span
-        A band to draw on the query's reformat (e.g. the region a region query covers).
+        A band to draw on the query's reformat (e.g. the region a region query covers);
+        the query's axial panel then shows the span's central slice.
 
     Returns
     -------
@@ -342,7 +344,7 @@ def montage(
     matches = _matches(_select_query(hits, query, query_id), top)
     n_cols = 1 + max(1, len(matches))
     fig, axes = _new_figure(1 if plane is None else 2, n_cols)
-    q_index = query.n_slices // 2
+    q_index = query.n_slices // 2 if query_span is None else (query_span[0] + query_span[1]) // 2
     q_bounds = _bounds(query, window)
     _draw_axial(
         axes[0, 0],

@@ -342,3 +342,21 @@ def test_extractor_mismatch_warns_once() -> None:
     with pytest.warns(UserWarning, match="extractor config differs"):
         search.retrieve(query)
     search.retrieve(query)  # checked once: no second warning (warnings are errors here)
+
+
+def test_vote_evidence_is_a_mapping() -> None:
+    ctx = SearchContext()
+    CountVotes().transform(votes_input(), ctx)
+    ev = ctx.evidence["votes"]
+    assert len(ev) == 4 and ("q", "zzz") not in ev and ("nobody", "a") not in ev
+    assert dict(ev).keys() == {("q", "a"), ("q", "b"), ("q", "c"), ("r", "c")}
+    with pytest.raises(KeyError):
+        ev[("r", "a")]
+
+
+def test_precomputed_embeddings_must_cover_every_slice() -> None:
+    index = build(ExactIndex, [body_volume("whole", 0.0, 1.0, 10)])
+    query = body_volume("q", 0.0, 1.0, 6)
+    chain = SliceSearch(PositionExtractor(), index, k=2)
+    with pytest.raises(PipelineError, match=r"\(6, dim\)"):
+        chain.retrieve(query, embeddings={"q": np.zeros((3, DIM), np.float32)})

@@ -94,7 +94,7 @@ def test_device_auto_prefers_cuda_when_present() -> None:
 
 
 def test_unknown_device_lists_valid_ones() -> None:
-    with pytest.raises(ExtractorError, match="'gpu'.*auto.*cpu.*cuda"):
+    with pytest.raises(ExtractorError, match=r"'gpu'.*auto.*cpu.*cuda"):
         resolve_device("gpu")
 
 
@@ -114,7 +114,9 @@ def test_slices_selects_rows_in_given_order() -> None:
     assert ex.extract(vol, slices=np.array([], dtype=np.int64)).shape == (0, 6)
 
 
-@pytest.mark.parametrize("bad", [np.array([0, 9]), np.array([-1]), np.array([0.5]), np.zeros((2, 2), int)])
+@pytest.mark.parametrize(
+    "bad", [np.array([0, 9]), np.array([-1]), np.array([0.5]), np.zeros((2, 2), int)]
+)
 def test_bad_slices_raise_extractor_error(bad: np.ndarray) -> None:
     with pytest.raises(ExtractorError, match="'tiny'"):
         TinyNet(device="cpu").extract(ct_volume(), slices=bad)
@@ -195,5 +197,16 @@ def test_build_model_must_return_a_module() -> None:
         def build_model(self) -> torch.nn.Module:
             return "model"  # type: ignore[return-value]
 
-    with pytest.raises(ExtractorError, match="'notamodel'.*str"):
+    with pytest.raises(ExtractorError, match=r"'notamodel'.*str"):
         NotAModel(device="cpu").extract(ct_volume())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_embeddings_match_cpu() -> None:
+    vol = ct_volume(n=40)
+    cpu = TinyNet(device="cpu").extract(vol)
+    exact = TinyNet(device="cuda", amp=False, batch_size=16).extract(vol)
+    np.testing.assert_allclose(exact, cpu, atol=1e-4)
+    mixed = TinyNet(device="cuda", amp=True, batch_size=16).extract(vol)
+    assert mixed.dtype == np.float32
+    assert float((mixed * cpu).sum(axis=1).min()) > 0.99  # bf16/fp16 autocast, same vectors

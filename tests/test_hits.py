@@ -166,3 +166,22 @@ def test_ranked_invariants(rows: list[tuple[str, int, float]]) -> None:
                 # the unsorted table ranks the same rows identically
                 gh = (h.query_id == q) & (h.query_slice == s)
                 assert sorted(h.rank[gh].tolist()) == r.rank[g].tolist()
+
+
+def test_split_by_query_matches_for_query() -> None:
+    h = Hits(
+        query_id=["b", "a", "b", "c", "a"],
+        volume_id=["v1", "v2", "v3", "v4", "v5"],
+        score=[1, 2, 3, 4, 5],
+        level="volume",
+    )
+    parts = h.split_by_query()
+    assert [q for q, _ in parts] == ["b", "a", "c"] == h.query_ids()
+    for qid, part in parts:
+        assert part.volume_id.tolist() == h.for_query(qid).volume_id.tolist()
+        assert part.rank.tolist() == h.for_query(qid).rank.tolist()
+    assert Hits.empty().split_by_query() == []
+    with pytest.raises(HitsError, match="1-D selection"):
+        h.take(np.array([True, False]))
+    with pytest.raises(HitsError, match="integer positions"):
+        h.take(np.array([0.5]))

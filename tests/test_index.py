@@ -167,7 +167,7 @@ def test_bad_inputs(cls: type) -> None:
     index.add("a", np.ones((2, 4)))
     with pytest.raises(DuplicateVolumeError, match="'a'"):
         index.add("a", np.ones((2, 4)))
-    with pytest.raises(VolumeNotInIndexError, match="'b'.*'a'"):
+    with pytest.raises(VolumeNotInIndexError, match=r"'b'.*'a'"):
         index.remove("b")
     with pytest.raises(KeyError):  # also a KeyError
         index.slice_meta("b")

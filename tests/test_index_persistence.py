@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,7 @@ def test_unknown_format_version(tmp_path: Path) -> None:
     meta = _meta(tmp_path / "idx")
     meta["format"] = 99
     (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(IndexFormatError, match="format 99.*format 1"):
+    with pytest.raises(IndexFormatError, match=r"format 99.*format 1"):
         SliceIndex.load(tmp_path / "idx")
 
 
@@ -171,7 +172,7 @@ def test_checksum_mismatch(cls: type, tmp_path: Path) -> None:
 def test_missing_file_and_missing_index(tmp_path: Path) -> None:
     filled(SliceIndex, "float16").save(tmp_path / "idx")
     (tmp_path / "idx" / "vectors.npy").unlink()
-    with pytest.raises(IndexFormatError, match="vectors.npy.*missing"):
+    with pytest.raises(IndexFormatError, match=r"vectors\.npy.*missing"):
         SliceIndex.load(tmp_path / "idx")
     with pytest.raises(IndexFormatError, match="no index"):
         SliceIndex.load(tmp_path / "nothing")
@@ -185,13 +186,13 @@ def test_dimension_mismatch_on_load(tmp_path: Path) -> None:
     meta = _meta(tmp_path / "idx")
     meta["dim"] = 8
     (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DimensionMismatchError, match="hnsw.bin.*dimension 16, expected 8"):
+    with pytest.raises(DimensionMismatchError, match=r"hnsw\.bin.*dimension 16, expected 8"):
         SliceIndex.load(tmp_path / "idx")
 
 
 def test_wrong_kind(tmp_path: Path) -> None:
     filled(ExactIndex).save(tmp_path / "idx")
-    with pytest.raises(IndexFormatError, match="ExactIndex.load"):
+    with pytest.raises(IndexFormatError, match=r"ExactIndex\.load"):
         SliceIndex.load(tmp_path / "idx")
 
 
@@ -255,3 +256,21 @@ def test_sigkill_during_save_leaves_old_or_new_index(tmp_path: Path) -> None:
         trials += 1
     assert trials >= 10
     assert all(seen.values()), seen  # kills landed on both versions
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.pop("counts"),
+        lambda m: m.update(config={"M": 8, "bogus": 1}),
+        lambda m: m.update(files=[1, 2]),
+        lambda m: m["counts"].update(labels=3),
+    ],
+)
+def test_malformed_meta(edit: Callable[[dict], object], tmp_path: Path) -> None:
+    filled(SliceIndex).save(tmp_path / "idx")
+    meta = _meta(tmp_path / "idx")
+    edit(meta)
+    (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match=r"meta\.json"):
+        SliceIndex.load(tmp_path / "idx")

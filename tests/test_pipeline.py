@@ -150,3 +150,14 @@ def test_search_stage_validation(search: SliceSearch) -> None:
         SliceSearch(RowExtractor(), search.index, k=0)
     with pytest.raises(PipelineError, match="query_stride"):
         SliceSearch(RowExtractor(), search.index, query_stride=0)
+
+
+def test_verbose_shows_progress_and_gives_same_hits(
+    search: SliceSearch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chain = search >> CountVotes() >> MaxSimRerank(top=2) >> Localize()
+    quiet = chain.retrieve([vol("q1"), vol("q2")])
+    loud = chain.retrieve([vol("q1"), vol("q2")], verbose=True)
+    assert "MaxSim" in capsys.readouterr().err
+    for name, col in quiet.columns.items():
+        np.testing.assert_array_equal(loud[name], col)

@@ -23,7 +23,11 @@ from cbirlib.preprocess import (
 
 def test_input_config_json_round_trip() -> None:
     cfg = InputConfig(
-        size=(96, 128), channels=1, mean=(0.5,), std=(0.25,), window=(-200, 300.5),
+        size=(96, 128),
+        channels=1,
+        mean=(0.5,),
+        std=(0.25,),
+        window=(-200, 300.5),
         interpolation="bicubic",
     )
     d = json.loads(json.dumps(cfg.to_dict()))
@@ -58,7 +62,7 @@ def test_invalid_input_config_names_the_value(kwargs: dict[str, object]) -> None
 
 
 def test_unknown_window_lists_presets() -> None:
-    with pytest.raises(InputConfigError, match="soft_tissue.*percentile"):
+    with pytest.raises(InputConfigError, match=r"soft_tissue.*percentile"):
         InputConfig(window="abdomen")
 
 

@@ -174,7 +174,9 @@ def swin_source() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("layout", ["timm", "original"])
-def test_radimagenet_swin_layouts(swin_source: torch.nn.Module, tmp_path: Path, layout: str) -> None:
+def test_radimagenet_swin_layouts(
+    swin_source: torch.nn.Module, tmp_path: Path, layout: str
+) -> None:
     sd = dict(swin_source.state_dict())
     if layout == "original":
         sd = _to_original_swin_layout(sd)

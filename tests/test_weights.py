@@ -71,7 +71,7 @@ def test_torch_checkpoint_unwrapped_and_prefix_stripped(tmp_path: Path, wrap: st
 def test_pickled_object_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "evil.pth"
     torch.save({"state_dict": _model()}, p)  # a whole module needs full unpickling
-    with pytest.raises(WeightsError, match="evil.pth"):
+    with pytest.raises(WeightsError, match=r"evil\.pth"):
         load_state_dict(p)
 
 
@@ -92,7 +92,7 @@ def test_missing_file_message(tmp_path: Path) -> None:
 def test_corrupt_file(tmp_path: Path) -> None:
     p = tmp_path / "bad.safetensors"
     p.write_bytes(b"not a safetensors file")
-    with pytest.raises(WeightsError, match="bad.safetensors"):
+    with pytest.raises(WeightsError, match=r"bad\.safetensors"):
         load_state_dict(p)
 
 

@@ -43,8 +43,11 @@ import gzip
 import math
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +61,8 @@ from cbirlib.datasets.totalsegmentator import (
 from cbirlib.errors import DatasetError
 from cbirlib.structures import TOTALSEG_V1_CLASSES
 
-Array = npt.NDArray[np.float64]
+Array = npt.NDArray[np.floating[Any]]
+ArrayLike = Array | float
 MAX_SLICES = 150
 _LABEL = {name: i + 1 for i, name in enumerate(TOTALSEG_V1_CLASSES)}
 
@@ -140,7 +144,9 @@ def _ellipsoid(
 ) -> _Part:
     t = np.linspace(-0.96, 0.96, 9)
     f = np.sqrt(1.0 - t**2)
-    keys = [(c[2] + r[2] * ti, c[0], c[1], r[0] * fi, r[1] * fi) for ti, fi in zip(t, f)]
+    keys = [
+        (c[2] + r[2] * ti, c[0], c[1], r[0] * fi, r[1] * fi) for ti, fi in zip(t, f, strict=True)
+    ]
     return _tube(label, tissue, *keys, **kw)
 
 
@@ -159,7 +165,9 @@ def _pair(base: str, part: Callable[[str | None], _Part]) -> list[_Part]:
 _CERV = [(f"vertebrae_C{i}", 800 - (i - 1) * 100 / 7, 800 - i * 100 / 7) for i in range(1, 8)]
 _THOR = [(f"vertebrae_T{i}", 700 - (i - 1) * 22.5, 700 - i * 22.5) for i in range(1, 13)]
 _LUMB = [(f"vertebrae_L{i}", 430 - (i - 1) * 30.0, 430 - i * 30.0) for i in range(1, 6)]
-_SPINE_Y = np.array([(180, -75), (280, -45), (430, -40), (550, -60), (700, -45), (720, -20), (800, -10)])
+_SPINE_Y = np.array(
+    [(180, -75), (280, -45), (430, -40), (550, -60), (700, -45), (720, -20), (800, -10)]
+)
 
 
 def _spine_y(z: float) -> float:
@@ -173,7 +181,10 @@ def _vertebra(name: str, top: float, bottom: float) -> list[_Part]:
     y = _spine_y(zc)
     rx, ry = (13.0, 10.0) if "_C" in name else (24.0, 18.0) if "_L" in name else (18.0, 14.0)
     canal_y = y - ry - 8
-    k = (lambda cy, ax, ay: ((z0, 0, cy, ax, ay), (z1, 0, cy, ax, ay)))
+
+    def k(cy: float, ax: float, ay: float) -> tuple[tuple[float, ...], ...]:
+        return ((z0, 0.0, cy, ax, ay), (z1, 0.0, cy, ax, ay))
+
     return [
         _tube(name, "cancellous", *k(y, rx, ry)),
         _tube(name, "cortical", *k(y, rx, ry), inner=0.8),
@@ -218,14 +229,38 @@ def _lobes() -> list[_Part]:
 def _atlas() -> list[_Part]:
     """All parts in painting order (later parts overwrite earlier ones)."""
     p: list[_Part] = []
-    E, T = _ellipsoid, _tube  # noqa: N806 - short local aliases for a long table
+    E, T = _ellipsoid, _tube
     # muscles outside the organ cavity
-    p += _pair("autochthon", lambda n: T(n, "muscle", (260, 28, -80, 20, 16), (430, 28, -82, 22, 18),
-                                         (550, 27, -102, 20, 16), (700, 26, -88, 18, 15), (740, 20, -45, 14, 12)))
-    p += _pair("iliopsoas", lambda n: T(n, "muscle", (90, 85, 25, 14, 12), (120, 80, 20, 18, 15),
-                                        (220, 70, -10, 22, 20), (320, 45, -30, 18, 16), (420, 30, -35, 10, 10)))
-    p += _pair("gluteus_maximus", lambda n: T(n, "muscle", (60, 80, -75, 45, 25), (150, 80, -82, 58, 30),
-                                              (250, 70, -85, 45, 20)))
+    p += _pair(
+        "autochthon",
+        lambda n: T(
+            n,
+            "muscle",
+            (260, 28, -80, 20, 16),
+            (430, 28, -82, 22, 18),
+            (550, 27, -102, 20, 16),
+            (700, 26, -88, 18, 15),
+            (740, 20, -45, 14, 12),
+        ),
+    )
+    p += _pair(
+        "iliopsoas",
+        lambda n: T(
+            n,
+            "muscle",
+            (90, 85, 25, 14, 12),
+            (120, 80, 20, 18, 15),
+            (220, 70, -10, 22, 20),
+            (320, 45, -30, 18, 16),
+            (420, 30, -35, 10, 10),
+        ),
+    )
+    p += _pair(
+        "gluteus_maximus",
+        lambda n: T(
+            n, "muscle", (60, 80, -75, 45, 25), (150, 80, -82, 58, 30), (250, 70, -85, 45, 20)
+        ),
+    )
     p += _pair("gluteus_medius", lambda n: E(n, "muscle", (125, -35, 245), (26, 38, 50)))
     p += _pair("gluteus_minimus", lambda n: E(n, "muscle", (110, -15, 205), (15, 24, 45)))
     # head: face region, facial bones/air (unlabelled detail), skull, brain
@@ -238,28 +273,45 @@ def _atlas() -> list[_Part]:
     p += [E(None, "csf", (0, 0, 925), (10, 28, 18))]
     # neck / mediastinum
     p += [T("trachea", "airway", (615, 0, 0, 10, 10), (700, 0, 20, 9, 9), (780, 0, 30, 9, 9))]
-    p += [T("esophagus", "soft", (440, -35, 5, 8, 7), (470, -20, -15, 8, 7), (600, -5, -25, 8, 7),
-            (700, 0, -10, 7, 6), (760, 0, 10, 7, 6))]
+    p += [
+        T(
+            "esophagus",
+            "soft",
+            (440, -35, 5, 8, 7),
+            (470, -20, -15, 8, 7),
+            (600, -5, -25, 8, 7),
+            (700, 0, -10, 7, 6),
+            (760, 0, 10, 7, 6),
+        )
+    ]
     p += _lobes()
     p += [T(None, "bone", (560, 0, 100, 14, 8), (680, 0, 95, 14, 8))]  # sternum
     # abdomen: bowel first, solid organs over it
     p += [E("small_bowel", "bowel", (-10, 30, 320), (100, 62, 70), spots=(0.06, "gas"))]
     gut = dict(spots=(0.35, "gas"))
-    p += [T("colon", "colon", (240, 105, 0, 25, 25), (420, 105, 5, 24, 24), **gut),
-          T("colon", "colon", (405, 0, 55, 120, 20), (435, 0, 55, 115, 18), **gut),
-          T("colon", "colon", (250, -110, -5, 22, 22), (420, -110, 0, 22, 22), **gut),
-          T("colon", "colon", (210, -35, 20, 45, 18), (250, -40, 15, 40, 18), **gut),
-          T("colon", "colon", (120, 0, -55, 20, 18), (215, 0, -55, 22, 20), **gut)]
-    p += [T("duodenum", "bowel", (385, 40, 5, 14, 14), (440, 42, 8, 14, 14)),
-          T("duodenum", "bowel", (380, 5, -5, 45, 11), (395, 5, -5, 45, 11))]
+    p += [
+        T("colon", "colon", (240, 105, 0, 25, 25), (420, 105, 5, 24, 24), **gut),
+        T("colon", "colon", (405, 0, 55, 120, 20), (435, 0, 55, 115, 18), **gut),
+        T("colon", "colon", (250, -110, -5, 22, 22), (420, -110, 0, 22, 22), **gut),
+        T("colon", "colon", (210, -35, 20, 45, 18), (250, -40, 15, 40, 18), **gut),
+        T("colon", "colon", (120, 0, -55, 20, 18), (215, 0, -55, 22, 20), **gut),
+    ]
+    p += [
+        T("duodenum", "bowel", (385, 40, 5, 14, 14), (440, 42, 8, 14, 14)),
+        T("duodenum", "bowel", (380, 5, -5, 45, 11), (395, 5, -5, 45, 11)),
+    ]
     p += [E("liver", "liver", (45, 10, 475), (110, 95, 68))]
     p += [E("gallbladder", "bile", (70, 60, 430), (15, 18, 28))]
     p += [E("spleen", "spleen", (-95, -40, 470), (30, 50, 45))]
     p += [E("stomach", "stomach", (-55, 35, 470), (50, 40, 50))]
     p += [T(None, "gas", (492, -55, 58, 30, 14), (515, -55, 58, 24, 10))]
-    p += [T("pancreas", "pancreas", (415, 0, 5, 55, 12), (428, -5, 5, 68, 15), (440, -15, 0, 55, 12))]
-    p += [E("kidney_right", "kidney", (72, -45, 375), (28, 24, 55)),
-          E("kidney_left", "kidney", (-72, -45, 390), (28, 24, 55))]
+    p += [
+        T("pancreas", "pancreas", (415, 0, 5, 55, 12), (428, -5, 5, 68, 15), (440, -15, 0, 55, 12))
+    ]
+    p += [
+        E("kidney_right", "kidney", (72, -45, 375), (28, 24, 55)),
+        E("kidney_left", "kidney", (-72, -45, 390), (28, 24, 55)),
+    ]
     p += _pair("adrenal_gland", lambda n: E(n, "adrenal", (38, -30, 455), (7, 12, 15)))
     p += [E("urinary_bladder", "bladder", (0, 55, 150), (45, 35, 35))]
     # heart and vessels
@@ -269,23 +321,60 @@ def _atlas() -> list[_Part]:
     p += [E("heart_atrium_right", "venous", (35, 15, 552), (28, 25, 30))]
     p += [E("heart_atrium_left", "blood", (-15, -15, 570), (30, 20, 22))]
     p += [E("heart_ventricle_left", "blood", (-35, 25, 522), (27, 24, 35))]
-    p += [T("pulmonary_artery", "blood", (560, 0, 40, 14, 14), (600, -10, 20, 16, 14),
-            (615, 0, 0, 40, 10))]
-    p += [T("aorta", "blood", (530, 10, 20, 15, 15), (630, 5, 10, 15, 15)),
-          T("aorta", "blood", (630, -10, -10, 30, 14), (650, -10, -10, 30, 14)),
-          T("aorta", "blood", (330, -5, -25, 12, 12), (450, -15, -35, 12, 12),
-            (640, -25, -35, 13, 13))]
-    p += [T("inferior_vena_cava", "venous", (300, 20, -30, 11, 10), (520, 25, -15, 13, 12),
-            (545, 25, 0, 14, 13))]
-    p += [T("portal_vein_and_splenic_vein", "venous", (440, -15, -5, 50, 8), (452, -15, -5, 48, 8)),
-          T("portal_vein_and_splenic_vein", "venous", (440, 30, 5, 8, 8), (470, 35, 10, 8, 8))]
-    p += _pair("iliac_artery", lambda n: T(n, "blood", (150, 80, 15, 7, 7), (250, 40, -20, 7, 7),
-                                           (330, 6, -25, 7, 7)))
-    p += _pair("iliac_vena", lambda n: T(n, "venous", (150, 82, 5, 9, 9), (240, 45, -30, 9, 9),
-                                         (305, 12, -32, 9, 9)))
+    p += [
+        T(
+            "pulmonary_artery",
+            "blood",
+            (560, 0, 40, 14, 14),
+            (600, -10, 20, 16, 14),
+            (615, 0, 0, 40, 10),
+        )
+    ]
+    p += [
+        T("aorta", "blood", (530, 10, 20, 15, 15), (630, 5, 10, 15, 15)),
+        T("aorta", "blood", (630, -10, -10, 30, 14), (650, -10, -10, 30, 14)),
+        T(
+            "aorta",
+            "blood",
+            (330, -5, -25, 12, 12),
+            (450, -15, -35, 12, 12),
+            (640, -25, -35, 13, 13),
+        ),
+    ]
+    p += [
+        T(
+            "inferior_vena_cava",
+            "venous",
+            (300, 20, -30, 11, 10),
+            (520, 25, -15, 13, 12),
+            (545, 25, 0, 14, 13),
+        )
+    ]
+    p += [
+        T("portal_vein_and_splenic_vein", "venous", (440, -15, -5, 50, 8), (452, -15, -5, 48, 8)),
+        T("portal_vein_and_splenic_vein", "venous", (440, 30, 5, 8, 8), (470, 35, 10, 8, 8)),
+    ]
+    p += _pair(
+        "iliac_artery",
+        lambda n: T(n, "blood", (150, 80, 15, 7, 7), (250, 40, -20, 7, 7), (330, 6, -25, 7, 7)),
+    )
+    p += _pair(
+        "iliac_vena",
+        lambda n: T(n, "venous", (150, 82, 5, 9, 9), (240, 45, -30, 9, 9), (305, 12, -32, 9, 9)),
+    )
     # skeleton
-    p += [T(None, "disc", (280, 0, -45, 22, 17), (430, 0, -40, 22, 17), (550, 0, -60, 18, 14),
-            (700, 0, -45, 16, 13), (720, 0, -20, 12, 10), (800, 0, -10, 12, 10))]
+    p += [
+        T(
+            None,
+            "disc",
+            (280, 0, -45, 22, 17),
+            (430, 0, -40, 22, 17),
+            (550, 0, -60, 18, 14),
+            (700, 0, -45, 16, 13),
+            (720, 0, -20, 12, 10),
+            (800, 0, -10, 12, 10),
+        )
+    ]
     for name, top, bottom in (*_CERV, *_THOR, *_LUMB):
         p += _vertebra(name, top, bottom)
     p += [T("sacrum", "bone", (180, 0, -95, 20, 12), (230, 0, -85, 40, 16), (280, 0, -65, 50, 18))]
@@ -300,14 +389,17 @@ def _atlas() -> list[_Part]:
     p += _pair("femur", lambda n: T(n, "bone", (112, 100, 5, 14, 14), (140, 95, 2, 14, 14)))
     p += _pair("femur", lambda n: T(n, "bone", (110, 120, -5, 18, 18), (135, 118, -5, 18, 18)))
     p += _pair("femur", lambda n: T(n, "marrow", (0, 100, 10, 15, 15), (120, 105, 5, 17, 17)))
-    p += _pair("femur", lambda n: T(n, "cortical", (0, 100, 10, 15, 15), (120, 105, 5, 17, 17),
-                                    inner=0.65))
+    p += _pair(
+        "femur", lambda n: T(n, "cortical", (0, 100, 10, 15, 15), (120, 105, 5, 17, 17), inner=0.65)
+    )
     p += _pair("scapula", lambda n: T(n, "bone", (560, 95, -92, 40, 7), (690, 100, -80, 45, 8)))
     p += _pair("clavicula", lambda n: T(n, "bone", (684, 75, 70, 62, 7), (700, 75, 62, 62, 7)))
     p += _pair("humerus", lambda n: E(n, "bone", (150, -10, 672), (25, 25, 22)))
     p += _pair("humerus", lambda n: T(n, "marrow", (470, 205, 0, 13, 13), (665, 190, -5, 15, 15)))
-    p += _pair("humerus", lambda n: T(n, "cortical", (470, 205, 0, 13, 13), (665, 190, -5, 15, 15),
-                                      inner=0.6))
+    p += _pair(
+        "humerus",
+        lambda n: T(n, "cortical", (470, 205, 0, 13, 13), (665, 190, -5, 15, 15), inner=0.6),
+    )
     return p
 
 
@@ -356,8 +448,8 @@ def _draw_subject(rng: np.random.Generator, index: int, width: int) -> _Subject:
     fat = rng.uniform(6, 35)
     thickness = float(rng.choice([1.5, 2.0, 2.5, 3.0, 5.0]))
     extent = (hi - lo) * height
-    if extent / thickness > MAX_SLICES:
-        thickness = math.ceil(extent / MAX_SLICES / 0.5) * 0.5
+    if extent / thickness > MAX_SLICES - 1:  # n slices = floor(extent / thickness) + 1
+        thickness = math.ceil(extent / (MAX_SLICES - 1) / 0.5) * 0.5
     z = np.linspace(lo, hi, 64)
     a, _ = _body_radii(z)
     half = np.where((z > _ARMS[0]) & (z < _ARMS[1]), _ARMS[2] + _ARMS[3], a) + fat
@@ -378,17 +470,20 @@ def _draw_subject(rng: np.random.Generator, index: int, width: int) -> _Subject:
     )
 
 
-def _ellipse(ax: Array, ay: Array, cx: Array, cy: Array, rx: Array, ry: Array) -> Array:
-    return ((ax - cx) / rx) ** 2 + ((ay - cy) / ry) ** 2
+def _ellipse(
+    ax: Array, ay: Array, cx: ArrayLike, cy: ArrayLike, rx: ArrayLike, ry: ArrayLike
+) -> Array:
+    d: Array = ((ax - cx) / rx) ** 2 + ((ay - cy) / ry) ** 2
+    return d
 
 
 def _render(
     subj: _Subject, rng: np.random.Generator, shape: tuple[int, int]
-) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], Array]:
     """HU volume and label map ``(Z, Y, X)``, and the world z (mm) of each slice."""
     h, w = shape
     lo, hi = subj.z_range
-    n = max(2, int(math.floor((hi - lo) * subj.height / subj.thickness)) + 1)
+    n = max(2, math.floor((hi - lo) * subj.height / subj.thickness) + 1)
     za = lo + np.arange(n) * subj.thickness / subj.height  # atlas z of each slice
     # world (mm) -> atlas: undo shift, rotation and body scale
     wy, wx = np.meshgrid((np.arange(h) - (h - 1) / 2) * subj.pixel,
@@ -409,23 +504,28 @@ def _render(
     a, b = _body_radii(z3)
     fat = subj.fat / subj.scale * _fat_weight(z3)
     wall = _wall(z3)
-    legs = z3 < _LEGS_TOP
-    torso_d = _ellipse(ax, ay, 0, 0, a + fat, b + fat)
-    leg_d = np.minimum(_ellipse(ax, ay, 85, 5, 70 + fat, 70 + fat),
-                       _ellipse(ax, ay, -85, 5, 70 + fat, 70 + fat))  # fmt: skip
-    arms = (z3 > _ARMS[0]) & (z3 < _ARMS[1])
-    arm_d = np.minimum(_ellipse(ax, ay, _ARMS[2], 0, _ARMS[3] + fat, _ARMS[3] + fat),
-                       _ellipse(ax, ay, -_ARMS[2], 0, _ARMS[3] + fat, _ARMS[3] + fat))  # fmt: skip
-    body = np.where(legs, leg_d <= 1, torso_d <= 1) | (arms & (arm_d <= 1))
-    lean = np.where(legs, np.minimum(_ellipse(ax, ay, 85, 5, 70, 70), _ellipse(ax, ay, -85, 5, 70, 70)),
-                    _ellipse(ax, ay, 0, 0, a, b)) <= 1  # fmt: skip
-    lean |= arms & (np.minimum(_ellipse(ax, ay, _ARMS[2], 0, _ARMS[3], _ARMS[3]),
-                               _ellipse(ax, ay, -_ARMS[2], 0, _ARMS[3], _ARMS[3])) <= 1)  # fmt: skip
-    cavity = ~legs & (_ellipse(ax, ay, 0, 0, a - wall, b - wall) <= 1)
+    n_legs = int(np.searchsorted(za, _LEGS_TOP))
+    arm0, arm1 = (int(k) for k in np.searchsorted(za, _ARMS[:2]))
+    body = np.zeros((n, h, w), dtype=bool)
+    lean = np.zeros((n, h, w), dtype=bool)
+    cavity = np.zeros((n, h, w), dtype=bool)
+    for sl, cx, cy, r in (
+        (slice(0, n_legs), 85.0, 5.0, 70.0),
+        (slice(arm0, arm1), _ARMS[2], 0.0, _ARMS[3]),
+    ):
+        for sign in (1.0, -1.0):
+            d = _ellipse(ax, ay, sign * cx, cy, r + fat[sl], r + fat[sl])
+            body[sl] |= d <= 1
+            lean[sl] |= d <= ((r / (r + fat[sl])) ** 2)
+    t = slice(n_legs, n)
+    d = _ellipse(ax, ay, 0, 0, a[t] + fat[t], b[t] + fat[t])
+    body[t] |= d <= 1
+    lean[t] |= _ellipse(ax, ay, 0, 0, a[t], b[t]) <= 1
+    cavity[t] = _ellipse(ax, ay, 0, 0, a[t] - wall[t], b[t] - wall[t]) <= 1
     hu = np.full((n, h, w), hu_of["air"], dtype=np.float32)
     hu[body] = hu_of["fat"]
     hu[lean] = hu_of["muscle"]
-    inside = np.interp(za, [690, 725], [hu_of["visceral"], hu_of["soft"]])
+    inside = np.interp(za, [690, 725], [hu_of["visceral"], hu_of["soft"]]).astype(np.float32)
     hu[cavity] = np.broadcast_to(inside[:, None, None], hu.shape)[cavity]
     labels = np.zeros((n, h, w), dtype=np.uint8)
 
@@ -509,7 +609,8 @@ def _rib_mask(
 def _nifti_gz(data_zyx: npt.NDArray[np.generic], affine: Array) -> bytes:
     import nibabel as nib
 
-    img = nib.Nifti1Image(data_zyx.transpose(2, 1, 0), affine)  # F-ordered view: no copy
+    nifti: Any = nib.Nifti1Image
+    img = nifti(data_zyx.transpose(2, 1, 0), affine)  # an F-ordered view: no copy
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -521,6 +622,34 @@ def _splits(n: int, rng: np.random.Generator) -> list[str]:
     n_val = max(1, round(0.1 * n)) if n >= 3 else 0
     names = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
     return [names[i] for i in rng.permutation(n)]
+
+
+def _write_subject(
+    out: Path, i: int, *, seed: int, shape: tuple[int, int]
+) -> tuple[str, str, int, str]:
+    """Render and write subject ``i``; returns its id, field of view and synthetic age/sex."""
+    rows, cols = shape
+    rng = np.random.default_rng([seed, i])
+    subj = _draw_subject(rng, i, cols)
+    image, labels, z_world = _render(subj, rng, (rows, cols))
+    affine = np.diag([subj.pixel, subj.pixel, subj.thickness, 1.0])
+    affine[:3, 3] = (-(cols - 1) / 2 * subj.pixel, -(rows - 1) / 2 * subj.pixel, z_world[0])
+    sid = f"s{i:04d}"
+    folder = out / sid / MASK_FOLDER
+    folder.mkdir(parents=True)
+    (out / sid / IMAGE_FILE).write_bytes(_nifti_gz(image, affine))
+    present = set(np.unique(labels).tolist())
+    empty: bytes | None = None
+    for name, value in _LABEL.items():
+        if value in present:
+            data = _nifti_gz((labels == value).astype(np.uint8), affine)
+        else:
+            if empty is None:
+                empty = _nifti_gz(np.zeros(labels.shape, np.uint8), affine)
+            data = empty
+        (folder / f"{name}.nii.gz").write_bytes(data)
+    age, sex = int(rng.integers(20, 90)), ("m", "f")[int(rng.integers(2))]
+    return sid, subj.fov, age, sex
 
 
 def make_phantoms(
@@ -578,28 +707,12 @@ def make_phantoms(
     rows, cols = int(shape[0]), int(shape[1])
     meta = ["image_id;age;gender;institute;study_type;split"]
     splits = _splits(n, np.random.default_rng([seed, n, 7]))
-    for i in tqdm(range(n), desc="phantoms", disable=not verbose):
-        rng = np.random.default_rng([seed, i])
-        subj = _draw_subject(rng, i, cols)
-        image, labels, z_world = _render(subj, rng, (rows, cols))
-        affine = np.diag([subj.pixel, subj.pixel, subj.thickness, 1.0])
-        affine[:3, 3] = (-(cols - 1) / 2 * subj.pixel, -(rows - 1) / 2 * subj.pixel, z_world[0])
-        sid = f"s{i:04d}"
-        folder = out / sid / MASK_FOLDER
-        folder.mkdir(parents=True)
-        (out / sid / IMAGE_FILE).write_bytes(_nifti_gz(image, affine))
-        present = set(np.unique(labels).tolist())
-        empty: bytes | None = None
-        for name, value in _LABEL.items():
-            if value in present:
-                data = _nifti_gz((labels == value).astype(np.uint8), affine)
-            else:
-                if empty is None:
-                    empty = _nifti_gz(np.zeros(labels.shape, np.uint8), affine)
-                data = empty
-            (folder / f"{name}.nii.gz").write_bytes(data)
-        age, sex = int(rng.integers(20, 90)), ("m", "f")[int(rng.integers(2))]
-        meta.append(f"{sid};{age};{sex};phantom;ct {subj.fov.replace('_', ' ')};{splits[i]}")
+    work = partial(_write_subject, out, seed=seed, shape=(rows, cols))
+    # zlib and most numpy kernels release the GIL: subjects are written on threads
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        done = tqdm(pool.map(work, range(n)), total=n, desc="phantoms", disable=not verbose)
+        for i, (sid, fov, age, sex) in enumerate(done):
+            meta.append(f"{sid};{age};{sex};phantom;ct {fov.replace('_', ' ')};{splits[i]}")
     (out / META_FILE).write_text("\n".join(meta) + "\n", encoding="utf-8")
     return TotalSegmentator(out)
 

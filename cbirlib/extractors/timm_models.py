@@ -162,9 +162,7 @@ class TimmExtractor(SliceExtractor):
         self.window = window if window is not None else self.default_window
         self._pcfg = _pretrained_cfg(model_name)
         self._dim: int | None = None
-        super().__init__(
-            device=device, batch_size=batch_size, input_config=input_config, amp=amp
-        )
+        super().__init__(device=device, batch_size=batch_size, input_config=input_config, amp=amp)
 
     def _registry_name(self) -> str:
         return f"timm:{self.model_name}"
@@ -213,7 +211,7 @@ class TimmExtractor(SliceExtractor):
                     model = timm.create_model(
                         self.model_name, pretrained=False, **self._model_kwargs()
                     )
-            dim = getattr(model, "head_hidden_size", None) or model.num_features
+            dim: Any = getattr(model, "head_hidden_size", None) or model.num_features
             self._dim = int(dim)
         return self._dim
 

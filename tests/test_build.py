@@ -1,0 +1,233 @@
+"""build_index: embedding, lazy sources, checkpoints, crash and resume."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbirlib.build import build_index
+from cbirlib.errors import DimensionMismatchError, ExtractorError, ExtractorMismatchError
+from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
+from cbirlib.volume import Volume
+
+FAKE_SRC = '''
+import numpy as np
+from cbirlib.volume import Volume
+
+class FakeExtractor:
+    """Embeds a slice as its 4x2 block means (plus a constant): dim 8, deterministic."""
+    name = "fake"
+    dim = 8
+
+    def __init__(self, version=1, fail_after=None, delay=0.0):
+        self.version, self.fail_after, self.delay = version, fail_after, delay
+        self.calls = []
+
+    def to_config(self):
+        return {"name": "fake", "version": self.version, "window": [-1000, 1000]}
+
+    def extract(self, volume):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise RuntimeError("extractor crashed")
+        self.calls.append(volume.id)
+        if self.delay:
+            import time; time.sleep(self.delay)
+        z = volume.array.shape[0]
+        x = volume.array.reshape(z, 4, 2, 2, 4).mean(axis=(2, 4)).reshape(z, 8) + 3.0
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+def make_volumes(n=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        Volume(f"case{i:02d}", rng.normal(size=(int(rng.integers(3, 8)), 8, 8)).astype(np.float32),
+               spacing=(2.0 + i, 1.0, 1.0))
+        for i in range(n)
+    ]
+'''
+_ns: dict[str, object] = {}
+exec(FAKE_SRC, _ns)
+FakeExtractor = _ns["FakeExtractor"]
+make_volumes = _ns["make_volumes"]
+
+
+class FakeDataset:
+    """A TotalSegmentator-like source: subjects listed, volumes read on demand."""
+
+    def __init__(self, volumes: list[Volume]) -> None:
+        self._volumes = {v.id: v for v in volumes}
+        self.loaded: list[str] = []
+
+    @property
+    def subjects(self) -> list[str]:
+        return list(self._volumes)
+
+    def load(self, subject_id: str, *, labels: bool = True) -> Volume:
+        assert labels is False
+        self.loaded.append(subject_id)
+        return self._volumes[subject_id]
+
+
+def check_complete(index: SliceIndex | ExactIndex, volumes: list[Volume]) -> None:
+    """Every volume exactly once, with its own embeddings and z positions."""
+    assert index.volume_ids == [v.id for v in volumes] or sorted(index.volume_ids) == sorted(
+        v.id for v in volumes
+    )
+    assert len(set(index.volume_ids)) == index.n_volumes == len(volumes)
+    assert len(index) == sum(v.n_slices for v in volumes)
+    ref = FakeExtractor()
+    for v in volumes:
+        np.testing.assert_allclose(index.vectors(v.id), ref.extract(v), atol=1e-6)
+        np.testing.assert_array_equal(index.slice_meta(v.id)["z_mm"], v.z_positions)
+
+
+def test_build_from_volumes(tmp_path: Path) -> None:
+    volumes = make_volumes()
+    ex = FakeExtractor()
+    index = build_index(volumes, ex, tmp_path / "idx", verbose=False, checkpoint_every=3)
+    assert isinstance(index, SliceIndex)
+    assert index.volume_ids == [v.id for v in volumes]
+    check_complete(index, volumes)
+    loaded = SliceIndex.load(tmp_path / "idx")
+    check_complete(loaded, volumes)
+    assert loaded.extractor_config == ex.to_config()
+    m = loaded.search(ex.extract(volumes[4])[2], k=1)
+    assert (m.volume_ids[0, 0], m.slice_indices[0, 0]) == ("case04", 2)
+    assert m.z_mm[0, 0] == pytest.approx(2 * 6.0)
+
+
+def test_build_exact_and_config(tmp_path: Path) -> None:
+    cfg = HnswConfig(M=8, ef_search=40, store_dtype="float16")
+    index = build_index(
+        make_volumes(4), FakeExtractor(), tmp_path / "e", config=cfg, exact=True, verbose=False
+    )
+    assert isinstance(ExactIndex.load(tmp_path / "e"), ExactIndex)
+    assert index.config == cfg
+
+
+def test_resume_skips_without_reading(tmp_path: Path) -> None:
+    volumes = make_volumes()
+    build_index(volumes[:6], FakeExtractor(), tmp_path / "idx", verbose=False)
+    data = FakeDataset(volumes)
+    ex = FakeExtractor()
+    index = build_index(data, ex, tmp_path / "idx", verbose=False)
+    assert data.loaded == [v.id for v in volumes[6:]]  # indexed subjects were never read
+    assert ex.calls == [v.id for v in volumes[6:]]
+    check_complete(index, volumes)
+    # (id, loader) pairs and mappings are lazy too
+    calls: list[str] = []
+
+    def loader(v: Volume):
+        def load() -> Volume:
+            calls.append(v.id)
+            return v
+
+        return load
+
+    build_index(
+        [(v.id, loader(v)) for v in volumes], FakeExtractor(), tmp_path / "idx", verbose=False
+    )
+    build_index(
+        {v.id: loader(v) for v in volumes}, FakeExtractor(), tmp_path / "idx", verbose=False
+    )
+    assert calls == []
+
+
+def test_extractor_error_mid_build_then_resume(tmp_path: Path) -> None:
+    volumes = make_volumes(10)
+    with pytest.raises(RuntimeError, match="extractor crashed"):
+        build_index(
+            volumes,
+            FakeExtractor(fail_after=7),
+            tmp_path / "idx",
+            verbose=False,
+            checkpoint_every=3,
+        )
+    partial = SliceIndex.load(tmp_path / "idx")
+    assert partial.volume_ids == [v.id for v in volumes[:7]]  # saved on the way out
+    ex = FakeExtractor()
+    index = build_index(volumes, ex, tmp_path / "idx", verbose=False, checkpoint_every=3)
+    assert ex.calls == [v.id for v in volumes[7:]]
+    check_complete(index, volumes)
+
+
+def test_resume_refuses_other_extractor_or_dim(tmp_path: Path) -> None:
+    volumes = make_volumes(3)
+    build_index(volumes[:2], FakeExtractor(), tmp_path / "idx", verbose=False)
+    with pytest.raises(ExtractorMismatchError, match="version"):
+        build_index(volumes, FakeExtractor(version=2), tmp_path / "idx", verbose=False)
+    other = FakeExtractor()
+    other.dim = 16
+    with pytest.raises(DimensionMismatchError):
+        build_index(volumes, other, tmp_path / "idx", verbose=False)
+    # resume=False starts over with the new extractor
+    index = build_index(
+        volumes, FakeExtractor(version=2), tmp_path / "idx", verbose=False, resume=False
+    )
+    assert index.extractor_config["version"] == 2 and index.n_volumes == 3
+
+
+def test_duplicate_ids_in_input_are_indexed_once(tmp_path: Path) -> None:
+    volumes = make_volumes(3)
+    ex = FakeExtractor()
+    index = build_index(
+        [*volumes, volumes[1], lambda: volumes[2]], ex, tmp_path / "idx", verbose=False
+    )
+    check_complete(index, volumes)
+    assert ex.calls == [v.id for v in volumes]
+
+
+def test_bad_extractor_output(tmp_path: Path) -> None:
+    class Short(FakeExtractor):  # type: ignore[misc, valid-type]
+        def extract(self, volume: Volume) -> np.ndarray:
+            return super().extract(volume)[:-1]
+
+    with pytest.raises(ExtractorError, match=r"case00.*slices"):
+        build_index(make_volumes(2), Short(), tmp_path / "idx", verbose=False)
+    with pytest.raises(TypeError, match="cannot index 'int'"):
+        build_index([1], FakeExtractor(), tmp_path / "idx2", verbose=False)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        build_index([], FakeExtractor(), tmp_path / "idx3", checkpoint_every=0)
+
+
+BUILD_LOOP = (
+    FAKE_SRC
+    + """
+import sys
+from cbirlib.build import build_index
+print("ready", flush=True)
+build_index(make_volumes(12), FakeExtractor(delay=0.02), sys.argv[1], verbose=False,
+            checkpoint_every=2)
+print("finished", flush=True)
+"""
+)
+
+
+def test_sigkill_mid_build_then_resume(tmp_path: Path) -> None:
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_LOOP)
+    volumes = make_volumes(12)
+    rng = random.Random(7)
+    redone = []
+    for trial in range(4):
+        path = tmp_path / f"idx{trial}"
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        ex = FakeExtractor()
+        index = build_index(volumes, ex, path, verbose=False)
+        check_complete(index, volumes)
+        redone.append(len(ex.calls))
+        check_complete(SliceIndex.load(path), volumes)
+    assert any(0 < n < 12 for n in redone), redone  # some kill landed mid-build

@@ -1,0 +1,217 @@
+"""Tests of the ``cbirlib`` command: in-process through ``main(argv)``, once as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbirlib.cli import build_parser, discover_volumes, main
+from cbirlib.errors import DatasetError, VolumeNotFoundError
+from tests.dicom_helpers import write_dicom_series, write_nifti
+
+DEMO_ARGS = ["--subjects", "8", "--size", "48", "--seed", "0", "--top", "3"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One small demo run shared by the tests: its output folder and stdout."""
+    out = tmp_path_factory.mktemp("demo")
+    capture = pytest.MonkeyPatch()
+    import io
+
+    buffer = io.StringIO()
+    capture.setattr(sys, "stdout", buffer)
+    try:
+        status = main(["demo", "--out", str(out), *DEMO_ARGS])
+    finally:
+        capture.undo()
+    assert status == 0, buffer.getvalue()
+    return out, buffer.getvalue()
+
+
+def _ranked_table(text: str, header: str) -> list[tuple[int, str, float, int, int]]:
+    """Rows ``rank volume score first-last`` printed after ``header``."""
+    block = text.split(header, 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\s+(\d+)\s+(s\d{4})\s+([\d.]+)\s+(\d+)-(\d+)\s", block, re.M)
+    return [(int(r), v, float(s), int(a), int(b)) for r, v, s, a, b in rows]
+
+
+def test_demo_prints_ranked_localized_results_and_writes_a_montage(demo) -> None:
+    out, text = demo
+    volume_rows = _ranked_table(text, "volume query ")
+    region_rows = _ranked_table(text, "retrieved volumes, predicted span:")
+    for rows in (volume_rows, region_rows):
+        assert [r[0] for r in rows] == [1, 2, 3]
+        scores = [r[2] for r in rows]
+        assert scores == sorted(scores, reverse=True)
+        assert all(first <= last for *_, first, last in rows)
+    # the retrieved volumes are database subjects, never the held-out query
+    query = re.search(r"region query (s\d{4}):liver: query slices (\d+)-(\d+)", text)
+    assert query is not None
+    assert query.group(1) not in {r[1] for r in region_rows}
+    # the predicted liver span lies on the liver of the top retrieved volume
+    from cbirlib.datasets import TotalSegmentator
+
+    data = TotalSegmentator(out / "data")
+    _, top, _, first, last = region_rows[0]
+    liver = data.labels(top).slices_with("liver")
+    assert first <= liver.max() and last >= liver.min()
+    assert "per-structure recall" in text and "mean ± SD" in text
+    assert re.search(r"^liver\s+[\d.]+\s+[\d.]+\s+[\d.]+$", text, re.M)
+    png = out / "montage.png"
+    assert f"montage: {png}" in text
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_reuses_its_data_and_refuses_foreign_folders(demo, tmp_path, capsys) -> None:
+    out, _ = demo
+    assert main(["demo", "--out", str(out), *DEMO_ARGS]) == 0
+    assert "reusing the phantoms" in capsys.readouterr().out
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path), *DEMO_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cbirlib: error: ") and "not written by `cbirlib demo`" in err
+    assert (tmp_path / "data" / "mine.txt").read_text() == "keep me"
+
+
+def test_index_then_query_recreates_the_extractor_from_the_index(demo, tmp_path, capsys) -> None:
+    out, _ = demo
+    data_dir = out / "data"
+    index_dir = tmp_path / "index"
+    assert main(["index", str(data_dir), str(index_dir), "--extractor", "baseline"]) == 0
+    n = len([p for p in data_dir.iterdir() if p.is_dir()])
+    assert f"({n} volumes" in capsys.readouterr().out
+    meta = json.loads((index_dir / "meta.json").read_text())
+    assert meta["extractor_config"]["name"] == "baseline"
+    # a second run resumes: nothing to add, same index
+    assert main(["index", str(data_dir), str(index_dir)]) == 0
+    capsys.readouterr()
+
+    from cbirlib.datasets import TotalSegmentator
+
+    data = TotalSegmentator(data_dir)
+    subject = next(s for s in data.subjects if data.labels(s).contains("liver"))
+    argv = ["query", str(index_dir), str(data_dir / subject), "--top", "4", "--json"]
+    assert main([*argv, "--structure", "liver"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["extractor"] == "baseline" and payload["structure"] == "liver"
+    results = payload["results"]
+    assert [r["rank"] for r in results] == [1, 2, 3, 4]
+    # the subject itself is in this index: it must come first
+    assert results[0]["volume_id"] == subject
+    span = data.labels(subject).span("liver")
+    assert payload["query_span"] == list(span)
+    first, last = results[0]["span"]
+    assert first <= span[1] and last >= span[0]
+    assert results[0]["span_mm"][0] <= results[0]["span_mm"][1]
+
+    # a plain NIfTI file as the query, human-readable output
+    assert main(["query", str(index_dir), str(data_dir / subject / "ct.nii.gz"), "--top", "2"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("query ct:") and re.search(rf"^\s+1\s+{subject}\s", text, re.M)
+
+
+def test_query_with_structure_needs_masks(demo, tmp_path, capsys) -> None:
+    out, _ = demo
+    index_dir = tmp_path / "index"
+    subject = sorted(p for p in (out / "data").iterdir() if p.is_dir())[0]
+    assert main(["index", str(subject / "ct.nii.gz"), str(index_dir)]) == 0
+    capsys.readouterr()
+    status = main(["query", str(index_dir), str(subject / "ct.nii.gz"), "--structure", "liver"])
+    assert status == 1
+    assert "--structure needs segmentation masks" in capsys.readouterr().err
+
+
+def test_extractors_lists_baseline_with_its_weights(capsys) -> None:
+    assert main(["extractors"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("baseline"))
+    assert line.split()[1] == "yes"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["query", "{tmp}/missing", "x.nii.gz"], "index folder '{tmp}/missing' does not exist"),
+        (["index", "{tmp}/nothing", "{tmp}/idx"], "data folder '{tmp}/nothing' does not exist"),
+        (["index", "{tmp}", "{tmp}/idx", "--extractor", "basline"], "no volumes found"),
+        (["demo", "--out", "{tmp}/d", "--extractor", "basline"], "no extractor named 'basline'"),
+        (["demo", "--out", "{tmp}/d", "--subjects", "2"], "--subjects must be >= 3"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(argv, message, tmp_path, capsys) -> None:
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    err_lines = captured.err.strip().splitlines()
+    assert err_lines[-1].startswith("cbirlib: error: ")
+    assert message.format(tmp=tmp_path) in err_lines[-1]
+    assert "Traceback" not in captured.err
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys) -> None:
+    assert main(["--debug", "query", str(tmp_path / "missing"), "x"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "VolumeNotFoundError" in err
+
+
+def test_bad_arguments_exit_2_with_usage(capsys) -> None:
+    assert main(["query"]) == 2
+    assert "usage: cbirlib query" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+    assert main(["--help"]) == 0
+
+
+def test_parser_defaults() -> None:
+    args = build_parser().parse_args(["demo"])
+    assert (args.out, args.extractor, args.subjects, args.seed) == ("cbirlib-demo", "baseline", 12, 0)
+    args = build_parser().parse_args(["evaluate", "d", "--extractor", "a", "b", "--modes", "region"])
+    assert args.extractor == ["a", "b"] and args.modes == ["region"]
+
+
+def test_discover_volumes_finds_nifti_files_and_dicom_series(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 1000, size=(4, 6, 5)).astype(np.float32)
+    (tmp_path / "nifti" / "deep").mkdir(parents=True)
+    write_nifti(tmp_path / "nifti" / "a.nii.gz", array)
+    write_nifti(tmp_path / "nifti" / "deep" / "b.nii", array)
+    write_dicom_series(tmp_path / "dicom" / "series1", array, spacing=(2.0, 1.0, 1.0))
+    (tmp_path / "notes.txt").write_text("not a volume")
+    found = dict(discover_volumes(tmp_path))
+    assert sorted(found) == ["dicom/series1", "nifti/a", "nifti/deep/b"]
+    for vid, load in found.items():
+        volume = load()
+        assert volume.id == vid
+        np.testing.assert_array_equal(volume.array, array)
+    assert found["dicom/series1"]().spacing[0] == pytest.approx(2.0)
+
+
+def test_discover_volumes_errors(tmp_path) -> None:
+    with pytest.raises(VolumeNotFoundError, match="does not exist"):
+        discover_volumes(tmp_path / "nope")
+    with pytest.raises(DatasetError, match=r"no volumes found .* expected NIfTI files"):
+        discover_volumes(tmp_path)
+
+
+def test_the_installed_command_reports_errors_in_one_line(tmp_path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cbirlib.cli", "query", str(tmp_path / "missing"), "q.nii.gz"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"cbirlib: error: index folder '{tmp_path / 'missing'}' does not exist"
+    ]
+    assert proc.stdout == ""
