@@ -38,6 +38,8 @@ _LAZY: dict[str, str] = {
     "HnswConfig": "cbirlib.index",
     "SliceIndex": "cbirlib.index",
     "ExactIndex": "cbirlib.index",
+    "SliceMatches": "cbirlib.index",
+    "ExtractorMismatchWarning": "cbirlib.index",
     "build_index": "cbirlib.build",
     "Hits": "cbirlib.hits",
     "Retriever": "cbirlib.pipeline",
@@ -57,7 +59,40 @@ _LAZY: dict[str, str] = {
 # submodules reachable as attributes (``cbirlib.datasets.make_phantoms``) without an import
 _SUBMODULES = ("datasets", "errors", "metrics", "structures", "viz")
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "CbirError",
+    "CountVotes",
+    "Cutoff",
+    "ExactIndex",
+    "Extractor",
+    "ExtractorMismatchWarning",
+    "Hits",
+    "HnswConfig",
+    "InputConfig",
+    "Localize",
+    "MaxSimRerank",
+    "Pipeline",
+    "Retriever",
+    "SliceExtractor",
+    "SliceIndex",
+    "SliceLabels",
+    "SliceMatches",
+    "SliceSearch",
+    "TopSlice",
+    "Volume",
+    "__version__",
+    "benchmark",
+    "build_index",
+    "create_extractor",
+    "evaluate",
+    "hookimpl",
+    "list_extractors",
+    "load_mask",
+    "load_plugins",
+    "load_volume",
+    "region_query",
+    "stage",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -84,7 +119,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.extractor import Extractor, SliceExtractor
     from cbirlib.hits import Hits
     from cbirlib.hookspecs import hookimpl
-    from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
+    from cbirlib.index import (
+        ExactIndex,
+        ExtractorMismatchWarning,
+        HnswConfig,
+        SliceIndex,
+        SliceMatches,
+    )
     from cbirlib.io import load_mask, load_volume
     from cbirlib.labels import SliceLabels
     from cbirlib.localize import Localize

@@ -10,10 +10,10 @@ import pytest
 
 from cbirlib.benchmark import benchmark, system_name
 from cbirlib.datasets import TotalSegmentator, make_phantoms
-from cbirlib.errors import EvaluationError
+from cbirlib.errors import CbirError, EvaluationError
 from cbirlib.evaluate import MEAN_ROW
 from cbirlib.index import SliceIndex
-from cbirlib.structures import coarse_regions
+from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
 
 COUNT, RERANK = system_name("baseline", False), system_name("baseline", True)
 
@@ -28,7 +28,7 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench")
-    tables = benchmark(phantoms, ["baseline"], level="coarse", out_dir=out, verbose=False)
+    tables = benchmark(phantoms, ["baseline"], out_dir=out, verbose=False)
     return tables, out
 
 
@@ -37,12 +37,13 @@ def _mean(tables: dict[str, pd.DataFrame], key: str, system: str) -> float:
 
 
 @pytest.mark.slow
-def test_reranking_at_least_as_good_as_count_votes(run: tuple[dict, Path]) -> None:
+@pytest.mark.parametrize("level", ["coarse", "fine"])
+def test_reranking_at_least_as_good_as_count_votes(run: tuple[dict, Path], level: str) -> None:
     tables, _ = run
     keys = [
-        *(f"coarse/volume/volume_recall@{k}" for k in (1, 3, 5, 10)),
-        "coarse/region/region_recall",
-        "coarse/localized/localized_recall",
+        *(f"{level}/volume/volume_recall@{k}" for k in (1, 3, 5, 10)),
+        f"{level}/region/region_recall",
+        f"{level}/localized/localized_recall",
     ]
     for key in keys:
         count, rerank = _mean(tables, key, COUNT), _mean(tables, key, RERANK)
@@ -68,8 +69,12 @@ def test_tables_layout_and_files(run: tuple[dict, Path]) -> None:
     table = tables["coarse/slice/slice_recall"]
     assert list(table.index) == [*coarse_regions(), MEAN_ROW]  # 29 rows + mean ± SD
     assert list(table.columns) == ["baseline"]
+    fine = tables["fine/volume/volume_recall@1"]
+    assert list(fine.index) == [*TOTALSEG_V1_CLASSES, MEAN_ROW]  # 104 rows + mean ± SD
+    assert list(fine.columns) == [COUNT, RERANK]
     summary = tables["summary"]
     assert set(summary["mode"]) == {"slice", "volume", "region", "localized"}
+    assert set(summary["level"]) == {"coarse", "fine"}
     assert (summary["n_classes"] > 0).all()
     md = (out / "tables" / "coarse_slice_slice_recall.md").read_text(encoding="utf-8")
     assert md.splitlines()[-1].startswith("| mean ± SD | ")
@@ -91,7 +96,7 @@ def test_queries_never_in_database(phantoms: Path, run: tuple[dict, Path]) -> No
 def test_bad_arguments_are_named(phantoms: Path) -> None:
     with pytest.raises(EvaluationError, match="'volumes'"):
         benchmark(phantoms, modes=("volumes",), verbose=False)
-    with pytest.raises(EvaluationError, match="'holdout'"):
+    with pytest.raises(CbirError, match="'holdout'"):
         benchmark(phantoms, split="holdout", verbose=False)
     with pytest.raises(EvaluationError, match="'medium'"):
         benchmark(phantoms, level="medium", verbose=False)  # type: ignore[arg-type]

@@ -108,3 +108,7 @@ def test_slice_labels_mask_shapes_must_agree() -> None:
         SliceLabels.from_masks({"a": np.zeros((2, 2, 2)), "b": np.zeros((3, 2, 2))})
     with pytest.raises(CbirError):
         SliceLabels.from_masks({"a": np.zeros((2, 2))})
+
+
+def test_all_lists_every_lazy_name() -> None:
+    assert set(cbirlib.__all__) == {"__version__", *cbirlib._LAZY}
