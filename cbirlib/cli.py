@@ -456,16 +456,13 @@ def _cmd_extractors(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.plugins import list_extractors
 
     infos = list_extractors()
-    _write(out, f"{'name':<28} {'weights':<8} {'plugin':<14} description")
+    _write(out, f"{'name':<24} {'weights':<8} {'plugin':<12} description")
     for info in infos:
-        name = info.name + (f" ({', '.join(info.aliases)})" if info.aliases else "")
         weights = "family" if info.is_family else ("yes" if info.weights_available else "no")
-        _write(out, f"{name:<28} {weights:<8} {info.plugin:<14} {info.description}")
+        aliases = f" (aliases: {', '.join(info.aliases)})" if info.aliases else ""
+        _write(out, f"{info.name:<24} {weights:<8} {info.plugin:<12} {info.description}{aliases}")
     _write(out, "\nweights: 'yes' = present locally or not needed; nothing is downloaded to check")
     return 0
-
-
-# --- parser and entry point -------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

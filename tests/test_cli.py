@@ -171,8 +171,15 @@ def test_bad_arguments_exit_2_with_usage(capsys) -> None:
 
 def test_parser_defaults() -> None:
     args = build_parser().parse_args(["demo"])
-    assert (args.out, args.extractor, args.subjects, args.seed) == ("cbirlib-demo", "baseline", 12, 0)
-    args = build_parser().parse_args(["evaluate", "d", "--extractor", "a", "b", "--modes", "region"])
+    assert (args.out, args.extractor, args.subjects, args.seed) == (
+        "cbirlib-demo",
+        "baseline",
+        12,
+        0,
+    )
+    args = build_parser().parse_args(
+        ["evaluate", "d", "--extractor", "a", "b", "--modes", "region"]
+    )
     assert args.extractor == ["a", "b"] and args.modes == ["region"]
 
 
