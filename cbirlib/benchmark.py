@@ -20,13 +20,16 @@ rank the same volumes and differ only in their order.
 
 Examples
 --------
+A run on synthetic phantoms (a few seconds on a CPU; skipped as a doctest because
+``tests/test_benchmark.py`` runs it):
+
 >>> import tempfile
 >>> from cbirlib.datasets import make_phantoms
 >>> from cbirlib.benchmark import benchmark
 >>> root = tempfile.mkdtemp()
->>> _ = make_phantoms(root, 6, shape=(32, 32), seed=3)
->>> tables = benchmark(root, modes=("volume",), level="coarse", verbose=False)
->>> tables["coarse/volume/volume_recall@1"].columns.tolist()
+>>> _ = make_phantoms(root, 6, shape=(32, 32), seed=3)  # doctest: +SKIP
+>>> tables = benchmark(root, modes=("volume",), level="coarse", verbose=False)  # doctest: +SKIP
+>>> tables["coarse/volume/volume_recall@1"].columns.tolist()  # doctest: +SKIP
 ['baseline', 'baseline + MaxSim']
 """
 

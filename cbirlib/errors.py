@@ -127,6 +127,18 @@ class EvaluationError(CbirError, ValueError):
     """Queries, ground truth or metrics that do not fit together."""
 
 
+class StructureNotPresentError(EvaluationError):
+    """A volume that does not contain the requested structure."""
+
+
+class HitsError(CbirError, ValueError):
+    """Columns that do not make a valid Hits table."""
+
+
+class UnknownColumnError(HitsError, KeyError):
+    """A column name that the table does not have."""
+
+
 __all__ = [
     "CbirError",
     "VolumeReadError",
@@ -151,4 +163,7 @@ __all__ = [
     "ExtractorMismatchError",
     "PipelineError",
     "EvaluationError",
+    "StructureNotPresentError",
+    "HitsError",
+    "UnknownColumnError",
 ]

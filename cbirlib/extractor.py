@@ -82,6 +82,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+_CHUNK_BYTES = 64 * 2**20  # host-to-device copies of about this size
+
+
+def _host_chunks(
+    array: npt.NDArray[np.float32], idx: npt.NDArray[np.int64], size: int
+) -> Iterator[npt.NDArray[np.float32]]:
+    """The slices ``array[idx]`` in chunks of ``size``; views where indices are consecutive."""
+    for start in range(0, len(idx), size):
+        part = idx[start : start + size]
+        if len(part) and part[-1] - part[0] == len(part) - 1 and np.all(np.diff(part) == 1):
+            yield array[part[0] : part[-1] + 1]
+        else:
+            yield array[part]
+
+
 class Extractor(ABC):
     """Embeds every axial slice of a volume into an L2-normalised vector.
 
@@ -244,6 +259,8 @@ class SliceExtractor(Extractor):
                 f"got {type(input_config).__name__}"
             )
         self._model: torch.nn.Module | None = None
+        self._stream: torch.cuda.Stream | None = None
+        self._pinned: tuple[list[torch.Tensor], list[torch.cuda.Event]] | None = None
 
     def default_input_config(self) -> InputConfig:
         """The preprocessing the model was trained with (ImageNet 224x224 RGB by default)."""
@@ -294,36 +311,87 @@ class SliceExtractor(Extractor):
         cfg = self.input_config
         window = PERCENTILE_WINDOW if volume.modality == "MR" else cfg.window
         bounds = window_bounds(volume.array, window)
-        model = self.model  # build before timing-sensitive loop; raises early
+        model = self.model  # build before the loop; raises early
         del model
-        array = torch.from_numpy(volume.array)
-        cuda = self.device.type == "cuda"
         outputs: list[torch.Tensor] = []
         with torch.inference_mode():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start : start + self.batch_size]
-                raw = array[torch.from_numpy(chunk)]
-                if cuda:
-                    raw = raw.pin_memory()
-                raw = raw.to(self.device, non_blocking=True)
-                batch = prepare_slices(raw, cfg, bounds=bounds)
-                if cuda:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    out = self.embed_slices(batch)
-                if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(chunk):
-                    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)
-                    raise ExtractorError(
-                        f"extractor {self.name!r}: embed_slices returned {shape} for a batch "
-                        f"of {len(chunk)} slices, expected ({len(chunk)}, {self.dim})"
-                    )
-                outputs.append(F.normalize(out.float(), dim=1, eps=1e-12))
+            for chunk in self._device_chunks(volume, idx):
+                for start in range(0, chunk.shape[0], self.batch_size):
+                    raw = chunk[start : start + self.batch_size]
+                    outputs.append(self._embed_batch(raw, cfg, bounds))
             if outputs:
                 emb = torch.cat(outputs).cpu().numpy()
             else:
                 emb = np.zeros((0, self.dim), dtype=np.float32)
         self._check_embeddings(emb, len(idx), volume)
         return emb
+
+    def _device_chunks(self, volume: Volume, idx: npt.NDArray[np.int64]) -> Iterator[torch.Tensor]:
+        """The raw slices ``volume.array[idx]`` on :attr:`device`, in chunks.
+
+        On CUDA, each chunk is copied into one of two reusable pinned buffers and sent
+        on a side stream, so that the copy of chunk i+1 overlaps the model's work on
+        chunk i; elsewhere chunks are (views of) the host array.
+        """
+        if self.device.type != "cuda":
+            for host in _host_chunks(volume.array, idx, self.batch_size):
+                yield torch.from_numpy(host).to(self.device)
+            return
+        per_slice = max(1, int(volume.array[0].nbytes))
+        size = max(1, _CHUNK_BYTES // (per_slice * self.batch_size)) * self.batch_size
+        size = min(size, max(len(idx), 1))
+        buffers, copied = self._pinned_buffers((size, *volume.shape[1:]))
+        compute = torch.cuda.current_stream(self.device)
+        side = self._copy_stream()
+        for i, host in enumerate(_host_chunks(volume.array, idx, size)):
+            slot = i % 2
+            copied[slot].synchronize()  # its previous copy to the device has finished
+            staging = buffers[slot][: host.shape[0]]
+            staging.copy_(torch.from_numpy(host))
+            with torch.cuda.stream(side):
+                chunk = staging.to(self.device, non_blocking=True)
+                copied[slot].record(side)
+            compute.wait_stream(side)
+            chunk.record_stream(compute)
+            yield chunk
+
+    def _copy_stream(self) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        return self._stream
+
+    def _pinned_buffers(
+        self, shape: tuple[int, ...]
+    ) -> tuple[list[torch.Tensor], list[torch.cuda.Event]]:
+        """Two pinned host buffers of at least ``shape`` (kept between volumes)."""
+        cached = self._pinned
+        fits = cached is not None and (
+            tuple(cached[0][0].shape[1:]) == shape[1:] and cached[0][0].shape[0] >= shape[0]
+        )
+        if cached is None or not fits:
+            buffers = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in range(2)]
+            events = [torch.cuda.Event() for _ in range(2)]  # type: ignore[no-untyped-call]
+            cached = (buffers, events)
+            self._pinned = cached
+        return cached[0], cached[1]
+
+    def _embed_batch(
+        self, raw: torch.Tensor, cfg: InputConfig, bounds: tuple[float, float]
+    ) -> torch.Tensor:
+        """Preprocess and embed one batch of raw slices already on the device."""
+        batch = prepare_slices(raw, cfg, bounds=bounds)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            out = self.embed_slices(batch)
+        n = raw.shape[0]
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != n:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)
+            raise ExtractorError(
+                f"extractor {self.name!r}: embed_slices returned {shape} for a batch "
+                f"of {n} slices, expected ({n}, {self.dim})"
+            )
+        return F.normalize(out.float(), dim=1, eps=1e-12)
 
     def to_config(self) -> dict[str, Any]:
         """``{"name": ..., "input_config": {...}}``; subclasses add their arguments."""

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.errors import CbirError
+from cbirlib.errors import HitsError, UnknownColumnError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -60,14 +60,6 @@ CORE_COLUMNS: tuple[str, ...] = (
 )
 #: Names of the extra columns written by :class:`cbirlib.localize.Localize`.
 LOCALIZATION_COLUMNS: tuple[str, ...] = ("loc_first", "loc_last", "loc_z_first", "loc_z_last")
-
-
-class HitsError(CbirError, ValueError):
-    """Columns that do not make a valid :class:`Hits` table."""
-
-
-class UnknownColumnError(HitsError, KeyError):
-    """A column name that the table does not have."""
 
 
 def _str_column(name: str, values: Any) -> npt.NDArray[np.object_]:

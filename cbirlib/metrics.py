@@ -170,8 +170,10 @@ class Truth:
 
     def volume_contains(self, volume_id: str, structure: str) -> bool:
         """Whether a database volume contains ``structure`` (False if it lacks the name)."""
-        labels = self.volume_labels(volume_id)
-        return structure in labels.names and labels.contains(structure)
+        cache: dict[str, frozenset[str]] = self.__dict__.setdefault("_structures", {})
+        if volume_id not in cache:
+            cache[volume_id] = self.volume_labels(volume_id).volume_structures()
+        return structure in cache[volume_id]
 
     def n_relevant(self, structure: str) -> int:
         """Number of database volumes that contain ``structure``."""
@@ -264,8 +266,9 @@ class SliceRecall:
 
     Needs slice-level hits with ``query_slice``. ``value`` is the per-query fraction
     and ``weight`` the number of the query's slices that contain ``c``, so the
-    weighted mean over queries pools all query slices. A query slice without any hit
-    counts as a miss.
+    weighted mean over queries pools all query slices. Only the query slices that
+    were searched count (query sampling with ``query_stride``); a query without any
+    hit counts as a miss on all its slices. Region queries are skipped.
 
     Examples
     --------
@@ -293,8 +296,14 @@ class SliceRecall:
                 g = top[qid]
                 for t, v, s in zip(g["query_slice"], g["volume_id"], g["slice_index"], strict=True):
                     retrieved[int(t)] = (str(v), int(s))
+            # with query sampling only the searched slices count; no hits at all: all miss
+            searched = np.array(sorted(retrieved), dtype=np.int64) if retrieved else None
             for c in sorted(labels.volume_structures()):
                 slices = labels.slices_with(c)
+                if searched is not None:
+                    slices = np.intersect1d(slices, searched)
+                    if slices.size == 0:
+                        continue
                 found = 0
                 for t in slices:
                     if int(t) in retrieved:

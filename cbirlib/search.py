@@ -33,6 +33,7 @@ from cbirlib.errors import (
     EvaluationError,
     ExtractorError,
     PipelineError,
+    StructureNotPresentError,
     UnknownStructureError,
 )
 from cbirlib.hits import Hits
@@ -146,7 +147,7 @@ def region_query(volume: Volume, structure: str, *, min_pixels: int | None = Non
     if where.size == 0:
         assert volume.labels is not None
         found = sorted(volume.labels.volume_structures())
-        raise EvaluationError(
+        raise StructureNotPresentError(
             f"volume {volume.id!r} does not contain {structure!r}; it contains "
             f"{', '.join(found) if found else 'no labelled structure'}"
         )

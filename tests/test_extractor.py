@@ -176,7 +176,7 @@ def test_input_config_from_dict_and_to_config() -> None:
     assert ex.input_config == cfg
     config = ex.to_config()
     assert config == {"name": "tiny", "input_config": cfg.to_dict(), "seed": 3}
-    rebuilt = TinyNet(**{k: v for k, v in config.items() if k != "name"})
+    rebuilt = TinyNet(device="cpu", **{k: v for k, v in config.items() if k != "name"})
     np.testing.assert_allclose(rebuilt.extract(ct_volume()), ex.extract(ct_volume()), atol=1e-6)
     with pytest.raises(ExtractorError, match="input_config"):
         TinyNet(input_config=42)  # type: ignore[arg-type]
@@ -210,3 +210,16 @@ def test_cuda_embeddings_match_cpu() -> None:
     mixed = TinyNet(device="cuda", amp=True, batch_size=16).extract(vol)
     assert mixed.dtype == np.float32
     assert float((mixed * cpu).sum(axis=1).min()) > 0.99  # bf16/fp16 autocast, same vectors
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_chunked_pinned_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cbirlib.extractor
+
+    monkeypatch.setattr(cbirlib.extractor, "_CHUNK_BYTES", 3 * 24 * 20 * 4)  # 3-slice chunks
+    cpu, gpu = TinyNet(device="cpu"), TinyNet(device="cuda", amp=False, batch_size=2)
+    for vol in (ct_volume(n=13), Volume("w", np.random.default_rng(5).normal(size=(9, 30, 26)))):
+        for sel in (None, np.array([8, 0, 3, 4, 5, 1, 1])):
+            np.testing.assert_allclose(
+                gpu.extract(vol, slices=sel), cpu.extract(vol, slices=sel), atol=1e-4
+            )

@@ -108,6 +108,25 @@ def test_slice_recall_pools_query_slices(truth: Truth) -> None:
     assert per_structure(values) == {"heart": 0.0, "liver": 0.6, "lung": 1.0}
 
 
+def test_slice_recall_with_query_sampling(truth: Truth) -> None:
+    # only q1 slices 0 and 2 were searched (query_stride=2); q2 has no hits at all
+    hits = Hits(
+        query_id=["q1", "q1"],
+        query_slice=[0, 2],
+        volume_id=["b", "a"],
+        slice_index=[0, 2],
+        score=[1.0, 1.0],
+        level="slice",
+    )
+    values = SliceRecall().compute(hits, truth).set_index(["query_id", "structure"])
+    # q1 liver: searched slices with liver = {0}; b[0] has no liver -> 0/1
+    assert (values.loc[("q1", "liver"), "value"], values.loc[("q1", "liver"), "weight"]) == (0, 1)
+    # q1 lung: searched slices with lung = {2}; a[2] has lung -> 1/1
+    assert (values.loc[("q1", "lung"), "value"], values.loc[("q1", "lung"), "weight"]) == (1, 1)
+    # q2 retrieved nothing: all 3 liver slices are misses
+    assert (values.loc[("q2", "liver"), "value"], values.loc[("q2", "liver"), "weight"]) == (0, 3)
+
+
 def test_volume_recall_at_k(truth: Truth) -> None:
     hits = volume_hits({"q1": ["b", "a", "c"], "q2": ["c", "a", "b"]})
     # @1: q1 top b: liver no, lung yes; q2 top c: liver yes, heart no

@@ -179,7 +179,7 @@ def test_to_config_round_trips_through_create_extractor(
     register_hooks(tiny_plugin, "tiny-plugin")
     tiny = create_extractor("tiny", device="cpu", seed=5, input_config={"size": [8, 8]})
     cfg = tiny.to_config()
-    again = create_extractor(**cfg)
+    again = create_extractor(**{**cfg, "device": "cpu"})
     assert again.to_config() == cfg and again.input_config == tiny.input_config
     vol = ct_volume()
     assert (again.extract(vol) == tiny.extract(vol)).all()
