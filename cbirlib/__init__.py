@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     "create_extractor": "cbirlib.plugins",
     "list_extractors": "cbirlib.plugins",
     "load_plugins": "cbirlib.plugins",
+    "ExtractorInfo": "cbirlib.plugins",
     "HnswConfig": "cbirlib.index",
     "SliceIndex": "cbirlib.index",
     "ExactIndex": "cbirlib.index",
@@ -66,6 +67,7 @@ __all__ = [
     "ExactIndex",
     "Extractor",
     "ExtractorMismatchWarning",
+    "ExtractorInfo",
     "Hits",
     "HnswConfig",
     "InputConfig",
@@ -130,7 +132,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.labels import SliceLabels
     from cbirlib.localize import Localize
     from cbirlib.pipeline import Cutoff, Pipeline, Retriever, stage
-    from cbirlib.plugins import create_extractor, list_extractors, load_plugins
+    from cbirlib.plugins import ExtractorInfo, create_extractor, list_extractors, load_plugins
     from cbirlib.preprocess import InputConfig
     from cbirlib.rerank import MaxSimRerank
     from cbirlib.search import SliceSearch, region_query

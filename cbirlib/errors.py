@@ -73,6 +73,10 @@ class UnknownExtractorError(CbirError, KeyError):
     """No extractor is registered under the requested name."""
 
 
+class InputConfigError(CbirError, ValueError):
+    """An invalid preprocessing setting (window, size, channels, mean/std, interpolation)."""
+
+
 class ExtractorError(CbirError, RuntimeError):
     """An extractor failed to build or to embed slices."""
 
@@ -151,6 +155,7 @@ __all__ = [
     "DatasetError",
     "UnknownSubjectError",
     "UnknownExtractorError",
+    "InputConfigError",
     "ExtractorError",
     "WeightsError",
     "ChecksumError",

@@ -26,9 +26,13 @@ Examples
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sized
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -95,6 +99,32 @@ def _host_chunks(
             yield array[part[0] : part[-1] + 1]
         else:
             yield array[part]
+
+
+_COPY_THREADS = min(8, os.cpu_count() or 1)
+_copy_pool: ThreadPoolExecutor | None = None
+_copy_pool_lock = threading.Lock()
+
+
+def _parallel_copy(dst: npt.NDArray[np.float32], src: npt.NDArray[np.float32]) -> None:
+    """``dst[...] = src`` split over threads (one thread cannot saturate memory bandwidth)."""
+    global _copy_pool
+    n = src.shape[0]
+    parts = min(_COPY_THREADS, n)
+    if parts <= 1 or src.nbytes < 8 * 2**20:
+        np.copyto(dst, src)
+        return
+    with _copy_pool_lock:
+        if _copy_pool is None:
+            _copy_pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="cbirlib-copy")
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    futures = [
+        _copy_pool.submit(np.copyto, dst[a:b], src[a:b])
+        for a, b in pairwise(bounds.tolist())
+        if b > a
+    ]
+    for future in futures:
+        future.result()
 
 
 class Extractor(ABC):
@@ -260,6 +290,7 @@ class SliceExtractor(Extractor):
             )
         self._model: torch.nn.Module | None = None
         self._stream: torch.cuda.Stream | None = None
+        self._amp_dtype: torch.dtype | None = None
         self._pinned: tuple[list[torch.Tensor], list[torch.cuda.Event]] | None = None
 
     def default_input_config(self) -> InputConfig:
@@ -299,8 +330,10 @@ class SliceExtractor(Extractor):
 
     def _autocast(self) -> Any:
         if self.amp and self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast(device_type="cuda", dtype=dtype)
+            if self._amp_dtype is None:
+                bf16 = torch.cuda.is_bf16_supported()
+                self._amp_dtype = torch.bfloat16 if bf16 else torch.float16
+            return torch.autocast(device_type="cuda", dtype=self._amp_dtype)
         return nullcontext()
 
     def extract(
@@ -347,7 +380,7 @@ class SliceExtractor(Extractor):
             slot = i % 2
             copied[slot].synchronize()  # its previous copy to the device has finished
             staging = buffers[slot][: host.shape[0]]
-            staging.copy_(torch.from_numpy(host))
+            _parallel_copy(staging.numpy(), host)
             with torch.cuda.stream(side):
                 chunk = staging.to(self.device, non_blocking=True)
                 copied[slot].record(side)

@@ -57,6 +57,7 @@ I64 = npt.NDArray[np.int64]
 _GRAPH_FILE = "hnsw.bin"
 _STORE_FILE = "vectors.npy"
 _MIN_CAPACITY = 1024
+_SPACE = "ip"  # on unit vectors: distance 1 - cosine similarity
 
 
 def _load_store(directory: Path, dim: int, dtype: str, *, mmap: bool) -> VectorStore:
@@ -79,9 +80,11 @@ class SliceIndex(BaseIndex):
         Embedding dimension.
     config
         Graph settings and the precision of the stored vectors (:class:`HnswConfig`).
-        With ``store_dtype="float32"`` the vectors are read back from the graph itself
-        (memory-mapped from its file after :meth:`load`), so they are stored once;
-        ``"float16"`` keeps an extra half-precision copy.
+        With ``store_dtype="float32"`` the vectors are stored once on disk, inside the
+        graph file, and read back memory-mapped from it after :meth:`load` or
+        :meth:`save`; vectors added since then are served from an in-memory float32
+        copy (about 1x the raw vectors more memory until the next save). ``"float16"``
+        keeps an extra half-precision copy on disk and in memory.
     extractor_config
         ``Extractor.to_config()`` of the model that made the vectors; saved with the
         index and compared by :meth:`check_extractor`.
@@ -99,10 +102,19 @@ class SliceIndex(BaseIndex):
         self._store = (
             VectorStore(self.dim, "float16") if self.config.store_dtype == "float16" else None
         )
+        # float32 store: labels < self._base are read from the saved graph file
+        # (memory-mapped), later ones from self._fresh, an in-memory copy (row = label -
+        # base) kept until the next save, because hnswlib's get_items is slow.
         self._mapped: tuple[F32, I64] | None = None  # (file vectors, row of each label)
+        self._base = 0
+        self._fresh = VectorStore(self.dim, "float32")
+        self._mmap = True
 
     def _new_graph(self, capacity: int) -> Any:
-        graph = hnswlib.Index(space="cosine", dim=self.dim)
+        # Vectors are unit-normalised on add, so inner product is cosine; space "ip"
+        # (unlike "cosine") stores them bit-for-bit as given, so the in-memory copy and
+        # the vectors read back from the file agree exactly.
+        graph = hnswlib.Index(space=_SPACE, dim=self.dim)
         graph.init_index(
             max_elements=capacity,
             M=self.config.M,
@@ -123,6 +135,8 @@ class SliceIndex(BaseIndex):
         self._graph.add_items(vectors, labels, num_threads=-1)
         if self._store is not None:
             self._store.put(int(labels[0]), vectors)
+        else:
+            self._fresh.put(int(labels[0]) - self._base, vectors)
 
     def _backend_remove(self, labels: I64) -> None:
         for label in labels.tolist():
@@ -131,15 +145,15 @@ class SliceIndex(BaseIndex):
     def _rows(self, start: int, n: int) -> F32:
         if self._store is not None:
             return self._store.rows(start, n)
-        if self._mapped is not None and start < len(self._mapped[1]):
-            vectors, row_of = self._mapped
-            rows = row_of[start : start + n]
-            first = int(rows[0])
-            if (rows == np.arange(first, first + n)).all():
-                return vectors[first : first + n]  # a view into the memory-mapped file
-            return vectors[rows]
-        labels = np.arange(start, start + n, dtype=np.int64)
-        return np.asarray(self._graph.get_items(labels, return_type="numpy"), np.float32)
+        if start >= self._base:  # added since the last save or load (a volume never straddles)
+            return self._fresh.rows(start - self._base, n)
+        assert self._mapped is not None
+        vectors, row_of = self._mapped
+        rows = row_of[start : start + n]
+        first = int(rows[0])
+        if (rows == np.arange(first, first + n)).all():
+            return vectors[first : first + n]  # a view into the memory-mapped file
+        return vectors[rows]
 
     def _backend_search(self, queries: F32, k: int) -> tuple[I64, F32]:
         ef = self._ef
@@ -176,7 +190,7 @@ class SliceIndex(BaseIndex):
                 f"index file {str(path)!r} holds {len(labels)} elements, "
                 f"meta.json says {self._next_label}"
             )
-        graph = hnswlib.Index(space="cosine", dim=self.dim)
+        graph = hnswlib.Index(space=_SPACE, dim=self.dim)
         try:
             graph.load_index(str(path), max_elements=max(self._next_label, _MIN_CAPACITY))
         except (RuntimeError, ValueError, OSError) as exc:
@@ -185,9 +199,24 @@ class SliceIndex(BaseIndex):
         if self._store is not None:
             self._store = _load_store(directory, self.dim, "float16", mmap=mmap)
         else:
-            row_of = np.empty(len(labels), np.int64)
-            row_of[labels.astype(np.int64)] = np.arange(len(labels))
-            self._mapped = (vectors, row_of)
+            self._map_file(vectors, labels)
+        self._mmap = mmap
+
+    def _map_file(self, vectors: F32, labels: npt.NDArray[np.uint64]) -> None:
+        """Read the vectors of every label so far from a saved graph file."""
+        row_of = np.empty(len(labels), np.int64)
+        row_of[labels.astype(np.int64)] = np.arange(len(labels))
+        self._mapped = (vectors, row_of)
+        self._base = len(labels)
+        self._fresh = VectorStore(self.dim, "float32")
+
+    def _after_save(self, directory: Path) -> None:
+        if self._store is not None or not self._mmap or self._base == self._next_label:
+            return
+        # Serve the vectors from the file just written and free the in-memory copy.
+        vectors, labels = hnsw_file_vectors(directory / _GRAPH_FILE, self.dim, mmap=True)
+        if len(labels) == self._next_label:
+            self._map_file(vectors, labels)
 
 
 class ExactIndex(BaseIndex):

@@ -285,6 +285,9 @@ class BaseIndex(ABC):
     def _before_save(self) -> None:  # noqa: B027 - optional hook
         """Hook run (under the lock) before writing."""
 
+    def _after_save(self, directory: Path) -> None:  # noqa: B027 - optional hook
+        """Hook run (under the lock) once ``directory`` holds the saved index."""
+
     # -- keys and metadata ------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -584,6 +587,7 @@ class BaseIndex(ABC):
                 write_json(directory / META_NAME, meta)
 
             atomic_write_dir(path, write)
+            self._after_save(Path(path).absolute())
         logger.info("saved %r to %s", self, path)
 
     @classmethod

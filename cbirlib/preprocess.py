@@ -48,7 +48,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from cbirlib.errors import CbirError
+from cbirlib.errors import InputConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -70,10 +70,6 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 
 # percentiles are computed on at most this many voxels (a regular subsample)
 _MAX_PERCENTILE_SAMPLES = 2_000_000
-
-
-class InputConfigError(CbirError, ValueError):
-    """An invalid preprocessing setting (window, size, channels, mean/std, interpolation)."""
 
 
 def _valid_windows() -> str:
@@ -267,11 +263,13 @@ def prepare_slices(
                 x = x.clamp_(0.0, 1.0)
         else:
             x = F.interpolate(x, size=config.size, mode=mode)
-    if config.channels > 1:
-        x = x.expand(-1, config.channels, -1, -1)
-    mean = torch.tensor(config.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(config.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return ((x - mean) / std).contiguous()
+    # Python scalars, not device tensors: building those would be a synchronising
+    # host-to-device copy per batch and stall the model's queue
+    mean = config.mean * config.channels if len(config.mean) == 1 else config.mean
+    std = config.std * config.channels if len(config.std) == 1 else config.std
+    if config.channels == 1:
+        return ((x - mean[0]) / std[0]).contiguous()
+    return torch.cat([(x - m) / s for m, s in zip(mean, std, strict=True)], dim=1)
 
 
 def slice_indices(n_slices: int, stride: int = 1) -> npt.NDArray[np.int64]:

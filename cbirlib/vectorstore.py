@@ -160,6 +160,7 @@ def hnsw_file_vectors(
         raise IndexFormatError(
             f"index file {str(path)!r} is not an hnswlib file of dimension {dim} or is truncated"
         )
+    labels = _read_labels(path, count, per_element, label_offset)
     if mmap:
         block: npt.NDArray[np.uint8] = np.memmap(
             path, dtype=np.uint8, mode="r", offset=_HNSW_HEADER, shape=(count, per_element)
@@ -168,5 +169,26 @@ def hnsw_file_vectors(
         block = np.fromfile(path, dtype=np.uint8, count=count * per_element, offset=_HNSW_HEADER)
         block = block.reshape(count, per_element)
     vectors = block[:, data_offset:label_offset].view(np.float32)
-    labels = block[:, label_offset:per_element].view(np.uint64)[:, 0]
     return vectors, labels
+
+
+def _read_labels(
+    path: Path, count: int, per_element: int, label_offset: int, *, chunk: int = 1 << 26
+) -> npt.NDArray[np.uint64]:
+    """The label column of an hnswlib file, read in chunks.
+
+    Read with ordinary reads rather than through the memory map, so that the pages of
+    the whole file (the labels are interleaved with the vectors) do not become resident
+    in this process just to learn the label order.
+    """
+    labels = np.empty(count, np.uint64)
+    step = max(1, chunk // per_element)
+    with open(path, "rb") as fh:
+        for first in range(0, count, step):
+            n = min(step, count - first)
+            fh.seek(_HNSW_HEADER + first * per_element)
+            block = np.frombuffer(fh.read(n * per_element), np.uint8).reshape(n, per_element)
+            labels[first : first + n] = block[:, label_offset : label_offset + 8].view(np.uint64)[
+                :, 0
+            ]
+    return labels

@@ -30,7 +30,7 @@ import cbirlib  # noqa: E402
 
 project = "cbirlib"
 author = "cbirlib developers"
-copyright = "cbirlib developers"  # noqa: A001
+copyright = "cbirlib developers"
 release = cbirlib.__version__
 version = ".".join(release.split(".")[:2])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,6 +237,41 @@ def test_hnsw_recall_at_10_against_exact() -> None:
     assert np.mean(np.abs(a.scores[:, 0] - b.scores[:, 0]) < 1e-5) >= 0.98
 
 
+def test_vectors_of_unsaved_saved_and_loaded_index_agree(tmp_path: Path) -> None:
+    # An in-memory index serves vectors from its own float32 copy, a saved or loaded one
+    # from the graph file: both must give exactly the vectors the graph searches with.
+    data = clustered(np.random.default_rng(4), 5, 30, 16)
+    index = SliceIndex(16)
+    for vid, x in list(data.items())[:3]:
+        index.add(vid, x)
+    data["vol000"][:] = 0.0  # the index holds its own copy
+    before, offsets = index.vectors_for(["vol002", "vol000", "vol001"])
+    assert offsets.tolist() == [0, 30, 60, 90]
+    expected = unit(clustered(np.random.default_rng(4), 5, 30, 16)["vol000"])
+    np.testing.assert_allclose(before[30:60], expected, atol=1e-6)
+    assert not index.vectors("vol001").flags.owndata  # a view of a contiguous store
+    m = index.search(before, k=1)  # each stored vector is its own nearest neighbour
+    np.testing.assert_allclose(m.scores[:, 0], 1.0, atol=1e-6)
+    index.save(tmp_path / "idx")
+    np.testing.assert_array_equal(index.vectors_for(["vol002", "vol000", "vol001"])[0], before)
+    index.remove("vol001")
+    index.add("vol003", data["vol003"])  # after the save: mixed file-backed and fresh rows
+    index.add("vol001", data["vol004"])
+    mixed, _ = index.vectors_for(["vol001", "vol000", "vol003"])
+    np.testing.assert_allclose(mixed[:30], unit(data["vol004"]), atol=1e-6)
+    np.testing.assert_array_equal(mixed[30:60], before[30:60])
+    np.testing.assert_allclose(mixed[60:], unit(data["vol003"]), atol=1e-6)
+    index.save(tmp_path / "idx")
+    for loaded in (
+        index,
+        SliceIndex.load(tmp_path / "idx"),
+        SliceIndex.load(tmp_path / "idx", mmap=False),
+    ):
+        np.testing.assert_array_equal(loaded.vectors_for(["vol001", "vol000", "vol003"])[0], mixed)
+        got = loaded.search(mixed, k=1)
+        assert got.volume_ids[:, 0].tolist() == ["vol001"] * 30 + ["vol000"] * 30 + ["vol003"] * 30
+
+
 def test_capacity_grows_beyond_initial_allocation() -> None:
     rng = np.random.default_rng(2)
     index = SliceIndex(8, config=HnswConfig(M=8, ef_construction=40))
@@ -274,6 +310,7 @@ ops = st.lists(
         st.tuples(st.just("add"), st.integers(0, 7), st.integers(1, 12)),
         st.tuples(st.just("remove"), st.integers(0, 7), st.just(0)),
         st.tuples(st.just("save_load"), st.just(0), st.just(0)),
+        st.tuples(st.just("save"), st.just(0), st.just(0)),
     ),
     min_size=1,
     max_size=14,
@@ -310,6 +347,8 @@ def test_random_operations_match_exact_model(
                 continue
             index.remove(vid)
             model.remove(vid)
+        elif op == "save":  # keep using the saved object (its vectors now come from the file)
+            index.save(path)
         else:
             index.save(path)
             index = SliceIndex.load(path)

@@ -116,11 +116,14 @@ def test_single_dino_variant(weights_cache: Path, volume: Volume) -> None:
 def test_bad_adapter_is_a_weights_error(weights_cache: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    cache = link_cache(weights_cache, tmp_path, skip=(ADAPTER,))
+    config = "ensemble_lora/adapter_config.json"
+    cache = link_cache(weights_cache, tmp_path, skip=(ADAPTER, config))  # links: never write
+    (cache / "ensemble_lora").mkdir()
+    (cache / config).write_text((weights_cache / config).read_text())
     save_file({"extractor_list.0.model.head.weight": torch.zeros(2, 2)}, str(cache / ADAPTER))
     with pytest.raises(WeightsError, match="unexpected keys"):
         _ = DreamSimExtractor(cache_dir=cache, device="cpu").model
-    (cache / "ensemble_lora/adapter_config.json").write_text(json.dumps({"r": 4, "use_dora": True}))
+    (cache / config).write_text(json.dumps({"r": 4, "use_dora": True}))
     with pytest.raises(WeightsError, match="use_dora"):
         _ = DreamSimExtractor(cache_dir=cache, device="cpu").model
 

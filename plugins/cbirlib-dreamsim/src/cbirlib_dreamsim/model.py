@@ -67,6 +67,14 @@ _LORA_KEY = re.compile(
 )
 
 
+def _patch_embed(**kwargs: Any) -> nn.Module:
+    """timm's PatchEmbed, always with a bias (the CLIP-as-DINO files have one; timm drops
+    it when ``pre_norm=True``)."""
+    from timm.layers import PatchEmbed
+
+    return PatchEmbed(**{**kwargs, "bias": True})
+
+
 def build_vit(branch: str, *, device: str | torch.device = "cpu") -> nn.Module:
     """An uninitialised timm ViT-B/16 (224 px) shaped like DreamSim's ``branch`` backbone.
 
@@ -98,6 +106,7 @@ def build_vit(branch: str, *, device: str | torch.device = "cpu") -> nn.Module:
             norm_layer=partial(LayerNorm, eps=1e-5 if clip else 1e-6),
             act_layer="quick_gelu" if branch == "clip" else "gelu",
             weight_init="skip",
+            embed_layer=_patch_embed,
         )
     return vit if torch.device(device).type == "meta" else vit.to_empty(device=device)
 
