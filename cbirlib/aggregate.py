@@ -108,6 +108,8 @@ class CountVotes(Stage):
         ``False``: score(V) = number of slice hits in V. ``True``: the sum of their
         similarities.
 
+    Notes
+    -----
     Volumes are ranked per query by score; ties are broken by the summed similarity
     (higher first), then by volume id (alphabetical), so the order is deterministic.
     Output: volume-level hits with extra columns ``n_votes`` (int64) and ``vote_sum``

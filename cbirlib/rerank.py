@@ -92,6 +92,8 @@ class MaxSimRerank(Stage):
         **Candidates beyond ``top`` are dropped**: their first-stage scores (vote counts)
         are not comparable with MaxSim scores. Use a larger ``top`` to keep more.
 
+    Notes
+    -----
     Output: volume-level hits ordered by MaxSim score (ties: earlier rank first) with extra
     column ``prior_rank`` (rank before re-ranking); other extra columns are carried along.
     For each ``(query_id, volume_id)`` the database slice that best matches each query

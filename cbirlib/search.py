@@ -183,6 +183,8 @@ class SliceSearch(Stage):
     query_stride
         Use every ``query_stride``-th query slice (query sampling).
 
+    Notes
+    -----
     Output: slice-level hits, one group per query slice, ``query_slice`` being the slice
     index in the query volume. The query embeddings, their slice indices and the index
     are left in the :class:`~cbirlib.pipeline.SearchContext` for later stages.

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cbirlib_dreamsim.files import BRANCH_FILES, VARIANTS  # noqa: E402
-from cbirlib_dreamsim.model import build_vit  # noqa: E402
+from cbirlib_dreamsim.files import BRANCH_FILES, VARIANTS
+from cbirlib_dreamsim.model import build_vit
 
 R, ALPHA = 16, 0.5  # DreamSim's published LoRA settings
 

@@ -18,7 +18,6 @@ Examples
 from __future__ import annotations
 
 from cbirlib.hookspecs import Register, hookimpl
-
 from cbirlib_dreamsim.extractor import DEFAULT_VARIANT, DreamSimExtractor
 from cbirlib_dreamsim.files import VARIANTS, default_cache_dir, ensure_files, missing_files
 from cbirlib_dreamsim.model import DreamSimModel, load_dreamsim

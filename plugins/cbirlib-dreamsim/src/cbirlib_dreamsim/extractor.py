@@ -23,7 +23,6 @@ import torch
 from cbirlib.errors import ExtractorError
 from cbirlib.extractor import SliceExtractor
 from cbirlib.preprocess import InputConfig
-
 from cbirlib_dreamsim.files import default_cache_dir, ensure_files, get_variant, missing_files
 from cbirlib_dreamsim.model import load_dreamsim
 

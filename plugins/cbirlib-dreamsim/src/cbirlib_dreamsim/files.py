@@ -134,9 +134,7 @@ def default_cache_dir() -> Path:
 def required_files(variant: str) -> list[Path]:
     """Files (relative to the cache) a variant needs; the adapter weights come on top."""
     v = get_variant(variant)
-    return [Path(BRANCH_FILES[b]) for b in v.branches] + [
-        Path(v.adapter) / "adapter_config.json"
-    ]
+    return [Path(BRANCH_FILES[b]) for b in v.branches] + [Path(v.adapter) / "adapter_config.json"]
 
 
 def adapter_file(variant: str, root: Path) -> Path | None:

@@ -28,15 +28,17 @@ import math
 import re
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from cbirlib.errors import WeightsError
 from cbirlib.weights import load_into, load_state_dict
-
 from cbirlib_dreamsim.files import BRANCH_FILES, adapter_file, get_variant
+
+if TYPE_CHECKING:  # pragma: no cover
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -70,12 +72,12 @@ _LORA_KEY = re.compile(
 def _patch_embed(**kwargs: Any) -> nn.Module:
     """timm's PatchEmbed, always with a bias (the CLIP-as-DINO files have one; timm drops
     it when ``pre_norm=True``)."""
-    from timm.layers import PatchEmbed
+    from timm.layers.patch_embed import PatchEmbed
 
     return PatchEmbed(**{**kwargs, "bias": True})
 
 
-def build_vit(branch: str, *, device: str | torch.device = "cpu") -> nn.Module:
+def build_vit(branch: str, *, device: str | torch.device = "cpu") -> VisionTransformer:
     """An uninitialised timm ViT-B/16 (224 px) shaped like DreamSim's ``branch`` backbone.
 
     Parameters
@@ -86,7 +88,7 @@ def build_vit(branch: str, *, device: str | torch.device = "cpu") -> nn.Module:
         ``"meta"`` gives the structure without memory; ``"cpu"`` allocates (uninitialised:
         load a state dict into it).
     """
-    from timm.layers import LayerNorm
+    from timm.layers.norm import LayerNorm
     from timm.models.vision_transformer import VisionTransformer
 
     clip = branch != "dino"
@@ -117,7 +119,7 @@ class Branch(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, name: str, vit: nn.Module, proj: torch.Tensor | None) -> None:
+    def __init__(self, name: str, vit: VisionTransformer, proj: torch.Tensor | None) -> None:
         super().__init__()
         self.name = name
         self.vit = vit
@@ -221,7 +223,9 @@ def lora_deltas(
     return deltas
 
 
-def _branch_state_dict(branch: str, path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+def _branch_state_dict(
+    branch: str, path: Path
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     sd = load_state_dict(path, strip=("module.", "backbone."))
     if branch == "dino":
         return sd, None
