@@ -53,12 +53,12 @@ _LAZY: dict[str, str] = {
     "CountVotes": "cbirlib.aggregate",
     "MaxSimRerank": "cbirlib.rerank",
     "Localize": "cbirlib.localize",
-    "evaluate": "cbirlib.evaluate",
-    "benchmark": "cbirlib.benchmark",
+    "evaluate": "cbirlib.evaluation",
+    "benchmark": "cbirlib.benchmarking",
 }
 
 # submodules reachable as attributes (``cbirlib.datasets.make_phantoms``) without an import
-_SUBMODULES = ("datasets", "errors", "metrics", "structures", "viz")
+_SUBMODULES = ("datasets", "errors", "evaluation", "metrics", "structures", "viz")
 
 __all__ = [
     "CbirError",
@@ -114,10 +114,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
-    from cbirlib.benchmark import benchmark
+    from cbirlib.benchmarking import benchmark
     from cbirlib.build import build_index
     from cbirlib.errors import CbirError
-    from cbirlib.evaluate import evaluate
+    from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
     from cbirlib.hits import Hits
     from cbirlib.hookspecs import hookimpl

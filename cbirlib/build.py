@@ -54,8 +54,15 @@ __all__ = ["IndexableExtractor", "SubjectSource", "VolumeSource", "build_index"]
 class IndexableExtractor(Protocol):
     """What :func:`build_index` needs from an extractor (``cbirlib.Extractor`` fits)."""
 
-    name: str
-    dim: int
+    @property
+    def name(self) -> str:
+        """Registry name of the extractor."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        ...
 
     def extract(self, volume: Volume) -> npt.NDArray[np.float32]:
         """``(n_slices, dim)`` float32 L2-normalised slice embeddings."""

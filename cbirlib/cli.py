@@ -255,7 +255,7 @@ def _recall_table(
     """Volume recall@1, region recall@1 and localized recall for :data:`DEMO_TABLE`."""
     import pandas as pd
 
-    from cbirlib.evaluate import MEAN_ROW, evaluate
+    from cbirlib.evaluation import MEAN_ROW, evaluate
     from cbirlib.metrics import LocalizedRecall, Metric, RegionRecall, VolumeRecall
     from cbirlib.search import region_query
     from cbirlib.structures import COARSE_GROUPS
@@ -319,7 +319,7 @@ def _demo_data(root: Path, args: argparse.Namespace) -> TotalSegmentator:
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.build import build_index
-    from cbirlib.evaluate import format_table
+    from cbirlib.evaluation import format_table
     from cbirlib.search import region_query
     from cbirlib.viz import montage
 
@@ -443,7 +443,7 @@ def _cmd_query(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
-    from cbirlib.benchmark import benchmark
+    from cbirlib.benchmarking import benchmark
 
     result = benchmark(args.data_dir, extractors=args.extractor, modes=args.modes, out_dir=args.out)
     _write(out, str(result))

@@ -56,9 +56,7 @@ class SliceLabels:
     # -- construction ------------------------------------------------------------------
 
     @classmethod
-    def from_masks(
-        cls, masks: Mapping[str, npt.ArrayLike], *, min_pixels: int = 1
-    ) -> SliceLabels:
+    def from_masks(cls, masks: Mapping[str, npt.ArrayLike], *, min_pixels: int = 1) -> SliceLabels:
         """Build labels from binary masks of shape ``(Z, Y, X)``.
 
         A structure is present in slice ``s`` when its mask has at least ``min_pixels``
@@ -100,13 +98,13 @@ class SliceLabels:
 
     def structures(self, slice_index: int) -> frozenset[str]:
         """Names of the structures present in one slice."""
-        row = self.present[slice_index]
-        return frozenset(n for n, p in zip(self.names, row, strict=True) if p)
+        row = np.flatnonzero(self.present[slice_index])
+        return frozenset(self.names[i] for i in row)
 
     def volume_structures(self) -> frozenset[str]:
         """Names of the structures present anywhere in the volume."""
-        anywhere = self.present.any(axis=0)
-        return frozenset(n for n, p in zip(self.names, anywhere, strict=True) if p)
+        anywhere = np.flatnonzero(self.present.any(axis=0))
+        return frozenset(self.names[i] for i in anywhere)
 
     def contains(self, name: str) -> bool:
         """Whether ``name`` is present in at least one slice."""

@@ -248,7 +248,7 @@ def _records(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
 
 
 class Metric(Protocol):
-    """What :func:`cbirlib.evaluate.evaluate` needs from a metric."""
+    """What :func:`cbirlib.evaluation.evaluate` needs from a metric."""
 
     @property
     def name(self) -> str:

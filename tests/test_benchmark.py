@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbirlib.benchmark import benchmark, system_name
+from cbirlib.benchmarking import benchmark, system_name
 from cbirlib.datasets import TotalSegmentator, make_phantoms
 from cbirlib.errors import CbirError, EvaluationError
-from cbirlib.evaluate import MEAN_ROW
+from cbirlib.evaluation import MEAN_ROW
 from cbirlib.index import SliceIndex
 from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
 

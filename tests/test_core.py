@@ -112,3 +112,14 @@ def test_slice_labels_mask_shapes_must_agree() -> None:
 
 def test_all_lists_every_lazy_name() -> None:
     assert set(cbirlib.__all__) == {"__version__", *cbirlib._LAZY}
+
+
+def test_public_functions_are_not_shadowed_by_submodules() -> None:
+    code = (
+        "import importlib, cbirlib\n"
+        "for m in ('evaluation', 'benchmarking', 'metrics', 'search', 'io', 'index'):\n"
+        "    importlib.import_module('cbirlib.' + m)\n"
+        "assert callable(cbirlib.evaluate) and callable(cbirlib.benchmark)\n"
+        "assert callable(cbirlib.load_volume) and callable(cbirlib.build_index)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cbirlib.errors import EvaluationError
-from cbirlib.evaluate import (
+from cbirlib.evaluation import (
     MEAN_ROW,
     evaluate,
     format_table,

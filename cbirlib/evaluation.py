@@ -12,7 +12,7 @@ Examples
 >>> from cbirlib.hits import Hits
 >>> from cbirlib.labels import SliceLabels
 >>> from cbirlib.metrics import Truth, VolumeRecall
->>> from cbirlib.evaluate import evaluate, per_class_table, to_markdown
+>>> from cbirlib.evaluation import evaluate, per_class_table, to_markdown
 >>> lab = lambda *rows: SliceLabels(("liver", "lung"), np.array(rows, dtype=bool))
 >>> truth = Truth(database={"a": lab([1, 0]), "b": lab([0, 1])},
 ...               queries={"q": lab([1, 1]), "r": lab([0, 1])})

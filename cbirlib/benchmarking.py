@@ -25,7 +25,7 @@ A run on synthetic phantoms (a few seconds on a CPU; skipped as a doctest becaus
 
 >>> import tempfile
 >>> from cbirlib.datasets import make_phantoms
->>> from cbirlib.benchmark import benchmark
+>>> from cbirlib.benchmarking import benchmark
 >>> root = tempfile.mkdtemp()
 >>> _ = make_phantoms(root, 6, shape=(32, 32), seed=3)  # doctest: +SKIP
 >>> tables = benchmark(root, modes=("volume",), level="coarse", verbose=False)  # doctest: +SKIP
@@ -50,7 +50,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from cbirlib.errors import EvaluationError
-from cbirlib.evaluate import MEAN_ROW, evaluate, per_class_table, to_csv, to_markdown
+from cbirlib.evaluation import MEAN_ROW, evaluate, per_class_table, to_csv, to_markdown
 from cbirlib.metrics import Metric, Truth, default_metrics
 from cbirlib.volume import Volume
 
@@ -193,7 +193,7 @@ def benchmark(
     Returns
     -------
     dict
-        ``"<level>/<mode>/<metric>"`` -> :func:`~cbirlib.evaluate.per_class_table`
+        ``"<level>/<mode>/<metric>"`` -> :func:`~cbirlib.evaluation.per_class_table`
         (one row per structure of the level, one column per system), and
         ``"summary"``: one row per (level, mode, metric, system) with the mean and SD
         over classes.
