@@ -54,6 +54,14 @@ class MaskShapeError(InvalidVolumeError):
     """A segmentation mask does not match the shape of its image."""
 
 
+class LabelsError(CbirError, ValueError):
+    """Invalid per-slice labels: duplicate structure names, a bad presence threshold."""
+
+
+class SliceOutOfRangeError(LabelsError, IndexError):
+    """A slice index outside the slices that the labels (or a volume) cover."""
+
+
 class UnknownStructureError(CbirError, KeyError):
     """A structure (anatomical class) name that is not known."""
 
@@ -151,6 +159,8 @@ __all__ = [
     "DicomSeriesError",
     "MissingSliceError",
     "MaskShapeError",
+    "LabelsError",
+    "SliceOutOfRangeError",
     "UnknownStructureError",
     "DatasetError",
     "UnknownSubjectError",

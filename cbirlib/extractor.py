@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sized
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sized
 from contextlib import nullcontext
-from itertools import pairwise
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cbirlib.errors import ExtractorError
+from cbirlib.prefetch import prefetch
 from cbirlib.preprocess import PERCENTILE_WINDOW, InputConfig, prepare_slices, window_bounds
 from cbirlib.volume import Volume
 
@@ -86,7 +87,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-_CHUNK_BYTES = 64 * 2**20  # host-to-device copies of about this size
+# Largest chunk of slices staged and sent to a CUDA device at once (it may cut batches
+# short for very large slices).
+_CHUNK_BYTES = 64 * 2**20
+_STAGE_WORKERS = 3  # threads that copy chunks into pinned memory and start their upload
+_STAGE_AHEAD = 4  # chunks staged (on the device) ahead of the model
+_MAX_INFLIGHT = 4  # batches queued on the device before the host waits for the oldest
+
+
+def default_workers() -> int:
+    """Default number of volume-reading threads of :meth:`Extractor.extract_many`."""
+    return min(4, os.cpu_count() or 1)
 
 
 def _host_chunks(
@@ -95,36 +106,58 @@ def _host_chunks(
     """The slices ``array[idx]`` in chunks of ``size``; views where indices are consecutive."""
     for start in range(0, len(idx), size):
         part = idx[start : start + size]
-        if len(part) and part[-1] - part[0] == len(part) - 1 and np.all(np.diff(part) == 1):
+        if _consecutive(part):
             yield array[part[0] : part[-1] + 1]
         else:
             yield array[part]
 
 
-_COPY_THREADS = min(8, os.cpu_count() or 1)
-_copy_pool: ThreadPoolExecutor | None = None
-_copy_pool_lock = threading.Lock()
+def _consecutive(idx: npt.NDArray[np.int64]) -> bool:
+    return (
+        len(idx) > 0 and int(idx[-1] - idx[0]) == len(idx) - 1 and bool(np.all(np.diff(idx) == 1))
+    )
 
 
-def _parallel_copy(dst: npt.NDArray[np.float32], src: npt.NDArray[np.float32]) -> None:
-    """``dst[...] = src`` split over threads (one thread cannot saturate memory bandwidth)."""
-    global _copy_pool
-    n = src.shape[0]
-    parts = min(_COPY_THREADS, n)
-    if parts <= 1 or src.nbytes < 8 * 2**20:
-        np.copyto(dst, src)
-        return
-    with _copy_pool_lock:
-        if _copy_pool is None:
-            _copy_pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="cbirlib-copy")
-    bounds = np.linspace(0, n, parts + 1).astype(int)
-    futures = [
-        _copy_pool.submit(np.copyto, dst[a:b], src[a:b])
-        for a, b in pairwise(bounds.tolist())
-        if b > a
-    ]
-    for future in futures:
-        future.result()
+def _as_loader(item: object) -> Callable[[], Volume]:
+    """A zero-argument loader for an element of ``extract_many``'s input."""
+    if isinstance(item, Volume):
+        return partial(_identity, item)
+    if callable(item):
+        return partial(_checked_load, item)
+    raise ExtractorError(
+        f"extract_many: cannot embed a {type(item).__name__!r}; give Volume objects or "
+        "zero-argument callables that return a Volume"
+    )
+
+
+def _identity(volume: Volume) -> Volume:
+    return volume
+
+
+def _checked_load(loader: Callable[[], object]) -> Volume:
+    volume = loader()
+    if not isinstance(volume, Volume):
+        raise ExtractorError(
+            f"extract_many: loader {loader!r} returned a {type(volume).__name__!r}, not a Volume"
+        )
+    return volume
+
+
+def _query(event: torch.cuda.Event) -> bool:
+    """Whether the work before ``event`` has finished (does not wait)."""
+    return bool(event.query())  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """One chunk of a volume's slices, on its way to (or already on) a CUDA device."""
+
+    volume: Volume
+    n: int  # slices embedded for this volume (all chunks)
+    bounds: tuple[float, float] | None  # the volume's window, with its first chunk
+    raw: torch.Tensor | None  # (k, Y, X) float32 on the device; None for no slices
+    ready: torch.cuda.Event | None  # recorded on the copy stream after the upload
+    last: bool  # the volume's last chunk
 
 
 class Extractor(ABC):
@@ -178,22 +211,55 @@ class Extractor(ABC):
         """
 
     def extract_many(
-        self, volumes: Iterable[Volume], *, verbose: bool = False
+        self,
+        volumes: Iterable[Volume | Callable[[], Volume]],
+        *,
+        verbose: bool = False,
+        workers: int | None = None,
     ) -> Iterator[tuple[str, npt.NDArray[np.float32]]]:
-        """Embed volumes one at a time, yielding ``(volume.id, embeddings)``.
+        """Embed volumes one at a time, yielding ``(volume.id, embeddings)`` in input order.
+
+        Volumes are read ahead on ``workers`` threads (see :func:`cbirlib.prefetch.prefetch`)
+        while the current one is embedded.
 
         Parameters
         ----------
         volumes
-            Any iterable of volumes (a generator keeps only one in memory).
+            Volumes, or zero-argument loaders returning a :class:`~cbirlib.volume.Volume`
+            (e.g. ``functools.partial(cbirlib.io.load_volume, path)``), in any iterable.
         verbose
             Show a progress bar.
+        workers
+            Threads reading volumes ahead (default :func:`default_workers`); at most
+            ``max(2, workers)`` volumes are read ahead of the one being embedded. ``0``
+            reads each volume only when it is embedded (one volume in memory at a time).
+
+        Raises
+        ------
+        Exception
+            A loader's exception, raised after the results of the volumes before it.
         """
+        workers = default_workers() if workers is None else int(workers)
         total = len(volumes) if isinstance(volumes, Sized) else None
-        for volume in tqdm(
-            volumes, total=total, disable=not verbose, desc=f"embedding ({self.name})", unit="vol"
-        ):
-            yield volume.id, self.extract(volume)
+        loaded = prefetch(map(_as_loader, volumes), workers=workers, ahead=max(2, workers))
+        stream = self._embed_stream(loaded)
+        try:
+            with tqdm(
+                total=total, disable=not verbose, desc=f"embedding ({self.name})", unit="vol"
+            ) as bar:
+                for volume, emb in stream:
+                    bar.update()
+                    yield volume.id, emb
+        finally:
+            stream.close()
+            loaded.close()
+
+    def _embed_stream(
+        self, volumes: Iterator[Volume]
+    ) -> Generator[tuple[Volume, npt.NDArray[np.float32]], None, None]:
+        """``(volume, all its embeddings)`` for each volume; subclasses may pipeline."""
+        for volume in volumes:
+            yield volume, self.extract(volume)
 
     # -- helpers for subclasses ---------------------------------------------------------
 
@@ -291,7 +357,6 @@ class SliceExtractor(Extractor):
         self._model: torch.nn.Module | None = None
         self._stream: torch.cuda.Stream | None = None
         self._amp_dtype: torch.dtype | None = None
-        self._pinned: tuple[list[torch.Tensor], list[torch.cuda.Event]] | None = None
 
     def default_input_config(self) -> InputConfig:
         """The preprocessing the model was trained with (ImageNet 224x224 RGB by default)."""
@@ -341,17 +406,18 @@ class SliceExtractor(Extractor):
     ) -> npt.NDArray[np.float32]:
         """Embed the slices of one volume (see :meth:`Extractor.extract`)."""
         idx = self._slice_indices(volume, slices)
+        if self.device.type == "cuda":
+            ((_, emb),) = list(self._embed_cuda(iter([(volume, idx)])))
+            return emb
         cfg = self.input_config
-        window = PERCENTILE_WINDOW if volume.modality == "MR" else cfg.window
-        bounds = window_bounds(volume.array, window)
+        bounds = window_bounds(volume.array, self._window(volume))
         model = self.model  # build before the loop; raises early
         del model
         outputs: list[torch.Tensor] = []
         with torch.inference_mode():
-            for chunk in self._device_chunks(volume, idx):
-                for start in range(0, chunk.shape[0], self.batch_size):
-                    raw = chunk[start : start + self.batch_size]
-                    outputs.append(self._embed_batch(raw, cfg, bounds))
+            for host in _host_chunks(volume.array, idx, self.batch_size):
+                raw = torch.from_numpy(host).to(self.device)
+                outputs.append(self._embed_batch(raw, cfg, bounds))
             if outputs:
                 emb = torch.cat(outputs).cpu().numpy()
             else:
@@ -359,54 +425,141 @@ class SliceExtractor(Extractor):
         self._check_embeddings(emb, len(idx), volume)
         return emb
 
-    def _device_chunks(self, volume: Volume, idx: npt.NDArray[np.int64]) -> Iterator[torch.Tensor]:
-        """The raw slices ``volume.array[idx]`` on :attr:`device`, in chunks.
+    def _window(self, volume: Volume) -> str | tuple[float, float]:
+        return PERCENTILE_WINDOW if volume.modality == "MR" else self.input_config.window
 
-        On CUDA, each chunk is copied into one of two reusable pinned buffers and sent
-        on a side stream, so that the copy of chunk i+1 overlaps the model's work on
-        chunk i; elsewhere chunks are (views of) the host array.
-        """
-        if self.device.type != "cuda":
-            for host in _host_chunks(volume.array, idx, self.batch_size):
-                yield torch.from_numpy(host).to(self.device)
-            return
-        per_slice = max(1, int(volume.array[0].nbytes))
-        size = max(1, _CHUNK_BYTES // (per_slice * self.batch_size)) * self.batch_size
-        size = min(size, max(len(idx), 1))
-        buffers, copied = self._pinned_buffers((size, *volume.shape[1:]))
-        compute = torch.cuda.current_stream(self.device)
-        side = self._copy_stream()
-        for i, host in enumerate(_host_chunks(volume.array, idx, size)):
-            slot = i % 2
-            copied[slot].synchronize()  # its previous copy to the device has finished
-            staging = buffers[slot][: host.shape[0]]
-            _parallel_copy(staging.numpy(), host)
-            with torch.cuda.stream(side):
-                chunk = staging.to(self.device, non_blocking=True)
-                copied[slot].record(side)
-            compute.wait_stream(side)
-            chunk.record_stream(compute)
-            yield chunk
+    def _embed_stream(
+        self, volumes: Iterator[Volume]
+    ) -> Generator[tuple[Volume, npt.NDArray[np.float32]], None, None]:
+        if self.device.type == "cuda":
+            return self._embed_cuda((v, np.arange(v.n_slices, dtype=np.int64)) for v in volumes)
+        return super()._embed_stream(volumes)
+
+    # -- the CUDA pipeline ------------------------------------------------------------------
+    #
+    # Worker threads (cbirlib.prefetch) copy chunks of slices into pinned host memory and
+    # start their upload on a side stream (an asynchronous DMA), recording an event. The
+    # host thread only queues work on the compute stream: it waits for a chunk's event,
+    # preprocesses and embeds it, and queues each volume's embeddings to pinned host
+    # memory. Uploads and host copies of later chunks (and of the next volumes, in
+    # extract_many) thus overlap the model's work; the host waits only for results it
+    # returns, and for the oldest batch when _MAX_INFLIGHT are queued (bounded memory).
 
     def _copy_stream(self) -> torch.cuda.Stream:
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         return self._stream
 
-    def _pinned_buffers(
-        self, shape: tuple[int, ...]
-    ) -> tuple[list[torch.Tensor], list[torch.cuda.Event]]:
-        """Two pinned host buffers of at least ``shape`` (kept between volumes)."""
-        cached = self._pinned
-        fits = cached is not None and (
-            tuple(cached[0][0].shape[1:]) == shape[1:] and cached[0][0].shape[0] >= shape[0]
-        )
-        if cached is None or not fits:
-            buffers = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in range(2)]
-            events = [torch.cuda.Event() for _ in range(2)]  # type: ignore[no-untyped-call]
-            cached = (buffers, events)
-            self._pinned = cached
-        return cached[0], cached[1]
+    def _stage_jobs(
+        self, items: Iterable[tuple[Volume, npt.NDArray[np.int64]]]
+    ) -> Iterator[Callable[[], _Staged]]:
+        """Loaders of the chunks of every volume, in order (each runs on a worker thread)."""
+        for volume, idx in items:
+            slice_bytes = 4 * volume.shape[1] * volume.shape[2]
+            size = max(1, min(self.batch_size, _CHUNK_BYTES // slice_bytes))
+            starts = list(range(0, len(idx), size)) or [0]
+            for k, start in enumerate(starts):
+                yield partial(
+                    self._stage,
+                    volume,
+                    idx[start : start + size],
+                    n=len(idx),
+                    window=self._window(volume) if k == 0 else None,
+                    last=k == len(starts) - 1,
+                )
+
+    def _stage(
+        self,
+        volume: Volume,
+        part: npt.NDArray[np.int64],
+        *,
+        n: int,
+        window: str | tuple[float, float] | None,
+        last: bool,
+    ) -> _Staged:
+        """Copy ``volume.array[part]`` to pinned memory and start its upload (worker thread)."""
+        bounds = None if window is None else window_bounds(volume.array, window)
+        if len(part) == 0:
+            return _Staged(volume, n, bounds, None, None, last)
+        host = torch.empty((len(part), *volume.shape[1:]), dtype=torch.float32, pin_memory=True)
+        if _consecutive(part):
+            np.copyto(host.numpy(), volume.array[part[0] : part[-1] + 1])
+        else:
+            np.take(volume.array, part, axis=0, out=host.numpy())
+        side = self._copy_stream()
+        with torch.cuda.stream(side):
+            # allocated on the side stream; the consumer calls record_stream(compute).
+            # The pinned block is not reused before this copy ends (torch records it).
+            raw = host.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ready.record(side)
+        return _Staged(volume, n, bounds, raw, ready, last)
+
+    def _embed_cuda(
+        self, items: Iterator[tuple[Volume, npt.NDArray[np.int64]]]
+    ) -> Generator[tuple[Volume, npt.NDArray[np.float32]], None, None]:
+        """Embed ``(volume, slice indices)`` items on CUDA, overlapping copies and compute."""
+        cfg = self.input_config
+        model = self.model  # build (and initialise CUDA) before the workers start
+        del model
+        compute = torch.cuda.current_stream(self.device)
+        self._copy_stream()
+        staged = prefetch(self._stage_jobs(items), workers=_STAGE_WORKERS, ahead=_STAGE_AHEAD)
+        done: deque[tuple[Volume, int, torch.Tensor, torch.cuda.Event]] = deque()
+        inflight: deque[torch.cuda.Event] = deque()
+        outputs: list[torch.Tensor] = []
+        bounds = (0.0, 1.0)
+        try:
+            while True:
+                try:
+                    job = next(staged)
+                    if job.bounds is not None:
+                        bounds = job.bounds
+                    with torch.inference_mode():
+                        if job.raw is not None and job.ready is not None:
+                            compute.wait_event(job.ready)
+                            job.raw.record_stream(compute)
+                            outputs.append(self._embed_batch(job.raw, cfg, bounds))
+                            inflight.append(self._record(compute))
+                            if len(inflight) > _MAX_INFLIGHT:
+                                inflight.popleft().synchronize()
+                        if job.last:
+                            emb = torch.cat(outputs) if outputs else self._no_rows()
+                            outputs = []
+                            host = torch.empty(emb.shape, dtype=torch.float32, pin_memory=True)
+                            host.copy_(emb, non_blocking=True)
+                            done.append((job.volume, job.n, host, self._record(compute)))
+                    del job
+                except StopIteration:
+                    break
+                except Exception:
+                    while done:  # the volumes before the failure first
+                        yield self._collect(*done.popleft())
+                    raise
+                # return finished volumes; wait for one only once the next one is queued
+                while done and (len(done) > 1 or _query(done[0][3])):
+                    yield self._collect(*done.popleft())
+            while done:
+                yield self._collect(*done.popleft())
+        finally:
+            staged.close()
+
+    def _no_rows(self) -> torch.Tensor:
+        return torch.zeros((0, self.dim), device=self.device)
+
+    @staticmethod
+    def _record(stream: torch.cuda.Stream) -> torch.cuda.Event:
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record(stream)
+        return event
+
+    def _collect(
+        self, volume: Volume, n: int, host: torch.Tensor, ready: torch.cuda.Event
+    ) -> tuple[Volume, npt.NDArray[np.float32]]:
+        ready.synchronize()
+        emb = host.numpy().copy()  # not a view of the (reused) pinned buffer
+        self._check_embeddings(emb, n, volume)
+        return volume, emb
 
     def _embed_batch(
         self, raw: torch.Tensor, cfg: InputConfig, bounds: tuple[float, float]

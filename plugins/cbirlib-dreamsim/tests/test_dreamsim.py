@@ -13,7 +13,14 @@ import pytest
 import torch
 from cbirlib_dreamsim import DreamSimExtractor
 from cbirlib_dreamsim.files import DINO_URL, VARIANTS, ensure_files
-from conftest import ALPHA, R, link_cache, random_adapter, random_backbone
+from dreamsim_fixtures import (  # noqa: F401 (weights_cache is a fixture)
+    ALPHA,
+    R,
+    link_cache,
+    random_adapter,
+    random_backbone,
+    weights_cache,
+)
 
 from cbirlib.errors import ExtractorError, WeightsError
 from cbirlib.plugins import create_extractor, list_extractors

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from cbirlib_dreamsim import DreamSimExtractor
+from dreamsim_fixtures import weights_cache  # noqa: F401 (a fixture)
 
 from cbirlib.preprocess import prepare_slices
 

@@ -1,4 +1,4 @@
-"""Fixtures: a DreamSim weights cache written by the tests, offline.
+"""Helpers: a DreamSim weights cache written by the tests, offline.
 
 The files have the exact layout, key names and shapes of DreamSim's published files
 (the dreamsim package loads them strictly in ``test_reference.py``), filled with seeded
@@ -80,6 +80,16 @@ def write_adapter(root: Path, variant: str, seed: int) -> None:
     save_file(random_adapter(len(v.branches), seed), str(folder / "adapter_model.safetensors"))
 
 
+def link_cache(src: Path, dst: Path, *, skip: tuple[str, ...] = ()) -> Path:
+    """A copy of cache ``src`` made of symlinks, without the relative paths in ``skip``."""
+    for path in src.rglob("*"):
+        rel = path.relative_to(src)
+        if path.is_file() and rel.as_posix() not in skip:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dst / rel).symlink_to(path)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache with both variants: the three backbones and both adapters."""
@@ -91,13 +101,3 @@ def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_adapter(root, "ensemble", 10)
     write_adapter(root, "dino_vitb16", 11)
     return root
-
-
-def link_cache(src: Path, dst: Path, *, skip: tuple[str, ...] = ()) -> Path:
-    """A copy of cache ``src`` made of symlinks, without the relative paths in ``skip``."""
-    for path in src.rglob("*"):
-        rel = path.relative_to(src)
-        if path.is_file() and rel.as_posix() not in skip:
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dst / rel).symlink_to(path)
-    return dst

@@ -1,0 +1,107 @@
+"""Read-ahead: run zero-argument loaders on a thread pool, yield their results in order.
+
+Reading a volume is mostly work that releases the GIL (zlib inflating a ``.nii.gz``,
+numpy copies), so a few threads read the next volumes while the caller embeds the
+current one. :func:`prefetch` keeps the input order, bounds how far it reads ahead, and
+raises a loader's exception where that loader's result would have been.
+
+Examples
+--------
+>>> from functools import partial
+>>> list(prefetch([partial(pow, 2, k) for k in range(5)], workers=2, ahead=3))
+[1, 2, 4, 8, 16]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+__all__ = ["prefetch"]
+
+T = TypeVar("T")
+
+
+def prefetch(
+    loaders: Iterable[Callable[[], T]], *, workers: int = 2, ahead: int = 4
+) -> Generator[T, None, None]:
+    """Call ``loaders`` on ``workers`` threads, ahead of the consumer; yield results in order.
+
+    Parameters
+    ----------
+    loaders
+        Zero-argument callables (e.g. ``functools.partial(load_volume, path)``); the
+        iterable itself is consumed lazily, in the caller's thread, as read-ahead needs.
+    workers
+        Threads that call the loaders; ``0`` calls each loader in the caller's thread
+        when its result is requested (no read-ahead, no thread).
+    ahead
+        At most this many loaders are started (running or done) whose results have not
+        been yielded yet; this bounds the memory held by read-ahead.
+
+    Yields
+    ------
+    object
+        ``loader()`` for each loader, in input order.
+
+    Raises
+    ------
+    ValueError
+        ``workers < 0`` or ``ahead < 1``.
+    Exception
+        A loader's exception (or one raised while iterating ``loaders``) is raised at
+        that loader's position, after the results before it; the generator then ends.
+
+    Notes
+    -----
+    Closing the generator early (``close()``, ``break`` out of a ``for`` loop followed by
+    garbage collection, or an exception in the consumer) cancels the loaders not yet
+    started and waits for the running ones to finish, so no loader runs after ``close()``
+    returns. Nothing starts before the first result is requested.
+    """
+    if int(workers) < 0:
+        raise ValueError(f"workers must be >= 0 (0 = no threads), got {workers}")
+    if int(ahead) < 1:
+        raise ValueError(f"ahead must be >= 1, got {ahead}")
+    if int(workers) == 0:
+        return _serial(loaders)
+    return _threaded(loaders, int(workers), int(ahead))
+
+
+def _serial(loaders: Iterable[Callable[[], T]]) -> Generator[T, None, None]:
+    for loader in loaders:
+        yield loader()
+
+
+def _threaded(
+    loaders: Iterable[Callable[[], T]], workers: int, ahead: int
+) -> Generator[T, None, None]:
+    it = iter(loaders)
+    pending: deque[Future[T]] = deque()
+    exhausted = False
+    pool = ThreadPoolExecutor(min(workers, ahead), thread_name_prefix="cbirlib-prefetch")
+    try:
+        while True:
+            while not exhausted and len(pending) < ahead:
+                try:
+                    loader = next(it)
+                except StopIteration:
+                    exhausted = True
+                except Exception as exc:  # raised at its position, after earlier results
+                    failed: Future[T] = Future()
+                    failed.set_exception(exc)
+                    pending.append(failed)
+                    exhausted = True
+                else:
+                    pending.append(pool.submit(loader))
+            if not pending:
+                return
+            result = pending.popleft().result()
+            yield result
+            del result  # the consumer's reference is the only one while it works
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
