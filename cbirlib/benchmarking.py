@@ -10,13 +10,18 @@ slice index per extractor (or reuses it from ``out_dir``), runs
   nDCG@10),
 * **region** and **localized** retrieval: for each query volume and each structure it
   contains, :func:`~cbirlib.search.region_query` (the same two chains, ending in
-  ``Localize(method="votes")`` or ``Localize()`` (MaxSim argmax slices); region recall,
-  AP, nDCG@10, localized recall, localization ratio),
+  ``Localize(method="votes", trim=vote_trim)`` (default 0.1) or ``Localize()`` (MaxSim
+  argmax slices); region recall, AP, nDCG@10, localized recall, localization ratio),
 
 and writes one per-class table per (level, mode, metric) as CSV and Markdown.
 
 The count-vote chain is cut at the same ``top`` candidates the re-ranker sees, so both
 rank the same volumes and differ only in their order.
+
+Memory: each query volume is embedded right after it is read and only a voxel-free
+stand-in (id, labels, z positions) is kept, so at most one query volume is in memory at a
+time (at the cost of reading each query CT once per extractor); region queries reuse the
+cached embeddings of their source volume.
 
 Examples
 --------
@@ -39,7 +44,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -60,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 #: Retrieval modes of the study.
 MODES = ("slice", "volume", "region", "localized")
+#: Default ``trim`` of ``Localize(method="votes")`` in the count-vote chain.
+VOTE_TRIM = 0.1
 
 Level = Literal["coarse", "fine"]
 
@@ -89,8 +96,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def _chain(search: Any, *, rerank: bool, top: int, localize: bool) -> Any:
-    """Count votes (cut at ``top``) or MaxSim re-ranking of the ``top`` candidates."""
+def _chain(search: Any, *, rerank: bool, top: int, localize: bool, trim: float = 0.0) -> Any:
+    """Count votes (cut at ``top``) or MaxSim re-ranking of the ``top`` candidates.
+
+    ``trim`` is the :class:`~cbirlib.localize.Localize` trim of the count-vote chain.
+    """
     from cbirlib.aggregate import CountVotes
     from cbirlib.localize import Localize
     from cbirlib.pipeline import Cutoff
@@ -100,7 +110,7 @@ def _chain(search: Any, *, rerank: bool, top: int, localize: bool) -> Any:
         chain = search >> CountVotes() >> MaxSimRerank(top=top)
         return chain >> Localize() if localize else chain
     chain = search >> CountVotes() >> Cutoff(top)
-    return chain >> Localize(method="votes") if localize else chain
+    return chain >> Localize(method="votes", trim=trim) if localize else chain
 
 
 @dataclass
@@ -108,7 +118,8 @@ class _CachedEmbedder:
     """Embeds each query volume once; region queries reuse their source's embeddings.
 
     Valid for extractors that embed every slice on its own (all 2D slice models), so
-    that a slab's embeddings are the rows of its source volume's.
+    that a slab's embeddings are the rows of its source volume's. Every query must be
+    :meth:`add`-ed first: the queries searched are light stand-ins without voxels.
     """
 
     extractor: Any
@@ -126,22 +137,66 @@ class _CachedEmbedder:
     ) -> npt.NDArray[np.float32]:
         source = str(getattr(volume, "source_id", "") or volume.id)
         if source not in self.cache:
-            return np.asarray(self.extractor.extract(volume, slices=slices), np.float32)
+            raise EvaluationError(f"query {source!r} was not embedded before the search")
         start = int(getattr(volume, "first_slice", 0)) if source != volume.id else 0
         emb = self.cache[source][start : start + volume.n_slices]
         return emb if slices is None else emb[slices]
 
 
-def _region_queries(volumes: Sequence[Any], level: Level) -> list[Any]:
+def _stand_in(volume: Volume) -> Volume:
+    """The query without its voxels: id, labels, geometry and a ``(Z, 1, 1)`` zero view.
+
+    Everything retrieval and evaluation read after embedding (ids, slice count, z
+    positions, labels), at a few bytes per slice instead of the full array.
+    """
+    placeholder = np.broadcast_to(np.zeros((1, 1, 1), np.float32), (volume.n_slices, 1, 1))
+    return Volume(
+        volume.id,
+        placeholder,
+        spacing=volume.spacing,
+        z_positions=volume.z_positions,
+        labels=volume.labels,
+        modality=volume.modality,
+        affine=volume.affine,
+    )
+
+
+def _embed_queries(
+    dataset: Any,
+    query_ids: Sequence[str],
+    embedder: _CachedEmbedder,
+    stand_ins: dict[str, Volume],
+    *,
+    desc: str,
+    verbose: bool,
+) -> list[Volume]:
+    """Load each query, embed it right away and keep only its stand-in.
+
+    At most one query volume's voxels are in memory at a time; labels are read on the
+    first pass only (``stand_ins`` keeps them for the next extractors).
+    """
+    from tqdm.auto import tqdm
+
+    for subject in tqdm(query_ids, desc=desc, disable=not verbose):
+        volume = dataset.load(subject, labels=subject not in stand_ins)
+        embedder.add(volume)
+        if subject not in stand_ins:
+            stand_ins[subject] = _stand_in(volume)
+        del volume
+    return [stand_ins[s] for s in query_ids]
+
+
+def _region_queries(volumes: Sequence[Any], level: Level, groups: Mapping[str, str]) -> list[Any]:
     """One region query per (query volume, structure it contains) at ``level``."""
     from cbirlib.search import region_query
-    from cbirlib.structures import COARSE_GROUPS
 
     out = []
     for volume in volumes:
-        labels = volume.labels if level == "fine" else volume.labels.grouped(COARSE_GROUPS)
+        labels = volume.labels if level == "fine" else volume.labels.grouped(groups)
         for structure in sorted(labels.volume_structures()):
-            out.append(region_query(volume, structure))
+            out.append(
+                region_query(volume, structure, groups=groups if level == "coarse" else None)
+            )
     return out
 
 
@@ -157,6 +212,8 @@ def benchmark(
     split: str = "test",
     level: Level | Sequence[Level] = ("coarse", "fine"),
     exact: bool = False,
+    groups: Mapping[str, str] | None = None,
+    vote_trim: float = VOTE_TRIM,
     verbose: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Run the study's retrieval protocol and return its per-class tables.
@@ -187,6 +244,15 @@ def benchmark(
         ``"coarse"`` (29 regions), ``"fine"`` (104 classes) or both.
     exact
         Use exact (brute-force) search instead of HNSW.
+    groups
+        Fine -> coarse mapping of the ``"coarse"`` level (its values are the table
+        rows); default :data:`cbirlib.structures.COARSE_GROUPS`. Used for the labels and
+        to build the coarse region queries.
+    vote_trim
+        ``trim`` of ``Localize(method="votes")`` in the count-vote chain: the fraction of
+        voted slices ignored at each end of the predicted span (outlier votes far from
+        the query's anatomy would otherwise stretch it); the MaxSim chain uses its
+        argmax slices untrimmed.
     verbose
         Progress bars and log messages.
 
@@ -208,7 +274,7 @@ def benchmark(
     from tqdm.auto import tqdm
 
     from cbirlib.datasets import TotalSegmentator
-    from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
+    from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES, coarse_regions
 
     modes = _as_tuple(modes, "mode", MODES)
     levels: tuple[Level, ...] = _as_tuple(level, "level", ("coarse", "fine"))  # type: ignore[assignment]
@@ -229,21 +295,21 @@ def benchmark(
     with tempfile.TemporaryDirectory(prefix="cbirlib-bench-") as tmp:
         work = Path(out_dir) if out_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        queries = [
-            dataset.load(s) for s in tqdm(query_ids, desc="query volumes", disable=not verbose)
-        ]
         database = {
             s: dataset.labels(s) for s in tqdm(database_ids, desc="labels", disable=not verbose)
         }
         truth = Truth(database=database)
-        regions = {lv: _region_queries(queries, lv) for lv in levels}
+        grouping = COARSE_GROUPS if groups is None else dict(groups)
+        stand_ins: dict[str, Volume] = {}
         results = []
         for name in extractors:
             results += _run_extractor(
-                name, dataset, database_ids, queries, regions, truth, modes, reranks,
-                k=k, top=top, work=work, exact=exact, verbose=verbose,
+                name, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
+                reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
+                vote_trim=vote_trim, verbose=verbose,
             )  # fmt: skip
-        rows = {"coarse": coarse_regions(), "fine": TOTALSEG_V1_CLASSES}
+        coarse_rows = coarse_regions() if groups is None else tuple(sorted(set(groups.values())))
+        rows = {"coarse": coarse_rows, "fine": TOTALSEG_V1_CLASSES}
         tables: dict[str, pd.DataFrame] = {}
         summary = []
         all_results = pd.concat(results, ignore_index=True)
@@ -277,8 +343,9 @@ def _run_extractor(
     name: str,
     dataset: Any,
     database_ids: Sequence[str],
-    queries: Sequence[Any],
-    regions: dict[Level, list[Any]],
+    query_ids: Sequence[str],
+    stand_ins: dict[str, Volume],
+    levels: Sequence[Level],
     truth: Truth,
     modes: Sequence[str],
     reranks: Sequence[bool],
@@ -287,11 +354,11 @@ def _run_extractor(
     top: int,
     work: Path,
     exact: bool,
+    groups: Mapping[str, str],
+    vote_trim: float,
     verbose: bool,
 ) -> list[pd.DataFrame]:
     """Index the database with one extractor and evaluate every requested mode."""
-    from tqdm.auto import tqdm
-
     from cbirlib.aggregate import TopSlice
     from cbirlib.build import build_index
     from cbirlib.plugins import create_extractor
@@ -308,8 +375,11 @@ def _run_extractor(
             f"({', '.join(extra[:5])}); use another out_dir"
         )
     embedder = _CachedEmbedder(extractor)
-    for volume in tqdm(queries, desc=f"embedding queries ({name})", disable=not verbose):
-        embedder.add(volume)
+    queries = _embed_queries(
+        dataset, query_ids, embedder, stand_ins, desc=f"embedding queries ({name})",
+        verbose=verbose,
+    )  # fmt: skip
+    regions = {lv: _region_queries(queries, lv, groups) for lv in levels}
     search = SliceSearch(embedder, index, k=k)
     out: list[pd.DataFrame] = []
 
@@ -318,7 +388,7 @@ def _run_extractor(
         logger.info("%s: %s retrieval with %r", system, mode, chain)
         hits = chain.retrieve(list(qs), verbose=verbose)
         for lv in levels:
-            res = evaluate({system: hits}, qs, truth, metrics, level=lv)
+            res = evaluate({system: hits}, qs, truth, metrics, level=lv, groups=groups)
             res.insert(0, "mode", mode)
             res.insert(0, "level", lv)
             out.append(res)
@@ -335,12 +405,15 @@ def _run_extractor(
         for lv, region_queries in regions.items():
             if not region_modes or not region_queries:
                 continue
-            chain = _chain(search, rerank=rr, top=top, localize="localized" in region_modes)
+            chain = _chain(
+                search, rerank=rr, top=top, localize="localized" in region_modes, trim=vote_trim
+            )
             hits = chain.retrieve(list(region_queries), verbose=verbose)
             for mode in region_modes:
                 res = evaluate(
-                    {system: hits}, region_queries, truth, default_metrics(mode), level=lv
-                )
+                    {system: hits}, region_queries, truth, default_metrics(mode), level=lv,
+                    groups=groups,
+                )  # fmt: skip
                 res.insert(0, "mode", mode)
                 res.insert(0, "level", lv)
                 out.append(res)

@@ -29,7 +29,7 @@ Examples
 |---|---|---|
 | liver | 1.000 | .000 |
 | lung | .500 | .500 |
-| mean ± SD | .750 ± .250 | .250 ± .250 |
+| mean ± SD | .750 ± .354 | .250 ± .354 |
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 #: Label of the last row of :func:`per_class_table`.
 MEAN_ROW = "mean ± SD"
+#: Delta degrees of freedom of the SD over classes: 1, the sample SD.
+SD_DDOF = 1
 
 _LEVELS = ("coarse", "fine")
 
@@ -72,6 +74,7 @@ def truth_for(
     *,
     level: Literal["coarse", "fine"] = "coarse",
     groups: Mapping[str, str] | None = None,
+    allow_overlap: bool = False,
 ) -> Truth:
     """Complete the ground truth from the query volumes and group it for ``level``.
 
@@ -90,6 +93,17 @@ def truth_for(
         ``groups``.
     groups
         Fine -> coarse mapping; default :data:`cbirlib.structures.COARSE_GROUPS`.
+    allow_overlap
+        Accept queries whose volume (its id, or a region query's ``source_id``) is also
+        a database volume of ``truth``. Off by default: a query found in the database
+        retrieves itself and inflates every recall. Turn it on only with a leave-one-out
+        search (``SliceSearch(..., exclude_source=True)``).
+
+    Raises
+    ------
+    EvaluationError
+        Unknown ``level``, duplicate query ids, a query without labels, or (unless
+        ``allow_overlap``) queries that are in the database, named in the message.
     """
     if level not in _LEVELS:
         raise EvaluationError(f"unknown evaluation level {level!r}; valid: 'coarse', 'fine'")
@@ -97,6 +111,8 @@ def truth_for(
     labels = dict(base.queries)
     regions = dict(base.regions)
     seen: set[str] = set()
+    if not allow_overlap:
+        _check_no_overlap(queries, base)
     for query in queries:
         if query.id in seen:
             raise EvaluationError(f"query id {query.id!r} occurs twice; query ids must be unique")
@@ -120,8 +136,27 @@ def truth_for(
     return out
 
 
+def _check_no_overlap(queries: Sequence[Volume], truth: Truth) -> None:
+    """Raise if a query volume (or a region query's source) is a database volume."""
+    overlap: dict[str, None] = {}
+    for query in queries:
+        source = getattr(query, "source_id", "")
+        for vid in (query.id, source if isinstance(source, str) else ""):
+            if vid and vid in truth.database:
+                overlap[vid] = None
+    if overlap:
+        shown = ", ".join(repr(v) for v in list(overlap)[:10])
+        more = f" and {len(overlap) - 10} more" if len(overlap) > 10 else ""
+        raise EvaluationError(
+            f"query volumes {shown}{more} are also in the database, so they can retrieve "
+            "themselves; keep queries out of the database (a train/test split), or search "
+            "leave-one-out with SliceSearch(..., exclude_source=True) and pass "
+            "allow_overlap=True"
+        )
+
+
 def evaluate(
-    systems: Mapping[str, Retriever | HitsLike],
+    systems: Mapping[str, Retriever | HitsLike | pd.DataFrame],
     queries: Sequence[Volume],
     truth: Truth | Mapping[str, SliceLabels],
     metrics: Sequence[Metric],
@@ -130,6 +165,7 @@ def evaluate(
     groups: Mapping[str, str] | None = None,
     per_query: bool = False,
     verbose: bool = False,
+    allow_overlap: bool = False,
 ) -> pd.DataFrame:
     """Run every system on ``queries`` and compute every metric.
 
@@ -137,10 +173,11 @@ def evaluate(
     ----------
     systems
         Name -> retriever (anything with ``retrieve(queries, verbose=...)``, e.g. a
-        :class:`~cbirlib.pipeline.Pipeline`), or name -> precomputed hits.
+        :class:`~cbirlib.pipeline.Pipeline`), or name -> precomputed hits (a
+        :class:`~cbirlib.hits.Hits` table or its ``to_pandas()`` DataFrame).
     queries
         Query volumes (volume queries, or :func:`~cbirlib.search.region_query` slabs).
-        Never part of the database.
+        Never part of the database (checked; see ``allow_overlap``).
     truth
         Ground truth; see :func:`truth_for`.
     metrics
@@ -153,6 +190,8 @@ def evaluate(
         Return one row per (system, metric, query, structure) instead of per structure.
     verbose
         Show progress bars and pass ``verbose`` to the retrievers.
+    allow_overlap
+        Accept queries that are also database volumes; see :func:`truth_for`.
 
     Returns
     -------
@@ -164,12 +203,13 @@ def evaluate(
     """
     if not metrics:
         raise EvaluationError("evaluate() needs at least one metric")
-    full = truth_for(queries, truth, level=level, groups=groups)
+    full = truth_for(queries, truth, level=level, groups=groups, allow_overlap=allow_overlap)
     frames: list[pd.DataFrame] = []
     from tqdm.auto import tqdm
 
     for name, system in tqdm(systems.items(), desc="systems", disable=not verbose):
-        if isinstance(system, HitsLike):
+        hits: HitsLike | pd.DataFrame
+        if isinstance(system, HitsLike | pd.DataFrame):
             hits = system
         elif hasattr(system, "retrieve"):
             logger.info("retrieving %d queries with %s", len(queries), name)
@@ -221,8 +261,9 @@ def per_class_table(
     -------
     DataFrame
         Numeric; the last row ``"mean ± SD"`` holds the mean over the classes (NaN
-        classes skipped) and ``table.attrs["sd"]`` the matching population SDs
-        (``ddof=0``); :func:`format_table` renders both.
+        classes skipped) and ``table.attrs["sd"]`` the matching **sample** standard
+        deviations over the classes (``ddof=1``, as papers usually report; NaN with
+        fewer than two classes); :func:`format_table` renders both.
     """
     if "query_id" in results.columns:
         parts = []
@@ -244,7 +285,7 @@ def per_class_table(
     table = table.reindex(sorted(table.index) if structures is None else list(structures))
     table = table.astype(float)
     mean = table.mean(axis=0, skipna=True)
-    sd = table.std(axis=0, skipna=True, ddof=0)
+    sd = table.std(axis=0, skipna=True, ddof=SD_DDOF)
     table.loc[MEAN_ROW] = mean
     table.index.name = "structure"
     table.columns.name = None
@@ -267,14 +308,14 @@ def _fmt(value: float, digits: int) -> str:
 def format_table(table: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
     """Values as strings like ``.863``; the ``"mean ± SD"`` row as ``.863 ± .107``.
 
-    The mean and SD are recomputed from the class rows, so an edited table renders
-    consistently.
+    The mean and the sample SD (``ddof=1``) are recomputed from the class rows, so an
+    edited table renders consistently; an SD over fewer than two classes is ``n/a``.
     """
     classes = table.drop(index=MEAN_ROW, errors="ignore")
     out = classes.map(lambda v: _fmt(float(v), digits)).astype(object)
     if MEAN_ROW in table.index:
         mean = classes.mean(axis=0, skipna=True)
-        sd = classes.std(axis=0, skipna=True, ddof=0)
+        sd = classes.std(axis=0, skipna=True, ddof=SD_DDOF)
         out.loc[MEAN_ROW] = [
             f"{_fmt(float(m), digits)} ± {_fmt(float(s), digits)}"
             for m, s in zip(mean, sd, strict=True)

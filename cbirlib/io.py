@@ -174,7 +174,26 @@ def _read_nifti(path: Path, *, as_mask: bool = False) -> _Canonical:
     img = _load_nifti_image(path)
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise VolumeReadError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
+    if not as_mask:
+        _warn_unknown_orientation(img, path)
     return _canonical_zyx(img, str(path), as_mask=as_mask)
+
+
+def _warn_unknown_orientation(img: Any, path: Path) -> None:
+    """Warn when neither the qform nor the sform says how the voxels lie in space."""
+    header = img.header
+    try:
+        codes = (int(header["qform_code"]), int(header["sform_code"]))
+    except (KeyError, TypeError, ValueError):  # pragma: no cover - not a NIfTI header
+        return
+    if codes == (0, 0):
+        warnings.warn(
+            f"{path}: qform_code and sform_code are both 0, so the orientation is unknown; "
+            "assumed LAS (nibabel's default). Check that the slices run inferior -> superior, "
+            "or fix the header (e.g. with nibabel's set_qform/set_sform).",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _unsupported(path: Path) -> VolumeReadError:
@@ -430,7 +449,11 @@ def load_volume(
         For a DICOM folder holding several series: the ``SeriesInstanceUID`` to read.
     id
         Volume id; defaults to the file name without ``.nii``/``.nii.gz``, or the
-        folder name for DICOM. Never taken from patient data.
+        folder name for DICOM. Never taken from patient data (no DICOM tag is used).
+        **The default is only as anonymous as the path**: the id ends up in indexes,
+        results and logs, so when a file or folder is named after a patient (e.g.
+        ``DOE^JOHN/``), pass an explicit pseudonymous ``id=`` (a study code, a counter,
+        a hash you keep the key of).
     modality
         ``"CT"``, ``"MR"``, ...; defaults to the DICOM ``Modality`` tag (``"unknown"``
         when absent), and to ``"CT"`` for NIfTI.
@@ -452,6 +475,12 @@ def load_volume(
         orientations or pixel shapes; :class:`MissingSliceError` for a gap.
     InvalidVolumeError
         Not a 3D image (2D, 4D), NaN or infinite voxels.
+
+    Warns
+    -----
+    UserWarning
+        A NIfTI file whose ``qform_code`` and ``sform_code`` are both 0: its orientation
+        is unknown, and nibabel's default (LAS) is assumed.
 
     Examples
     --------

@@ -16,13 +16,19 @@ frozenset({'liver'})
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.errors import MaskShapeError, UnknownStructureError
+from cbirlib.errors import (
+    LabelsError,
+    MaskShapeError,
+    SliceOutOfRangeError,
+    UnknownStructureError,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +54,8 @@ class SliceLabels:
                 f"label matrix of shape {present.shape} does not fit {len(self.names)} names"
             )
         if len(set(self.names)) != len(self.names):
-            raise ValueError("structure names must be unique")
+            dupes = sorted(n for n, c in Counter(self.names).items() if c > 1)
+            raise LabelsError(f"structure names must be unique; repeated: {', '.join(dupes)}")
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "present", present)
         object.__setattr__(self, "_column", {n: i for i, n in enumerate(self.names)})
@@ -61,13 +68,18 @@ class SliceLabels:
 
         A structure is present in slice ``s`` when its mask has at least ``min_pixels``
         non-zero pixels in ``s``. All masks must share one shape.
+
+        Raises
+        ------
+        LabelsError
+            ``min_pixels < 1``.
+        MaskShapeError
+            A mask that is not 3D, or masks of different shapes.
         """
-        if min_pixels < 1:
-            raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
-        names = tuple(masks)
-        columns = []
+        _check_min_pixels(min_pixels)
+        counts: dict[str, npt.NDArray[np.int64]] = {}
         shape: tuple[int, ...] | None = None
-        for name in names:
+        for name in masks:
             mask = np.asarray(masks[name])
             if mask.ndim != 3:
                 raise MaskShapeError(f"mask {name!r} has {mask.ndim} dimensions, expected 3")
@@ -76,10 +88,37 @@ class SliceLabels:
                     f"mask {name!r} has shape {mask.shape}, other masks have {shape}"
                 )
             shape = mask.shape
-            counts = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
-            columns.append(counts >= min_pixels)
-        n_slices = shape[0] if shape is not None else 0
-        present = np.stack(columns, axis=1) if columns else np.zeros((n_slices, 0), bool)
+            counts[name] = slice_counts(mask)
+        return cls.from_counts(counts, min_pixels=min_pixels)
+
+    @classmethod
+    def from_counts(
+        cls, counts: Mapping[str, npt.ArrayLike], *, min_pixels: int = 1
+    ) -> SliceLabels:
+        """Build labels from per-slice pixel counts (see :func:`slice_counts`).
+
+        Lets a caller reduce each mask to ``(Z,)`` counts as soon as it is read
+        instead of keeping every full mask in memory.
+
+        Raises
+        ------
+        LabelsError
+            ``min_pixels < 1``, or count vectors of different lengths.
+
+        Examples
+        --------
+        >>> SliceLabels.from_counts({"liver": [0, 5, 2]}, min_pixels=3).present[:, 0].tolist()
+        [False, True, False]
+        """
+        _check_min_pixels(min_pixels)
+        names = tuple(counts)
+        columns = [np.asarray(counts[n]).reshape(-1) >= min_pixels for n in names]
+        lengths = {len(c) for c in columns}
+        if len(lengths) > 1:
+            raise LabelsError(
+                f"per-slice counts of different lengths {sorted(lengths)} for {', '.join(names)}"
+            )
+        present = np.stack(columns, axis=1) if columns else np.zeros((0, 0), bool)
         return cls(names, present)
 
     # -- queries -----------------------------------------------------------------------
@@ -97,7 +136,17 @@ class SliceLabels:
             ) from None
 
     def structures(self, slice_index: int) -> frozenset[str]:
-        """Names of the structures present in one slice."""
+        """Names of the structures present in one slice.
+
+        Raises
+        ------
+        SliceOutOfRangeError
+            ``slice_index`` is not in ``0 .. len(self) - 1`` (also an ``IndexError``).
+        """
+        if not 0 <= slice_index < len(self):
+            raise SliceOutOfRangeError(
+                f"slice {slice_index!r} out of range; the labels cover slices 0..{len(self) - 1}"
+            )
         row = np.flatnonzero(self.present[slice_index])
         return frozenset(self.names[i] for i in row)
 
@@ -149,3 +198,29 @@ class SliceLabels:
 
     def __repr__(self) -> str:
         return f"SliceLabels(n_slices={len(self)}, n_structures={len(self.names)})"
+
+
+def slice_counts(mask: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """Number of non-zero pixels in each axial slice of a ``(Z, Y, X)`` mask.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.zeros((3, 2, 2), bool); m[1, :, 0] = True
+    >>> slice_counts(m).tolist()
+    [0, 2, 0]
+    """
+    arr = np.asarray(mask)
+    if arr.ndim != 3:
+        raise MaskShapeError(f"mask of shape {arr.shape} has {arr.ndim} dimensions, expected 3")
+    counts = np.count_nonzero(arr.reshape(arr.shape[0], -1), axis=1)
+    return np.asarray(counts, dtype=np.int64)
+
+
+def _check_min_pixels(min_pixels: int) -> None:
+    if (
+        isinstance(min_pixels, bool)
+        or not isinstance(min_pixels, int | np.integer)
+        or min_pixels < 1
+    ):
+        raise LabelsError(f"min_pixels must be an integer >= 1, got {min_pixels!r}")

@@ -296,6 +296,7 @@ class SliceRecall:
                 g = top[qid]
                 for t, v, s in zip(g["query_slice"], g["volume_id"], g["slice_index"], strict=True):
                     retrieved[int(t)] = (str(v), int(s))
+                _check_slice_count(qid, "query", int(g["query_slice"].max()), len(labels))
             # with query sampling only the searched slices count; no hits at all: all miss
             searched = np.array(sorted(retrieved), dtype=np.int64) if retrieved else None
             for c in sorted(labels.volume_structures()):
@@ -309,9 +310,20 @@ class SliceRecall:
                     if int(t) in retrieved:
                         v, s = retrieved[int(t)]
                         db = truth.volume_labels(v)
+                        _check_slice_count(v, "database volume", s, len(db))
                         found += bool(c in db.names and db.present[s, db.column(c)])
                 rows.append((qid, c, found / slices.size, float(slices.size)))
         return _records(rows)
+
+
+def _check_slice_count(volume_id: str, what: str, slice_index: int, n_slices: int) -> None:
+    """Raise when a hit names a slice beyond the ones the truth labels cover."""
+    if not 0 <= slice_index < n_slices:
+        raise EvaluationError(
+            f"{what} {volume_id!r}: the hits refer to slice {slice_index}, but its "
+            f"ground-truth labels cover {n_slices} slices (0..{n_slices - 1}); the labels "
+            "do not belong to the volume that was indexed or queried"
+        )
 
 
 def _recall_at_k(
@@ -511,6 +523,8 @@ class AveragePrecision:
 
     def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
         """Per (query, structure) AP; see the class docstring."""
+        if self.k is not None and (isinstance(self.k, bool) or self.k < 1):
+            raise EvaluationError(f"k must be None or >= 1, got {self.k}")
         rows: list[tuple[str, str, float, float]] = []
         for qid, c, rel, n_rel in _relevance(hits, truth):
             rel = rel[: self.k] if self.k is not None else rel

@@ -21,7 +21,8 @@ Examples
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -73,6 +74,12 @@ class RegionVolume(Volume):
         """Indices of this volume's slices in the source volume."""
         return np.arange(self.first_slice, self.first_slice + self.n_slices, dtype=np.int64)
 
+    def slab(self, start: int, stop: int, *, id: str | None = None) -> RegionVolume:
+        """The sub-slab ``start:stop``; ``first_slice`` still points into the source."""
+        sub = super().slab(start, stop, id=id)
+        assert isinstance(sub, RegionVolume)  # Volume.slab replaces fields of self's class
+        return replace(sub, first_slice=self.first_slice + start)
+
     def __repr__(self) -> str:
         return (
             f"RegionVolume({self.id!r}, slices {self.first_slice}..."
@@ -80,7 +87,9 @@ class RegionVolume(Volume):
         )
 
 
-def _structure_mask(volume: Volume, structure: str) -> npt.NDArray[np.bool_]:
+def _structure_mask(
+    volume: Volume, structure: str, groups: Mapping[str, str] | None = None
+) -> npt.NDArray[np.bool_]:
     """Per-slice presence of a fine structure or a coarse region (any member)."""
     labels = volume.labels
     if labels is None:
@@ -88,6 +97,17 @@ def _structure_mask(volume: Volume, structure: str) -> npt.NDArray[np.bool_]:
             f"volume {volume.id!r} has no labels; a region query for {structure!r} needs "
             "segmentation labels (Volume(..., labels=SliceLabels.from_masks(...)))"
         )
+    if groups is not None and structure in set(groups.values()):
+        in_group = [name for name, group in groups.items() if group == structure]
+        cols = [labels.column(m) for m in in_group if m in labels.names]
+        if cols:
+            return np.asarray(labels.present[:, cols].any(axis=1), dtype=bool)
+        if structure not in labels.names:  # labels already grouped: the column itself
+            raise UnknownStructureError(
+                f"volume {volume.id!r}: none of the members of group {structure!r} "
+                f"({', '.join(in_group)}) is in its labels; they know "
+                f"{', '.join(sorted(labels.names))}"
+            )
     if structure in labels.names:
         return labels.present[:, labels.column(structure)].copy()
     members: tuple[str, ...] = ()
@@ -110,7 +130,13 @@ def _structure_mask(volume: Volume, structure: str) -> npt.NDArray[np.bool_]:
     return np.asarray(labels.present[:, cols].any(axis=1), dtype=bool)
 
 
-def region_query(volume: Volume, structure: str, *, min_pixels: int | None = None) -> RegionVolume:
+def region_query(
+    volume: Volume,
+    structure: str,
+    *,
+    min_pixels: int | None = None,
+    groups: Mapping[str, str] | None = None,
+) -> RegionVolume:
     """The sub-volume of ``volume`` from the first to the last slice containing ``structure``.
 
     Parameters
@@ -118,11 +144,16 @@ def region_query(volume: Volume, structure: str, *, min_pixels: int | None = Non
     volume
         A labelled query volume.
     structure
-        A fine structure name, or a coarse region name (present where any member is).
+        A structure name of the volume's labels, or a coarse region name (present where
+        any member is): a value of ``groups`` when given, else a region of the default
+        grouping :data:`cbirlib.structures.COARSE_GROUPS`.
     min_pixels
         Presence threshold. ``None`` uses the labels as built; the labels store presence
         only, so another threshold means rebuilding them with
         ``SliceLabels.from_masks(masks, min_pixels=...)``.
+    groups
+        Your fine -> coarse mapping (as given to :func:`cbirlib.evaluation.evaluate`);
+        a ``structure`` that is one of its values is the union of its members.
 
     Returns
     -------
@@ -142,7 +173,7 @@ def region_query(volume: Volume, structure: str, *, min_pixels: int | None = Non
             f"region_query(min_pixels={min_pixels}): labels of {volume.id!r} store presence "
             "only; rebuild them with SliceLabels.from_masks(masks, min_pixels=...) instead"
         )
-    present = _structure_mask(volume, structure)
+    present = _structure_mask(volume, structure, groups)
     where = np.flatnonzero(present)
     if where.size == 0:
         assert volume.labels is not None
@@ -182,18 +213,27 @@ class SliceSearch(Stage):
         Neighbours per query slice (fewer when the index holds fewer slices).
     query_stride
         Use every ``query_stride``-th query slice (query sampling).
+    exclude_source
+        Leave-one-out search: drop every hit in the query's own volume (the volume whose
+        id is the query's ``id``, or, for a region query, its ``source_id``). When that
+        volume is in the index, ``k`` plus its number of slices neighbours are fetched,
+        so each query slice still gets ``k`` hits (fewer only when the index holds fewer
+        other slices). Use it to evaluate on an index that also holds the queries; the
+        study's protocol keeps queries out of the database instead.
 
     Notes
     -----
     Output: slice-level hits, one group per query slice, ``query_slice`` being the slice
-    index in the query volume. The query embeddings, their slice indices and the index
-    are left in the :class:`~cbirlib.pipeline.SearchContext` for later stages.
+    index in the query volume. The query embeddings (L2-normalised here, whether
+    extracted or passed precomputed), their slice indices and the index are left in the
+    :class:`~cbirlib.pipeline.SearchContext` for later stages.
     """
 
     extractor: QueryEmbedder
     index: SliceStore
     k: int = 100
     query_stride: int = 1
+    exclude_source: bool = False
     _checked: list[bool] = field(default_factory=list, init=False, compare=False)
 
     input_level: ClassVar[StageLevel] = "any"
@@ -213,9 +253,9 @@ class SliceSearch(Stage):
         emb = context.embeddings.get(vol.id)
         known = context.query_slices.get(vol.id)
         if emb is not None and known is not None and np.array_equal(known, slices):
-            return emb, slices
+            return _unit_rows(emb, vol.id), slices
         if emb is not None and len(emb) == vol.n_slices:  # precomputed for every slice
-            return emb[slices], slices
+            return _unit_rows(emb[slices], vol.id), slices
         try:
             emb = np.asarray(self.extractor.extract(vol, slices=slices), dtype=np.float32)
         except CbirError:
@@ -226,7 +266,20 @@ class SliceSearch(Stage):
             raise ExtractorError(
                 f"extractor returned shape {emb.shape} for {len(slices)} slices of {vol.id!r}"
             )
-        return emb, slices
+        return _unit_rows(emb, vol.id), slices
+
+    def _excluded(self, vol: Volume) -> tuple[frozenset[str], int]:
+        """The query's own volume ids and how many of their slices the index holds."""
+        if not self.exclude_source:
+            return frozenset(), 0
+        own = frozenset(v for v in (vol.id, str(getattr(vol, "source_id", "") or "")) if v)
+        n_own = 0
+        for vid in own:
+            try:
+                n_own += len(self.index.slice_meta(vid)["slice_index"])
+            except KeyError:  # VolumeNotInIndexError: nothing to leave out
+                continue
+        return own, n_own
 
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Search the index for every query slice of every query in ``context``."""
@@ -239,7 +292,8 @@ class SliceSearch(Stage):
             from tqdm.auto import tqdm
 
             vols = list(tqdm(vols, desc="embedding queries", unit="query"))
-        blocks, qids, qslices = [], [], []
+        blocks, qids, qslices, owns = [], [], [], []
+        n_extra = 0
         for vol in vols:
             emb, slices = self._query_embeddings(vol, context)
             context.embeddings[vol.id] = emb
@@ -247,28 +301,79 @@ class SliceSearch(Stage):
             blocks.append(emb)
             qids.append(np.full(len(slices), vol.id, dtype=object))
             qslices.append(slices)
+            own, n_own = self._excluded(vol)
+            owns.append(own)
+            n_extra = max(n_extra, n_own)
         dims = {b.shape[1] for b in blocks}
         if len(dims) > 1:
             raise DimensionMismatchError(f"query embeddings of different dimensions {dims}")
         queries = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
-        logger.debug("slice search: %d query slices, k=%d", len(queries), self.k)
-        matches = self.index.search(queries, int(self.k))
+        k_fetch = int(self.k) + n_extra
+        logger.debug("slice search: %d query slices, k=%d", len(queries), k_fetch)
+        matches = self.index.search(queries, k_fetch)
         vol_ids = np.asarray(matches.volume_ids, dtype=object)
         n_q, n_k = vol_ids.shape
-        extra = {}
+        columns = {
+            "query_id": np.repeat(np.concatenate(qids), n_k),
+            "volume_id": vol_ids.reshape(-1),
+            "slice_index": np.asarray(matches.slice_indices, dtype=np.int64).reshape(-1),
+            "query_slice": np.repeat(np.concatenate(qslices), n_k),
+            "score": np.asarray(matches.scores, dtype=np.float64).reshape(-1),
+            "rank": np.tile(np.arange(1, n_k + 1, dtype=np.int64), n_q),
+        }
         if getattr(matches, "z_mm", None) is not None:
-            extra["z_mm"] = np.asarray(matches.z_mm, dtype=np.float64).reshape(-1)
+            columns["z_mm"] = np.asarray(matches.z_mm, dtype=np.float64).reshape(-1)
+        if self.exclude_source:
+            columns = _leave_one_out(columns, owns, [len(q) for q in qslices], n_k, int(self.k))
         return Hits(
-            query_id=np.repeat(np.concatenate(qids), n_k),
-            volume_id=vol_ids.reshape(-1),
-            slice_index=np.asarray(matches.slice_indices, dtype=np.int64).reshape(-1),
-            query_slice=np.repeat(np.concatenate(qslices), n_k),
-            score=np.asarray(matches.scores, dtype=np.float64).reshape(-1),
-            rank=np.tile(np.arange(1, n_k + 1, dtype=np.int64), n_q),
+            query_id=columns.pop("query_id"),
+            volume_id=columns.pop("volume_id"),
+            slice_index=columns.pop("slice_index"),
+            query_slice=columns.pop("query_slice"),
+            score=columns.pop("score"),
+            rank=columns.pop("rank"),
             level="slice",
-            extra=extra,
+            extra=columns,
         )
 
     def __repr__(self) -> str:
         stride = f", query_stride={self.query_stride}" if self.query_stride != 1 else ""
-        return f"SliceSearch(k={self.k}{stride})"
+        loo = ", exclude_source=True" if self.exclude_source else ""
+        return f"SliceSearch(k={self.k}{stride}{loo})"
+
+
+def _unit_rows(emb: npt.NDArray[np.float32], query_id: str) -> npt.NDArray[np.float32]:
+    """Finite, non-zero, L2-normalised ``(m, dim)`` query embeddings (a new array)."""
+    from cbirlib.indexbase import _as_unit_rows
+
+    arr = np.asarray(emb)
+    if arr.ndim != 2:
+        raise ExtractorError(
+            f"query {query_id!r}: embeddings must be a (n_slices, dim) matrix, "
+            f"got shape {arr.shape}"
+        )
+    return _as_unit_rows(arr, arr.shape[1], f"embeddings of query {query_id!r}")
+
+
+def _leave_one_out(
+    columns: dict[str, npt.NDArray[Any]],
+    owns: list[frozenset[str]],
+    n_slices: list[int],
+    n_k: int,
+    k: int,
+) -> dict[str, npt.NDArray[Any]]:
+    """Drop hits in each query's own volume; keep the ``k`` best of the rest, re-ranked."""
+    own_per_row = [own for own, n in zip(owns, n_slices, strict=True) for _ in range(n)]
+    vol = columns["volume_id"].reshape(len(own_per_row), n_k)
+    keep = np.array(
+        [[v not in own for v in row] for row, own in zip(vol, own_per_row, strict=True)],
+        dtype=bool,
+    ).reshape(vol.shape)
+    rank = np.cumsum(keep, axis=1)
+    keep &= rank <= k
+    flat = keep.reshape(-1)
+    out = {name: col[flat] for name, col in columns.items()}
+    out["rank"] = rank.reshape(-1)[flat].astype(np.int64)
+    dropped = int((~flat).sum())
+    logger.debug("leave-one-out: dropped %d hits in the queries' own volumes", dropped)
+    return out

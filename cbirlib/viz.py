@@ -97,7 +97,7 @@ def _span_mm(volume: Volume, span: tuple[int, int]) -> tuple[float, float]:
             f"span {span} lies outside volume {volume.id!r} (slices 0..{volume.n_slices - 1})"
         )
     edges = _z_edges(volume)
-    return float(min(edges[first], edges[last + 1])), float(max(edges[first], edges[last + 1]))
+    return float(edges[first]), float(edges[last + 1])  # z increases with the index (Volume)
 
 
 def _draw_axial(
@@ -133,8 +133,6 @@ def _draw_reformat(
         image = volume.array[:, ::-1, nx // 2]
         width = ny * dy
     edges = _z_edges(volume)
-    if edges[0] > edges[-1]:  # z positions that decrease with the index: flip to superior-up
-        image, edges = image[::-1], edges[::-1]
     ax.imshow(
         image,
         cmap="gray",

@@ -36,14 +36,22 @@ class Volume:
     spacing
         Voxel size in mm as ``(dz, dy, dx)``.
     z_positions
-        Position of each slice along the superior axis in mm; defaults to
-        ``arange(Z) * dz``.
+        Position of each slice along the superior axis in mm, finite and strictly
+        increasing; defaults to ``arange(Z) * dz``.
     labels
         Optional per-slice structure labels (ground truth for evaluation only).
     modality
         ``"CT"``, ``"MR"`` or ``"unknown"``.
     affine
         Optional 4x4 voxel-to-world (RAS, mm) matrix of the array indexed ``(x, y, z)``.
+
+    Raises
+    ------
+    InvalidVolumeError
+        Not a finite real 3D array, bad spacing, or z positions that are not finite
+        and strictly increasing.
+    MaskShapeError
+        Labels that do not cover the slices.
     """
 
     id: str
@@ -81,6 +89,19 @@ class Volume:
                 raise InvalidVolumeError(
                     f"volume {self.id!r}: {z.shape[0] if z.ndim else 0} z positions "
                     f"for {array.shape[0]} slices"
+                )
+            if not np.isfinite(z).all():
+                raise InvalidVolumeError(
+                    f"volume {self.id!r}: z positions must be finite, got "
+                    f"{int(np.count_nonzero(~np.isfinite(z)))} NaN or infinite values"
+                )
+            steps = np.diff(z)
+            if (steps <= 0).any():
+                bad = int(np.flatnonzero(steps <= 0)[0])
+                raise InvalidVolumeError(
+                    f"volume {self.id!r}: z positions must increase strictly (slices run "
+                    f"inferior -> superior), but slice {bad + 1} is at {z[bad + 1]:g} mm "
+                    f"after {z[bad]:g} mm; reverse the slice order or fix the positions"
                 )
         if self.labels is not None and len(self.labels) != array.shape[0]:
             raise MaskShapeError(

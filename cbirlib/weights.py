@@ -6,7 +6,8 @@ One place resolves every weight source cbirlib knows:
   honours ``HF_HUB_OFFLINE``): see :func:`hub_cache_dir`, :func:`hub_offline`,
   :func:`hub_errors`;
 * a URL (``http(s)://`` or ``file://``): downloaded once into :func:`cache_dir`
-  (``$CBIRLIB_CACHE`` or ``~/.cache/cbirlib``), written to a temporary file and
+  (``$CBIRLIB_CACHE`` or ``~/.cache/cbirlib``), under a sub-folder named after a hash
+  of the URL (:func:`download_path`), written to a temporary file and
   renamed into place, with an optional sha256 check;
 * a local file: safetensors, or a torch checkpoint read with
   ``torch.load(..., weights_only=True)`` (never unpickled freely).
@@ -52,6 +53,7 @@ __all__ = [
     "OFFLINE_ENV",
     "cache_dir",
     "download",
+    "download_path",
     "hub_cache_dir",
     "hub_errors",
     "hub_file_cached",
@@ -222,6 +224,40 @@ def _check_sha256(path: Path, sha256: str | None) -> None:
         )
 
 
+def download_path(
+    url: str,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+    filename: str | None = None,
+) -> Path:
+    """Where :func:`download` keeps ``url``: ``<directory>/<sha256(url)[:16]>/<name>``.
+
+    The folder named after a hash of the whole URL keeps two URLs that end in the same
+    file name (``.../v1/model.pth`` and ``.../v2/model.pth``) apart.
+
+    Parameters
+    ----------
+    url
+        The URL.
+    directory
+        Cache directory; default :func:`cache_dir`.
+    filename
+        Name in the cache; default the last part of the URL path.
+
+    Examples
+    --------
+    >>> p = download_path("https://example.org/v1/model.pth", directory="/cache")
+    >>> p.name, p.parent.parent.as_posix(), len(p.parent.name)
+    ('model.pth', '/cache', 16)
+    """
+    target_dir = Path(directory) if directory is not None else cache_dir()
+    name = filename or Path(urllib.parse.urlparse(url).path).name
+    if not name:
+        raise WeightsError(f"cannot derive a file name from URL {url!r}; pass filename=")
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return target_dir / key / name
+
+
 def download(
     url: str,
     *,
@@ -243,7 +279,8 @@ def download(
     sha256
         Expected hex digest; :class:`~cbirlib.errors.ChecksumError` on mismatch.
     directory
-        Cache directory; default :func:`cache_dir`.
+        Cache directory; default :func:`cache_dir`. The file goes to
+        :func:`download_path`: a sub-folder named after a hash of the URL.
     filename
         Name in the cache; default the last part of the URL path.
 
@@ -254,11 +291,8 @@ def download(
     ChecksumError
         The file does not match ``sha256``.
     """
-    target_dir = Path(directory) if directory is not None else cache_dir()
-    name = filename or Path(urllib.parse.urlparse(url).path).name
-    if not name:
-        raise WeightsError(f"cannot derive a file name from URL {url!r}; pass filename=")
-    target = target_dir / name
+    target = download_path(url, directory=directory, filename=filename)
+    target_dir, name = target.parent, target.name
     if target.is_file():
         _check_sha256(target, sha256)
         logger.debug("using cached %s", target)
@@ -288,6 +322,9 @@ def download(
         ) from exc
     finally:
         tmp.unlink(missing_ok=True)
+        if not target.is_file():
+            with contextlib.suppress(OSError):
+                target_dir.rmdir()  # only when empty: leave no trace of a failed download
     return target
 
 

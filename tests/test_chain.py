@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 
 from cbirlib.aggregate import CountVotes, TopSlice
-from cbirlib.errors import EvaluationError, PipelineError, UnknownStructureError
+from cbirlib.errors import CbirError, EvaluationError, PipelineError, UnknownStructureError
 from cbirlib.hits import LOCALIZATION_COLUMNS, Hits
 from cbirlib.index import ExactIndex, SliceIndex
 from cbirlib.labels import SliceLabels
@@ -360,3 +360,120 @@ def test_precomputed_embeddings_must_cover_every_slice() -> None:
     chain = SliceSearch(PositionExtractor(), index, k=2)
     with pytest.raises(PipelineError, match=r"\(6, dim\)"):
         chain.retrieve(query, embeddings={"q": np.zeros((3, DIM), np.float32)})
+
+
+# --- leave-one-out, normalisation, region slabs, custom groups, strided indexes -----------
+
+
+@pytest.mark.parametrize("index_cls", [ExactIndex, SliceIndex])
+def test_exclude_source_drops_own_volume_and_keeps_k(
+    index_cls: type[ExactIndex] | type[SliceIndex],
+) -> None:
+    query = body_volume("q", 0.0, 1.0, 12)
+    others = [body_volume("whole", 0.0, 1.0, 30), body_volume("upper", 0.5, 1.0, 20)]
+    with_q = build(index_cls, [query, *others])
+    ex = PositionExtractor()
+    plain = SliceSearch(ex, with_q, k=5).retrieve(query)
+    assert plain.volume_id[plain.rank == 1].tolist() == ["q"] * 12  # finds itself first
+    search = SliceSearch(ex, with_q, k=5, exclude_source=True)
+    assert repr(search) == "SliceSearch(k=5, exclude_source=True)"
+    loo = search.retrieve(query)
+    assert "q" not in set(loo.volume_id)
+    assert len(loo) == 12 * 5
+    assert (loo.rank.reshape(12, 5) == np.arange(1, 6)).all()
+    # the same hits as a search of an index that never held the query
+    without_q = SliceSearch(ex, build(ExactIndex, others), k=5).retrieve(query)
+    np.testing.assert_allclose(loo.score, without_q.score, atol=1e-5)
+    assert (loo.volume_id == without_q.volume_id).mean() > 0.9  # ties may swap volumes
+    # a region query leaves out its source volume too
+    region = region_query(query, "liver")
+    hits = search.retrieve(region)
+    assert "q" not in set(hits.volume_id) and len(hits) == region.n_slices * 5
+    # a query whose volume is not indexed is searched as usual
+    other = body_volume("new", 0.0, 1.0, 12)
+    np.testing.assert_allclose(search.retrieve(other).score, plain.score, atol=1e-5)
+
+
+def test_precomputed_embeddings_are_normalised_for_maxsim() -> None:
+    db = [body_volume("whole", 0.0, 1.0, 30), body_volume("upper", 0.5, 1.0, 20)]
+    index = build(ExactIndex, db)
+    query = body_volume("q", 0.0, 1.0, 10)
+    emb = PositionExtractor().extract(query)
+    chain = SliceSearch(PositionExtractor(), index, k=10) >> CountVotes() >> MaxSimRerank(top=2)
+    unit_scores = chain.retrieve(query, embeddings={"q": emb}).score
+    scaled = chain.retrieve(query, embeddings={"q": 5.0 * emb}).score
+    assert (unit_scores <= 1.0 + 1e-6).all()
+    np.testing.assert_allclose(scaled, unit_scores, atol=1e-6)
+    ctx = SearchContext.for_queries(query)
+    ctx.embeddings["q"] = 3.0 * emb
+    SliceSearch(PositionExtractor(), index, k=3).transform(Hits.empty("slice"), ctx)
+    np.testing.assert_allclose(np.linalg.norm(ctx.embeddings["q"], axis=1), 1.0, atol=1e-6)
+    bad = emb.copy()
+    bad[2] = np.nan
+    with pytest.raises(CbirError, match="NaN"):
+        chain.retrieve(query, embeddings={"q": bad})
+    with pytest.raises(CbirError, match="zero"):
+        chain.retrieve(query, embeddings={"q": np.zeros_like(emb)})
+
+
+def test_region_volume_slab_keeps_source_positions() -> None:
+    vol = body_volume("s1", 0.0, 1.0, 21)
+    liver = region_query(vol, "liver")  # source slices 11..14
+    part = liver.slab(1, 3)
+    assert isinstance(part, RegionVolume) and part.source_id == "s1"
+    assert part.first_slice == 12 and part.source_slices.tolist() == [12, 13]
+    np.testing.assert_array_equal(part.array, vol.array[12:14])
+    assert liver.with_labels(None).source_slices.tolist() == liver.source_slices.tolist()
+
+
+def test_region_query_uses_the_given_grouping() -> None:
+    vol = body_volume("s1", 0.0, 1.0, 21)
+    pos = np.linspace(0, 1, 21)
+    # "lung" of the default grouping: both lobes, 0.7..0.85
+    default = region_query(vol, "lung")
+    assert pos[default.source_slices[[0, -1]]].tolist() == pytest.approx([0.7, 0.85])
+    # a user grouping where "lung" is the upper lobe only, and a new "abdomen" group
+    groups = {
+        "lung_upper_lobe_left": "lung",
+        "lung_lower_lobe_left": "abdomen",
+        "liver": "abdomen",
+    }
+    lung = region_query(vol, "lung", groups=groups)
+    assert pos[lung.source_slices[[0, -1]]].tolist() == pytest.approx([0.75, 0.85])
+    abdomen = region_query(vol, "abdomen", groups=groups)
+    assert pos[abdomen.source_slices[[0, -1]]].tolist() == pytest.approx([0.55, 0.8])
+    assert abdomen.structure == "abdomen" and abdomen.id == "s1:abdomen"
+    with pytest.raises(UnknownStructureError, match="abdomen"):
+        region_query(vol, "abdomen")  # not a group without the mapping
+    grouped = vol.with_labels(vol.labels.grouped(groups) if vol.labels else None)
+    assert region_query(grouped, "abdomen", groups=groups).n_slices == abdomen.n_slices
+
+
+def test_maxsim_localize_on_strided_slice_indices() -> None:
+    """An index that holds every 2nd slice (slice_index 10, 12, ...): evidence and spans
+    are slice indices of the volume, not rows of the index."""
+    rows = position_embedding(np.linspace(0.0, 1.0, 6))
+    index = ExactIndex(DIM)
+    index.add(
+        "a",
+        rows,
+        slice_meta={"slice_index": [10, 12, 14, 16, 18, 20], "z_mm": 5.0 * np.arange(6)},
+    )
+    index.add("b", position_embedding(np.linspace(-1.0, -0.5, 4)))
+    query = body_volume("q", 0.0, 1.0, 6)
+    emb = rows[[2, 3, 3, 4]]  # matches rows 2..4 of 'a': slices 14..18
+    chain = (
+        SliceSearch(PositionExtractor(), index, k=3)
+        >> CountVotes()
+        >> MaxSimRerank(top=2)
+        >> Localize()
+    )
+    q = query.slab(0, 4)
+    hits = chain.retrieve(q, embeddings={"q": emb})
+    assert hits.volume_id[0] == "a"
+    assert (hits["loc_first"][0], hits["loc_last"][0]) == (14, 18)
+    assert (hits["loc_z_first"][0], hits["loc_z_last"][0]) == (10.0, 20.0)
+    votes = (
+        SliceSearch(PositionExtractor(), index, k=1) >> CountVotes() >> Localize(method="votes")
+    ).retrieve(q, embeddings={"q": emb})
+    assert (votes["loc_first"][0], votes["loc_last"][0]) == (14, 18)

@@ -12,7 +12,9 @@ import cbirlib
 from cbirlib.errors import (
     CbirError,
     InvalidVolumeError,
+    LabelsError,
     MaskShapeError,
+    SliceOutOfRangeError,
     UnknownStructureError,
 )
 from cbirlib.labels import SliceLabels
@@ -73,6 +75,9 @@ def test_volume_validates_and_slabs() -> None:
         (np.full((2, 2, 2), np.nan), {}, "NaN"),
         (np.zeros((2, 2, 2)), {"spacing": (0, 1, 1)}, "spacing"),
         (np.zeros((2, 2, 2)), {"z_positions": [0.0]}, "z positions"),
+        (np.zeros((2, 2, 2)), {"z_positions": [0.0, np.nan]}, "finite"),
+        (np.zeros((3, 2, 2)), {"z_positions": [0.0, 2.0, 2.0]}, r"increase strictly.*slice 2"),
+        (np.zeros((3, 2, 2)), {"z_positions": [4.0, 2.0, 0.0]}, "inferior -> superior"),
     ],
 )
 def test_volume_rejects_bad_input(array: np.ndarray, kwargs: dict, match: str) -> None:
@@ -123,3 +128,34 @@ def test_public_functions_are_not_shadowed_by_submodules() -> None:
         "assert callable(cbirlib.load_volume) and callable(cbirlib.build_index)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_slice_labels_errors_are_named_cbirlib_errors() -> None:
+    with pytest.raises(LabelsError, match="repeated: liver") as err:
+        SliceLabels(("liver", "lung", "liver"), np.zeros((2, 3), bool))
+    assert isinstance(err.value, ValueError)
+    for bad in (0, -1):
+        with pytest.raises(LabelsError, match=f"min_pixels.*{bad}"):
+            SliceLabels.from_masks({"a": np.ones((2, 2, 2))}, min_pixels=bad)
+    labels = SliceLabels(("a",), np.array([[True], [False]]))
+    assert labels.structures(0) == {"a"}
+    for index in (2, -1):
+        with pytest.raises(SliceOutOfRangeError, match=rf"slice {index} .*0\.\.1"):
+            labels.structures(index)
+    assert issubclass(SliceOutOfRangeError, IndexError)
+    assert issubclass(SliceOutOfRangeError, LabelsError)
+
+
+def test_slice_labels_from_counts_matches_from_masks() -> None:
+    from cbirlib.labels import slice_counts
+
+    rng = np.random.default_rng(0)
+    masks = {n: rng.random((5, 6, 6)) < p for n, p in (("a", 0.05), ("b", 0.3))}
+    counts = {n: slice_counts(m) for n, m in masks.items()}
+    for min_pixels in (1, 3):
+        a = SliceLabels.from_masks(masks, min_pixels=min_pixels)
+        b = SliceLabels.from_counts(counts, min_pixels=min_pixels)
+        assert a.names == b.names
+        np.testing.assert_array_equal(a.present, b.present)
+    with pytest.raises(LabelsError, match="different lengths"):
+        SliceLabels.from_counts({"a": [1, 2], "b": [1, 2, 3]})

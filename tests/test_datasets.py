@@ -189,3 +189,46 @@ def test_demographics_are_not_parsed(tmp_path: Path) -> None:
     vol = ds["s1"]
     assert ds.split_of("s1") == "train"
     assert "not-a-number" not in repr(vars(ds)) + repr(vars(vol))
+
+
+def test_merged_v2_masks_are_or_ed_voxel_wise(tmp_path: Path) -> None:
+    """heart_atrium_left <- v2 'heart' | 'atrial_appendage_left': a voxel in both files
+    counts once, so summing per-file pixel counts would be wrong."""
+    _write(tmp_path / "s0" / "ct.nii.gz", np.zeros(SHAPE_XYZ, np.int16))
+    heart = np.zeros(SHAPE_XYZ, np.uint8)
+    appendage = np.zeros(SHAPE_XYZ, np.uint8)
+    heart[1, 2, 0] = appendage[1, 2, 0] = 1  # slice 0: the same voxel in both files
+    heart[1, 2, 1] = appendage[3, 4, 1] = 1  # slice 1: two different voxels
+    appendage[0, 0, 2] = 1  # slice 2: one voxel, appendage only
+    _write(tmp_path / "s0" / "segmentations" / "heart.nii.gz", heart)
+    _write(tmp_path / "s0" / "segmentations" / "atrial_appendage_left.nii.gz", appendage)
+    ds = TotalSegmentator(
+        tmp_path, min_pixels=2, classes=["heart_atrium_left", "heart_ventricle_left"]
+    )
+    labels = ds.labels("s0")
+    assert labels.slices_with("heart_atrium_left").tolist() == [1]
+    assert labels.slices_with("heart_ventricle_left").tolist() == []  # heart alone: 1 px
+    ds1 = TotalSegmentator(tmp_path, classes=["heart_atrium_left", "heart_ventricle_left"])
+    assert ds1.labels("s0").slices_with("heart_atrium_left").tolist() == [0, 1, 2]
+    assert ds1.labels("s0").slices_with("heart_ventricle_left").tolist() == [0, 1]
+
+
+def test_labels_keep_one_mask_in_memory_at_a_time(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from cbirlib.datasets import make_phantoms
+
+    ds = make_phantoms(tmp_path, 1, shape=(64, 64), seed=0)
+    subject = ds.subjects[0]
+    n_files = len(list((tmp_path / subject / "segmentations").glob("*.nii.gz")))
+    z, y, x = ds.load(subject, labels=False).shape
+    mask_bytes = z * y * x  # one boolean mask
+    tracemalloc.start()
+    try:
+        labels = ds.labels(subject)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n_files >= 50 and len(labels.names) == 104
+    # all masks at once would be >= n_files masks; a few masks' worth is the read itself
+    assert peak < 15 * mask_bytes, f"peak {peak / mask_bytes:.1f} masks for {n_files} files"

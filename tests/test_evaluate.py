@@ -146,12 +146,14 @@ def test_per_class_table_layout_and_mean_row() -> None:
     assert list(table.index) == [*rows, MEAN_ROW]
     assert list(table.columns) == ["good", "bad"]
     assert np.isnan(table.loc["kidney", "bad"])  # no query contains it: NaN, not 0
-    # bad per class: liver 1, upper lobe 0, lower lobe 0, spleen 0 -> mean .25, SD sqrt(3)/4
+    # bad per class: liver 1, upper lobe 0, lower lobe 0, spleen 0 -> mean .25, and the
+    # sample SD over the 4 classes: sqrt(((.75)^2 + 3 * (.25)^2) / 3) = .5 (population: .433)
     assert table.loc[MEAN_ROW, "bad"] == pytest.approx(0.25)
-    assert table.attrs["sd"]["bad"] == pytest.approx(np.sqrt(3) / 4)
+    assert table.attrs["sd"]["bad"] == pytest.approx(np.std([1, 0, 0, 0], ddof=1))
+    assert table.attrs["sd"]["bad"] == pytest.approx(0.5)
     assert table.loc[MEAN_ROW, "good"] == 1.0 and table.attrs["sd"]["good"] == 0.0
     text = format_table(table)
-    assert text.loc[MEAN_ROW, "bad"] == ".250 ± .433"
+    assert text.loc[MEAN_ROW, "bad"] == ".250 ± .500"
     assert text.loc[MEAN_ROW, "good"] == "1.000 ± .000"
     assert text.loc["kidney", "good"] == "n/a"
 
@@ -162,11 +164,11 @@ def test_markdown_and_csv(tmp_path: Path) -> None:
     md = to_markdown(table).splitlines()
     assert md[0] == "| structure | good | bad |"
     assert md[1] == "|---|---|---|"
-    assert md[-1] == "| mean ± SD | 1.000 ± .000 | .250 ± .433 |"
+    assert md[-1] == "| mean ± SD | 1.000 ± .000 | .250 ± .500 |"
     assert len(md) == 2 + 4 + 1
     path = to_csv(table, tmp_path / "t.csv")
     back = pd.read_csv(path, index_col=0, dtype=str)
-    assert back.loc[MEAN_ROW, "bad"] == ".250 ± .433"
+    assert back.loc[MEAN_ROW, "bad"] == ".250 ± .500"
     assert float(back.loc["liver", "bad"]) == 1.0
 
 
@@ -188,5 +190,32 @@ def test_errors_name_the_bad_value() -> None:
 def test_truth_object_is_accepted() -> None:
     truth = Truth(database=DATABASE)
     a = evaluate(SYSTEMS, QUERIES, truth, [VolumeRecall(1)], level="fine")
+    b = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_queries_in_the_database_are_refused() -> None:
+    inside = query("a", [[1, 0, 0, 0]])  # 'a' is a database volume
+    with pytest.raises(EvaluationError, match=r"'a'.*also in the database.*allow_overlap"):
+        evaluate(SYSTEMS, [inside, QUERIES[1]], DATABASE, [VolumeRecall(1)], level="fine")
+    with pytest.raises(EvaluationError, match="'a'"):
+        truth_for([inside], DATABASE)
+    # a region query whose source volume is in the database
+    region = region_query(
+        Volume("c", np.zeros((1, 4, 4), np.float32), labels=DATABASE["c"]), "liver"
+    )
+    with pytest.raises(EvaluationError, match="'c'"):
+        truth_for([region], Truth(database=DATABASE), level="fine")
+    # explicit opt-out, for a leave-one-out search
+    hits = ranking({"a": ["c", "b"]})
+    res = evaluate(
+        {"loo": hits}, [inside], DATABASE, [VolumeRecall(1)], level="fine", allow_overlap=True
+    )
+    assert res.set_index("structure").loc["liver", "value"] == 1.0
+
+
+def test_precomputed_hits_as_dataframe() -> None:
+    frames = {name: hits.to_pandas() for name, hits in SYSTEMS.items()}
+    a = evaluate(frames, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
     b = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
     pd.testing.assert_frame_equal(a, b)

@@ -521,3 +521,24 @@ def test_nifti_shape_bad_input(tmp_path: Path) -> None:
         nifti_shape(NIFTI_DIR / "example4d.nii.gz")
     with pytest.raises(VolumeNotFoundError):
         nifti_shape(tmp_path / "none.nii")
+
+
+# --- NIfTI without orientation ----------------------------------------------------------------
+
+
+def test_nifti_without_qform_or_sform_warns(tmp_path: Path, zyx: np.ndarray) -> None:
+    path = tmp_path / "noorient.nii.gz"
+    img = nib.Nifti1Image(zyx.transpose(2, 1, 0), None)
+    img.header.set_xyzt_units("mm")
+    assert (int(img.header["qform_code"]), int(img.header["sform_code"])) == (0, 0)
+    nib.save(img, path)
+    with pytest.warns(UserWarning, match=r"noorient\.nii\.gz.*orientation is unknown.*LAS"):
+        vol = load_volume(path)
+    # nibabel's default (LAS): the first axis runs right -> left, so it is flipped
+    np.testing.assert_array_equal(vol.array, zyx[:, :, ::-1])
+    assert np.all(np.diff(vol.z_positions) > 0)
+    # an image with an sform (what nibabel writes for an affine) loads silently
+    write = tmp_path / "oriented.nii.gz"
+    nib.save(nib.Nifti1Image(zyx.transpose(2, 1, 0), np.eye(4)), write)
+    load_volume(write)  # a warning would be an error here (filterwarnings = error)
+    load_mask(path)  # masks follow their image: no warning per mask file

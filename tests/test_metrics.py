@@ -304,3 +304,30 @@ def test_ap_and_ndcg_agree_with_ranx() -> None:
     for name in ("map", "ndcg@5"):
         theirs = {k: float(v) for k, v in run_obj.scores[name].items()}
         assert theirs == pytest.approx(ours[name], abs=1e-9), name
+
+
+def test_slice_recall_truth_of_the_wrong_length_is_named(truth: Truth) -> None:
+    def slice_hits(query_slice: int, volume: str, slice_index: int) -> Hits:
+        return Hits(
+            query_id=["q1"],
+            query_slice=[query_slice],
+            volume_id=[volume],
+            slice_index=[slice_index],
+            score=[1.0],
+            level="slice",
+        )
+
+    # database volume 'c' has 2 labelled slices; a hit on its slice 5 cannot be judged
+    with pytest.raises(EvaluationError, match=r"database volume 'c'.*slice 5.*2 slices"):
+        SliceRecall().compute(slice_hits(0, "c", 5), truth)
+    # query 'q1' has 3 labelled slices; a hit for its slice 7
+    with pytest.raises(EvaluationError, match=r"query 'q1'.*slice 7.*3 slices"):
+        SliceRecall().compute(slice_hits(7, "a", 0), truth)
+
+
+@pytest.mark.parametrize("metric", [AveragePrecision(k=0), NDCG(k=0), AveragePrecision(k=-2)])
+def test_ranking_metrics_need_k_of_at_least_one(
+    truth: Truth, metric: AveragePrecision | NDCG
+) -> None:
+    with pytest.raises(EvaluationError, match="k must be"):
+        metric.compute(volume_hits({"q1": ["a"]}), truth)

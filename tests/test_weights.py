@@ -13,6 +13,7 @@ from cbirlib.errors import ChecksumError, WeightsError
 from cbirlib.weights import (
     cache_dir,
     download,
+    download_path,
     hub_cache_dir,
     hub_errors,
     hub_offline,
@@ -149,11 +150,27 @@ def test_download_file_url_atomic_and_cached(
     assert cache_dir() == tmp_path / "cache"
     url = src.as_uri()
     got = download(url, sha256=sha256_file(src))
-    assert got == tmp_path / "cache" / "w.safetensors"
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    assert got == tmp_path / "cache" / key / "w.safetensors"
+    assert got == download_path(url)
     assert got.read_bytes() == src.read_bytes()
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["w.safetensors"]  # no temp left
+    assert [p.name for p in (tmp_path / "cache" / key).iterdir()] == ["w.safetensors"]  # no temp
     src.unlink()  # the cached copy is re-used
     assert load_state_dict(url).keys() == _model().state_dict().keys()
+
+
+def test_download_same_file_name_from_two_urls_kept_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CBIRLIB_CACHE", str(tmp_path / "cache"))
+    paths = []
+    for version in ("v1", "v2"):
+        src = tmp_path / version / "model.bin"
+        src.parent.mkdir()
+        src.write_bytes(version.encode())
+        paths.append(download(src.as_uri()))
+    assert paths[0] != paths[1] and paths[0].name == paths[1].name == "model.bin"
+    assert [p.read_bytes() for p in paths] == [b"v1", b"v2"]  # v2 did not reuse v1's file
 
 
 def test_download_bad_checksum_leaves_nothing(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cbirlib.errors import DatasetError, UnknownSubjectError
-from cbirlib.labels import SliceLabels
+from cbirlib.labels import SliceLabels, slice_counts
 from cbirlib.structures import TOTALSEG_V1_CLASSES, V2_TO_V1, resolve_structure
 from cbirlib.volume import Volume
 
@@ -295,25 +295,45 @@ class TotalSegmentator(Mapping[str, Volume]):
         return sources
 
     def _labels(self, subject_id: str, *, like: Volume | None) -> SliceLabels:
+        """Labels from the masks, each reduced to per-slice pixel counts once read.
+
+        Only one full mask is in memory at a time, except for a v1 class that several
+        mask files make up (v2 names merged onto one v1 class): those masks are OR-ed
+        voxel-wise (a pixel in two files counts once) and then reduced.
+        """
+        from cbirlib.errors import MaskShapeError
         from cbirlib.io import load_mask
 
-        sources = self._mask_files(subject_id)
-        cache: dict[Path, npt.NDArray[np.bool_]] = {}
         shape: tuple[int, ...] | None = like.shape if like is not None else None
-        merged: dict[str, npt.NDArray[np.bool_]] = {}
-        for name, paths in sources.items():
-            for path in paths:
-                if path not in cache:
-                    cache[path] = load_mask(path, like=like)
-                    if shape is None:
-                        shape = cache[path].shape
-                mask = cache[path]
-                merged[name] = merged[name] | mask if name in merged else mask
+
+        def read(path: Path) -> npt.NDArray[np.bool_]:
+            nonlocal shape
+            mask = load_mask(path, like=like)
+            if shape is None:
+                shape = mask.shape
+            elif mask.shape != shape:
+                raise MaskShapeError(f"mask {str(path)!r} has shape {mask.shape}, others {shape}")
+            return mask
+
+        single: dict[Path, npt.NDArray[np.int64]] = {}
+        counts: dict[str, npt.NDArray[np.int64]] = {}
+        for name, paths in self._mask_files(subject_id).items():
+            if len(paths) == 1:
+                if paths[0] not in single:
+                    single[paths[0]] = slice_counts(read(paths[0]))
+                counts[name] = single[paths[0]]
+                continue
+            merged = read(paths[0])
+            for path in paths[1:]:
+                merged |= read(path)
+            counts[name] = slice_counts(merged)
+            del merged
         if shape is None:  # no mask at all and no image: the slice count is in the header
             shape = self._image_shape(subject_id)
-        empty = np.zeros(shape, dtype=bool)
-        masks = {name: merged.get(name, empty) for name in self.classes}
-        return SliceLabels.from_masks(masks, min_pixels=self.min_pixels)
+        empty = np.zeros(shape[0], dtype=np.int64)
+        return SliceLabels.from_counts(
+            {name: counts.get(name, empty) for name in self.classes}, min_pixels=self.min_pixels
+        )
 
     def _image_shape(self, subject_id: str) -> tuple[int, int, int]:
         from cbirlib.io import load_volume

@@ -329,10 +329,9 @@ def _weights_available(weights: str | None, repo: str | None, local: Path | None
         from cbirlib.weights import is_url
 
         if is_url(weights):
-            from urllib.parse import urlparse
+            from cbirlib.weights import download_path
 
-            name = Path(urlparse(weights).path).name
-            return weights.startswith("file:") or (cache_dir() / name).is_file()
+            return weights.startswith("file:") or download_path(weights).is_file()
         return Path(weights).expanduser().is_file()
     if local is not None:
         return local.is_file()
