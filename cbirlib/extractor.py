@@ -485,7 +485,7 @@ class SliceExtractor(Extractor):
         if _consecutive(part):
             np.copyto(host.numpy(), volume.array[part[0] : part[-1] + 1])
         else:
-            np.take(volume.array, part, axis=0, out=host.numpy())
+            np.take(volume.array, part, axis=0, out=host.numpy(), mode="clip")  # validated
         side = self._copy_stream()
         with torch.cuda.stream(side):
             # allocated on the side stream; the consumer calls record_stream(compute).

@@ -230,10 +230,12 @@ def download_path(
     directory: str | os.PathLike[str] | None = None,
     filename: str | None = None,
 ) -> Path:
-    """Where :func:`download` keeps ``url``: ``<directory>/<sha256(url)[:16]>/<name>``.
+    """Where :func:`download` keeps ``url``.
 
-    The folder named after a hash of the whole URL keeps two URLs that end in the same
-    file name (``.../v1/model.pth`` and ``.../v2/model.pth``) apart.
+    ``<directory>/<sha256(url)[:16]>/<name>`` when the name comes from the URL: the
+    folder named after a hash of the whole URL keeps two URLs that end in the same file
+    name (``.../v1/model.pth`` and ``.../v2/model.pth``) apart. When the caller names the
+    file (``filename=``), it is exactly ``<directory>/<filename>``.
 
     Parameters
     ----------
@@ -242,16 +244,20 @@ def download_path(
     directory
         Cache directory; default :func:`cache_dir`.
     filename
-        Name in the cache; default the last part of the URL path.
+        Name in the cache; default the last part of the URL path (in a hashed folder).
 
     Examples
     --------
     >>> p = download_path("https://example.org/v1/model.pth", directory="/cache")
     >>> p.name, p.parent.parent.as_posix(), len(p.parent.name)
     ('model.pth', '/cache', 16)
+    >>> download_path("https://example.org/x", directory="/cache", filename="m.pth").as_posix()
+    '/cache/m.pth'
     """
     target_dir = Path(directory) if directory is not None else cache_dir()
-    name = filename or Path(urllib.parse.urlparse(url).path).name
+    if filename:
+        return target_dir / filename
+    name = Path(urllib.parse.urlparse(url).path).name
     if not name:
         raise WeightsError(f"cannot derive a file name from URL {url!r}; pass filename=")
     key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]

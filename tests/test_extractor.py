@@ -150,7 +150,7 @@ def test_extract_many_yields_one_volume_at_a_time() -> None:
             seen.append(f"v{i}")
             yield ct_volume(f"v{i}", n=4 + i, seed=i)
 
-    gen = ex.extract_many(volumes())
+    gen = ex.extract_many(volumes(), workers=0)
     vid, emb = next(gen)
     assert (vid, emb.shape) == ("v0", (4, 6)) and seen == ["v0"]  # lazy
     rest = list(gen)
@@ -223,12 +223,3 @@ def test_cuda_chunked_pinned_copies(monkeypatch: pytest.MonkeyPatch) -> None:
             np.testing.assert_allclose(
                 gpu.extract(vol, slices=sel), cpu.extract(vol, slices=sel), atol=1e-4
             )
-
-
-def test_parallel_copy_copies_everything() -> None:
-    from cbirlib.extractor import _parallel_copy
-
-    src = np.random.default_rng(0).random((37, 256, 256), dtype=np.float32)  # > 8 MiB: threads
-    dst = np.zeros_like(src)
-    _parallel_copy(dst, src)
-    np.testing.assert_array_equal(dst, src)
