@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -43,6 +44,7 @@ from cbirlib.errors import DimensionMismatchError, ExtractorError, IndexFormatEr
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
 from cbirlib.indexbase import BaseIndex
 from cbirlib.persist import resolve_dir
+from cbirlib.prefetch import prefetch
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -182,6 +184,7 @@ def build_index(
     verbose: bool = True,
     resume: bool = True,
     checkpoint_every: int = 10,
+    workers: int = 2,
 ) -> BaseIndex:
     """Embed every slice of ``volumes`` and index them, with crash-safe checkpoints.
 
@@ -211,6 +214,8 @@ def build_index(
     checkpoint_every
         Save after this many newly added volumes (and always at the end, and when an
         error interrupts the build).
+    workers
+        Threads that read volumes ahead of the extractor (``0``: read in this thread).
 
     Returns
     -------
@@ -225,26 +230,33 @@ def build_index(
     unsaved = 0
     added = skipped = 0
     bar = tqdm(total=_count(volumes), disable=not verbose, desc="indexing", unit="vol")
-    try:
+
+    def pending() -> Iterator[Callable[[], Volume]]:
+        # runs in this thread, as read-ahead asks for the next loader
+        nonlocal skipped
         for vid, load in _lazy_items(volumes):
             if vid is not None and vid in index:
                 skipped += 1
                 bar.update()
                 continue
-            volume = load()
-            if volume.id in index:
-                logger.warning("volume %r is already indexed; skipping it", volume.id)
-                skipped += 1
+            yield load
+
+    try:
+        with closing(prefetch(pending(), workers=workers, ahead=max(2, workers))) as loaded:
+            for volume in loaded:
+                if volume.id in index:
+                    logger.warning("volume %r is already indexed; skipping it", volume.id)
+                    skipped += 1
+                    bar.update()
+                    continue
+                emb = _embed(extractor, volume)
+                index.add(volume.id, emb, slice_meta={"z_mm": volume.z_positions})
+                added += 1
+                unsaved += 1
                 bar.update()
-                continue
-            emb = _embed(extractor, volume)
-            index.add(volume.id, emb, slice_meta={"z_mm": volume.z_positions})
-            added += 1
-            unsaved += 1
-            bar.update()
-            if unsaved >= checkpoint_every:
-                index.save(path)
-                unsaved = 0
+                if unsaved >= checkpoint_every:
+                    index.save(path)
+                    unsaved = 0
     except BaseException:
         if unsaved and added:
             logger.warning("build interrupted; saving the %d volumes indexed so far", len(index))

@@ -231,3 +231,33 @@ def test_sigkill_mid_build_then_resume(tmp_path: Path) -> None:
         redone.append(len(ex.calls))
         check_complete(SliceIndex.load(path), volumes)
     assert any(0 < n < 12 for n in redone), redone  # some kill landed mid-build
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_volumes_are_read_ahead_of_the_extractor(tmp_path: Path, workers: int) -> None:
+    import threading
+
+    volumes = make_volumes(3)
+    second_loading = threading.Event()
+
+    def loader(i: int):  # type: ignore[no-untyped-def]
+        def load() -> Volume:
+            if i == 1:
+                second_loading.set()
+            return volumes[i]
+
+        return load
+
+    seen: list[bool] = []
+
+    class Waiting(FakeExtractor):  # type: ignore[misc, valid-type]
+        def extract(self, volume):  # type: ignore[no-untyped-def]
+            if volume.id == volumes[0].id:
+                # with read-ahead, volume 1 is being read while volume 0 is embedded
+                seen.append(second_loading.wait(timeout=0.5 if workers == 0 else 5.0))
+            return super().extract(volume)
+
+    items = [(v.id, loader(i)) for i, v in enumerate(volumes)]
+    index = build_index(items, Waiting(), tmp_path / "idx", verbose=False, workers=workers)
+    assert sorted(index.volume_ids) == sorted(v.id for v in volumes)
+    assert seen == [workers > 0]
