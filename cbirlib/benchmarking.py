@@ -284,11 +284,20 @@ def benchmark(
     dataset = TotalSegmentator(root)
     query_ids = tuple(dataset.subjects_in(split))
     database_ids = tuple(s for s in dataset.subjects if s not in set(query_ids))
+    meta_path = Path(root) / "meta.csv"
+    if not any(dataset.split_of(s) for s in dataset.subjects):
+        found = "has no 'split' column" if meta_path.is_file() else "is missing"
+        raise EvaluationError(
+            f"benchmark needs {str(meta_path)!r} with an 'image_id' and a 'split' column "
+            f"(values train/val/test; the {split!r} subjects are the queries, the others "
+            f"the database), but it {found}"
+        )
     if not query_ids or not database_ids:
         splits = sorted({str(dataset.split_of(s)) for s in dataset.subjects})
         raise EvaluationError(
             f"split {split!r} gives {len(query_ids)} query and {len(database_ids)} database "
-            f"subjects in {str(root)!r}; both must be non-empty (splits: {', '.join(splits)})"
+            f"subjects in {str(root)!r}; both must be non-empty (the 'split' column of "
+            f"{str(meta_path)!r} holds: {', '.join(splits)})"
         )
     logger.info("benchmark: %d query / %d database subjects", len(query_ids), len(database_ids))
 

@@ -40,10 +40,15 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
-from cbirlib.errors import DimensionMismatchError, ExtractorError, IndexFormatError
+from cbirlib.errors import (
+    DimensionMismatchError,
+    ExtractorError,
+    ExtractorMismatchError,
+    IndexFormatError,
+)
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
 from cbirlib.indexbase import BaseIndex
-from cbirlib.persist import resolve_dir
+from cbirlib.persist import META_NAME, read_json, resolve_dir
 from cbirlib.prefetch import prefetch
 from cbirlib.volume import Volume
 
@@ -132,6 +137,36 @@ def _count(volumes: object) -> int | None:
     return len(volumes) if hasattr(volumes, "__len__") else None
 
 
+_ADVICE = "pass another index folder, or resume=False (CLI: --no-resume) to replace it"
+
+
+def _check_saved(directory: Path, extractor: IndexableExtractor, ex_config: dict[str, Any]) -> None:
+    """Refuse to resume an index made by another extractor, before loading any vector."""
+    meta = read_json(directory / META_NAME)
+    stored = meta.get("extractor_config") if isinstance(meta, dict) else None
+    saved_dim = meta.get("dim") if isinstance(meta, dict) else None
+    if isinstance(stored, dict) and stored.get("name") != ex_config.get("name"):
+        raise ExtractorMismatchError(
+            f"index {str(directory)!r} was built with {stored.get('name')!r} "
+            f"(dim {saved_dim}); this build uses {ex_config.get('name')!r} "
+            f"(dim {extractor.dim}): {_ADVICE}"
+        )
+    if isinstance(saved_dim, int) and saved_dim != int(extractor.dim):
+        raise DimensionMismatchError(
+            f"index {str(directory)!r} has dimension {saved_dim}, extractor "
+            f"{extractor.name!r} gives {extractor.dim}: {_ADVICE}"
+        )
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _of(n: int, total: int | None) -> str:
+    """``"2 of 12 volumes"``."""
+    return f"{n} of {_plural(total, 'volume')}" if total is not None else _plural(n, "volume")
+
+
 def _open_index(
     path: Path,
     extractor: IndexableExtractor,
@@ -144,17 +179,22 @@ def _open_index(
     ex_config = extractor.to_config()
     if resume:
         try:
-            resolve_dir(path)
+            directory = resolve_dir(path)
         except IndexFormatError:
             pass  # nothing to resume
         else:
+            _check_saved(directory, extractor, ex_config)
             index = cls.load(path, dim=int(extractor.dim))
-            index.check_extractor(ex_config, strict=True)
+            try:
+                index.check_extractor(ex_config, strict=True)
+            except ExtractorMismatchError as exc:
+                raise ExtractorMismatchError(
+                    f"index {str(directory)!r}: {exc}; {_ADVICE}"
+                ) from None
             if index.config != config:
                 logger.warning(
                     "resuming %s with its saved settings %s (given %s)", path, index.config, config
                 )
-            logger.info("resuming %s: %d volumes already indexed", path, index.n_volumes)
             return index
     return cls(int(extractor.dim), config=config, extractor_config=ex_config)
 
@@ -209,8 +249,12 @@ def build_index(
     resume
         Continue the index saved at ``path``: volumes already in it are skipped. Its
         extractor config must match ``extractor.to_config()``
-        (:class:`~cbirlib.errors.ExtractorMismatchError` otherwise). With
-        ``resume=False`` an index at ``path`` is replaced.
+        (:class:`~cbirlib.errors.ExtractorMismatchError` otherwise, checked before any
+        vector is loaded or computed). With ``resume=False`` an index at ``path`` is
+        replaced. **Volumes are matched by id only**: a file changed since it was
+        indexed, under the same id, keeps its old embeddings without notice. After
+        changing data, rebuild with ``resume=False`` (or drop the changed volumes with
+        ``index.remove(volume_id)`` and save before resuming).
     checkpoint_every
         Save after this many newly added volumes (and always at the end, and when an
         error interrupts the build).
@@ -221,6 +265,21 @@ def build_index(
     -------
     SliceIndex or ExactIndex
         The index, as saved at ``path``.
+
+    Raises
+    ------
+    ExtractorMismatchError
+        Resuming an index built with another extractor (name or config).
+    DimensionMismatchError
+        Resuming an index of another dimension, or an extractor that returns vectors
+        of a dimension other than its ``dim``.
+
+    Notes
+    -----
+    When the build stops (an error, or Ctrl-C), the volumes indexed so far are saved
+    and a warning says how many, e.g. ``build interrupted: 2 of 12 volumes saved in
+    idx; run the same command (or build_index call) to resume``. A resumed build that
+    skipped volumes says so at WARNING level.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -229,7 +288,14 @@ def build_index(
     fresh = not (path / "meta.json").is_file() or index.n_volumes == 0
     unsaved = 0
     added = skipped = 0
-    bar = tqdm(total=_count(volumes), disable=not verbose, desc="indexing", unit="vol")
+    total = _count(volumes)
+    if index.n_volumes:
+        logger.info(
+            "resuming %s: %s already indexed; volumes with these ids are skipped",
+            path,
+            _plural(index.n_volumes, "volume"),
+        )
+    bar = tqdm(total=total, disable=not verbose, desc="indexing", unit="vol")
 
     def pending() -> Iterator[Callable[[], Volume]]:
         # runs in this thread, as read-ahead asks for the next loader
@@ -241,9 +307,11 @@ def build_index(
                 continue
             yield load
 
+    current: str | None = None
     try:
         with closing(prefetch(pending(), workers=workers, ahead=max(2, workers))) as loaded:
             for volume in loaded:
+                current = volume.id
                 if volume.id in index:
                     logger.warning("volume %r is already indexed; skipping it", volume.id)
                     skipped += 1
@@ -257,14 +325,29 @@ def build_index(
                 if unsaved >= checkpoint_every:
                     index.save(path)
                     unsaved = 0
-    except BaseException:
+                current = None
+    except BaseException as exc:
+        bar.close()  # so that the warning below is not written into the bar
         if unsaved and added:
-            logger.warning("build interrupted; saving the %d volumes indexed so far", len(index))
             index.save(path)
+        on_disk = index.n_volumes if (path / META_NAME).is_file() else 0
+        if isinstance(exc, Exception):
+            at = f" at volume {current!r}" if current is not None else ""
+            cause = f"stopped by an error{at} ({type(exc).__name__}: {exc})"
+            todo = "fix it and run the same command (or build_index call) to resume"
+        else:
+            cause = "interrupted"
+            todo = "run the same command (or build_index call) to resume"
+        logger.warning("build %s: %s saved in %s; %s", cause, _of(on_disk, total), path, todo)
         raise
     finally:
         bar.close()
     if unsaved or fresh:
         index.save(path)
-    logger.info("indexed %d new volumes (%d skipped) into %s", added, skipped, path)
+    (logger.warning if skipped else logger.info)(
+        "indexed %s into %s%s",
+        _plural(added, "new volume"),
+        path,
+        f"; {skipped} already indexed, skipped (matched by volume id)" if skipped else "",
+    )
     return index

@@ -1,8 +1,9 @@
 """The ``cbirlib`` command: ``demo``, ``index``, ``query``, ``evaluate``, ``extractors``.
 
-Every long step shows a progress bar. Errors are one line on stderr
-(``cbirlib: error: ...``) and a non-zero exit status (1 for a failed command, 2 for bad
-arguments, 130 when interrupted); ``--debug`` shows debug logging and the traceback.
+Every long step shows a progress bar (log messages are written above it, never into
+it). Errors are one line on stderr (``cbirlib: error: ...``) and a non-zero exit status
+(1 for a failed command, 2 for bad arguments, 130 when interrupted); ``--debug`` (before
+or after the sub-command) shows debug logging and the traceback.
 
 Examples
 --------
@@ -10,11 +11,14 @@ Examples
 >>> args = build_parser().parse_args(["query", "idx", "scan.nii.gz", "--top", "3"])
 >>> args.command, args.top, args.structure
 ('query', 3, None)
+>>> build_parser().parse_args(["index", "d", "i", "--extractor-opt", "bins=8"]).extractor_opt
+[('bins', 8)]
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import math
@@ -26,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from cbirlib.errors import CbirError, DatasetError, VolumeNotFoundError
+from cbirlib.errors import CbirError, DatasetError, ExtractorMismatchError, VolumeNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -38,13 +42,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.pipeline import Pipeline
     from cbirlib.volume import Volume
 
-__all__ = ["build_parser", "discover_volumes", "main"]
+__all__ = ["build_parser", "discover_volumes", "main", "parse_extractor_opt"]
 
 logger = logging.getLogger(__name__)
 
 PROG = "cbirlib"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MODES = ("slice", "volume", "region", "localized")
+#: Decimals of the scores and of the mm values in ``cbirlib query --json``.
+SCORE_DIGITS = 6
+MM_DIGITS = 1
 
 
 class CliError(CbirError, ValueError):
@@ -59,8 +66,77 @@ def _write(out: TextIO, text: str = "") -> None:
     out.flush()
 
 
+def _plural(n: int, word: str) -> str:
+    """``"1 volume"``, ``"2 volumes"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _fmt_float(value: float, spec: str = ".0f") -> str:
     return "-" if not math.isfinite(value) else format(value, spec)
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def parse_extractor_opt(text: str) -> tuple[str, Any]:
+    """Parse one ``--extractor-opt KEY=VALUE``; the value is JSON when it parses as JSON.
+
+    Examples
+    --------
+    >>> parse_extractor_opt("bins=8"), parse_extractor_opt("device=cuda")
+    (('bins', 8), ('device', 'cuda'))
+    >>> parse_extractor_opt("mean=[0.5, 0.5, 0.5]")
+    ('mean', [0.5, 0.5, 0.5])
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with a Python identifier as KEY (e.g. batch_size=16), got {text!r}"
+        )
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def _extractor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--extractor-opt`` and ``--weights`` as keyword arguments of ``create_extractor``."""
+    options: dict[str, Any] = dict(getattr(args, "extractor_opt", None) or [])
+    weights = getattr(args, "weights", None)
+    if weights is not None:
+        if "weights" in options:
+            raise CliError("pass the weights once: --weights PATH or --extractor-opt weights=...")
+        # an index records its extractor config: store an absolute path, so that
+        # `cbirlib query` finds the file from any working directory
+        options["weights"] = weights if "://" in weights else str(Path(weights).resolve())
+    return options
+
+
+def _create_extractor(name: str, options: dict[str, Any]) -> Extractor:
+    from cbirlib.plugins import create_extractor
+
+    return create_extractor(name, **options)
 
 
 def _chain(extractor: Extractor, index: BaseIndex, *, top: int, k: int = 100) -> Pipeline:
@@ -80,21 +156,29 @@ def _chain(extractor: Extractor, index: BaseIndex, *, top: int, k: int = 100) ->
     )
 
 
-def _result_rows(hits: Hits, query_id: str, *, offset: int = 0) -> list[dict[str, Any]]:
-    """One query's ranked volumes as plain dicts (spans shifted by ``offset`` not applied)."""
+def _result_rows(hits: Hits, query_id: str) -> list[dict[str, Any]]:
+    """One query's ranked volumes as plain dicts, rounded for display and JSON.
+
+    Scores are cosine similarities clipped to [-1, 1] (float32 sums can exceed 1 in the
+    last digits) and rounded to :data:`SCORE_DIGITS` decimals; ``span`` is the predicted
+    slice span ``[first, last]`` and ``span_mm`` the z positions of the centres of those
+    two slices, rounded to :data:`MM_DIGITS` decimals.
+    """
     rows = hits.for_query(query_id).ranked()
     extra = rows.extra
     out: list[dict[str, Any]] = []
     for i in range(len(rows)):
+        score = min(1.0, max(-1.0, float(rows.score[i])))
         row: dict[str, Any] = {
             "rank": int(rows.rank[i]),
             "volume_id": str(rows.volume_id[i]),
-            "score": float(rows.score[i]),
+            "score": round(score, SCORE_DIGITS),
         }
         if "loc_first" in extra and int(extra["loc_first"][i]) >= 0:
             row["span"] = [int(extra["loc_first"][i]), int(extra["loc_last"][i])]
             z = [float(extra["loc_z_first"][i]), float(extra["loc_z_last"][i])]
-            row["span_mm"] = z if all(math.isfinite(v) for v in z) else None
+            finite = all(math.isfinite(v) for v in z)
+            row["span_mm"] = [round(v, MM_DIGITS) for v in z] if finite else None
         else:
             row["span"] = row["span_mm"] = None
         out.append(row)
@@ -103,7 +187,7 @@ def _result_rows(hits: Hits, query_id: str, *, offset: int = 0) -> list[dict[str
 
 def _print_results(out: TextIO, title: str, rows: list[dict[str, Any]]) -> None:
     _write(out, title)
-    _write(out, f"  {'rank':>4}  {'volume':<24} {'score':>8}  {'slices':>11}  {'z range (mm)':>15}")
+    _write(out, f"  {'rank':>4}  {'volume':<24} {'score':>8}  {'slices':>11}  {'z (mm)':>15}")
     for row in rows:
         span = f"{row['span'][0]}-{row['span'][1]}" if row["span"] else "-"
         mm = (
@@ -118,6 +202,8 @@ def _print_results(out: TextIO, title: str, rows: list[dict[str, Any]]) -> None:
         )
     if not rows:
         _write(out, "  (no results)")
+    else:
+        _write(out, "  (z: positions of the centres of the first and last slice of the span)")
 
 
 def _load_index(path: Path) -> BaseIndex:
@@ -132,6 +218,23 @@ def _load_index(path: Path) -> BaseIndex:
     kind = meta.get("kind") if isinstance(meta, dict) else None
     cls = ExactIndex if kind == ExactIndex.KIND else SliceIndex
     return cls.load(directory)
+
+
+def _index_meta(path: Path) -> dict[str, Any] | None:
+    """The ``meta.json`` of the index at ``path``, or None when there is none (cheap)."""
+    from cbirlib.errors import IndexFormatError
+    from cbirlib.persist import META_NAME, read_json, resolve_dir
+
+    try:
+        meta = read_json(resolve_dir(path) / META_NAME)
+    except (IndexFormatError, OSError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _indexed_count(meta: dict[str, Any] | None) -> int:
+    counts = meta.get("counts") if meta else None
+    return int(counts.get("volumes", 0)) if isinstance(counts, dict) else 0
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -158,13 +261,42 @@ def _is_totalsegmentator_root(path: Path) -> bool:
     return path.is_dir() and any((p / IMAGE_FILE).is_file() for p in path.iterdir() if p.is_dir())
 
 
+def _dicom_series(files: Sequence[Path]) -> list[tuple[str, int]]:
+    """``(SeriesInstanceUID, n_files)`` of the DICOM files, ordered by SeriesNumber.
+
+    Reads headers only (no pixels) and keeps nothing but the series UID and number.
+    """
+    import pydicom
+
+    found: dict[str, tuple[float, int]] = {}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(
+                f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SeriesNumber"]
+            )
+        except Exception:  # not readable as DICOM: load_volume reports it
+            continue
+        uid = ds.get("SeriesInstanceUID")
+        if uid is None:
+            continue
+        try:
+            number = float(ds.get("SeriesNumber"))
+        except (TypeError, ValueError):
+            number = math.inf
+        old = found.get(str(uid), (number, 0))
+        found[str(uid)] = (min(old[0], number), old[1] + 1)
+    return [(uid, n) for uid, (_, n) in sorted(found.items(), key=lambda kv: (kv[1][0], kv[0]))]
+
+
 def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callable[[], Volume]]]:
     """The volumes under ``data_dir`` as ``(volume_id, loader)`` pairs, read lazily.
 
     ``data_dir`` is a TotalSegmentator-layout root (subject folders with ``ct.nii.gz``;
     ids are the subject names), or any folder tree of NIfTI files (``.nii``, ``.nii.gz``;
     ids are their paths relative to ``data_dir`` without the suffix) and DICOM series
-    folders (ids are the folder paths), or a single NIfTI file.
+    folders (ids are the folder paths), or a single NIfTI file. A DICOM folder holding
+    several series gives one volume per series, with ids ``<folder>/series-<i>``
+    (``i`` = 1, 2, ... in the order of the series' SeriesNumber).
 
     Raises
     ------
@@ -205,9 +337,22 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
             if stem is not None:
                 vid = (here / stem).relative_to(root).as_posix()
                 found.append((vid, lambda p=here / name, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
-        if any(_is_dicom_file(here / n) for n in files if _nifti_stem(n) is None):
-            vid = here.relative_to(root).as_posix() if here != root else root.name
+        dicom = [here / n for n in sorted(files) if _nifti_stem(n) is None]
+        dicom = [p for p in dicom if _is_dicom_file(p)]
+        if not dicom:
+            continue
+        vid = here.relative_to(root).as_posix() if here != root else root.name
+        series = _dicom_series(dicom)
+        if len(series) <= 1:
             found.append((vid, lambda p=here, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
+            continue
+        logger.info("%s: %d DICOM series, indexed as separate volumes", here, len(series))
+        for i, (uid, n_files) in enumerate(series, start=1):
+            sid = f"{vid}/series-{i}"
+            logger.debug("%s: series %s (%d files) -> %s", here, uid, n_files, sid)
+            found.append(
+                (sid, lambda p=here, u=uid, v=sid: load_volume(p, series_uid=u, id=v))  # type: ignore[misc]
+            )
     if not found:
         raise DatasetError(
             f"no volumes found in {str(root)!r}; expected NIfTI files (.nii, .nii.gz), "
@@ -216,33 +361,64 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
     return found
 
 
-def _load_query(path: Path) -> Volume:
-    """A query volume: a TotalSegmentator subject folder (with labels) or any volume."""
+def _load_query(path: Path, *, series_uid: str | None = None) -> Volume:
+    """A query volume: a TotalSegmentator subject folder (with labels) or any volume.
+
+    A TotalSegmentator image file (``<subject>/ct.nii.gz``) is named after its subject.
+    """
     from cbirlib.datasets.totalsegmentator import IMAGE_FILE, TotalSegmentator
     from cbirlib.io import load_volume
 
     if path.is_dir() and (path / IMAGE_FILE).is_file():
         return TotalSegmentator(path.parent).load(path.name)
-    return load_volume(path)
+    entries = list(path.iterdir()) if path.is_dir() else []
+    if entries and not any(p.is_file() and _is_dicom_file(p) for p in entries):
+        raise CliError(
+            f"{str(path)!r} is a data folder (NIfTI files or sub-folders), not one volume; "
+            "pass one volume: a NIfTI file, a DICOM series folder or a subject folder "
+            "(<subject>/ct.nii.gz)"
+        )
+    if path.is_file() and path.name == IMAGE_FILE and path.parent.name:
+        return load_volume(path, id=path.parent.name)
+    return load_volume(path, series_uid=series_uid)
+
+
+def _canonical_structure(name: str) -> str:
+    """A fine class or coarse region name, matched case-insensitively; close matches."""
+    from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
+
+    coarse = coarse_regions()
+    known = {n.lower(): n for n in (*TOTALSEG_V1_CLASSES, *coarse)}
+    key = name.strip().lower()
+    if key in known:
+        return known[key]
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(known[c]) for c in close)}? " if close else ""
+    raise CliError(
+        f"unknown structure {name!r}; {hint}valid: a TotalSegmentator v1 class (liver, "
+        f"kidney_left, ...) or a coarse region ({', '.join(coarse[:8])}, ...; see "
+        "cbirlib.structures.coarse_regions())"
+    )
 
 
 # --- commands -----------------------------------------------------------------------------
 
 
-def _pick_demo_extractor(name: str) -> Extractor:
-    from cbirlib.plugins import create_extractor, list_extractors
+def _pick_demo_extractor(name: str, options: dict[str, Any]) -> Extractor:
+    from cbirlib.plugins import list_extractors
 
     # a substring pattern checks the weights of the matching extractors only (cheap)
     match = [i for i in list_extractors(name) if i.name == name or name in i.aliases]
-    if match and not match[0].weights_available:
+    if match and not match[0].weights_available and "weights" not in options:
         usable = ", ".join(
             i.name for i in list_extractors() if i.weights_available and not i.is_family
         )
         raise CliError(
-            f"extractor {name!r} has no weights on this machine; extractors ready to use: "
-            f"{usable} (see `cbirlib extractors` and the docs on weights)"
+            f"extractor {name!r} has no weights on this machine; pass --weights PATH, or use "
+            f"one of the extractors ready to use: {usable} (see `cbirlib extractors` and the "
+            "docs on weights)"
         )
-    return create_extractor(name)
+    return _create_extractor(name, options)
 
 
 # a few coarse regions from head to thigh: the demo's recall table stays small
@@ -285,7 +461,7 @@ def _recall_table(
     return table
 
 
-def _demo_data(root: Path, args: argparse.Namespace) -> TotalSegmentator:
+def _demo_data(root: Path, args: argparse.Namespace, out: TextIO) -> TotalSegmentator:
     """The demo's phantoms: reused when ``root`` holds a demo with the same settings."""
     import shutil
 
@@ -298,7 +474,7 @@ def _demo_data(root: Path, args: argparse.Namespace) -> TotalSegmentator:
     data_dir = root / "data"
     if marker.is_file():
         if json.loads(marker.read_text(encoding="utf-8")) == settings and data_dir.is_dir():
-            _write(sys.stdout, f"reusing the phantoms in {data_dir}")
+            _write(out, f"reusing the phantoms in {data_dir}")
             return TotalSegmentator(data_dir)
         for name in ("data", "index"):  # a previous demo's outputs, other settings
             shutil.rmtree(root / name, ignore_errors=True)
@@ -308,13 +484,27 @@ def _demo_data(root: Path, args: argparse.Namespace) -> TotalSegmentator:
             f"{str(data_dir)!r} exists and was not written by `cbirlib demo`; "
             "choose another --out folder"
         )
-    if args.subjects < 3:
-        raise CliError(
-            f"--subjects must be >= 3 (database and held-out queries), got {args.subjects}"
-        )
     data = make_phantoms(data_dir, args.subjects, seed=args.seed, shape=shape, verbose=True)
     marker.write_text(json.dumps(settings), encoding="utf-8")
     return data
+
+
+def _demo_query(data: TotalSegmentator, test: Sequence[str], structure: str) -> Volume:
+    """The first held-out subject whose labels contain ``structure`` (fine or coarse)."""
+    from cbirlib.errors import StructureNotPresentError, UnknownStructureError
+    from cbirlib.search import region_query
+
+    for subject in test:
+        volume = data.load(subject)
+        try:
+            region_query(volume, structure)
+        except (StructureNotPresentError, UnknownStructureError):
+            continue
+        return volume
+    raise CliError(
+        f"no held-out subject contains {structure!r}; try another --seed or --structure "
+        "(e.g. liver, lung, kidney)"
+    )
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -323,12 +513,20 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.search import region_query
     from cbirlib.viz import montage
 
+    # every argument is checked before anything slow runs
+    if args.subjects < 3:
+        raise CliError(
+            f"--subjects must be >= 3 (database and held-out queries), got {args.subjects}"
+        )
+    if args.size < 16:
+        raise CliError(f"--size must be >= 16 pixels, got {args.size}")
+    structure = _canonical_structure(args.structure)
     started = time.perf_counter()
     root = Path(args.out)
-    extractor = _pick_demo_extractor(args.extractor)
+    extractor = _pick_demo_extractor(args.extractor, _extractor_options(args))
     _write(out, f"cbirlib demo: {args.subjects} phantom subjects (seed {args.seed}) in {root}")
     root.mkdir(parents=True, exist_ok=True)
-    data = _demo_data(root, args)
+    data = _demo_data(root, args, out)
     test = list(data.subjects_in("test"))
     database_ids = [s for s in data.subjects if s not in test]
     if not test or not database_ids:
@@ -336,6 +534,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             f"--subjects {args.subjects} gives {len(database_ids)} database and {len(test)} "
             "test subjects; use more subjects"
         )
+    query = _demo_query(data, test, structure)
     _write(out, f"database: {len(database_ids)} subjects, queries: {len(test)} held-out subjects")
     _write(out, f"extractor: {extractor!r}")
     index = build_index(
@@ -347,24 +546,15 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     pipeline = _chain(extractor, index, top=args.top)
     _write(out, f"pipeline: {pipeline!r}\n")
 
-    queries = [data.load(s) for s in test]
-    with_structure = [
-        q for q in queries if q.labels is not None and q.labels.contains(args.structure)
-    ]
-    if not with_structure:
-        raise CliError(
-            f"no held-out subject contains {args.structure!r}; try another --seed or --structure"
-        )
-    query = with_structure[0]
     hits = pipeline.retrieve(query, verbose=True)
     _print_results(out, f"volume query {query.id}:", _result_rows(hits, query.id))
-    region = region_query(query, args.structure)
+    region = region_query(query, structure)
     first = region.first_slice
     last = first + region.n_slices - 1
     _write(
         out,
         f"\nregion query {region.id}: query slices {first}-{last} "
-        f"({region.z_positions[0]:.0f} to {region.z_positions[-1]:.0f} mm)",
+        f"(z {region.z_positions[0]:.0f} to {region.z_positions[-1]:.0f} mm)",
     )
     region_hits = pipeline.retrieve(region, verbose=True)
     _print_results(out, "retrieved volumes, predicted span:", _result_rows(region_hits, region.id))
@@ -382,6 +572,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     png = root / "montage.png"
     fig.savefig(png, dpi=110)
 
+    queries = [data.load(s) for s in test]
     database = {s: load(s).labels for s in database_ids}
     table = _recall_table(pipeline, queries, database, verbose=True)
     _write(out, "\nper-structure recall on the held-out subjects (coarse regions):")
@@ -391,15 +582,59 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _check_resumable(index_dir: Path, extractor: Extractor) -> dict[str, Any] | None:
+    """The meta of an index to resume; refuses one built with another extractor or dim."""
+    meta = _index_meta(index_dir)
+    if meta is None:
+        return None
+    stored = meta.get("extractor_config") or {}
+    name = extractor.to_config().get("name", extractor.name)
+    stored_name = stored.get("name") if isinstance(stored, dict) else None
+    stored_dim = meta.get("dim")
+    if (stored_name is not None and stored_name != name) or (
+        stored_dim is not None and int(stored_dim) != int(extractor.dim)
+    ):
+        raise ExtractorMismatchError(
+            f"index {str(index_dir)!r} was built with {stored_name!r} ({stored_dim}-dim "
+            f"vectors), this run uses {name!r} ({extractor.dim}-dim); choose another "
+            "INDEX_DIR, or pass --no-resume to replace the index"
+        )
+    return meta
+
+
 def _cmd_index(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.build import build_index
-    from cbirlib.plugins import create_extractor
 
+    index_dir = Path(args.index_dir)
     items = discover_volumes(args.data_dir)
-    extractor = create_extractor(args.extractor)
-    _write(out, f"indexing {len(items)} volumes from {args.data_dir} with {extractor!r}")
-    index = build_index(items, extractor, args.index_dir, verbose=True, resume=args.resume)
-    _write(out, f"index: {args.index_dir} ({index.n_volumes} volumes, {len(index)} slices)")
+    extractor = _create_extractor(args.extractor, _extractor_options(args))
+    meta = _check_resumable(index_dir, extractor) if args.resume else None
+    before = _indexed_count(meta)
+    _write(out, f"indexing {_plural(len(items), 'volume')} from {args.data_dir} with {extractor!r}")
+    if before:
+        ids = {vid for vid, _ in items}
+        _write(
+            out,
+            f"resuming {index_dir}: {_plural(before, 'volume')} already indexed; those of "
+            f"the {len(ids)} found here are skipped (matched by id only: a changed file "
+            "keeps its old embeddings; --no-resume rebuilds)",
+        )
+    try:
+        index = build_index(items, extractor, index_dir, verbose=True, resume=args.resume)
+    except BaseException:
+        saved = _indexed_count(_index_meta(index_dir))
+        sys.stderr.write(
+            f"{PROG}: {saved} of {_plural(len(items), 'volume')} saved in {index_dir}; "
+            "run the same command to resume\n"
+        )
+        raise
+    added = max(0, index.n_volumes - before)
+    skipped = len(items) - added
+    _write(
+        out,
+        f"index: {index_dir} ({_plural(index.n_volumes, 'volume')}, "
+        f"{_plural(len(index), 'slice')}; {added} added, {skipped} already indexed)",
+    )
     return 0
 
 
@@ -407,22 +642,22 @@ def _cmd_query(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.plugins import create_extractor
     from cbirlib.search import region_query
 
-    if args.top < 1:
-        raise CliError(f"--top must be >= 1, got {args.top}")
     index = _load_index(Path(args.index_dir))
     config = index.extractor_config
     if not config or "name" not in config:
         raise CliError(f"index {args.index_dir!r} does not record the extractor it was built with")
     extractor = create_extractor(**config)
-    query = _load_query(Path(args.query))
+    query = _load_query(Path(args.query), series_uid=args.series_uid)
     span = None
+    structure = None
     if args.structure is not None:
+        structure = _canonical_structure(args.structure)
         if query.labels is None:
             raise CliError(
                 f"--structure needs segmentation masks for {args.query!r}; pass a subject "
                 "folder of a TotalSegmentator-layout data set (<subject>/segmentations/)"
             )
-        region = region_query(query, args.structure)
+        region = region_query(query, structure)
         span = (region.first_slice, region.first_slice + region.n_slices - 1)
         query = region
     hits = _chain(extractor, index, top=args.top).retrieve(query, verbose=not args.json)
@@ -430,7 +665,7 @@ def _cmd_query(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         payload = {
             "query": query.id,
-            "structure": args.structure,
+            "structure": structure,
             "query_span": list(span) if span else None,
             "extractor": config["name"],
             "results": rows,
@@ -442,13 +677,74 @@ def _cmd_query(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _check_evaluation_root(data_dir: Path) -> None:
+    """Refuse early what :func:`~cbirlib.benchmarking.benchmark` cannot use."""
+    from cbirlib.datasets.totalsegmentator import IMAGE_FILE, META_FILE, TotalSegmentator
+
+    layout = (
+        f"a TotalSegmentator-layout root: <subject>/{IMAGE_FILE} with "
+        f"<subject>/segmentations/*.nii.gz, and {META_FILE} with columns image_id and split "
+        "(train/val/test)"
+    )
+    if not data_dir.exists():
+        raise VolumeNotFoundError(f"data folder {str(data_dir)!r} does not exist")
+    if not _is_totalsegmentator_root(data_dir):
+        raise CliError(f"{str(data_dir)!r} is not {layout}")
+    if not (data_dir / META_FILE).is_file():
+        raise CliError(f"{str(data_dir)!r} has no {META_FILE}; evaluate needs {layout}")
+    dataset = TotalSegmentator(data_dir)
+    if all(dataset.split_of(s) is None for s in dataset.subjects):
+        raise CliError(
+            f"{str(data_dir / META_FILE)!r} has no split column; evaluate needs {layout}"
+        )
+
+
+def _summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """``"mean ± SD"`` over classes: one row per (level, mode, metric), one column per system.
+
+    Classes that no query contains (all-NaN rows) are left out of the mean.
+    """
+    import pandas as pd
+
+    from cbirlib.evaluation import MEAN_ROW, format_table
+
+    rows = {}
+    for key, table in tables.items():
+        if key == "summary":
+            continue
+        level, mode, metric = key.split("/", 2)
+        classes = table.drop(index=MEAN_ROW, errors="ignore").dropna(how="all")
+        formatted = format_table(pd.concat([classes, table.loc[[MEAN_ROW]]]))
+        rows[(level, mode, metric)] = formatted.loc[MEAN_ROW]
+    summary = pd.DataFrame.from_dict(rows, orient="index")
+    summary.index = pd.MultiIndex.from_tuples(list(rows), names=["level", "mode", "metric"])
+    return summary
+
+
 def _cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    import inspect
+
     from cbirlib.benchmarking import benchmark
 
-    result = benchmark(args.data_dir, extractors=args.extractor, modes=args.modes, out_dir=args.out)
-    _write(out, str(result))
+    _check_evaluation_root(Path(args.data_dir))
+    options = _extractor_options(args)
+    kwargs: dict[str, Any] = {}
+    if options:
+        if "extractor_options" not in inspect.signature(benchmark).parameters:
+            raise CliError(
+                "evaluate cannot pass --weights / --extractor-opt with this cbirlib version; "
+                "build the index with `cbirlib index` or use cbirlib.benchmark in Python"
+            )
+        kwargs["extractor_options"] = options
+    result = benchmark(
+        args.data_dir, extractors=args.extractor, modes=args.modes, out_dir=args.out, **kwargs
+    )
+    _write(out, "mean ± SD over structures (structures without a query left out):")
+    _write(out, _summary(result).to_string())
     if args.out is not None:
-        _write(out, f"tables written to {args.out}")
+        _write(out, f"\nper-structure tables (CSV and Markdown): {Path(args.out) / 'tables'}")
+    else:
+        _write(out, "\npass --out DIR to write the per-structure tables (CSV and Markdown)")
     return 0
 
 
@@ -465,60 +761,165 @@ def _cmd_extractors(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# --- parser -------------------------------------------------------------------------------
+
+_EPILOGS = {
+    "demo": """examples:
+  cbirlib demo
+  cbirlib demo --out /tmp/demo --structure kidney --top 3
+  cbirlib demo --extractor dinov2 --weights /models/dinov2_vitb14.safetensors""",
+    "index": """examples:
+  cbirlib index /data/Totalsegmentator_dataset idx
+  cbirlib index scans/ idx --extractor radimagenet-resnet50 --weights /models/rin-r50.pt
+  cbirlib index scans/ idx --extractor baseline --extractor-opt bins=8 --no-resume
+
+An existing INDEX_DIR is resumed: volumes whose id is already in it are skipped (matched
+by id only, so a changed file keeps its old embeddings; --no-resume rebuilds). A DICOM
+folder with several series gives one volume per series (<folder>/series-1, ...).""",
+    "query": """examples:
+  cbirlib query idx scan.nii.gz --top 5
+  cbirlib query idx /data/Totalsegmentator_dataset/s0011 --structure liver --json
+
+The extractor is re-created from the config the index recorded.""",
+    "evaluate": """examples:
+  cbirlib evaluate /data/Totalsegmentator_dataset --out results
+  cbirlib evaluate data --extractor baseline dinov2 --modes volume region --out results
+
+DATA_DIR needs meta.csv with columns image_id and split (train/val/test): the test split
+queries an index of the other subjects.""",
+    "extractors": """example:
+  cbirlib extractors""",
+}
+
+
+def _add_extractor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="local weights file (safetensors or PyTorch checkpoint) for the extractor",
+    )
+    parser.add_argument(
+        "--extractor-opt",
+        metavar="KEY=VALUE",
+        type=parse_extractor_opt,
+        action="append",
+        help="extractor option, repeatable; VALUE is read as JSON when it parses "
+        "(e.g. batch_size=16, device=cuda)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cbirlib`` command."""
+    from cbirlib import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a sub-command without --debug keeps the value set before it
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="debug log and traceback"
+    )
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Content-based retrieval of 3D medical images (CT/MR).",
+        epilog="run `cbirlib COMMAND --help` for the options and examples of a command",
     )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="offline end-to-end demo on synthetic phantoms")
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=_EPILOGS[name],
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    demo = command(
+        "demo",
+        "offline end-to-end demo on synthetic phantoms",
+        "Generate synthetic phantoms, index them, run a volume and a region query, print "
+        "the ranked volumes and a recall table, and write a montage. Nothing is downloaded.",
+    )
     demo.add_argument("--out", default="cbirlib-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--extractor", default="baseline", help="extractor (default: %(default)s)")
-    demo.add_argument("--subjects", type=int, default=12, help="phantom subjects (default: 12)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument(
-        "--size", type=int, default=128, help="in-plane pixels of the phantoms (default: 128)"
+        "--subjects", type=_positive_int, default=12, help="phantom subjects, >= 3 (default: 12)"
     )
-    demo.add_argument("--top", type=int, default=5, help="volumes to show (default: 5)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--size", type=_positive_int, default=128, help="in-plane pixels of the phantoms (128)"
+    )
+    demo.add_argument("--top", type=_positive_int, default=5, help="volumes to show (default: 5)")
     demo.add_argument(
         "--structure", default="liver", help="region query structure (default: %(default)s)"
     )
+    _add_extractor_options(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    index = sub.add_parser("index", help="embed and index a folder of volumes")
+    index = command(
+        "index",
+        "embed and index a folder of volumes",
+        "Embed every axial slice of the volumes under DATA_DIR and write (or resume) an "
+        "index in INDEX_DIR.",
+    )
     index.add_argument(
         "data_dir", help="NIfTI files, DICOM series folders or a TotalSegmentator root"
     )
     index.add_argument("index_dir", help="index folder to write (resumed if it exists)")
     index.add_argument("--extractor", default="baseline", help="extractor (default: %(default)s)")
     index.add_argument(
-        "--no-resume", dest="resume", action="store_false", help="rebuild from scratch"
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue an existing index (default); --no-resume rebuilds from scratch",
     )
+    _add_extractor_options(index)
     index.set_defaults(func=_cmd_index)
 
-    query = sub.add_parser("query", help="retrieve the volumes most similar to a query")
+    query = command(
+        "query",
+        "retrieve the volumes most similar to a query",
+        "Retrieve the volumes of an index most similar to QUERY, with the predicted span "
+        "of the query's anatomy in each.",
+    )
     query.add_argument("index_dir", help="index folder written by `cbirlib index`")
     query.add_argument("query", help="NIfTI file, DICOM folder or TotalSegmentator subject folder")
-    query.add_argument("--structure", help="region query around this structure (needs masks)")
-    query.add_argument("--top", type=int, default=10, help="volumes to return (default: 10)")
+    query.add_argument(
+        "--structure", help="region query around this structure (needs a subject folder)"
+    )
+    query.add_argument(
+        "--series-uid", help="SeriesInstanceUID to read from a DICOM folder with several series"
+    )
+    query.add_argument("--top", type=_positive_int, default=10, help="volumes to return (10)")
     query.add_argument("--json", action="store_true", help="print JSON")
     query.set_defaults(func=_cmd_query)
 
-    evaluate = sub.add_parser("evaluate", help="the study's per-class tables on a data set")
-    evaluate.add_argument("data_dir", help="TotalSegmentator-layout root with a train/test split")
+    evaluate = command(
+        "evaluate",
+        "the study's per-class tables on a data set",
+        "Index the non-test subjects of a TotalSegmentator-layout data set with each "
+        "extractor, query with the test subjects and report per-structure recall.",
+    )
+    evaluate.add_argument(
+        "data_dir", help="TotalSegmentator-layout root with meta.csv (image_id, split)"
+    )
     evaluate.add_argument(
         "--extractor", nargs="+", default=["baseline"], help="extractors (default: baseline)"
     )
     evaluate.add_argument(
         "--modes", nargs="+", default=list(MODES), choices=MODES, help="retrieval modes"
     )
-    evaluate.add_argument("--out", help="folder for the tables (CSV and Markdown)")
+    evaluate.add_argument("--out", help="folder for the indexes and tables (CSV and Markdown)")
+    _add_extractor_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    extractors = sub.add_parser("extractors", help="list extractors and local weights")
+    extractors = command(
+        "extractors",
+        "list extractors and local weights",
+        "List the registered extractors and whether their weights are present locally.",
+    )
     extractors.set_defaults(func=_cmd_extractors)
     return parser
 
@@ -542,14 +943,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 1 on an error, 2 on bad arguments, 130 when
         interrupted.
     """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or bad arguments (2)
+    except SystemExit as exc:  # --help, --version (0) or bad arguments (2)
         return int(exc.code) if isinstance(exc.code, int) else 2
     _setup_logging(args.debug)
     try:
-        status: int = args.func(args, sys.stdout)
+        # log records go through tqdm.write: above the progress bars, never inside them
+        with logging_redirect_tqdm(loggers=[logging.getLogger("cbirlib")]):
+            status: int = args.func(args, sys.stdout)
         return status
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -155,6 +156,17 @@ class SliceMatches:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for a warning raised by the caller: the first frame outside cbirlib."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)  # the function that calls warnings.warn
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def _normalise_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -352,10 +364,12 @@ class BaseIndex(ABC):
     ) -> None:
         """Check that vectors from ``extractor_config`` fit this index.
 
-        Warns with :class:`ExtractorMismatchWarning`, or raises
-        :class:`~cbirlib.errors.ExtractorMismatchError` in strict mode (``strict=None``
-        reads the environment variable ``CBIRLIB_STRICT=1``), when the config differs
-        from the stored one. Nothing is checked when the index has no stored config.
+        Another extractor ``name`` always raises
+        :class:`~cbirlib.errors.ExtractorMismatchError`. Other differences warn with
+        :class:`ExtractorMismatchWarning` (attributed to the first caller outside
+        cbirlib), or raise in strict mode (``strict=None`` reads the environment
+        variable ``CBIRLIB_STRICT=1``). Nothing is checked when the index has no stored
+        config.
         """
         stored = self._extractor_config
         given = _normalise_config(extractor_config)
@@ -371,12 +385,18 @@ class BaseIndex(ABC):
             f"{k}: index has {stored.get(k, '<missing>')!r}, given {given.get(k, '<missing>')!r}"
             for k in keys
         )
+        if stored.get("name") != given.get("name"):
+            raise ExtractorMismatchError(
+                f"index built with {stored.get('name')!r}, vectors come from "
+                f"{given.get('name')!r}: use the index's extractor "
+                "(cbirlib.create_extractor(**index.extractor_config)) or build another index"
+            )
         message = f"extractor config differs from the one the index was built with ({diff})"
         if strict is None:
             strict = os.environ.get("CBIRLIB_STRICT", "") == "1"
         if strict:
             raise ExtractorMismatchError(message)
-        warnings.warn(message, ExtractorMismatchWarning, stacklevel=2)
+        warnings.warn(message, ExtractorMismatchWarning, stacklevel=_user_stacklevel())
 
     # -- add / remove -------------------------------------------------------------------------
 

@@ -61,7 +61,14 @@ from cbirlib.errors import (
 )
 from cbirlib.volume import Volume
 
-__all__ = ["NIFTI_SUFFIXES", "load_mask", "load_volume", "nifti_shape"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "DicomSeries",
+    "dicom_series",
+    "load_mask",
+    "load_volume",
+    "nifti_shape",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -215,13 +222,86 @@ class _DicomHeader:
 
     path: Path
     series_uid: str
-    description: str
+    series_number: int | None  # SeriesNumber (0020,0011)
     modality: str
     orientation: tuple[float, ...] | None  # ImageOrientationPatient (6,)
     position: tuple[float, ...] | None  # ImagePositionPatient (3,)
     pixel_spacing: tuple[float, ...] | None  # (row spacing, column spacing)
     shape: tuple[int, int]  # (Rows, Columns)
     slice_spacing: float | None  # SpacingBetweenSlices or SliceThickness
+
+
+def _series_number(value: Any) -> int | None:
+    try:
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _short_uid(uid: str) -> str:
+    """The end of a UID, enough to tell series apart without printing it whole."""
+    return uid if len(uid) <= 12 else "..." + uid[-8:]
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder, as :func:`dicom_series` lists it (no patient data).
+
+    ``number`` is the series' ``SeriesNumber`` when every series of the folder has a
+    distinct one, else its position (from 1) in the listing; ``load_volume(folder,
+    series_uid=number)`` reads it.
+    """
+
+    number: int
+    uid: str
+    n_slices: int
+    thickness_mm: float | None
+    modality: str
+
+    def describe(self) -> str:
+        """``"series 2: 20 slices, 3.0 mm (UID ...12345678)"``; never the full UID."""
+        mm = f", {self.thickness_mm:.1f} mm" if self.thickness_mm else ""
+        return f"series {self.number}: {self.n_slices} slices{mm} (UID {_short_uid(self.uid)})"
+
+
+def _group_series(headers: list[_DicomHeader]) -> list[tuple[DicomSeries, list[_DicomHeader]]]:
+    groups: dict[str, list[_DicomHeader]] = {}
+    for h in headers:
+        groups.setdefault(h.series_uid, []).append(h)
+    numbers = [g[0].series_number for g in groups.values()]
+    distinct = None not in numbers and len(set(numbers)) == len(numbers)
+    order = sorted(
+        groups,
+        key=lambda u: (groups[u][0].series_number is None, groups[u][0].series_number or 0, u),
+    )
+    out = []
+    for pos, uid in enumerate(order, start=1):
+        g = groups[uid]
+        number = g[0].series_number if distinct else pos
+        assert number is not None
+        info = DicomSeries(number, uid, len(g), g[0].slice_spacing, g[0].modality)
+        logger.debug("series %d: SeriesInstanceUID %s", number, uid)
+        out.append((info, g))
+    return out
+
+
+def dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
+    """The DICOM series directly inside ``folder``, ordered by series number.
+
+    Reads headers only. Full UIDs are logged at DEBUG level only.
+
+    Raises
+    ------
+    VolumeNotFoundError
+        ``folder`` does not exist or is empty.
+    VolumeReadError
+        No DICOM image file in ``folder``.
+    """
+    p = Path(folder)
+    _check_exists(p)
+    if not p.is_dir():
+        raise VolumeReadError(f"{p}: not a folder; dicom_series() lists a DICOM series folder")
+    return [info for info, _ in _group_series(_scan_dicom_folder(p))]
 
 
 def _floats(value: Any) -> tuple[float, ...] | None:
@@ -257,7 +337,7 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
             _DicomHeader(
                 path=f,
                 series_uid=str(uid),
-                description=str(ds.get("SeriesDescription", "") or ""),
+                series_number=_series_number(ds.get("SeriesNumber")),
                 modality=str(ds.get("Modality", "") or "unknown"),
                 orientation=_floats(ds.get("ImageOrientationPatient")),
                 position=_floats(ds.get("ImagePositionPatient")),
@@ -272,29 +352,35 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
 
 
 def _pick_series(
-    folder: Path, headers: list[_DicomHeader], series_uid: str | None
+    folder: Path, headers: list[_DicomHeader], series_uid: str | int | None
 ) -> list[_DicomHeader]:
-    groups: dict[str, list[_DicomHeader]] = {}
-    for h in headers:
-        groups.setdefault(h.series_uid, []).append(h)
+    groups = _group_series(headers)
 
     def listing() -> str:
-        return "; ".join(
-            f"{uid} ({g[0].description or 'no description'}, {len(g)} slices)"
-            for uid, g in sorted(groups.items())
-        )
+        return "; ".join(info.describe() for info, _ in groups)
 
     if series_uid is not None:
-        if series_uid not in groups:
-            raise DicomSeriesError(
-                f"{folder}: no series with SeriesInstanceUID {series_uid!r}; available: {listing()}"
-            )
-        return groups[series_uid]
+        wanted = str(series_uid).strip()
+        for info, g in groups:
+            if wanted == info.uid:
+                return g
+        by_number = [g for info, g in groups if wanted == str(info.number)]
+        suffix = wanted.lstrip(".")
+        by_suffix = [g for info, g in groups if len(suffix) >= 4 and info.uid.endswith(suffix)]
+        if len(by_number) == 1:
+            return by_number[0]
+        if len(by_suffix) == 1:
+            return by_suffix[0]
+        raise DicomSeriesError(
+            f"{folder}: no series {_short_uid(wanted)!r} (give a listed series number or a "
+            f"SeriesInstanceUID); available: {listing()}"
+        )
     if len(groups) > 1:
         raise DicomSeriesError(
-            f"{folder}: holds {len(groups)} series; pass series_uid= one of: {listing()}"
+            f"{folder}: holds {len(groups)} series; pick one with series_uid= (its number "
+            f"or SeriesInstanceUID): {listing()}"
         )
-    return next(iter(groups.values()))
+    return groups[0][1]
 
 
 def _check_series(folder: Path, series: list[_DicomHeader]) -> None:
@@ -313,20 +399,20 @@ def _check_series(folder: Path, series: list[_DicomHeader]) -> None:
             h.orientation, first.orientation, atol=ORIENTATION_TOL
         ):
             raise DicomSeriesError(
-                f"{folder}: mixed orientations in series {first.series_uid}: "
+                f"{folder}: mixed orientations in series {_short_uid(first.series_uid)}: "
                 f"{h.path.name} has ImageOrientationPatient {list(h.orientation)}, "
                 f"{first.path.name} has {list(first.orientation)}"
             )
         if h.shape != first.shape:
             raise DicomSeriesError(
-                f"{folder}: mixed pixel shapes in series {first.series_uid}: "
+                f"{folder}: mixed pixel shapes in series {_short_uid(first.series_uid)}: "
                 f"{h.path.name} is {h.shape[0]}x{h.shape[1]}, "
                 f"{first.path.name} is {first.shape[0]}x{first.shape[1]} (Rows x Columns)"
             )
         assert h.pixel_spacing is not None and first.pixel_spacing is not None
         if not np.allclose(h.pixel_spacing, first.pixel_spacing, rtol=1e-3):
             raise DicomSeriesError(
-                f"{folder}: mixed PixelSpacing in series {first.series_uid}: "
+                f"{folder}: mixed PixelSpacing in series {_short_uid(first.series_uid)}: "
                 f"{h.path.name} has {list(h.pixel_spacing)}, "
                 f"{first.path.name} has {list(first.pixel_spacing)}"
             )
@@ -387,7 +473,7 @@ def _read_pixels(path: Path) -> npt.NDArray[np.float32]:
     return np.asarray(values, dtype=np.float32)
 
 
-def _read_dicom_series(folder: Path, *, series_uid: str | None) -> tuple[_Canonical, str]:
+def _read_dicom_series(folder: Path, *, series_uid: str | int | None) -> tuple[_Canonical, str]:
     """Read one DICOM series folder into the canonical layout; also return its modality."""
     series = _pick_series(folder, _scan_dicom_folder(folder), series_uid)
     _check_series(folder, series)
@@ -403,7 +489,7 @@ def _read_dicom_series(folder: Path, *, series_uid: str | None) -> tuple[_Canoni
     positions, proj = positions[order], proj[order]
     names = [h.path.name for h in series]
     if len(series) > 1:
-        median = _slice_steps(folder, first.series_uid, proj, names)
+        median = _slice_steps(folder, _short_uid(first.series_uid), proj, names)
         step = (positions[-1] - positions[0]) / (len(series) - 1)
     else:
         median = first.slice_spacing or 1.0
@@ -435,7 +521,7 @@ def _read_dicom_series(folder: Path, *, series_uid: str | None) -> tuple[_Canoni
 def load_volume(
     path: str | os.PathLike[str],
     *,
-    series_uid: str | None = None,
+    series_uid: str | int | None = None,
     id: str | None = None,
     modality: str | None = None,
 ) -> Volume:
@@ -446,7 +532,10 @@ def load_volume(
     path
         A ``.nii`` / ``.nii.gz`` file, or a folder whose files form one DICOM series.
     series_uid
-        For a DICOM folder holding several series: the ``SeriesInstanceUID`` to read.
+        For a DICOM folder holding several series, the one to read: its
+        ``SeriesInstanceUID``, or its number as listed in the error message and by
+        :func:`dicom_series` (its ``SeriesNumber`` when the folder's series have
+        distinct ones).
     id
         Volume id; defaults to the file name without ``.nii``/``.nii.gz``, or the
         folder name for DICOM. Never taken from patient data (no DICOM tag is used).

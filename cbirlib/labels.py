@@ -127,13 +127,34 @@ class SliceLabels:
         return int(self.present.shape[0])
 
     def column(self, name: str) -> int:
-        """Column of ``name``; raises :class:`UnknownStructureError` if it is not known."""
-        try:
-            return int(self._column[name])  # type: ignore[attr-defined]
-        except KeyError:
-            raise UnknownStructureError(
-                f"unknown structure {name!r}; known: {', '.join(sorted(self.names))}"
-            ) from None
+        """Column of ``name``, matched case-insensitively when not exact.
+
+        Raises :class:`UnknownStructureError` if it is not known; the message suggests
+        close matches.
+
+        Examples
+        --------
+        >>> labels = SliceLabels(("liver", "spleen"), np.zeros((2, 2), bool))
+        >>> labels.column("Spleen")
+        1
+        """
+        columns: dict[str, int] = self._column  # type: ignore[attr-defined]
+        if name in columns:
+            return int(columns[name])
+        from cbirlib.structures import coarse_hint, did_you_mean, match_name
+
+        key = match_name(name, self.names)
+        if key is not None:
+            return int(columns[key])
+        listed = (
+            f"known: {', '.join(sorted(self.names))}"
+            if len(self.names) <= 12
+            else f"these labels know {len(self.names)} structures (SliceLabels.names)"
+        )
+        raise UnknownStructureError(
+            f"unknown structure {name!r}{did_you_mean(name, self.names)}; {listed}; in "
+            f"region_query and evaluate, {coarse_hint()}"
+        )
 
     def structures(self, slice_index: int) -> frozenset[str]:
         """Names of the structures present in one slice.

@@ -119,12 +119,12 @@ class MaxSimRerank(Stage):
         context.evidence["maxsim"] = evidence
         kept = hits.top(int(self.top))
         parts: list[Hits] = []
-        groups = kept.split_by_query()
-        if context.verbose:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            groups = list(tqdm(groups, desc="MaxSim re-ranking", unit="query"))
-        for qid, cand in groups:
+        bar = tqdm(
+            total=len(kept), desc="MaxSim re-ranking", unit="volume", disable=not context.verbose
+        )
+        for qid, cand in kept.split_by_query():
             cand = cand.take(np.argsort(cand.rank, kind="stable"))
             q = context.require_embeddings(qid, self)
             vids = [str(v) for v in cand.volume_id]
@@ -146,6 +146,8 @@ class MaxSimRerank(Stage):
                     },
                 )
             )
+            bar.update(len(cand))
+        bar.close()
         if not parts:
             return Hits.empty("volume", extra=(*hits.extra, "prior_rank"))
         logger.debug("MaxSim re-ranked %d candidates of %d queries", len(kept), len(parts))

@@ -33,6 +33,7 @@ from cbirlib.errors import (
     DimensionMismatchError,
     EvaluationError,
     ExtractorError,
+    ExtractorMismatchError,
     PipelineError,
     StructureNotPresentError,
     UnknownStructureError,
@@ -97,34 +98,45 @@ def _structure_mask(
             f"volume {volume.id!r} has no labels; a region query for {structure!r} needs "
             "segmentation labels (Volume(..., labels=SliceLabels.from_masks(...)))"
         )
-    if groups is not None and structure in set(groups.values()):
-        in_group = [name for name, group in groups.items() if group == structure]
+    from cbirlib.structures import (
+        COARSE_GROUPS,
+        coarse_hint,
+        did_you_mean,
+        match_name,
+        resolve_structure,
+    )
+
+    region = match_name(structure, groups.values()) if groups is not None else None
+    if groups is not None and region is not None:
+        in_group = [name for name, group in groups.items() if group == region]
         cols = [labels.column(m) for m in in_group if m in labels.names]
         if cols:
             return np.asarray(labels.present[:, cols].any(axis=1), dtype=bool)
-        if structure not in labels.names:  # labels already grouped: the column itself
+        if match_name(region, labels.names) is None:  # labels already grouped: the column
             raise UnknownStructureError(
-                f"volume {volume.id!r}: none of the members of group {structure!r} "
+                f"volume {volume.id!r}: none of the members of group {region!r} "
                 f"({', '.join(in_group)}) is in its labels; they know "
                 f"{', '.join(sorted(labels.names))}"
             )
-    if structure in labels.names:
-        return labels.present[:, labels.column(structure)].copy()
-    members: tuple[str, ...] = ()
+    own = match_name(structure, labels.names)
+    if own is not None:
+        return labels.present[:, labels.column(own)].copy()
     try:
-        from cbirlib.structures import resolve_structure
-    except ImportError:  # pragma: no cover - structures module not installed yet
-        pass
-    else:
-        try:
-            _, members = resolve_structure(structure)
-        except UnknownStructureError:
-            members = ()
+        _, members = resolve_structure(structure)
+    except UnknownStructureError:
+        members = ()
     cols = [labels.column(m) for m in members if m in labels.names]
     if not cols:
+        grouping = COARSE_GROUPS if groups is None else groups
+        candidates = (*labels.names, *grouping.values())
+        listed = (
+            f"its labels know {', '.join(sorted(labels.names))}"
+            if len(labels.names) <= 12
+            else f"its labels know {len(labels.names)} structures (labels.names)"
+        )
         raise UnknownStructureError(
-            f"volume {volume.id!r}: unknown structure {structure!r}; its labels know "
-            f"{', '.join(sorted(labels.names))}"
+            f"volume {volume.id!r}: unknown structure {structure!r}"
+            f"{did_you_mean(structure, candidates)}; {listed}; {coarse_hint(grouping)}"
             + (f" (members of {structure!r}: {', '.join(members)})" if members else "")
         )
     return np.asarray(labels.present[:, cols].any(axis=1), dtype=bool)
@@ -206,7 +218,9 @@ class SliceSearch(Stage):
     ----------
     extractor
         Embeds query slices (``extract(volume, slices=...)``, ``to_config()``); it must be
-        the extractor the index was built with (checked once, warns on mismatch).
+        the extractor the index was built with: checked once, before any embedding;
+        another extractor name or dimension raises
+        :class:`~cbirlib.errors.ExtractorMismatchError`, other config differences warn.
     index
         The slice index (``SliceIndex`` or ``ExactIndex``).
     k
@@ -281,29 +295,65 @@ class SliceSearch(Stage):
                 continue
         return own, n_own
 
+    def _check_extractor(self) -> None:
+        """Refuse, before any embedding, an extractor of another name or dimension.
+
+        Other config differences (preprocessing, options) only warn
+        (:class:`~cbirlib.index.ExtractorMismatchWarning`; an error with
+        ``CBIRLIB_STRICT=1``).
+        """
+        config = self.extractor.to_config()
+        stored = getattr(self.index, "extractor_config", None)
+        index_dim = getattr(self.index, "dim", None)
+        query_dim = getattr(self.extractor, "dim", None)
+        built = stored.get("name") if isinstance(stored, Mapping) else None
+        used = config.get("name")
+        name_differs = built is not None and used is not None and built != used
+        dim_differs = (
+            isinstance(index_dim, int | np.integer)
+            and isinstance(query_dim, int | np.integer)
+            and int(index_dim) != int(query_dim)
+        )
+        if name_differs or dim_differs:
+
+            def side(name: object, dim: object) -> str:
+                shown = repr(name) if name is not None else "an unnamed extractor"
+                return f"{shown} (dim {dim})" if dim is not None else shown
+
+            raise ExtractorMismatchError(
+                f"index built with {side(built, index_dim)}, query uses "
+                f"{side(used, query_dim)}; embed queries with the index's extractor "
+                "(cbirlib.create_extractor(**index.extractor_config)) or build an index "
+                "with this one"
+            )
+        self.index.check_extractor(config)
+
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Search the index for every query slice of every query in ``context``."""
         if not self._checked:
-            self.index.check_extractor(self.extractor.to_config())
+            self._check_extractor()
             self._checked.append(True)
         context.index = self.index
         vols = list(context.queries.values())
-        if context.verbose:
-            from tqdm.auto import tqdm
-
-            vols = list(tqdm(vols, desc="embedding queries", unit="query"))
         blocks, qids, qslices, owns = [], [], [], []
         n_extra = 0
-        for vol in vols:
-            emb, slices = self._query_embeddings(vol, context)
-            context.embeddings[vol.id] = emb
-            context.query_slices[vol.id] = slices
-            blocks.append(emb)
-            qids.append(np.full(len(slices), vol.id, dtype=object))
-            qslices.append(slices)
-            own, n_own = self._excluded(vol)
-            owns.append(own)
-            n_extra = max(n_extra, n_own)
+        n_total = sum(len(range(0, v.n_slices, self.query_stride)) for v in vols)
+        from tqdm.auto import tqdm
+
+        with tqdm(
+            total=n_total, desc="embedding queries", unit="slice", disable=not context.verbose
+        ) as bar:
+            for vol in vols:
+                emb, slices = self._query_embeddings(vol, context)
+                context.embeddings[vol.id] = emb
+                context.query_slices[vol.id] = slices
+                blocks.append(emb)
+                qids.append(np.full(len(slices), vol.id, dtype=object))
+                qslices.append(slices)
+                own, n_own = self._excluded(vol)
+                owns.append(own)
+                n_extra = max(n_extra, n_own)
+                bar.update(len(slices))
         dims = {b.shape[1] for b in blocks}
         if len(dims) > 1:
             raise DimensionMismatchError(f"query embeddings of different dimensions {dims}")

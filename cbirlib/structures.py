@@ -57,7 +57,7 @@ Examples
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from cbirlib.errors import UnknownStructureError
@@ -277,12 +277,59 @@ def coarse_regions(groups: Mapping[str, str] = COARSE_GROUPS) -> tuple[str, ...]
     return tuple(sorted(set(groups.values())))
 
 
-def _unknown(name: str, candidates: tuple[str, ...], what: str) -> UnknownStructureError:
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+def match_name(name: str, candidates: Iterable[str]) -> str | None:
+    """``name`` as spelled in ``candidates``: exact, else the one case-insensitive match.
+
+    Examples
+    --------
+    >>> match_name("Liver", ["liver", "spleen"]), match_name("livr", ["liver"])
+    ('liver', None)
+    """
+    names = list(candidates)
+    if name in names:
+        return name
+    folded = [c for c in dict.fromkeys(names) if c.casefold() == str(name).casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """``"; did you mean 'liver'?"`` (case-insensitive close matches), or ``""``.
+
+    Examples
+    --------
+    >>> did_you_mean("livr", ["liver", "spleen", "lung"])
+    "; did you mean 'liver'?"
+    >>> did_you_mean("xyz", ["liver"])
+    ''
+    """
+    by_fold: dict[str, str] = {}
+    for c in candidates:
+        by_fold.setdefault(c.casefold(), c)
+    close = difflib.get_close_matches(str(name).casefold(), list(by_fold), n=n, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(by_fold[c]) for c in close)}?" if close else ""
+
+
+#: Coarse regions named in "unknown structure" messages as examples.
+_EXAMPLE_REGIONS = ("kidney", "lung", "ribs", "vertebrae", "heart")
+
+
+def coarse_hint(groups: Mapping[str, str] = COARSE_GROUPS) -> str:
+    """A sentence saying that coarse region names work too, with examples."""
+    regions = set(groups.values())
+    examples = [r for r in _EXAMPLE_REGIONS if r in regions] or sorted(regions)[:4]
+    return (
+        f"coarse regions work too ({', '.join(repr(r) for r in examples)}, ...: "
+        "cbirlib.structures.coarse_regions())"
+    )
+
+
+def _unknown(
+    name: str, candidates: tuple[str, ...], what: str, groups: Mapping[str, str] = COARSE_GROUPS
+) -> UnknownStructureError:
+    coarse = f"; {coarse_hint(groups)}" if what == "structure" else ""
     return UnknownStructureError(
-        f"unknown {what} {name!r}{hint} (valid: the {len(candidates)} names of "
-        "cbirlib.structures.TOTALSEG_V1_CLASSES and coarse_regions())"
+        f"unknown {what} {name!r}{did_you_mean(name, candidates)} (names are matched "
+        f"case-insensitively; fine names: cbirlib.structures.fine_classes(){coarse})"
     )
 
 
@@ -306,10 +353,10 @@ def coarse_structure(name: str, groups: Mapping[str, str] = COARSE_GROUPS) -> st
     >>> coarse_structure("vertebrae_T7")
     'vertebrae'
     """
-    try:
-        return groups[name]
-    except KeyError:
-        raise _unknown(name, tuple(groups), "fine structure") from None
+    key = match_name(name, groups)
+    if key is None:
+        raise _unknown(name, tuple(groups), "fine structure")
+    return groups[key]
 
 
 def resolve_structure(
@@ -318,7 +365,8 @@ def resolve_structure(
     """Resolve a fine or coarse structure name to its fine member classes.
 
     A name that is both a fine class and a coarse region (``"liver"``) resolves as
-    fine; the members are then just that class.
+    fine; the members are then just that class. Names match case-insensitively
+    (``"Liver"`` is ``"liver"``).
 
     Parameters
     ----------
@@ -339,20 +387,22 @@ def resolve_structure(
 
     Examples
     --------
-    >>> resolve_structure("liver")
+    >>> resolve_structure("Liver")
     ('fine', ('liver',))
     >>> resolve_structure("lung")[1][:2]
     ('lung_upper_lobe_left', 'lung_lower_lobe_left')
     """
-    if name in groups or name in TOTALSEG_V1_CLASSES:
-        return "fine", (name,)
-    members = tuple(n for n, g in groups.items() if g == name)
+    fine = match_name(name, (*groups, *TOTALSEG_V1_CLASSES))
+    if fine is not None:
+        return "fine", (fine,)
+    region = match_name(name, groups.values())
+    members = tuple(n for n, g in groups.items() if g == region)
     if members:
         order = {n: i for i, n in enumerate(TOTALSEG_V1_CLASSES)}
         members = tuple(sorted(members, key=lambda n: order.get(n, len(order))))
         return "coarse", members
     candidates = tuple(dict.fromkeys((*groups, *groups.values())))
-    raise _unknown(name, candidates, "structure")
+    raise _unknown(name, candidates, "structure", groups)
 
 
 __all__ = [
@@ -360,8 +410,11 @@ __all__ = [
     "TOTALSEG_V1_CLASSES",
     "TOTALSEG_V2_CLASSES",
     "V2_TO_V1",
+    "coarse_hint",
     "coarse_regions",
     "coarse_structure",
+    "did_you_mean",
     "fine_classes",
+    "match_name",
     "resolve_structure",
 ]

@@ -100,6 +100,18 @@ def _span_mm(volume: Volume, span: tuple[int, int]) -> tuple[float, float]:
     return float(edges[first]), float(edges[last + 1])  # z increases with the index (Volume)
 
 
+def _span_text(volume: Volume, span: tuple[int, int]) -> str:
+    """``"slices 3-9 (z 12 to 40 mm)"``: z of the centres of the first and last slice.
+
+    The same convention as ``loc_z_first``/``loc_z_last`` and ``cbirlib query``; the band
+    drawn on a reformat covers the slices from edge to edge.
+    """
+    _span_mm(volume, span)  # checks the span
+    first, last = sorted(span)
+    z = volume.z_positions
+    return f"slices {first}-{last} (z {z[first]:.0f} to {z[last]:.0f} mm)"
+
+
 def _draw_axial(
     ax: Axes,
     volume: Volume,
@@ -212,8 +224,7 @@ def reformat_with_span(
     if title is None:
         title = volume.id
         if span is not None:
-            low, high = _span_mm(volume, span)
-            title += f"\nslices {min(span)}-{max(span)} ({low:.0f}-{high:.0f} mm)"
+            title += "\n" + _span_text(volume, span)
     fig, axes = _new_figure(1, 1)
     _draw_reformat(axes[0, 0], volume, span, plane, _bounds(volume, window), title)
     return fig
@@ -344,13 +355,10 @@ def montage(
     fig, axes = _new_figure(1 if plane is None else 2, n_cols)
     q_index = query.n_slices // 2 if query_span is None else (query_span[0] + query_span[1]) // 2
     q_bounds = _bounds(query, window)
-    _draw_axial(
-        axes[0, 0],
-        query,
-        q_index,
-        q_bounds,
-        f"query {query.id}\nslice {q_index} (z={query.z_positions[q_index]:.0f} mm)",
-    )
+    q_title = f"query {query.id}\nslice {q_index} (z {query.z_positions[q_index]:.0f} mm)"
+    if query_span is not None:
+        q_title = f"query {query.id}\n{_span_text(query, query_span)}"
+    _draw_axial(axes[0, 0], query, q_index, q_bounds, q_title)
     if plane is not None:
         _draw_reformat(axes[1, 0], query, query_span, plane, q_bounds, f"query ({plane})")
     for col, match in enumerate(matches, start=1):
@@ -367,8 +375,7 @@ def montage(
         if plane is not None:
             span_title = "no span"
             if match.span is not None:
-                low, high = _span_mm(volume, match.span)
-                span_title = f"span {match.span[0]}-{match.span[1]} ({low:.0f}-{high:.0f} mm)"
+                span_title = "span " + _span_text(volume, match.span).removeprefix("slices ")
             _draw_reformat(axes[1, col], volume, match.span, plane, bounds, span_title)
     if not matches:
         axes[0, 1].set_axis_off()

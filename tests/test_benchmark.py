@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 import zlib
 from pathlib import Path
@@ -186,3 +187,35 @@ def test_query_volumes_are_not_all_held_in_memory(run: tuple[dict, Path, list[in
     alive = run[2]
     assert len(alive) >= 2  # every query volume of the test split, loaded once
     assert max(alive) == 0, f"query volumes still in memory while loading the next: {alive}"
+
+
+def test_missing_split_column_names_meta_csv(tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "ts"
+    make_phantoms(root, 3, shape=(32, 32), seed=1)
+    (root / "meta.csv").unlink()
+    with pytest.raises(EvaluationError) as info:
+        benchmark(root, verbose=False)
+    message = str(info.value)
+    assert "meta.csv" in message and "'split' column" in message and "is missing" in message
+    assert "None" not in message
+    (root / "meta.csv").write_text(
+        "image_id;age\n" + "".join(f"{s};50\n" for s in os.listdir(root))
+    )
+    with pytest.raises(EvaluationError, match="has no 'split' column"):
+        benchmark(root, verbose=False)
+    shutil.rmtree(root)
+
+
+def test_nifti_folder_is_not_a_totalsegmentator_root(tmp_path: Path) -> None:
+    from cbirlib.errors import DatasetError
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    (tmp_path / "sub" / "b.nii.gz").write_bytes(b"")
+    with pytest.raises(DatasetError) as info:
+        benchmark(tmp_path, verbose=False)
+    message = str(info.value)
+    assert "not a TotalSegmentator-layout root" in message
+    assert "a.nii.gz" in message and "<root>/<subject>/ct.nii.gz" in message

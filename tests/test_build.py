@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import subprocess
@@ -16,6 +17,16 @@ from cbirlib.build import build_index
 from cbirlib.errors import DimensionMismatchError, ExtractorError, ExtractorMismatchError
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
 from cbirlib.volume import Volume
+
+
+@pytest.fixture(autouse=True)
+def _cbirlib_logger_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo a CLI run's logging setup (own handler, no propagation) so caplog sees records."""
+    package = logging.getLogger("cbirlib")
+    monkeypatch.setattr(package, "propagate", True)
+    monkeypatch.setattr(package, "handlers", [])
+    monkeypatch.setattr(package, "level", logging.NOTSET)
+
 
 FAKE_SRC = '''
 import numpy as np
@@ -261,3 +272,72 @@ def test_volumes_are_read_ahead_of_the_extractor(tmp_path: Path, workers: int) -
     index = build_index(items, Waiting(), tmp_path / "idx", verbose=False, workers=workers)
     assert sorted(index.volume_ids) == sorted(v.id for v in volumes)
     assert seen == [workers > 0]
+
+
+def test_resume_with_another_extractor_is_refused_before_any_work(tmp_path: Path) -> None:
+    volumes = make_volumes(3)
+    build_index(volumes[:2], FakeExtractor(), tmp_path / "idx", verbose=False)
+    other = FakeExtractor()
+    other.name, other.dim = "wide", 16
+    other.to_config = lambda: {"name": "wide"}  # type: ignore[method-assign]
+    with pytest.raises(ExtractorMismatchError) as info:
+        build_index(volumes, other, tmp_path / "idx", verbose=False)
+    message = str(info.value)
+    assert "built with 'fake' (dim 8)" in message and "uses 'wide' (dim 16)" in message
+    assert "--no-resume" in message and "another index folder" in message
+    assert other.calls == []
+    with pytest.raises(DimensionMismatchError, match="--no-resume"):
+        same_name = FakeExtractor()
+        same_name.dim = 16
+        build_index(volumes, same_name, tmp_path / "idx", verbose=False)
+
+
+class Interrupting:
+    """FakeExtractor that raises ``exc`` when asked for its third volume."""
+
+    name, dim = "fake", 8
+
+    def __init__(self, exc: BaseException) -> None:
+        self.inner, self.exc = FakeExtractor(), exc
+
+    def to_config(self) -> dict[str, object]:
+        return dict(self.inner.to_config())
+
+    def extract(self, volume: Volume) -> np.ndarray:
+        if len(self.inner.calls) == 2:
+            raise self.exc
+        return np.asarray(self.inner.extract(volume))
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (KeyboardInterrupt(), "build interrupted: 2 of 5 volumes saved in"),
+        (RuntimeError("bad file"), "stopped by an error at volume 'case02' (RuntimeError: bad"),
+    ],
+)
+def test_stop_message_counts_volumes_and_tells_how_to_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, exc: BaseException, expected: str
+) -> None:
+    volumes = make_volumes(5)
+    with caplog.at_level("WARNING", logger="cbirlib.build"), pytest.raises(type(exc)):
+        build_index(volumes, Interrupting(exc), tmp_path / "idx", verbose=False, workers=0)
+    [record] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert expected in record.getMessage()
+    assert "to resume" in record.getMessage()
+    assert ("fix it" in record.getMessage()) == isinstance(exc, Exception)
+    assert SliceIndex.load(tmp_path / "idx").n_volumes == 2
+
+
+def test_resume_says_how_many_were_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    volumes = make_volumes(4)
+    with caplog.at_level("INFO", logger="cbirlib.build"):
+        build_index(volumes[:3], FakeExtractor(), tmp_path / "idx", verbose=False)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cbirlib.build"):
+        build_index(volumes, FakeExtractor(), tmp_path / "idx", verbose=False)
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("1 new volume into" in m and "3 already indexed, skipped" in m for m in messages)

@@ -10,9 +10,15 @@ import numpy.typing as npt
 import pytest
 
 from cbirlib.aggregate import CountVotes, TopSlice
-from cbirlib.errors import CbirError, EvaluationError, PipelineError, UnknownStructureError
+from cbirlib.errors import (
+    CbirError,
+    EvaluationError,
+    ExtractorMismatchError,
+    PipelineError,
+    UnknownStructureError,
+)
 from cbirlib.hits import LOCALIZATION_COLUMNS, Hits
-from cbirlib.index import ExactIndex, SliceIndex
+from cbirlib.index import ExactIndex, ExtractorMismatchWarning, SliceIndex
 from cbirlib.labels import SliceLabels
 from cbirlib.localize import Localize, matched_span
 from cbirlib.pipeline import Cutoff, SearchContext
@@ -330,18 +336,85 @@ def test_precomputed_embeddings_skip_the_extractor() -> None:
         chain.retrieve(query, embeddings={"x": emb})
 
 
-def test_extractor_mismatch_warns_once() -> None:
+def test_extractor_config_difference_warns_once_at_user_code() -> None:
     index = build(ExactIndex, [body_volume("whole", 0.0, 1.0, 10)])
 
     class Other(PositionExtractor):
         def to_config(self) -> dict[str, Any]:
-            return {"name": "other", "dim": DIM}
+            return {"name": "position", "dim": DIM, "window": [0, 1]}
 
     search = SliceSearch(Other(), index, k=2)
     query = body_volume("q", 0.0, 1.0, 5)
-    with pytest.warns(UserWarning, match="extractor config differs"):
+    with pytest.warns(ExtractorMismatchWarning, match="window") as record:
         search.retrieve(query)
+    assert [w.filename for w in record] == [__file__]  # points at this line, not cbirlib
     search.retrieve(query)  # checked once: no second warning (warnings are errors here)
+
+
+@pytest.mark.parametrize(
+    ("name", "dim", "match"),
+    [
+        ("other", DIM, r"index built with 'position' \(dim 24\), query uses 'other' \(dim 24\)"),
+        ("position", 2 * DIM, r"'position' \(dim 24\), query uses 'position' \(dim 48\)"),
+    ],
+)
+def test_other_extractor_name_or_dim_raises_before_embedding(
+    name: str, dim: int, match: str
+) -> None:
+    index = build(ExactIndex, [body_volume("whole", 0.0, 1.0, 10)])
+
+    class Other(PositionExtractor):
+        def to_config(self) -> dict[str, Any]:
+            return {"name": name, "dim": DIM}
+
+    ex = Other()
+    ex.dim = dim  # type: ignore[misc]
+    with pytest.raises(ExtractorMismatchError, match=match):
+        SliceSearch(ex, index, k=2).retrieve(body_volume("q", 0.0, 1.0, 5))
+    assert ex.calls == 0  # refused before embedding any slice
+
+
+def test_progress_bars_advance_with_the_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm.auto
+
+    bars: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, *args: Any, total: int | None = None, desc: str = "", **kw: Any):
+            self.total, self.n = total, 0
+            bars[desc] = self
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+        def close(self) -> None:
+            pass
+
+        def __enter__(self) -> Recorder:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    seen: list[int] = []
+
+    class Watched(PositionExtractor):
+        def extract(
+            self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
+        ) -> npt.NDArray[np.float32]:
+            seen.append(bars["embedding queries"].n)
+            return super().extract(volume, slices=slices)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    index = build(ExactIndex, [body_volume(f"v{i}", 0.0, 1.0, 10) for i in range(4)])
+    chain = (
+        SliceSearch(Watched(), index, k=5, query_stride=2) >> CountVotes() >> MaxSimRerank(top=3)
+    )
+    queries = [body_volume("q1", 0.0, 1.0, 7), body_volume("q2", 0.0, 1.0, 4)]
+    chain.retrieve(queries, verbose=True)
+    assert seen == [0, 4]  # 7 slices at stride 2 -> 4 slices done before the second query
+    assert bars["embedding queries"].total == bars["embedding queries"].n == 6
+    assert bars["MaxSim re-ranking"].total == bars["MaxSim re-ranking"].n == 6  # 2 x top 3
 
 
 def test_vote_evidence_is_a_mapping() -> None:

@@ -88,12 +88,15 @@ def test_index_then_query_recreates_the_extractor_from_the_index(demo, tmp_path,
     index_dir = tmp_path / "index"
     assert main(["index", str(data_dir), str(index_dir), "--extractor", "baseline"]) == 0
     n = len([p for p in data_dir.iterdir() if p.is_dir()])
-    assert f"({n} volumes" in capsys.readouterr().out
+    first_run = capsys.readouterr().out
+    assert f"({n} volumes" in first_run and f"{n} added, 0 already indexed" in first_run
     meta = json.loads((index_dir / "meta.json").read_text())
     assert meta["extractor_config"]["name"] == "baseline"
     # a second run resumes: nothing to add, same index
-    assert main(["index", str(data_dir), str(index_dir)]) == 0
-    capsys.readouterr()
+    assert main(["index", str(data_dir), str(index_dir), "--resume"]) == 0
+    resumed = capsys.readouterr().out
+    assert f"resuming {index_dir}: {n} volumes already indexed" in resumed
+    assert f"0 added, {n} already indexed" in resumed
 
     from cbirlib.datasets import TotalSegmentator
 
@@ -112,11 +115,16 @@ def test_index_then_query_recreates_the_extractor_from_the_index(demo, tmp_path,
     first, last = results[0]["span"]
     assert first <= span[1] and last >= span[0]
     assert results[0]["span_mm"][0] <= results[0]["span_mm"][1]
+    # JSON values are rounded (6 decimals for scores, 0.1 mm) and scores clipped to [-1, 1]
+    for r in results:
+        assert -1.0 <= r["score"] <= 1.0 and r["score"] == round(r["score"], 6)
+        assert all(v == round(v, 1) for v in r["span_mm"])
 
     # a plain NIfTI file as the query, human-readable output
     assert main(["query", str(index_dir), str(data_dir / subject / "ct.nii.gz"), "--top", "2"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("query ct:") and re.search(rf"^\s+1\s+{subject}\s", text, re.M)
+    # every TotalSegmentator image is ct.nii.gz: the query is named after its subject
+    assert text.startswith(f"query {subject}:") and re.search(rf"^\s+1\s+{subject}\s", text, re.M)
 
 
 def test_query_with_structure_needs_masks(demo, tmp_path, capsys) -> None:
@@ -144,6 +152,7 @@ def test_extractors_lists_baseline_with_its_weights(capsys) -> None:
         (["index", "{tmp}", "{tmp}/idx", "--extractor", "basline"], "no volumes found"),
         (["demo", "--out", "{tmp}/d", "--extractor", "basline"], "no extractor named 'basline'"),
         (["demo", "--out", "{tmp}/d", "--subjects", "2"], "--subjects must be >= 3"),
+        (["demo", "--out", "{tmp}/d", "--structure", "livr"], "did you mean 'liver'?"),
     ],
 )
 def test_errors_are_one_line_without_traceback(argv, message, tmp_path, capsys) -> None:
@@ -156,10 +165,146 @@ def test_errors_are_one_line_without_traceback(argv, message, tmp_path, capsys) 
     assert "Traceback" not in captured.err
 
 
-def test_debug_shows_the_traceback(tmp_path, capsys) -> None:
-    assert main(["--debug", "query", str(tmp_path / "missing"), "x"]) == 1
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_before_or_after_the_command(where, tmp_path, capsys) -> None:
+    argv = ["query", str(tmp_path / "missing"), "x"]
+    assert main(["--debug", *argv] if where == "before" else [*argv, "--debug"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "VolumeNotFoundError" in err
+
+
+def test_version_and_subcommand_help_with_examples(capsys) -> None:
+    import cbirlib
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cbirlib {cbirlib.__version__}"
+    for command in ("demo", "index", "query", "evaluate", "extractors"):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "examples:" in text or "example:" in text
+        assert f"cbirlib {command}" in text.split("example", 1)[1]
+        assert "--debug" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--top", "0"],
+        ["demo", "--subjects", "-1"],
+        ["query", "i", "q", "--top", "0"],
+        ["index", "d", "i", "--extractor-opt", "nokey"],
+    ],
+)
+def test_bad_numbers_and_options_are_usage_errors(argv, capsys) -> None:
+    assert main(argv) == 2
+    assert "usage: cbirlib" in capsys.readouterr().err
+
+
+def test_demo_checks_the_structure_before_indexing(tmp_path, capsys) -> None:
+    # brain: a valid name that no held-out phantom contains (neck-to-thigh scans)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *DEMO_ARGS, "--structure", "brain"]) == 1
+    assert "no held-out subject contains 'brain'" in capsys.readouterr().err
+    assert not (out / "index").exists()
+
+
+def test_extractor_options_reach_the_extractor_and_resume_checks_them(demo, tmp_path, capsys):
+    out, _ = demo
+    subject = sorted(p for p in (out / "data").iterdir() if p.is_dir())[0]
+    index_dir = tmp_path / "idx"
+    argv = ["index", str(subject / "ct.nii.gz"), str(index_dir)]
+    assert main([*argv, "--extractor-opt", "bins=8"]) == 0
+    assert "indexing 1 volume from" in capsys.readouterr().out
+    meta = json.loads((index_dir / "meta.json").read_text())
+    assert meta["extractor_config"]["bins"] == 8
+    # another extractor (dim 258 vs 130) on the same folder: refused before any work
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "was built with 'baseline' (130-dim" in err or "--no-resume" in err
+    assert "--no-resume" in err
+    assert main([*argv, "--no-resume"]) == 0
+    assert json.loads((index_dir / "meta.json").read_text())["extractor_config"]["bins"] != 8
+    capsys.readouterr()
+    # --weights is passed to the extractor (baseline takes none: a clear error)
+    assert main([*argv, "--no-resume", "--weights", "w.safetensors"]) == 1
+    assert "weights" in capsys.readouterr().err
+
+
+def test_a_failed_build_says_how_many_volumes_were_saved(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    write_nifti(tmp_path / "data" / "a.nii.gz", rng.normal(size=(4, 8, 8)).astype(np.float32))
+    (tmp_path / "data" / "b.nii.gz").write_bytes(b"not a nifti file")
+    index_dir = tmp_path / "idx"
+    assert main(["index", str(tmp_path / "data"), str(index_dir)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"cbirlib: 1 of 2 volumes saved in {index_dir}; run the same command to resume" in err
+    assert err[-1].startswith("cbirlib: error: ") and "b.nii.gz" in err[-1]
+
+
+def test_log_records_are_written_through_tqdm(monkeypatch, tmp_path, capsys) -> None:
+    import logging
+
+    from tqdm import tqdm
+
+    from cbirlib import cli
+
+    written: list[str] = []
+    monkeypatch.setattr(tqdm, "write", classmethod(lambda cls, s, **kw: written.append(s)))
+
+    def command(args, out):
+        logging.getLogger("cbirlib.build").warning("a warning during a progress bar")
+        return 0
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["extractors"].set_defaults(func=command)
+    assert main(["extractors"]) == 0
+    assert written == ["cbirlib: WARNING: a warning during a progress bar"]
+
+
+def test_query_names_and_folder_errors(demo, tmp_path, capsys) -> None:
+    out, _ = demo
+    data_dir = out / "data"
+    subject = sorted(p for p in data_dir.iterdir() if p.is_dir())[0]
+    index_dir = tmp_path / "idx"
+    assert main(["index", str(subject / "ct.nii.gz"), str(index_dir)]) == 0
+    (tmp_path / "niftis").mkdir()
+    write_nifti(tmp_path / "niftis" / "a.nii.gz", np.zeros((3, 4, 4), np.float32))
+    for folder in (data_dir, tmp_path / "niftis"):
+        assert main(["query", str(index_dir), str(folder)]) == 1
+        assert "is a data folder" in capsys.readouterr().err
+
+
+def test_evaluate_prints_a_compact_summary(demo, tmp_path, capsys) -> None:
+    out, _ = demo
+    argv = ["evaluate", str(out / "data"), "--modes", "volume", "--out", str(tmp_path / "ev")]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "{" not in text and "DataFrame" not in text
+    header = next(ln for ln in text.splitlines() if "baseline" in ln)
+    assert header.split() == ["baseline", "baseline", "+", "MaxSim"]
+    rows = [ln for ln in text.splitlines() if "volume_recall@" in ln or " ap " in ln]
+    assert len(rows) == 2 * 5  # coarse and fine x recall@1,3,5,10 and AP
+    assert all(ln.count("±") == 2 for ln in rows)
+    assert f"per-structure tables (CSV and Markdown): {tmp_path / 'ev' / 'tables'}" in text
+    assert (tmp_path / "ev" / "tables" / "tables.md").is_file()
+
+
+def test_evaluate_needs_a_split_totalsegmentator_root(demo, tmp_path, capsys) -> None:
+    out, _ = demo
+    (tmp_path / "nii" / "sub").mkdir(parents=True)
+    write_nifti(tmp_path / "nii" / "sub" / "scan.nii.gz", np.zeros((3, 4, 4), np.float32))
+    assert main(["evaluate", str(tmp_path / "nii")]) == 1
+    assert "is not a TotalSegmentator-layout root" in capsys.readouterr().err
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "data", copy)
+    (copy / "meta.csv").unlink()
+    assert main(["evaluate", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "has no meta.csv" in err and "split" in err
 
 
 def test_bad_arguments_exit_2_with_usage(capsys) -> None:
@@ -198,6 +343,19 @@ def test_discover_volumes_finds_nifti_files_and_dicom_series(tmp_path) -> None:
         assert volume.id == vid
         np.testing.assert_array_equal(volume.array, array)
     assert found["dicom/series1"]().spacing[0] == pytest.approx(2.0)
+
+
+def test_discover_volumes_splits_a_multi_series_dicom_folder(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    first = rng.integers(-1000, 1000, size=(3, 6, 5)).astype(np.float32)
+    second = rng.integers(-1000, 1000, size=(5, 6, 5)).astype(np.float32)
+    write_dicom_series(tmp_path / "study", first, prefix="a", description="DOE JOHN abdomen")
+    write_dicom_series(tmp_path / "study", second, prefix="b", seed=1)
+    found = dict(discover_volumes(tmp_path))
+    assert sorted(found) == ["study/series-1", "study/series-2"]
+    shapes = sorted(found[v]().array.shape[0] for v in found)
+    assert shapes == [3, 5]
+    assert all(found[v]().id == v for v in found)
 
 
 def test_discover_volumes_errors(tmp_path) -> None:

@@ -206,8 +206,11 @@ def test_float16_store(cls: type, data: dict[str, np.ndarray]) -> None:
 def test_extractor_mismatch_warns_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     index = SliceIndex(4, extractor_config={"name": "dinov2", "window": (-100, 200)})
     index.check_extractor({"name": "dinov2", "window": [-100, 200]})  # JSON-equal: silent
-    with pytest.warns(ExtractorMismatchWarning, match="name: index has 'dinov2', given 'x'"):
-        index.check_extractor({"name": "x", "window": [-100, 200]})
+    with pytest.raises(ExtractorMismatchError, match="built with 'dinov2', vectors come from 'x'"):
+        index.check_extractor({"name": "x", "window": [-100, 200]})  # another name: always
+    with pytest.warns(ExtractorMismatchWarning, match="window: index has") as record:
+        index.check_extractor({"name": "dinov2", "window": [0, 1]})
+    assert record[0].filename == __file__  # the warning points at the caller's line
     with pytest.raises(ExtractorMismatchError, match="window"):
         index.check_extractor({"name": "dinov2"}, strict=True)
     monkeypatch.setenv("CBIRLIB_STRICT", "1")

@@ -23,7 +23,7 @@ from cbirlib.errors import (
     VolumeNotFoundError,
     VolumeReadError,
 )
-from cbirlib.io import load_mask, load_volume, nifti_shape
+from cbirlib.io import dicom_series, load_mask, load_volume, nifti_shape
 from tests.dicom_helpers import (
     PATIENT_BIRTH_DATE,
     PATIENT_ID,
@@ -44,6 +44,15 @@ def zyx() -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(0)
     values = rng.permutation(5 * 6 * 7).reshape(5, 6, 7) * 2 - 300
     return values.astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _cbirlib_logger_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo a CLI run's logging setup (own handler, no propagation) so caplog sees records."""
+    package = logging.getLogger("cbirlib")
+    monkeypatch.setattr(package, "propagate", True)
+    monkeypatch.setattr(package, "handlers", [])
+    monkeypatch.setattr(package, "level", logging.NOTSET)
 
 
 def expected_z(n: int) -> npt.NDArray[np.float64]:
@@ -292,23 +301,52 @@ def test_dicom_rescale_is_applied(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_volume(folder).array, hu)
 
 
-def test_dicom_two_series(tmp_path: Path, zyx: np.ndarray) -> None:
+def test_dicom_two_series(
+    tmp_path: Path, zyx: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = tmp_path / "study"
-    uid_a = write_dicom_series(folder, zyx, description="arterial", prefix="a")
-    uid_b = write_dicom_series(folder, zyx[:3] + 5, description="venous", prefix="b")
-    with pytest.raises(DicomSeriesError, match="2 series") as info:
+    uid_a = write_dicom_series(folder, zyx, description="DOE JOHN arterial", prefix="a")
+    uid_b = write_dicom_series(
+        folder, zyx[:3] + 5, description="DOE JOHN venous", prefix="b", spacing=(3.0, 1.0, 1.0)
+    )
+    first = min(uid_a, uid_b)  # no SeriesNumber: numbered in UID order
+    with (
+        caplog.at_level(logging.DEBUG, logger="cbirlib.io"),
+        pytest.raises(DicomSeriesError, match="2 series") as info,
+    ):
         load_volume(folder)
     message = str(info.value)
-    assert f"{uid_a} (arterial, 5 slices)" in message
-    assert f"{uid_b} (venous, 3 slices)" in message
+    assert "DOE" not in message and "arterial" not in message  # SeriesDescription is free text
+    assert uid_a not in message and uid_b not in message  # full UIDs only at DEBUG
+    assert uid_a in caplog.text and uid_b in caplog.text
+    assert f"series 1: {5 if first == uid_a else 3} slices" in message
+    assert f"(UID ...{uid_b[-8:]})" in message and "3.0 mm" in message
 
     vol = load_volume(folder, series_uid=uid_b)
     np.testing.assert_array_equal(vol.array, zyx[:3] + 5)
     assert load_volume(folder, series_uid=uid_a).n_slices == 5
-    with pytest.raises(
-        DicomSeriesError, match=r"1\.2\.3.*available:.*(arterial|venous).*(arterial|venous)"
-    ):
+    number_b = 1 if first == uid_b else 2
+    assert load_volume(folder, series_uid=number_b).n_slices == 3  # the listed number
+    assert load_volume(folder, series_uid=str(number_b)).n_slices == 3
+    assert load_volume(folder, series_uid=uid_a[-8:]).n_slices == 5  # the shown UID end
+    with pytest.raises(DicomSeriesError, match=r"no series '1\.2\.3'.*available: series 1"):
         load_volume(folder, series_uid="1.2.3")
+
+
+def test_dicom_series_uses_series_numbers(tmp_path: Path, zyx: np.ndarray) -> None:
+    folder = tmp_path / "study"
+    uid_a = write_dicom_series(folder, zyx, prefix="a")
+    uid_b = write_dicom_series(folder, zyx[:3] + 5, prefix="b")
+    for path in folder.iterdir():  # SeriesNumber 7 (a) and 4 (b)
+        ds = pydicom.dcmread(path)
+        ds.SeriesNumber = 7 if path.name.startswith("a") else 4
+        ds.save_as(path)
+    listed = dicom_series(folder)
+    assert [(s.number, s.uid, s.n_slices) for s in listed] == [(4, uid_b, 3), (7, uid_a, 5)]
+    assert listed[0].describe().startswith("series 4: 3 slices, 1.0 mm (UID ...")
+    assert load_volume(folder, series_uid=7).n_slices == 5
+    with pytest.raises(DicomSeriesError, match=r"available: series 4: 3 slices.*series 7"):
+        load_volume(folder, series_uid=1)
 
 
 def test_dicom_missing_slice(tmp_path: Path, zyx: np.ndarray) -> None:

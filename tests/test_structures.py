@@ -101,3 +101,56 @@ def test_grouped_labels_from_masks() -> None:
     assert coarse.slices_with("lung").tolist() == [0, 1, 2]
     assert coarse.slices_with("vertebrae").tolist() == [1, 3]
     assert coarse.volume_structures() == {"lung", "vertebrae"}
+
+
+def _fine_labels() -> SliceLabels:
+    names = (
+        "liver",
+        "spleen",
+        "kidney_left",
+        "kidney_right",
+        *(f"rib_left_{i}" for i in range(1, 13)),
+    )
+    present = np.zeros((6, len(names)), bool)
+    present[1:3, 0] = True  # liver
+    present[3:5, 3] = True  # kidney_right
+    return SliceLabels(names, present)
+
+
+def test_name_typo_suggests_close_match_and_coarse_regions() -> None:
+    from cbirlib.structures import resolve_structure
+
+    with pytest.raises(UnknownStructureError) as info:
+        resolve_structure("livr")
+    message = str(info.value)
+    assert "did you mean 'liver'?" in message
+    assert "'kidney'" in message and "coarse_regions()" in message
+    assert len(message) < 400  # not a dump of ~110 names
+    assert resolve_structure("Liver") == ("fine", ("liver",))
+    assert resolve_structure("KIDNEY") == ("coarse", ("kidney_right", "kidney_left"))
+
+
+def test_labels_column_is_case_insensitive_and_suggests() -> None:
+    labels = _fine_labels()
+    assert labels.column("Liver") == 0 and labels.contains("LIVER")
+    with pytest.raises(UnknownStructureError) as info:
+        labels.column("livr")
+    message = str(info.value)
+    assert "did you mean 'liver'?" in message
+    assert "16 structures" in message and "rib_left_7" not in message
+    assert "'kidney'" in message
+
+
+def test_region_query_names_are_forgiving() -> None:
+    from cbirlib.search import region_query
+    from cbirlib.volume import Volume
+
+    vol = Volume("s1", np.zeros((6, 4, 4), np.float32), labels=_fine_labels())
+    assert region_query(vol, "Liver").source_slices.tolist() == [1, 2]
+    assert region_query(vol, "Kidney").source_slices.tolist() == [3, 4]  # coarse, any case
+    assert region_query(vol, "K", groups={"kidney_right": "K"}).n_slices == 2
+    with pytest.raises(UnknownStructureError) as info:
+        region_query(vol, "livr")
+    message = str(info.value)
+    assert "did you mean 'liver'?" in message and "'kidney'" in message
+    assert "rib_left_7" not in message

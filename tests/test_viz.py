@@ -62,9 +62,12 @@ def test_montage_orders_volumes_by_rank_and_shows_scores() -> None:
     assert titles[0].startswith("query q")
     assert titles[1].startswith("#1 b") and "score 0.900" in titles[1]
     assert titles[2].startswith("#2 c") and "score 0.700" in titles[2]
-    # row 2: reformats with the predicted spans, in mm (slice edges at +-1 mm)
-    assert "span 4-8 (7-17 mm)" in titles[4]
-    assert "span 10-12 (19-25 mm)" in titles[5]
+    # row 2: reformats with the predicted spans; mm = z of the first and last slice
+    # centres, as in `cbirlib query` and the loc_z_first/loc_z_last columns
+    z = vols["b"].z_positions
+    assert f"span 4-8 (z {z[4]:.0f} to {z[8]:.0f} mm)" in titles[4]
+    assert "span 4-8 (z 8 to 16 mm)" in titles[4]
+    assert "span 10-12 (z 20 to 24 mm)" in titles[5]
 
 
 def test_montage_bands_cover_the_span_in_mm_with_superior_up() -> None:
@@ -140,6 +143,9 @@ def test_montage_selects_the_query_among_several() -> None:
     )
     fig = montage(vols["r"], hits, vols, query_id="r:liver", query_span=(2, 6))
     assert fig.axes[1].get_title().startswith("#1 b")
+    z = vols["r"].z_positions
+    # the query column names the span it searched, in slices and mm
+    assert fig.axes[0].get_title() == f"query r\nslices 2-6 (z {z[2]:.0f} to {z[6]:.0f} mm)"
     assert len(fig.axes[2].patches) == 1  # the query's own band
     with pytest.raises(VizError, match="pass query_id"):
         montage(vols["r"], hits, vols)

@@ -164,12 +164,27 @@ class TotalSegmentator(Mapping[str, Volume]):
             p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
         if not folders:
-            raise DatasetError(f"{self.root}: no subject folders found")
+            raise DatasetError(
+                f"{self.root}: not a TotalSegmentator-layout root: no subject folders found "
+                f"(expected <root>/<subject>/{IMAGE_FILE})"
+            )
         missing = [f for f in folders if not (self.root / f / IMAGE_FILE).is_file()]
+        if len(missing) == len(folders):
+            loose = sorted(p.name for p in self.root.glob("*.nii*") if p.is_file())
+            seen = f"; it holds image files itself ({', '.join(loose[:3])}...)" if loose else ""
+            raise DatasetError(
+                f"{self.root}: not a TotalSegmentator-layout root: none of its "
+                f"{len(folders)} subfolder(s) ({', '.join(folders[:3])}"
+                f"{', ...' if len(folders) > 3 else ''}) holds {IMAGE_FILE}{seen}; expected "
+                f"<root>/<subject>/{IMAGE_FILE} and <root>/<subject>/segmentations/*.nii.gz"
+            )
         if missing:
             shown = ", ".join(str(self.root / f / IMAGE_FILE) for f in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise DatasetError(f"missing image file(s): {shown}{more}")
+            raise DatasetError(
+                f"{self.root}: TotalSegmentator root with subject folder(s) lacking "
+                f"{IMAGE_FILE}: missing image file(s): {shown}{more}"
+            )
         meta_path = self.root / META_FILE
         meta = _read_meta(meta_path) if meta_path.is_file() else {}
         unlisted = sorted(set(meta) - set(folders))
