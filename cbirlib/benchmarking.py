@@ -214,6 +214,7 @@ def benchmark(
     exact: bool = False,
     groups: Mapping[str, str] | None = None,
     vote_trim: float = VOTE_TRIM,
+    extractor_options: Mapping[str, Any] | None = None,
     verbose: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Run the study's retrieval protocol and return its per-class tables.
@@ -253,6 +254,9 @@ def benchmark(
         voted slices ignored at each end of the predicted span (outlier votes far from
         the query's anatomy would otherwise stretch it); the MaxSim chain uses its
         argmax slices untrimmed.
+    extractor_options
+        Keyword arguments passed to every :func:`~cbirlib.create_extractor` call (for
+        example ``{"weights": "path/to/checkpoint.pth"}``).
     verbose
         Progress bars and log messages.
 
@@ -315,7 +319,8 @@ def benchmark(
             results += _run_extractor(
                 name, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
                 reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
-                vote_trim=vote_trim, verbose=verbose,
+                vote_trim=vote_trim, extractor_options=dict(extractor_options or {}),
+                verbose=verbose,
             )  # fmt: skip
         coarse_rows = coarse_regions() if groups is None else tuple(sorted(set(groups.values())))
         rows = {"coarse": coarse_rows, "fine": TOTALSEG_V1_CLASSES}
@@ -365,6 +370,7 @@ def _run_extractor(
     exact: bool,
     groups: Mapping[str, str],
     vote_trim: float,
+    extractor_options: Mapping[str, Any],
     verbose: bool,
 ) -> list[pd.DataFrame]:
     """Index the database with one extractor and evaluate every requested mode."""
@@ -373,7 +379,7 @@ def _run_extractor(
     from cbirlib.plugins import create_extractor
     from cbirlib.search import SliceSearch
 
-    extractor: Any = create_extractor(name)
+    extractor: Any = create_extractor(name, **extractor_options)
     path = work / f"index-{_slug(name)}"
     sources = [(s, partial(dataset.load, s, labels=False)) for s in database_ids]
     index = build_index(sources, extractor, path, exact=exact, verbose=verbose)

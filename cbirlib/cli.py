@@ -722,22 +722,16 @@ def _summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def _cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
-    import inspect
-
     from cbirlib.benchmarking import benchmark
 
     _check_evaluation_root(Path(args.data_dir))
     options = _extractor_options(args)
-    kwargs: dict[str, Any] = {}
-    if options:
-        if "extractor_options" not in inspect.signature(benchmark).parameters:
-            raise CliError(
-                "evaluate cannot pass --weights / --extractor-opt with this cbirlib version; "
-                "build the index with `cbirlib index` or use cbirlib.benchmark in Python"
-            )
-        kwargs["extractor_options"] = options
     result = benchmark(
-        args.data_dir, extractors=args.extractor, modes=args.modes, out_dir=args.out, **kwargs
+        args.data_dir,
+        extractors=args.extractor,
+        modes=args.modes,
+        out_dir=args.out,
+        extractor_options=options,
     )
     _write(out, "mean ± SD over structures (structures without a query left out):")
     _write(out, _summary(result).to_string())
@@ -924,14 +918,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(debug: bool) -> None:
+def _setup_logging(debug: bool) -> Callable[[], None]:
+    """Send cbirlib's log records to stderr; returns a function that restores the logger."""
+    package = logging.getLogger("cbirlib")
+    saved = (package.handlers[:], package.level, package.propagate)
+
+    def restore() -> None:
+        package.handlers[:], package.level, package.propagate = saved
+
     level = logging.DEBUG if debug else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    package = logging.getLogger("cbirlib")
     package.handlers[:] = [handler]
     package.setLevel(level)
     package.propagate = False
+    return restore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -950,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) or bad arguments (2)
         return int(exc.code) if isinstance(exc.code, int) else 2
-    _setup_logging(args.debug)
+    restore_logging = _setup_logging(args.debug)
     try:
         # log records go through tqdm.write: above the progress bars, never inside them
         with logging_redirect_tqdm(loggers=[logging.getLogger("cbirlib")]):
@@ -968,6 +969,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
         sys.stderr.write(f"{PROG}: error: {message}\n")
         return 1
+    finally:
+        restore_logging()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -219,3 +219,28 @@ def test_nifti_folder_is_not_a_totalsegmentator_root(tmp_path: Path) -> None:
     message = str(info.value)
     assert "not a TotalSegmentator-layout root" in message
     assert "a.nii.gz" in message and "<root>/<subject>/ct.nii.gz" in message
+
+
+def test_extractor_options_reach_every_extractor(tmp_path, monkeypatch) -> None:
+    import cbirlib.plugins as plugins_module
+    from cbirlib.datasets import make_phantoms
+
+    seen: list[dict] = []
+    real = plugins_module.create_extractor
+
+    def spy(name, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(plugins_module, "create_extractor", spy)
+    make_phantoms(tmp_path / "data", 6, shape=(32, 32), seed=1)
+    benchmark(
+        tmp_path / "data",
+        ["baseline"],
+        modes=("volume",),
+        rerank=(False,),
+        level="coarse",
+        extractor_options={"bins": 8},
+        verbose=False,
+    )
+    assert seen == [{"bins": 8}]
