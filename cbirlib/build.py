@@ -54,7 +54,7 @@ from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexableExtractor", "SubjectSource", "VolumeSource", "build_index"]
+__all__ = ["IndexableExtractor", "SubjectSource", "VolumeSource", "build_index", "check_resumable"]
 
 
 @runtime_checkable
@@ -140,8 +140,23 @@ def _count(volumes: object) -> int | None:
 _ADVICE = "pass another index folder, or resume=False (CLI: --no-resume) to replace it"
 
 
-def _check_saved(directory: Path, extractor: IndexableExtractor, ex_config: dict[str, Any]) -> None:
-    """Refuse to resume an index made by another extractor, before loading any vector."""
+def check_resumable(path: str | os.PathLike[str], extractor: IndexableExtractor) -> Path | None:
+    """The saved index folder that a resumed build at ``path`` continues, or None.
+
+    Reads ``meta.json`` only (no vector), so callers can check before any work.
+
+    Raises
+    ------
+    ExtractorMismatchError
+        The index was built with another extractor.
+    DimensionMismatchError
+        The index holds vectors of another dimension.
+    """
+    try:
+        directory = resolve_dir(Path(path))
+    except IndexFormatError:
+        return None  # nothing to resume
+    ex_config = extractor.to_config()
     meta = read_json(directory / META_NAME)
     stored = meta.get("extractor_config") if isinstance(meta, dict) else None
     saved_dim = meta.get("dim") if isinstance(meta, dict) else None
@@ -156,6 +171,7 @@ def _check_saved(directory: Path, extractor: IndexableExtractor, ex_config: dict
             f"index {str(directory)!r} has dimension {saved_dim}, extractor "
             f"{extractor.name!r} gives {extractor.dim}: {_ADVICE}"
         )
+    return directory
 
 
 def _plural(n: int, noun: str) -> str:
@@ -177,25 +193,18 @@ def _open_index(
 ) -> BaseIndex:
     cls: type[BaseIndex] = ExactIndex if exact else SliceIndex
     ex_config = extractor.to_config()
-    if resume:
+    directory = check_resumable(path, extractor) if resume else None
+    if directory is not None:
+        index = cls.load(path, dim=int(extractor.dim))
         try:
-            directory = resolve_dir(path)
-        except IndexFormatError:
-            pass  # nothing to resume
-        else:
-            _check_saved(directory, extractor, ex_config)
-            index = cls.load(path, dim=int(extractor.dim))
-            try:
-                index.check_extractor(ex_config, strict=True)
-            except ExtractorMismatchError as exc:
-                raise ExtractorMismatchError(
-                    f"index {str(directory)!r}: {exc}; {_ADVICE}"
-                ) from None
-            if index.config != config:
-                logger.warning(
-                    "resuming %s with its saved settings %s (given %s)", path, index.config, config
-                )
-            return index
+            index.check_extractor(ex_config, strict=True)
+        except ExtractorMismatchError as exc:
+            raise ExtractorMismatchError(f"index {str(directory)!r}: {exc}; {_ADVICE}") from None
+        if index.config != config:
+            logger.warning(
+                "resuming %s with its saved settings %s (given %s)", path, index.config, config
+            )
+        return index
     return cls(int(extractor.dim), config=config, extractor_config=ex_config)
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from cbirlib.errors import CbirError, DatasetError, ExtractorMismatchError, VolumeNotFoundError
+from cbirlib.errors import CbirError, DatasetError, VolumeNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -260,33 +260,6 @@ def _is_totalsegmentator_root(path: Path) -> bool:
     return path.is_dir() and any((p / IMAGE_FILE).is_file() for p in path.iterdir() if p.is_dir())
 
 
-def _dicom_series(files: Sequence[Path]) -> list[tuple[str, int]]:
-    """``(SeriesInstanceUID, n_files)`` of the DICOM files, ordered by SeriesNumber.
-
-    Reads headers only (no pixels) and keeps nothing but the series UID and number.
-    """
-    import pydicom
-
-    found: dict[str, tuple[float, int]] = {}
-    for f in files:
-        try:
-            ds = pydicom.dcmread(
-                f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SeriesNumber"]
-            )
-        except Exception:  # not readable as DICOM: load_volume reports it
-            continue
-        uid = ds.get("SeriesInstanceUID")
-        if uid is None:
-            continue
-        try:
-            number = float(ds.get("SeriesNumber"))
-        except (TypeError, ValueError):
-            number = math.inf
-        old = found.get(str(uid), (number, 0))
-        found[str(uid)] = (min(old[0], number), old[1] + 1)
-    return [(uid, n) for uid, (_, n) in sorted(found.items(), key=lambda kv: (kv[1][0], kv[0]))]
-
-
 def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callable[[], Volume]]]:
     """The volumes under ``data_dir`` as ``(volume_id, loader)`` pairs, read lazily.
 
@@ -312,7 +285,7 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
     ...
     cbirlib.errors.DatasetError: no volumes found in ...
     """
-    from cbirlib.io import load_volume
+    from cbirlib.io import dicom_series, load_volume
 
     root = Path(data_dir)
     if not root.exists():
@@ -341,14 +314,17 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
         if not dicom:
             continue
         vid = here.relative_to(root).as_posix() if here != root else root.name
-        series = _dicom_series(dicom)
+        try:
+            series = dicom_series(here)
+        except CbirError:  # no readable series: load_volume reports why, when it is read
+            series = []
         if len(series) <= 1:
             found.append((vid, lambda p=here, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
             continue
         logger.info("%s: %d DICOM series, indexed as separate volumes", here, len(series))
-        for i, (uid, n_files) in enumerate(series, start=1):
-            sid = f"{vid}/series-{i}"
-            logger.debug("%s: series %s (%d files) -> %s", here, uid, n_files, sid)
+        for i, info in enumerate(series, start=1):
+            sid, uid = f"{vid}/series-{i}", info.uid
+            logger.debug("%s: series %s (%d slices) -> %s", here, uid, info.n_slices, sid)
             found.append(
                 (sid, lambda p=here, u=uid, v=sid: load_volume(p, series_uid=u, id=v))  # type: ignore[misc]
             )
@@ -583,22 +559,10 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
 def _check_resumable(index_dir: Path, extractor: Extractor) -> dict[str, Any] | None:
     """The meta of an index to resume; refuses one built with another extractor or dim."""
-    meta = _index_meta(index_dir)
-    if meta is None:
-        return None
-    stored = meta.get("extractor_config") or {}
-    name = extractor.to_config().get("name", extractor.name)
-    stored_name = stored.get("name") if isinstance(stored, dict) else None
-    stored_dim = meta.get("dim")
-    if (stored_name is not None and stored_name != name) or (
-        stored_dim is not None and int(stored_dim) != int(extractor.dim)
-    ):
-        raise ExtractorMismatchError(
-            f"index {str(index_dir)!r} was built with {stored_name!r} ({stored_dim}-dim "
-            f"vectors), this run uses {name!r} ({extractor.dim}-dim); choose another "
-            "INDEX_DIR, or pass --no-resume to replace the index"
-        )
-    return meta
+    from cbirlib.build import check_resumable
+
+    check_resumable(index_dir, extractor)
+    return _index_meta(index_dir)
 
 
 def _cmd_index(args: argparse.Namespace, out: TextIO) -> int:
