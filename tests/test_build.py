@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 import signal
 import subprocess
@@ -17,16 +16,6 @@ from cbirlib.build import build_index
 from cbirlib.errors import DimensionMismatchError, ExtractorError, ExtractorMismatchError
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
 from cbirlib.volume import Volume
-
-
-@pytest.fixture(autouse=True)
-def _cbirlib_logger_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Undo a CLI run's logging setup (own handler, no propagation) so caplog sees records."""
-    package = logging.getLogger("cbirlib")
-    monkeypatch.setattr(package, "propagate", True)
-    monkeypatch.setattr(package, "handlers", [])
-    monkeypatch.setattr(package, "level", logging.NOTSET)
-
 
 FAKE_SRC = '''
 import numpy as np

@@ -380,3 +380,12 @@ def test_the_installed_command_reports_errors_in_one_line(tmp_path) -> None:
         f"cbirlib: error: index folder '{tmp_path / 'missing'}' does not exist"
     ]
     assert proc.stdout == ""
+
+
+def test_main_restores_the_cbirlib_logger(capsys) -> None:
+    import logging
+
+    package = logging.getLogger("cbirlib")
+    before = (package.handlers[:], package.level, package.propagate)
+    assert main(["query", "/nonexistent-index", "q"]) == 1
+    assert (package.handlers, package.level, package.propagate) == before

@@ -46,15 +46,6 @@ def zyx() -> npt.NDArray[np.float32]:
     return values.astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def _cbirlib_logger_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Undo a CLI run's logging setup (own handler, no propagation) so caplog sees records."""
-    package = logging.getLogger("cbirlib")
-    monkeypatch.setattr(package, "propagate", True)
-    monkeypatch.setattr(package, "handlers", [])
-    monkeypatch.setattr(package, "level", logging.NOTSET)
-
-
 def expected_z(n: int) -> npt.NDArray[np.float64]:
     return ORIGIN[2] + SPACING[0] * np.arange(n)
 

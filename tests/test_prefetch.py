@@ -10,13 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
+from test_extractor import TinyNet
 
 from cbirlib.errors import ExtractorError
-from cbirlib.extractor import SliceExtractor
 from cbirlib.extractors.baseline import BaselineExtractor
 from cbirlib.prefetch import prefetch
-from cbirlib.preprocess import InputConfig
 from cbirlib.volume import Volume
 
 
@@ -155,29 +153,6 @@ def test_invalid_settings_raise_at_call_time(workers: int, ahead: int) -> None:
 # -- Extractor.extract_many with loaders ----------------------------------------------------
 
 
-class TinyNet(SliceExtractor):
-    """A random-init CNN: a test fixture, never registered as a pretrained extractor."""
-
-    name = "tiny-prefetch"
-
-    @property
-    def dim(self) -> int:
-        return 5
-
-    def default_input_config(self) -> InputConfig:
-        return InputConfig(size=(16, 16), window="soft_tissue")
-
-    def build_model(self) -> torch.nn.Module:
-        torch.manual_seed(0)
-        return torch.nn.Sequential(
-            torch.nn.Conv2d(3, 4, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(2),
-            torch.nn.Flatten(),
-            torch.nn.Linear(16, 5),
-        )
-
-
 def volume(i: int, n: int = 5) -> Volume:
     rng = np.random.default_rng(i)
     arr = rng.normal(0.0, 150.0, size=(n, 20, 18)).astype(np.float32) + 30.0 * i
@@ -204,7 +179,7 @@ def test_extract_many_with_loaders_matches_volumes(workers: int) -> None:
     ref = list(ex.extract_many([volume(i, n=3 + i) for i in range(5)], workers=0))
     assert [vid for vid, _ in got] == [f"v{i}" for i in range(5)]
     for (_, a), (_, b), i in zip(got, ref, range(5), strict=True):
-        assert a.shape == (3 + i, 5)
+        assert a.shape == (3 + i, 6)
         np.testing.assert_array_equal(a, b)
     assert sorted(calls) == list(range(5))
 
