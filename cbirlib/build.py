@@ -108,7 +108,7 @@ def _lazy_items(
     volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
 ) -> Iterator[_Lazy]:
     """``(id or None, loader)`` pairs; the id is None when only loading can tell it."""
-    if isinstance(volumes, SubjectSource) and not isinstance(volumes, Mapping):
+    if isinstance(volumes, SubjectSource):  # checked first: a data set may also be a Mapping
         for sid in volumes.subjects:
             yield sid, partial(volumes.load, sid, labels=False)
         return

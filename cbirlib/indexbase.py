@@ -14,11 +14,13 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import sys
 import threading
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -41,7 +43,9 @@ from cbirlib.errors import (
 from cbirlib.persist import (
     META_NAME,
     atomic_write_dir,
+    backup_path,
     load_npy,
+    pinned_dir,
     read_json,
     resolve_dir,
     save_npy,
@@ -53,6 +57,10 @@ from cbirlib.vectorstore import STORE_DTYPES
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MAX_DIM = 1 << 16  # widest embedding meta.json may declare
+MAX_EF = 1 << 20
+MAX_LABELS = 1 << 40
+_LOAD_ATTEMPTS = 40  # reads of an index that saves keep replacing, before giving up
 META_KEYS = ("slice_index", "z_mm")
 
 __all__ = [
@@ -609,6 +617,7 @@ class BaseIndex(ABC):
                     },
                     "files": files,
                 }
+                meta["checksum"] = meta_checksum(meta)
                 write_json(directory / META_NAME, meta)
 
             atomic_write_dir(path, write)
@@ -626,6 +635,11 @@ class BaseIndex(ABC):
     ) -> _T:
         """Read an index written by :meth:`save`.
 
+        A load that overlaps saves to the same folder returns the complete old or the
+        complete new index, never a mix: every file is read through one handle on one
+        version of the directory, and a load whose directory was replaced meanwhile is
+        retried (logged at debug level).
+
         Parameters
         ----------
         path
@@ -636,14 +650,54 @@ class BaseIndex(ABC):
             Expected dimension; :class:`~cbirlib.errors.DimensionMismatchError` if the
             index has another.
         verify
-            Check the sha256 of every file (sizes are always checked).
+            Check the sha256 of every file and of ``meta.json`` itself (sizes, types and
+            ranges are always checked).
 
         Raises
         ------
         IndexFormatError
-            Unknown format version, wrong kind, missing, truncated or corrupt file.
+            Unknown format version, wrong kind, missing, truncated, corrupt or
+            inconsistent file, or an index that kept changing while it was read.
         """
-        directory = resolve_dir(path)
+        last: Exception | None = None
+        for attempt in range(_LOAD_ATTEMPTS):
+            try:
+                directory = resolve_dir(path)
+                pin_context = pinned_dir(directory, path)
+                pin = pin_context.__enter__()
+            except IndexFormatError as exc:  # the folder is between the two renames of a save
+                if attempt == _LOAD_ATTEMPTS - 1 or not _swapping(Path(path)):
+                    raise
+                last = exc
+            else:
+                try:
+                    index = cls._load_from(pin.path, mmap=mmap, dim=dim, verify=verify)
+                except (SliceIndexError, OSError) as exc:
+                    if not pin.replaced():
+                        raise _named(exc, pin.path, directory) from None
+                    last = exc
+                else:
+                    if pin.held or not pin.replaced():
+                        logger.info("loaded %r from %s", index, directory)
+                        return index
+                    last = None
+                finally:
+                    pin_context.__exit__(None, None, None)
+            logger.debug(
+                "index %s was replaced while being read (attempt %d: %s); reading again",
+                path,
+                attempt + 1,
+                last,
+            )
+            time.sleep(min(0.001 * 2**attempt, 0.05))
+        raise IndexFormatError(
+            f"index {str(path)!r} kept changing while it was read ({_LOAD_ATTEMPTS} attempts)"
+        )
+
+    @classmethod
+    def _load_from(
+        cls: type[_T], directory: Path, *, mmap: bool, dim: int | None, verify: bool
+    ) -> _T:
         meta = _check_meta(directory, cls.KIND, verify=verify)
         if dim is not None and meta["dim"] != dim:
             raise DimensionMismatchError(
@@ -654,7 +708,7 @@ class BaseIndex(ABC):
             index = cls(int(meta["dim"]), config=config, extractor_config=meta["extractor_config"])
             index._load_keys(directory, meta)
             index._ef = int(meta["ef"])
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise IndexFormatError(
                 f"index file {str(directory / META_NAME)!r} is malformed: {exc!r}"
             ) from None
@@ -666,7 +720,6 @@ class BaseIndex(ABC):
             ) from None
         index._backend_load(directory, meta, mmap=mmap)
         index._apply_ef()
-        logger.info("loaded %r from %s", index, directory)
         return index
 
     def _load_keys(self, directory: Path, meta: dict[str, Any]) -> None:
@@ -684,6 +737,16 @@ class BaseIndex(ABC):
         ]
         if n_vol and ((spans[:, 0] < 0).any() or (spans.sum(axis=1) > n_labels).any()):
             checks.append(("spans.npy", False))
+        if volumes.shape == (n_vol,) and len(set(volumes.tolist())) != n_vol:
+            raise IndexFormatError(
+                f"index file {str(directory / 'volumes.npy')!r} lists a volume id twice"
+            )
+        if n_vol and spans.shape == (n_vol, 2) and _spans_overlap(spans):
+            raise IndexFormatError(
+                f"index file {str(directory / 'spans.npy')!r} gives two volumes the same slices"
+            )
+        if n_vol and spans.shape == (n_vol, 2) and int(spans[:, 1].sum()) != counts["entries"]:
+            checks.append(("spans.npy", False))
         for name, ok in checks:
             if not ok:
                 raise IndexFormatError(
@@ -697,6 +760,76 @@ class BaseIndex(ABC):
             self._alive[start : start + n] = True
         self._next_label = n_labels
         self._n_entries = int(spans[:, 1].sum()) if n_vol else 0
+
+
+def _swapping(path: Path) -> bool:
+    """Whether a save may be swapping ``path`` now (a temporary or backup sibling exists)."""
+    return backup_path(path).exists() or any(path.parent.glob(f".{path.name}.tmp-*"))
+
+
+def _named(exc: Exception, pinned: Path, directory: Path) -> SliceIndexError:
+    """``exc`` as a :class:`SliceIndexError` naming ``directory`` (not its fd alias)."""
+    message = str(exc).replace(str(pinned), str(directory))
+    if isinstance(exc, SliceIndexError):
+        return type(exc)(message)
+    return IndexFormatError(f"index {str(directory)!r} is unreadable: {' '.join(message.split())}")
+
+
+def _spans_overlap(spans: I64) -> bool:
+    """Whether any two ``(start, n)`` spans share a label (or a count is negative)."""
+    if (spans[:, 1] < 0).any():
+        return True
+    order = np.argsort(spans[:, 0], kind="stable")
+    starts, ends = spans[order, 0], spans[order].sum(axis=1)
+    return bool((starts[1:] < ends[:-1]).any())
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def meta_checksum(meta: dict[str, Any]) -> str:
+    """sha256 of ``meta.json``'s content without its own ``checksum`` entry."""
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _validate_meta(meta: dict[str, Any], meta_path: Path) -> None:
+    """Types and ranges of ``meta.json`` values, checked before anything is allocated."""
+
+    def bad(what: str) -> IndexFormatError:
+        return IndexFormatError(f"index file {str(meta_path)!r}: {what}")
+
+    if not _is_int(meta["dim"], 1, MAX_DIM):
+        raise bad(f"'dim' must be an integer in 1..{MAX_DIM}, got {meta['dim']!r}")
+    if not _is_int(meta["ef"], 1, MAX_EF):
+        raise bad(f"'ef' must be an integer in 1..{MAX_EF}, got {meta['ef']!r}")
+    if not isinstance(meta["config"], dict):
+        raise bad(f"'config' must be an object, got {type(meta['config']).__name__}")
+    extractor = meta["extractor_config"]
+    if extractor is not None and not isinstance(extractor, dict):
+        raise bad(f"'extractor_config' must be an object or null, got {type(extractor).__name__}")
+    counts = meta["counts"]
+    if not isinstance(counts, dict) or not all(
+        _is_int(counts.get(key), 0, MAX_LABELS) for key in ("volumes", "entries", "labels")
+    ):
+        raise bad(f"'counts' must hold integers volumes, entries, labels >= 0, got {counts!r}")
+    if counts["entries"] > counts["labels"] or counts["volumes"] > counts["labels"]:
+        raise bad(f"'counts' are inconsistent: {counts!r}")
+    files = meta["files"]
+    if not isinstance(files, dict) or not all(
+        isinstance(name, str)
+        and name == Path(name).name
+        and name not in ("", ".", "..", META_NAME)
+        and isinstance(info, dict)
+        and _is_int(info.get("bytes"), 0, 1 << 62)
+        and isinstance(info.get("sha256"), str)
+        for name, info in files.items()
+    ):
+        raise bad("has a malformed 'files' entry")
+    for name in ("slice_index.npy", "z_mm.npy"):
+        if name not in files or files[name]["bytes"] < 8 * counts["labels"]:
+            raise bad(f"'counts' say {counts['labels']} slices, more than {name} can hold")
 
 
 def _check_meta(directory: Path, kind: str, *, verify: bool) -> dict[str, Any]:
@@ -715,11 +848,10 @@ def _check_meta(directory: Path, kind: str, *, verify: bool) -> dict[str, Any]:
         raise IndexFormatError(
             f"index {str(directory)!r} is of kind {meta['kind']!r}; load it with {other}.load"
         )
+    if verify and "checksum" in meta and meta["checksum"] != meta_checksum(meta):
+        raise IndexFormatError(f"index file {str(meta_path)!r} fails its sha256 checksum")
+    _validate_meta(meta, meta_path)
     files = meta["files"]
-    if not isinstance(files, dict) or not all(
-        isinstance(i, dict) and {"bytes", "sha256"} <= set(i) for i in files.values()
-    ):
-        raise IndexFormatError(f"index file {str(meta_path)!r} has a malformed 'files' entry")
     for name, info in files.items():
         file = directory / name
         if not file.is_file():

@@ -31,7 +31,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,9 @@ __all__ = [
     "atomic_write_dir",
     "backup_path",
     "fsync_dir",
+    "PinnedDir",
     "load_npy",
+    "pinned_dir",
     "read_json",
     "resolve_dir",
     "save_npy",
@@ -188,6 +192,53 @@ def atomic_write_dir(path: str | os.PathLike[str], write: Callable[[Path], None]
     logger.debug("wrote %s atomically", path)
 
 
+@dataclass
+class PinnedDir:
+    """One version of an index directory, held open while it is read.
+
+    Attributes
+    ----------
+    path
+        Path to read the files through. Where the platform allows (Linux
+        ``/proc/self/fd``), it goes through an open handle on the directory, so every
+        file comes from the same version even if a save renames it meanwhile.
+    held
+        Whether ``path`` goes through such a handle.
+    """
+
+    path: Path
+    held: bool
+    _fd: int
+    _origin: Path
+
+    def replaced(self) -> bool:
+        """Whether the folder the index was resolved from now holds another version."""
+        try:
+            here = os.stat(resolve_dir(self._origin))
+        except (IndexFormatError, OSError):
+            return True
+        mine = os.fstat(self._fd)
+        return (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino) or mine.st_nlink == 0
+
+
+@contextmanager
+def pinned_dir(directory: Path, origin: str | os.PathLike[str]) -> Iterator[PinnedDir]:
+    """Hold ``directory`` (resolved from ``origin``) open for a consistent read.
+
+    See :class:`PinnedDir`.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise IndexFormatError(f"index {str(directory)!r} cannot be opened: {exc}") from None
+    try:
+        alias = Path(f"/proc/self/fd/{fd}")
+        held = (alias / META_NAME).is_file()
+        yield PinnedDir(alias if held else directory, held, fd, Path(origin))
+    finally:
+        os.close(fd)
+
+
 def resolve_dir(path: str | os.PathLike[str]) -> Path:
     """The directory to read for ``path``, recovering from an interrupted swap.
 
@@ -199,7 +250,14 @@ def resolve_dir(path: str | os.PathLike[str]) -> Path:
         return path
     backup = backup_path(path)
     if not path.exists() and _is_index_dir(backup):
-        logger.warning("index %s missing; recovering the previous version %s", path, backup)
+        saving = any(path.parent.glob(f".{path.name}{TMP_MARK}*"))
+        logger.log(
+            logging.DEBUG if saving else logging.WARNING,
+            "index %s missing; reading the previous version %s%s",
+            path,
+            backup,
+            " (a save is swapping it in)" if saving else "",
+        )
         return backup
     if path.exists():
         raise IndexFormatError(f"{str(path)!r} is not an index directory (no {META_NAME})")

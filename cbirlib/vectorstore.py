@@ -160,7 +160,19 @@ def hnsw_file_vectors(
         raise IndexFormatError(
             f"index file {str(path)!r} is not an hnswlib file of dimension {dim} or is truncated"
         )
-    labels = _read_labels(path, count, per_element, label_offset)
+    try:
+        levels = np.fromfile(path, dtype="<i4", count=2, offset=48)
+    except OSError as exc:
+        raise IndexFormatError(f"index file {str(path)!r} is unreadable: {exc}") from None
+    max_level, entry_point = int(levels[0]), int(levels[1].view("<u4"))
+    if count and not (0 <= entry_point < count and 0 <= max_level < 64):
+        raise IndexFormatError(
+            f"index file {str(path)!r} has a graph entry point ({entry_point}) or top level "
+            f"({max_level}) outside its {count} elements"
+        )
+    labels = _read_labels(path, count, per_element, label_offset, data_offset)
+    if len(np.unique(labels)) != count:
+        raise IndexFormatError(f"index file {str(path)!r} holds one label twice")
     if mmap:
         block: npt.NDArray[np.uint8] = np.memmap(
             path, dtype=np.uint8, mode="r", offset=_HNSW_HEADER, shape=(count, per_element)
@@ -173,14 +185,23 @@ def hnsw_file_vectors(
 
 
 def _read_labels(
-    path: Path, count: int, per_element: int, label_offset: int, *, chunk: int = 1 << 26
+    path: Path,
+    count: int,
+    per_element: int,
+    label_offset: int,
+    links_end: int,
+    *,
+    chunk: int = 1 << 26,
 ) -> npt.NDArray[np.uint64]:
-    """The label column of an hnswlib file, read in chunks.
+    """The label column of an hnswlib file, read in chunks, checking the level-0 links.
 
     Read with ordinary reads rather than through the memory map, so that the pages of
     the whole file (the labels are interleaved with the vectors) do not become resident
-    in this process just to learn the label order.
+    in this process just to learn the label order. Each record's level-0 link list (a
+    count, then up to ``(links_end - 4) / 4`` neighbour ids) must point inside the file:
+    hnswlib follows such links without bounds checks.
     """
+    max_links = (links_end - 4) // 4
     labels = np.empty(count, np.uint64)
     step = max(1, chunk // per_element)
     with open(path, "rb") as fh:
@@ -191,4 +212,11 @@ def _read_labels(
             labels[first : first + n] = block[:, label_offset : label_offset + 8].view(np.uint64)[
                 :, 0
             ]
+            n_links = block[:, 0:2].view("<u2")[:, 0]
+            links = block[:, 4 : 4 + 4 * max_links].view("<u4")
+            used = np.arange(max_links) < n_links[:, None]
+            if (n_links > max_links).any() or (links[used] >= count).any():
+                raise IndexFormatError(
+                    f"index file {str(path)!r} has graph links outside its {count} elements"
+                )
     return labels

@@ -330,3 +330,32 @@ def test_resume_says_how_many_were_skipped(
         build_index(volumes, FakeExtractor(), tmp_path / "idx", verbose=False)
     messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("1 new volume into" in m and "3 already indexed, skipped" in m for m in messages)
+
+
+def test_build_from_a_real_totalsegmentator_folder(tmp_path: Path) -> None:
+    """TotalSegmentator is also a Mapping; it must be read as a data set (issue 10, item 2)."""
+    from cbirlib.datasets import make_phantoms
+
+    dataset = make_phantoms(tmp_path / "data", 2, shape=(16, 16), seed=3)
+    extractor = CoarseExtractor()
+    index = build_index(dataset, extractor, tmp_path / "idx", verbose=False)
+    assert sorted(index.volume_ids) == sorted(dataset.subjects)
+    for sid in dataset.subjects:
+        vol = dataset.load(sid, labels=False)
+        np.testing.assert_allclose(index.vectors(sid), extractor.extract(vol), atol=1e-6)
+
+
+class CoarseExtractor:
+    """Embeds any slice as its 2x4 block means (plus a constant): dim 8."""
+
+    name = "coarse"
+    dim = 8
+
+    def to_config(self) -> dict[str, object]:
+        return {"name": "coarse"}
+
+    def extract(self, volume: Volume) -> np.ndarray:
+        z, h, w = volume.array.shape
+        a = volume.array[:, : h - h % 2, : w - w % 4].reshape(z, 2, h // 2, 4, w // 4)
+        x = a.mean(axis=(2, 4)).reshape(z, 8) + 3000.0
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -17,6 +17,7 @@ import pytest
 
 from cbirlib.errors import DimensionMismatchError, IndexFormatError
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
+from cbirlib.indexbase import meta_checksum
 from cbirlib.persist import backup_path
 
 KINDS = [SliceIndex, ExactIndex]
@@ -185,6 +186,7 @@ def test_dimension_mismatch_on_load(tmp_path: Path) -> None:
     # a meta.json that lies about the dimension (checksums of the data files still match)
     meta = _meta(tmp_path / "idx")
     meta["dim"] = 8
+    meta["checksum"] = meta_checksum(meta)  # crafted consistently: only the layout can tell
     (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DimensionMismatchError, match=r"hnsw\.bin.*dimension 16, expected 8"):
         SliceIndex.load(tmp_path / "idx")
