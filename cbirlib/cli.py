@@ -448,7 +448,14 @@ def _demo_data(root: Path, args: argparse.Namespace, out: TextIO) -> TotalSegmen
     settings = {"subjects": args.subjects, "seed": args.seed, "shape": list(shape)}
     data_dir = root / "data"
     if marker.is_file():
-        if json.loads(marker.read_text(encoding="utf-8")) == settings and data_dir.is_dir():
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise CliError(
+                f"{str(marker)!r} is not a readable demo marker ({type(exc).__name__}: {exc}); "
+                "delete it, or choose another --out folder"
+            ) from None
+        if previous == settings and data_dir.is_dir():
             _write(out, f"reusing the phantoms in {data_dir}")
             return TotalSegmentator(data_dir)
         for name in ("data", "index"):  # a previous demo's outputs, other settings
@@ -930,6 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = str(exc)
         else:
             message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
+        message = " ".join(message.split())  # one line, whatever a dependency wrote
         sys.stderr.write(f"{PROG}: error: {message}\n")
         return 1
     finally:

@@ -124,6 +124,19 @@ class IndexFormatError(SliceIndexError):
     """An index directory that is missing, truncated, corrupt or of an unknown format."""
 
 
+class IndexStorageError(SliceIndexError, OSError):
+    """The operating system refused to write an index (permission, read-only or full disk).
+
+    It is an :class:`OSError` too: ``errno`` and ``filename`` keep the original values.
+    """
+
+    def __init__(self, errno: int | None, message: str, filename: str) -> None:
+        OSError.__init__(self, errno, message, filename)
+
+    def __str__(self) -> str:
+        return f"{self.strerror} ({self.filename!r}, errno {self.errno})"
+
+
 class ExtractorMismatchError(SliceIndexError):
     """Vectors from an extractor whose config differs from the one the index was built with."""
 
@@ -175,6 +188,7 @@ __all__ = [
     "DuplicateVolumeError",
     "VolumeNotInIndexError",
     "IndexFormatError",
+    "IndexStorageError",
     "ExtractorMismatchError",
     "PipelineError",
     "EvaluationError",

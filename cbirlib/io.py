@@ -115,7 +115,7 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
     try:
         img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
         if as_mask:
-            data: npt.NDArray[Any] = np.asanyarray(img.dataobj) != 0
+            data: npt.NDArray[Any] = _mask_data(img, source)
         else:
             data = img.get_fdata(dtype=np.float32)
     except Exception as exc:  # nibabel, zlib, gzip and numpy errors of a damaged file
@@ -133,6 +133,22 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
         spacing=(float(zooms[2]), float(zooms[1]), float(zooms[0])),
         z_positions=z,
     )
+
+
+def _mask_data(img: Any, source: str) -> npt.NDArray[np.bool_]:
+    """A mask's voxels as booleans: nonzero is present, NaN is absent (with a warning)."""
+    raw = np.asanyarray(img.dataobj)
+    present: npt.NDArray[np.bool_] = raw != 0
+    if raw.dtype.kind == "f":
+        nan = np.isnan(raw)
+        if nan.any():
+            warnings.warn(
+                f"{source}: {int(nan.sum())} NaN voxel(s) in a mask are treated as absent",
+                UserWarning,
+                stacklevel=5,
+            )
+            present &= ~nan
+    return present
 
 
 def _make_volume(source: str, canon: _Canonical, *, id: str, modality: str) -> Volume:
@@ -181,9 +197,55 @@ def _read_nifti(path: Path, *, as_mask: bool = False) -> _Canonical:
     img = _load_nifti_image(path)
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise VolumeReadError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
+    _check_nifti_data(img, path)
     if not as_mask:
         _warn_unknown_orientation(img, path)
     return _canonical_zyx(img, str(path), as_mask=as_mask)
+
+
+def max_voxels() -> int:
+    """Most voxels one image may hold: ``CBIRLIB_MAX_VOXELS`` or 2**31 (8 GiB as float32)."""
+    value = os.environ.get("CBIRLIB_MAX_VOXELS", "")
+    return int(value) if value.strip().isdigit() else 1 << 31
+
+
+def _check_nifti_data(img: Any, path: Path) -> None:
+    """Refuse complex data, and a header whose data cannot be in the file, before reading."""
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c" or dtype.names:
+        raise InvalidVolumeError(
+            f"{path}: {dtype} voxels (complex or compound data) are not a scalar image; "
+            "save the magnitude (or the wanted component) as a real-valued image"
+        )
+    n_voxels = int(np.prod(img.shape, dtype=np.float64))
+    if n_voxels > max_voxels():
+        raise InvalidVolumeError(
+            f"{path}: the header declares {n_voxels} voxels (shape {tuple(img.shape)}), more "
+            f"than the limit {max_voxels()} (set CBIRLIB_MAX_VOXELS to raise it)"
+        )
+    needed = int(getattr(img.dataobj, "offset", 0)) + n_voxels * dtype.itemsize
+    available = _nifti_data_size(path)
+    if available < needed:
+        raise VolumeReadError(
+            f"{path}: the header declares shape {tuple(img.shape)} of {dtype} ({needed} bytes "
+            f"with the header) but the file can hold at most {available} bytes; it is truncated or "
+            "its header is wrong"
+        )
+
+
+#: deflate's largest compression ratio: a gzip file holds at most this many bytes per byte.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _nifti_data_size(path: Path) -> int:
+    """The most bytes of content an image file can hold.
+
+    The file size, or for gzip files the file size times deflate's largest ratio (the
+    gzip trailer's recorded size is not used: it is modulo 4 GiB and covers only the
+    last member of multi-member files such as bgzip's).
+    """
+    size = path.stat().st_size
+    return size * _DEFLATE_MAX_RATIO if path.name.lower().endswith(".gz") else size
 
 
 def _warn_unknown_orientation(img: Any, path: Path) -> None:
@@ -321,15 +383,20 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
     if not files:
         raise VolumeNotFoundError(f"{folder}: empty folder (no files; subfolders are not searched)")
     headers: list[_DicomHeader] = []
+    unreadable: list[Path] = []
     for f in files:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            ds = _read_header(f)
         except Exception as exc:  # InvalidDicomError, truncated headers, unreadable files
+            if _could_be_dicom(f):
+                unreadable.append(f)
             logger.debug("%s: skipped, not a readable DICOM file (%s)", f, type(exc).__name__)
             continue
         uid = ds.get("SeriesInstanceUID")
         rows, cols = ds.get("Rows"), ds.get("Columns")
         if uid is None or rows is None or cols is None:
+            if uid is None and _could_be_dicom(f) and not _is_dicomdir(f, ds):
+                unreadable.append(f)  # a header cut short (an interrupted copy)
             logger.debug("%s: skipped, a DICOM file without image or series", f)
             continue
         thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
@@ -343,12 +410,65 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
                 position=_floats(ds.get("ImagePositionPatient")),
                 pixel_spacing=_floats(ds.get("PixelSpacing")),
                 shape=(int(rows), int(cols)),
-                slice_spacing=float(thickness) if thickness else None,
+                slice_spacing=_positive_float(thickness),
             )
         )
     if not headers:
-        raise VolumeReadError(f"{folder}: no DICOM image files among its {len(files)} file(s)")
+        what = f"; {len(unreadable)} look like damaged DICOM files" if unreadable else ""
+        raise VolumeReadError(
+            f"{folder}: no DICOM image files among its {len(files)} file(s){what}"
+        )
+    if unreadable:
+        names = ", ".join(f.name for f in unreadable[:10]) + (" ..." if len(unreadable) > 10 else "")
+        if len({h.series_uid for h in headers}) == 1:
+            raise MissingSliceError(
+                f"{folder}: {len(unreadable)} of its {len(unreadable) + len(headers)} DICOM "
+                f"files cannot be read ({names}), so the series' extent is not covered; "
+                "restore or remove those files"
+            )
+        warnings.warn(
+            f"{folder}: skipped {len(unreadable)} unreadable DICOM file(s): {names}",
+            UserWarning,
+            stacklevel=4,
+        )
     return headers
+
+
+#: File name endings that a DICOM file may have (many archives use none at all).
+_DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima", ".img")
+
+
+def _could_be_dicom(path: Path) -> bool:
+    """Whether an unreadable file was probably meant to be a DICOM slice."""
+    suffix = path.suffix.lower()
+    return (suffix in _DICOM_SUFFIXES or suffix[1:].isdigit()) and not path.name.startswith(".")
+
+
+def _is_dicomdir(path: Path, ds: Any) -> bool:
+    sop = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return path.name.upper() == "DICOMDIR" or str(sop) == "1.2.840.10008.1.3.10"
+
+
+def _read_header(path: Path) -> Any:
+    """The header of a DICOM file, with or without the 128-byte preamble and ``DICM``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+            raise
+        return ds
+
+
+def _positive_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
 
 
 def _pick_series(
@@ -394,8 +514,9 @@ def _check_series(folder: Path, series: list[_DicomHeader]) -> None:
         ):
             if getattr(h, attr) is None:
                 raise DicomSeriesError(f"{h.path}: missing or invalid {tag}")
+        _check_geometry(h)
         assert h.orientation is not None and first.orientation is not None
-        if len(h.orientation) != 6 or not np.allclose(
+        if not np.allclose(
             h.orientation, first.orientation, atol=ORIENTATION_TOL
         ):
             raise DicomSeriesError(
@@ -416,6 +537,37 @@ def _check_series(folder: Path, series: list[_DicomHeader]) -> None:
                 f"{h.path.name} has {list(h.pixel_spacing)}, "
                 f"{first.path.name} has {list(first.pixel_spacing)}"
             )
+
+
+def _check_geometry(h: _DicomHeader) -> None:
+    """Raise :class:`DicomSeriesError` naming the tag and file of malformed geometry."""
+    assert h.orientation is not None and h.position is not None
+    assert h.pixel_spacing is not None
+    if len(h.position) != 3 or not np.isfinite(h.position).all():
+        raise DicomSeriesError(
+            f"{h.path}: ImagePositionPatient must be 3 finite numbers, got {list(h.position)}"
+        )
+    spacing = h.pixel_spacing
+    if len(spacing) != 2 or not np.isfinite(spacing).all() or min(spacing) <= 0:
+        raise DicomSeriesError(
+            f"{h.path}: PixelSpacing must be 2 positive numbers (row, column spacing in mm), "
+            f"got {list(spacing)}"
+        )
+    o = np.asarray(h.orientation, dtype=np.float64)
+    if o.shape != (6,) or not np.isfinite(o).all():
+        raise DicomSeriesError(
+            f"{h.path}: ImageOrientationPatient must be 6 finite numbers, got {list(o)}"
+        )
+    row, col = o[:3], o[3:]
+    if (
+        abs(np.linalg.norm(row) - 1) > 1e-2
+        or abs(np.linalg.norm(col) - 1) > 1e-2
+        or abs(float(row @ col)) > 1e-2
+    ):
+        raise DicomSeriesError(
+            f"{h.path}: ImageOrientationPatient {list(o)} is degenerate: its row and column "
+            "directions must be orthogonal unit vectors"
+        )
 
 
 def _slice_steps(folder: Path, uid: str, proj: npt.NDArray[np.float64], names: list[str]) -> float:
@@ -458,7 +610,7 @@ def _read_pixels(path: Path) -> npt.NDArray[np.float32]:
     from pydicom.pixels.processing import apply_modality_lut
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, force=True)
         raw = ds.pixel_array
         values = apply_modality_lut(raw, ds)
     except Exception as exc:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.errors import IndexFormatError
+from cbirlib.errors import CbirError, IndexFormatError, IndexStorageError
 
 logger = logging.getLogger(__name__)
 
@@ -165,30 +165,16 @@ def atomic_write_dir(path: str | os.PathLike[str], write: Callable[[Path], None]
     One writer per path at a time; concurrent saves to the same path are not supported.
     """
     path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not (path.is_dir() and (_is_index_dir(path) or not any(path.iterdir()))):
-        raise IndexFormatError(
-            f"refusing to overwrite {str(path)!r}: it exists and is not an index directory"
-        )
-    _remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
     try:
-        write(tmp)
-        for file in tmp.iterdir():
-            _fsync_file(file)
-        fsync_dir(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _write_dir(path, write)
+    except CbirError:
         raise
-    backup = backup_path(path)
-    if path.exists():
-        if backup.exists():  # path is whole here, so the backup is a stale copy
-            shutil.rmtree(backup)
-        os.rename(path, backup)
-        fsync_dir(path.parent)
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
-    shutil.rmtree(backup, ignore_errors=True)
+    except OSError as exc:
+        raise IndexStorageError(
+            exc.errno,
+            f"cannot write index {str(path)!r}: {exc.strerror or exc}",
+            str(exc.filename or path),
+        ) from None
     logger.debug("wrote %s atomically", path)
 
 
@@ -237,6 +223,41 @@ def pinned_dir(directory: Path, origin: str | os.PathLike[str]) -> Iterator[Pinn
         yield PinnedDir(alias if held else directory, held, fd, Path(origin))
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_dir(path: Path, write: Callable[[Path], None]) -> None:
+    """The body of :func:`atomic_write_dir`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not (path.is_dir() and (_is_index_dir(path) or not any(path.iterdir()))):
+        raise IndexFormatError(
+            f"refusing to overwrite {str(path)!r}: it exists and is not an index directory"
+        )
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would; mkdtemp makes it private (0700)
+    try:
+        write(tmp)
+        for file in tmp.iterdir():
+            _fsync_file(file)
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    backup = backup_path(path)
+    if path.exists():
+        if backup.exists():  # path is whole here, so the backup is a stale copy
+            shutil.rmtree(backup)
+        os.rename(path, backup)
+        fsync_dir(path.parent)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def resolve_dir(path: str | os.PathLike[str]) -> Path:

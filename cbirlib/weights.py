@@ -469,12 +469,25 @@ def load_state_dict(
     except Exception as exc:  # corrupt file, unsafe pickle, wrong format
         raise WeightsError(
             f"cannot read weights file {str(path)!r} as "
-            f"{'safetensors' if path.suffix == '.safetensors' else 'a torch checkpoint'}: {exc}. "
+            f"{'safetensors' if path.suffix == '.safetensors' else 'a torch checkpoint'}: "
+            f"{_load_failure(exc)}. "
             f"Supported: .safetensors, and torch checkpoints ({', '.join(_SUFFIXES[1:])}) "
             f"that load with torch.load(weights_only=True)"
-        ) from exc
+        ) from None
     sd = unwrap_checkpoint(raw, source=f"weights file {str(path)!r}")
     return strip_prefixes(sd, strip)
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line on why a weights file did not load, without torch's unsafe advice."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return (
+            "it holds Python objects besides tensors, which would run code when unpickled, "
+            "so it is refused; in an environment you trust, re-save its state dict with "
+            "safetensors or torch.save(model.state_dict())"
+        )
+    return " ".join(text.split())[:300] or type(exc).__name__
 
 
 def _show(keys: Sequence[str]) -> str:

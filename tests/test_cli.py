@@ -389,3 +389,19 @@ def test_main_restores_the_cbirlib_logger(capsys) -> None:
     before = (package.handlers[:], package.level, package.propagate)
     assert main(["query", "/nonexistent-index", "q"]) == 1
     assert (package.handlers, package.level, package.propagate) == before
+
+
+def test_corrupt_demo_marker_is_one_line_naming_the_file(tmp_path, capsys) -> None:
+    (tmp_path / "demo.json").write_text("{not json")
+    assert main(["demo", "--out", str(tmp_path), *DEMO_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "demo.json" in err and "unexpected" not in err
+
+
+def test_multi_line_third_party_messages_print_as_one_line(tmp_path, capsys) -> None:
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    (index_dir / "meta.json").write_text('{"format": 1,\n "kind": "hnsw"}')
+    assert main(["query", str(index_dir), str(tmp_path / "q.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cbirlib: error: ") and err.count("\n") == 1

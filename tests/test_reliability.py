@@ -234,3 +234,40 @@ def test_a_genuinely_corrupt_index_fails_fast(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 1
     assert "/proc/self" not in str(info.value) and str(path) in str(info.value)
     assert isinstance(info.value, CbirError)
+
+
+def test_os_errors_become_named_errors_keeping_errno(tmp_path: Path) -> None:
+    import errno
+
+    from cbirlib.errors import IndexStorageError
+    from cbirlib.persist import atomic_write_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IndexStorageError) as info:
+        _small().save(tmp_path / "file" / "idx")  # the parent is a file
+    assert info.value.errno in (errno.ENOTDIR, errno.EEXIST) and isinstance(info.value, OSError)
+    assert "file" in str(info.value) and isinstance(info.value, CbirError)
+
+    path = tmp_path / "idx"
+    _small().save(path)
+
+    def full_disk(directory: Path) -> None:
+        (directory / "a.npy").write_bytes(b"1")
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "a.npy"))
+
+    with pytest.raises(IndexStorageError, match="No space left") as info:
+        atomic_write_dir(path, full_disk)
+    assert info.value.errno == errno.ENOSPC
+    assert SliceIndex.load(path).n_volumes == 4  # the old index is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "idx"]  # no temp left
+
+
+def test_index_folder_follows_the_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        _small().save(tmp_path / "idx")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "idx").stat().st_mode & 0o777 == 0o755

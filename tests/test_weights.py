@@ -72,8 +72,11 @@ def test_torch_checkpoint_unwrapped_and_prefix_stripped(tmp_path: Path, wrap: st
 def test_pickled_object_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "evil.pth"
     torch.save({"state_dict": _model()}, p)  # a whole module needs full unpickling
-    with pytest.raises(WeightsError, match=r"evil\.pth"):
+    with pytest.raises(WeightsError, match=r"evil\.pth") as err:
         load_state_dict(p)
+    message = str(err.value)
+    assert "weights_only=False" not in message and "\n" not in message
+    assert "would run code" in message
 
 
 def test_wrong_sha256_rejected(tmp_path: Path) -> None:

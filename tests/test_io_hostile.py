@@ -1,0 +1,184 @@
+"""Hostile and damaged inputs to the readers (issue 10, items 3, 4, 6, 7)."""
+
+from __future__ import annotations
+
+import gzip
+import time
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from cbirlib.errors import (
+    CbirError,
+    DicomSeriesError,
+    InvalidVolumeError,
+    MissingSliceError,
+    VolumeReadError,
+)
+from cbirlib.io import load_mask, load_volume
+from tests.dicom_helpers import write_dicom_series, write_nifti
+
+
+@pytest.fixture
+def zyx() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.permutation(8 * 6 * 7).reshape(8, 6, 7) * 2 - 300).astype(np.float32)
+
+
+def _series(tmp_path: Path, zyx: np.ndarray) -> Path:
+    folder = tmp_path / "series"
+    write_dicom_series(folder, zyx, shuffle=False, spacing=(2.0, 0.8, 0.7))
+    return folder
+
+
+# --- DICOM: files lost at the ends of a series --------------------------------------------
+
+
+def test_truncated_last_file_is_an_error_not_a_shorter_volume(tmp_path: Path, zyx: np.ndarray) -> None:
+    folder = _series(tmp_path, zyx)
+    last = folder / "img0007.dcm"
+    last.write_bytes(last.read_bytes()[:100])  # an interrupted copy
+    with pytest.raises(MissingSliceError, match=r"img0007\.dcm"):
+        load_volume(folder)
+
+
+def test_empty_first_file_is_an_error(tmp_path: Path, zyx: np.ndarray) -> None:
+    folder = _series(tmp_path, zyx)
+    (folder / "img0000.dcm").write_bytes(b"")
+    with pytest.raises(MissingSliceError, match=r"1 of its 8 DICOM files.*img0000\.dcm"):
+        load_volume(folder)
+
+
+def test_files_without_preamble_are_read(tmp_path: Path, zyx: np.ndarray) -> None:
+    folder = _series(tmp_path, zyx)
+    reference = load_volume(folder)
+    for name in ("img0000.dcm", "img0007.dcm"):
+        data = (folder / name).read_bytes()
+        assert data[128:132] == b"DICM"
+        (folder / name).write_bytes(data[132:])  # no preamble, no DICM marker
+    vol = load_volume(folder)
+    assert vol.n_slices == 8
+    np.testing.assert_array_equal(vol.array, reference.array)
+    np.testing.assert_array_equal(vol.z_positions, reference.z_positions)
+
+
+def test_unreadable_file_beside_two_series_warns_with_its_name(
+    tmp_path: Path, zyx: np.ndarray
+) -> None:
+    folder = tmp_path / "two"
+    write_dicom_series(folder, zyx, prefix="a", series_uid="1.2.3.1")
+    write_dicom_series(folder, zyx, prefix="b", series_uid="1.2.3.2")
+    (folder / "broken.dcm").write_bytes(b"\0" * 40)
+    with pytest.warns(UserWarning, match=r"broken\.dcm"):
+        vol = load_volume(folder, series_uid="1.2.3.1")
+    assert vol.n_slices == 8
+
+
+def test_non_dicom_side_files_do_not_count_as_lost_slices(tmp_path: Path, zyx: np.ndarray) -> None:
+    folder = _series(tmp_path, zyx)
+    (folder / "notes.txt").write_text("scanned on Monday")
+    (folder / "thumbnail.jpg").write_bytes(b"\xff\xd8\xff")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_volume(folder).n_slices == 8
+
+
+# --- DICOM: malformed geometry ---------------------------------------------------------------
+
+
+def _edit(folder: Path, name: str, **tags: object) -> None:
+    ds = pydicom.dcmread(folder / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values we write
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        ds.save_as(folder / name)
+
+
+@pytest.mark.parametrize(
+    ("tags", "pattern"),
+    [
+        ({"ImagePositionPatient": [0.0, 1.0]}, "ImagePositionPatient must be 3"),
+        ({"ImagePositionPatient": ["nan", 0.0, 0.0]}, "(invalid|finite).*ImagePositionPatient|ImagePositionPatient must be 3 finite"),
+        ({"PixelSpacing": [0.0, 0.7]}, "PixelSpacing must be 2 positive"),
+        ({"PixelSpacing": [-0.8, -0.7]}, "PixelSpacing must be 2 positive"),
+        ({"PixelSpacing": [0.8]}, "(invalid PixelSpacing|PixelSpacing must be 2)"),
+        ({"ImageOrientationPatient": [1, 0, 0, 1, 0, 0]}, "degenerate"),
+        ({"ImageOrientationPatient": [0, 0, 0, 0, 0, 0]}, "degenerate"),
+        ({"ImageOrientationPatient": [1, 0, 0, 0]}, "ImageOrientationPatient must be 6"),
+    ],
+)
+def test_malformed_geometry_names_tag_and_file(
+    tmp_path: Path, zyx: np.ndarray, tags: dict[str, object], pattern: str
+) -> None:
+    folder = _series(tmp_path, zyx)
+    for i in range(8):
+        _edit(folder, f"img{i:04d}.dcm", **tags)
+    with pytest.raises(DicomSeriesError, match=rf"img0000\.dcm.*{pattern}") as info:
+        load_volume(folder)
+    assert "\n" not in str(info.value)
+
+
+# --- NIfTI: silent wrong results and lying headers -----------------------------------------
+
+
+def test_complex_nifti_is_refused(tmp_path: Path) -> None:
+    data = (np.arange(60).reshape(3, 4, 5) * (1 + 1j)).astype(np.complex64)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "c.nii.gz")
+    with pytest.raises(InvalidVolumeError, match="complex"):
+        load_volume(tmp_path / "c.nii.gz")
+
+
+def test_nan_voxels_in_a_mask_are_absent(tmp_path: Path, zyx: np.ndarray) -> None:
+    write_nifti(tmp_path / "ct.nii.gz", zyx)
+    mask = np.zeros(zyx.shape, np.float32)
+    mask[2:4] = 1.0
+    mask[[0, 7]] = np.nan
+    write_nifti(tmp_path / "m.nii.gz", mask)
+    with pytest.warns(UserWarning, match="NaN"):
+        loaded = load_mask(tmp_path / "m.nii.gz", like=load_volume(tmp_path / "ct.nii.gz"))
+    assert np.flatnonzero(loaded.any(axis=(1, 2))).tolist() == [2, 3]
+
+
+def _lying_header(path: Path, shape: tuple[int, int, int]) -> None:
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    img.header.set_data_shape(shape)
+    raw = img.header.binaryblock + b"\0" * 4 + np.zeros(1500, np.float32).tobytes()
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("name", ["big.nii", "big.nii.gz"])
+def test_lying_header_fails_fast_without_allocating(tmp_path: Path, name: str) -> None:
+    import tracemalloc
+
+    _lying_header(tmp_path / name, (1024, 1024, 1024))
+    tracemalloc.start()
+    t0 = time.monotonic()
+    with pytest.raises(CbirError, match="1024, 1024, 1024"):
+        load_volume(tmp_path / name)
+    elapsed = time.monotonic() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert elapsed < 1 and peak < 100 * 2**20, (elapsed, peak)
+
+
+def test_voxel_limit_is_configurable(tmp_path: Path, zyx: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_nifti(tmp_path / "ct.nii.gz", zyx)
+    monkeypatch.setenv("CBIRLIB_MAX_VOXELS", "100")
+    with pytest.raises(InvalidVolumeError, match="CBIRLIB_MAX_VOXELS"):
+        load_volume(tmp_path / "ct.nii.gz")
+    monkeypatch.setenv("CBIRLIB_MAX_VOXELS", str(zyx.size))
+    assert load_volume(tmp_path / "ct.nii.gz").n_slices == 8
+
+
+def test_short_uncompressed_nifti_names_the_sizes(tmp_path: Path) -> None:
+    _lying_header(tmp_path / "short.nii", (40, 40, 40))
+    with pytest.raises(VolumeReadError, match="truncated or its header is wrong"):
+        load_volume(tmp_path / "short.nii")
