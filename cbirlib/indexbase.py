@@ -272,6 +272,7 @@ class BaseIndex(ABC):
         self._extractor_config = _normalise_config(extractor_config)
         self._ef = config.ef_search
         self._spans: dict[str, tuple[int, int]] = {}  # id -> (first label, n), insertion order
+        self._removed: set[str] = set()  # ids removed since creation, for clearer errors
         self._next_label = 0
         self._n_entries = 0
         self._slice_index = np.zeros(0, np.int64)  # per label
@@ -359,6 +360,13 @@ class BaseIndex(ABC):
         try:
             return self._spans[volume_id]
         except (KeyError, TypeError):
+            if volume_id in self._removed:
+                raise VolumeNotInIndexError(
+                    f"volume {volume_id!r} was removed from the index (by another thread while "
+                    "a query that had found it was running, if this comes from a chain); "
+                    "queries and add/remove on one index must not overlap: serialise them, "
+                    "or run the query again"
+                ) from None
             known = ", ".join(repr(v) for v in list(self._spans)[:10])
             more = "..." if len(self._spans) > 10 else ""
             raise VolumeNotInIndexError(
@@ -482,6 +490,7 @@ class BaseIndex(ABC):
             self._z_mm[start : start + n] = z
             self._alive[start : start + n] = True
             self._spans[volume_id] = (start, n)
+            self._removed.discard(volume_id)
             self._next_label += n
             self._n_entries += n
             self._table = None
@@ -493,6 +502,7 @@ class BaseIndex(ABC):
             self._backend_remove(np.arange(start, start + n, dtype=np.int64))
             self._alive[start : start + n] = False
             del self._spans[volume_id]
+            self._removed.add(volume_id)
             self._n_entries -= n
             self._table = None
 

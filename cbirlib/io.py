@@ -377,7 +377,6 @@ def _floats(value: Any) -> tuple[float, ...] | None:
 
 def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
     """Headers of the DICOM image files directly inside ``folder``."""
-    import pydicom
 
     files = sorted(p for p in folder.iterdir() if p.is_file())
     if not files:
@@ -419,7 +418,9 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
             f"{folder}: no DICOM image files among its {len(files)} file(s){what}"
         )
     if unreadable:
-        names = ", ".join(f.name for f in unreadable[:10]) + (" ..." if len(unreadable) > 10 else "")
+        names = ", ".join(f.name for f in unreadable[:10]) + (
+            " ..." if len(unreadable) > 10 else ""
+        )
         if len({h.series_uid for h in headers}) == 1:
             raise MissingSliceError(
                 f"{folder}: {len(unreadable)} of its {len(unreadable) + len(headers)} DICOM "
@@ -516,9 +517,7 @@ def _check_series(folder: Path, series: list[_DicomHeader]) -> None:
                 raise DicomSeriesError(f"{h.path}: missing or invalid {tag}")
         _check_geometry(h)
         assert h.orientation is not None and first.orientation is not None
-        if not np.allclose(
-            h.orientation, first.orientation, atol=ORIENTATION_TOL
-        ):
+        if not np.allclose(h.orientation, first.orientation, atol=ORIENTATION_TOL):
             raise DicomSeriesError(
                 f"{folder}: mixed orientations in series {_short_uid(first.series_uid)}: "
                 f"{h.path.name} has ImageOrientationPatient {list(h.orientation)}, "

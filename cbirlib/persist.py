@@ -271,7 +271,7 @@ def resolve_dir(path: str | os.PathLike[str]) -> Path:
         return path
     backup = backup_path(path)
     if not path.exists() and _is_index_dir(backup):
-        saving = any(path.parent.glob(f".{path.name}{TMP_MARK}*"))
+        saving = path.exists() or any(path.parent.glob(f".{path.name}{TMP_MARK}*"))
         logger.log(
             logging.DEBUG if saving else logging.WARNING,
             "index %s missing; reading the previous version %s%s",

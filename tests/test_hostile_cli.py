@@ -26,8 +26,9 @@ def _volume(tmp_path: Path) -> Path:
 def _series(tmp_path: Path) -> Path:
     rng = np.random.default_rng(2)
     folder = tmp_path / "series"
-    write_dicom_series(folder, (rng.normal(size=(6, 32, 32)) * 200).astype(np.float32),
-                       shuffle=False)
+    write_dicom_series(
+        folder, (rng.normal(size=(6, 32, 32)) * 200).astype(np.float32), shuffle=False
+    )
     return folder
 
 
@@ -43,7 +44,8 @@ def _edit_all(folder: Path, **tags: object) -> Path:
 VOLUMES: dict[str, Callable[[Path], Path]] = {
     "lying header .nii": lambda t: (_lying_header(t / "a.nii", (1024, 1024, 1024)), t / "a.nii")[1],
     "lying header .nii.gz": lambda t: (
-        _lying_header(t / "a.nii.gz", (1024, 1024, 1024)), t / "a.nii.gz"
+        _lying_header(t / "a.nii.gz", (1024, 1024, 1024)),
+        t / "a.nii.gz",
     )[1],
     "short .nii": lambda t: (_lying_header(t / "s.nii", (40, 40, 40)), t / "s.nii")[1],
     "empty .nii.gz": lambda t: _write(t / "e.nii.gz", b""),

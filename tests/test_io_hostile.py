@@ -38,7 +38,9 @@ def _series(tmp_path: Path, zyx: np.ndarray) -> Path:
 # --- DICOM: files lost at the ends of a series --------------------------------------------
 
 
-def test_truncated_last_file_is_an_error_not_a_shorter_volume(tmp_path: Path, zyx: np.ndarray) -> None:
+def test_truncated_last_file_is_an_error_not_a_shorter_volume(
+    tmp_path: Path, zyx: np.ndarray
+) -> None:
     folder = _series(tmp_path, zyx)
     last = folder / "img0007.dcm"
     last.write_bytes(last.read_bytes()[:100])  # an interrupted copy
@@ -103,7 +105,10 @@ def _edit(folder: Path, name: str, **tags: object) -> None:
     ("tags", "pattern"),
     [
         ({"ImagePositionPatient": [0.0, 1.0]}, "ImagePositionPatient must be 3"),
-        ({"ImagePositionPatient": ["nan", 0.0, 0.0]}, "(invalid|finite).*ImagePositionPatient|ImagePositionPatient must be 3 finite"),
+        (
+            {"ImagePositionPatient": ["nan", 0.0, 0.0]},
+            "(invalid|finite).*ImagePositionPatient|ImagePositionPatient must be 3 finite",
+        ),
         ({"PixelSpacing": [0.0, 0.7]}, "PixelSpacing must be 2 positive"),
         ({"PixelSpacing": [-0.8, -0.7]}, "PixelSpacing must be 2 positive"),
         ({"PixelSpacing": [0.8]}, "(invalid PixelSpacing|PixelSpacing must be 2)"),
@@ -169,7 +174,9 @@ def test_lying_header_fails_fast_without_allocating(tmp_path: Path, name: str) -
     assert elapsed < 1 and peak < 100 * 2**20, (elapsed, peak)
 
 
-def test_voxel_limit_is_configurable(tmp_path: Path, zyx: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_voxel_limit_is_configurable(
+    tmp_path: Path, zyx: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_nifti(tmp_path / "ct.nii.gz", zyx)
     monkeypatch.setenv("CBIRLIB_MAX_VOXELS", "100")
     with pytest.raises(InvalidVolumeError, match="CBIRLIB_MAX_VOXELS"):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cbirlib.errors import CbirError, IndexFormatError
+from cbirlib.errors import CbirError, IndexFormatError, VolumeNotInIndexError
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
 from cbirlib.indexbase import meta_checksum
 
@@ -167,7 +167,7 @@ def test_meta_json_is_covered_by_the_checksum(tmp_path: Path) -> None:
     meta = _meta(path)
     meta["ef"] = 12  # a valid value, but not the saved one
     (path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(IndexFormatError, match="meta.json.*checksum"):
+    with pytest.raises(IndexFormatError, match=r"meta\.json.*checksum"):
         SliceIndex.load(path)
     assert SliceIndex.load(path, verify=False).ef == 12
 
@@ -229,7 +229,7 @@ def test_a_genuinely_corrupt_index_fails_fast(tmp_path: Path) -> None:
     _small().save(path)
     (path / "z_mm.npy").unlink()
     t0 = time.monotonic()
-    with pytest.raises(IndexFormatError, match="z_mm.npy.*missing") as info:
+    with pytest.raises(IndexFormatError, match=r"z_mm\.npy.*missing") as info:
         SliceIndex.load(path)
     assert time.monotonic() - t0 < 1
     assert "/proc/self" not in str(info.value) and str(path) in str(info.value)
@@ -271,3 +271,14 @@ def test_index_folder_follows_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "idx").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_volume_removed_under_a_running_query_is_named_as_such() -> None:
+    index = _small()
+    index.remove("v1")
+    with pytest.raises(VolumeNotInIndexError, match="was removed from the index"):
+        index.vectors("v1")
+    with pytest.raises(VolumeNotInIndexError, match="is not in the index"):
+        index.vectors("never")
+    index.add("v1", np.ones((2, 8)))
+    assert index.vectors("v1").shape == (2, 8)
