@@ -48,7 +48,7 @@ from cbirlib.errors import (
 )
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
 from cbirlib.indexbase import BaseIndex
-from cbirlib.persist import META_NAME, read_json, resolve_dir
+from cbirlib.persist import META_NAME, check_target, read_json, resolve_dir
 from cbirlib.prefetch import prefetch
 from cbirlib.volume import Volume
 
@@ -293,6 +293,7 @@ def build_index(
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     path = Path(path)
+    check_target(path)  # before any work: a foreign folder is refused, not overwritten
     index = _open_index(path, extractor, config=config, exact=exact, resume=resume)
     fresh = not (path / "meta.json").is_file() or index.n_volumes == 0
     unsaved = 0

@@ -593,10 +593,11 @@ def _cmd_index(args: argparse.Namespace, out: TextIO) -> int:
         index = build_index(items, extractor, index_dir, verbose=True, resume=args.resume)
     except BaseException:
         saved = _indexed_count(_index_meta(index_dir))
-        sys.stderr.write(
-            f"{PROG}: {saved} of {_plural(len(items), 'volume')} saved in {index_dir}; "
-            "run the same command to resume\n"
-        )
+        if saved > before:  # a resume would skip work; otherwise there is nothing to resume
+            sys.stderr.write(
+                f"{PROG}: {saved} of {_plural(len(items), 'volume')} saved in {index_dir}; "
+                "run the same command to resume\n"
+            )
         raise
     added = max(0, index.n_volumes - before)
     skipped = len(items) - added

@@ -52,6 +52,7 @@ __all__ = [
     "META_NAME",
     "atomic_write_dir",
     "backup_path",
+    "check_target",
     "fsync_dir",
     "PinnedDir",
     "load_npy",
@@ -225,6 +226,15 @@ def pinned_dir(directory: Path, origin: str | os.PathLike[str]) -> Iterator[Pinn
         os.close(fd)
 
 
+def check_target(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`IndexFormatError` unless ``path`` is absent, empty or an index folder."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (_is_index_dir(path) or not any(path.iterdir()))):
+        raise IndexFormatError(
+            f"refusing to overwrite {str(path)!r}: it exists and is not an index directory"
+        )
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -234,10 +244,7 @@ def _umask() -> int:
 def _write_dir(path: Path, write: Callable[[Path], None]) -> None:
     """The body of :func:`atomic_write_dir`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not (path.is_dir() and (_is_index_dir(path) or not any(path.iterdir()))):
-        raise IndexFormatError(
-            f"refusing to overwrite {str(path)!r}: it exists and is not an index directory"
-        )
+    check_target(path)
     _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would; mkdtemp makes it private (0700)

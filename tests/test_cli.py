@@ -405,3 +405,15 @@ def test_multi_line_third_party_messages_print_as_one_line(tmp_path, capsys) -> 
     assert main(["query", str(index_dir), str(tmp_path / "q.nii.gz")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("cbirlib: error: ") and err.count("\n") == 1
+
+
+def test_index_into_a_foreign_folder_does_not_suggest_resuming(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    write_nifti(tmp_path / "ct.nii.gz", (rng.normal(size=(4, 32, 32)) * 300).astype(np.float32))
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "thesis.docx").write_text("keep")
+    assert main(["index", str(tmp_path / "ct.nii.gz"), str(target)]) == 1
+    err = capsys.readouterr().err
+    assert "resume" not in err and "not an index directory" in err and err.count("\n") == 1
+    assert (target / "thesis.docx").read_text() == "keep"
