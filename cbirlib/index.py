@@ -132,7 +132,8 @@ class SliceIndex(BaseIndex):
         capacity = int(self._graph.get_max_elements())
         if need > capacity:
             self._graph.resize_index(max(need, 2 * capacity))
-        self._graph.add_items(vectors, labels, num_threads=-1)
+        threads = 1 if self.config.deterministic else -1
+        self._graph.add_items(vectors, labels, num_threads=threads)
         if self._store is not None:
             self._store.put(int(labels[0]), vectors)
         else:
@@ -161,10 +162,18 @@ class SliceIndex(BaseIndex):
             while True:
                 try:
                     labels, distances = self._graph.knn_query(queries, k=k, num_threads=-1)
-                except RuntimeError:
+                except RuntimeError as exc:
                     # With deletions hnswlib may find fewer than k live items at this ef.
                     if ef >= self._next_label:
                         break
+                    logger.warning(
+                        "HNSW search found fewer than k=%d items at ef=%d (%s); retrying "
+                        "with ef=%d",
+                        k,
+                        ef,
+                        " ".join(str(exc).split()),
+                        min(max(ef, k) * 2, self._next_label),
+                    )
                     ef = min(max(ef, k) * 2, self._next_label)
                     self._graph.set_ef(ef)
                     continue
@@ -172,7 +181,9 @@ class SliceIndex(BaseIndex):
         finally:
             if ef != self._ef:
                 self._graph.set_ef(self._ef)
-        logger.debug("HNSW search found fewer than k=%d live items; searching exactly", k)
+        logger.warning(
+            "HNSW search found fewer than k=%d live items at every ef; searching exactly", k
+        )
         return self._exact_fallback(queries, k)
 
     def _backend_save(self, directory: Path) -> None:

@@ -102,6 +102,12 @@ class HnswConfig:
         ``"float32"`` or ``"float16"``: precision of the stored vectors used for
         re-ranking and exact search. With float32 an HNSW index reads its vectors back
         from the graph file (no second copy on disk).
+    deterministic
+        Insert vectors into the graph with one thread (default), so that the same
+        vectors added in the same order give the same graph, byte for byte, and the
+        same search results. hnswlib's multithreaded insertion builds a different graph
+        each time. ``False`` inserts with every core, which is faster to build and not
+        reproducible. Searches always use every core.
 
     Examples
     --------
@@ -115,6 +121,7 @@ class HnswConfig:
     ef_construction: int = 200
     ef_search: int = 128
     store_dtype: str = "float32"
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         for name, low in (("M", 2), ("ef_construction", 1), ("ef_search", 1)):
@@ -123,6 +130,10 @@ class HnswConfig:
                 raise SliceIndexError(
                     f"HnswConfig.{name} must be an integer >= {low}, got {value!r}"
                 )
+        if not isinstance(self.deterministic, bool):
+            raise SliceIndexError(
+                f"HnswConfig.deterministic must be True or False, got {self.deterministic!r}"
+            )
         if self.store_dtype not in STORE_DTYPES:
             raise SliceIndexError(
                 f"HnswConfig.store_dtype {self.store_dtype!r} is not supported; "

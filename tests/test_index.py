@@ -363,3 +363,24 @@ def test_random_operations_match_exact_model(
     a, b = index.search(q, k=5), model.search(q, k=5)
     assert a.scores.shape == b.scores.shape == (4, min(5, len(model)))
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_deterministic_builds_give_the_same_graph_and_results(tmp_path) -> None:
+    """Issue 11, item 3: the same vectors in the same order give the same index."""
+    from cbirlib.index import HnswConfig, SliceIndex
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(3000, 32)).astype(np.float32)
+    queries = rng.normal(size=(50, 32)).astype(np.float32)
+    results = []
+    for run in range(3):
+        index = SliceIndex(32, config=HnswConfig(M=8, ef_construction=40))
+        for v in range(30):
+            index.add(f"v{v}", data[v * 100 : (v + 1) * 100])
+        index.save(tmp_path / f"i{run}")
+        hits = index.search(queries, k=10)
+        results.append(((tmp_path / f"i{run}" / "hnsw.bin").read_bytes(), hits))
+    for graph, hits in results[1:]:
+        assert graph == results[0][0]
+        np.testing.assert_array_equal(hits.volume_ids, results[0][1].volume_ids)
+        np.testing.assert_array_equal(hits.slice_indices, results[0][1].slice_indices)

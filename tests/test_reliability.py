@@ -74,17 +74,22 @@ def test_loads_during_saves_are_never_mixed(tmp_path: Path) -> None:
         [sys.executable, "-c", SAVER, str(path), "8"], stdout=subprocess.PIPE, text=True
     )
     assert saver.stdout is not None
-    assert saver.stdout.readline().strip() == "ready"
-    seen: dict[int, int] = {1: 0, 2: 0}
-    loads = 0
-    end = time.monotonic() + 7
-    while time.monotonic() < end:
-        index = SliceIndex.load(path)  # any exception fails the test
-        seen[_check_whole(index)] += 1
-        loads += 1
-    saves = int(saver.stdout.readline())
-    saver.wait(timeout=30)
-    saver.stdout.close()
+    try:
+        assert saver.stdout.readline().strip() == "ready"
+        seen: dict[int, int] = {1: 0, 2: 0}
+        loads = 0
+        end = time.monotonic() + 7
+        while time.monotonic() < end:
+            index = SliceIndex.load(path)  # any exception fails the test
+            seen[_check_whole(index)] += 1
+            loads += 1
+        saves = int(saver.stdout.readline())
+        saver.wait(timeout=30)
+    finally:
+        if saver.poll() is None:
+            saver.kill()
+            saver.wait()
+        saver.stdout.close()
     assert loads >= 20 and saves >= 20, (loads, saves)
     assert seen[1] and seen[2], seen
 
@@ -282,3 +287,16 @@ def test_a_volume_removed_under_a_running_query_is_named_as_such() -> None:
         index.vectors("never")
     index.add("v1", np.ones((2, 8)))
     assert index.vectors("v1").shape == (2, 8)
+
+
+def test_a_half_deleted_backup_is_removed_by_the_next_save(tmp_path: Path) -> None:
+    """A kill during the final clean-up leaves INDEX.old half deleted; the next save ends it."""
+    path = tmp_path / "idx"
+    _small().save(path)
+    half = tmp_path / "idx.old"
+    half.mkdir()
+    (half / "hnsw.bin").write_bytes(b"partial")  # meta.json already gone
+    index = SliceIndex.load(path)  # a reader leaves it (a save may be mid-swap)
+    assert half.exists() and index.n_volumes == 4
+    index.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
