@@ -127,12 +127,47 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # (dx, dy, dz)
     n_z = data.shape[2]
     z = affine[2, 2] * np.arange(n_z, dtype=np.float64) + affine[2, 3]
+    dz = _slice_spacing(affine, source) if n_z > 1 and not as_mask else float(zooms[2])
     return _Canonical(
         array=np.ascontiguousarray(data.transpose(2, 1, 0)),
         affine=affine,
-        spacing=(float(zooms[2]), float(zooms[1]), float(zooms[0])),
+        spacing=(dz, float(zooms[1]), float(zooms[0])),
         z_positions=z,
     )
+
+
+#: Degrees between the slice axis and the body axis above which a tilt is reported.
+TILT_WARN_DEGREES = 0.5
+
+
+def _slice_spacing(affine: npt.NDArray[np.float64], source: str) -> float:
+    """The distance between slice planes, warning when the slices are tilted or oblique.
+
+    The slice step (the affine's third column) of a gantry-tilted series is not
+    perpendicular to the slice planes, so its length overstates the spacing; of an
+    oblique series it is not along the body axis, so ``z_positions`` advance by less
+    than the spacing. Positions are kept as they are (the S coordinate of each slice
+    origin); the returned spacing is the perpendicular distance between the planes.
+    """
+    step = affine[:3, 2]
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    norm = float(np.linalg.norm(normal))
+    if norm == 0 or not np.isfinite(norm):
+        return float(np.linalg.norm(step))
+    normal /= norm
+    spacing = abs(float(step @ normal))
+    shear = np.degrees(np.arccos(min(1.0, spacing / float(np.linalg.norm(step)))))
+    oblique = np.degrees(np.arccos(min(1.0, abs(float(normal[2])))))
+    if max(shear, oblique) > TILT_WARN_DEGREES:
+        kind = "gantry tilt" if shear > TILT_WARN_DEGREES else "oblique slices"
+        warnings.warn(
+            f"{source}: {kind}: the slice planes are tilted {oblique:.1f} degrees from axial "
+            f"and the slice step {shear:.1f} degrees from their normal; true slice spacing "
+            f"{spacing:.3f} mm, z positions advance by {abs(step[2]):.3f} mm per slice",
+            UserWarning,
+            stacklevel=5,
+        )
+    return spacing if spacing > 0 else float(np.linalg.norm(step))
 
 
 def _mask_data(img: Any, source: str) -> npt.NDArray[np.bool_]:

@@ -189,3 +189,40 @@ def test_short_uncompressed_nifti_names_the_sizes(tmp_path: Path) -> None:
     _lying_header(tmp_path / "short.nii", (40, 40, 40))
     with pytest.raises(VolumeReadError, match="truncated or its header is wrong"):
         load_volume(tmp_path / "short.nii")
+
+
+# --- tilted acquisitions (issue 11, item 7) -------------------------------------------------
+
+
+def test_gantry_tilt_warns_with_true_spacing_and_keeps_positions(
+    tmp_path: Path, zyx: np.ndarray
+) -> None:
+    tilt = np.radians(15.0)
+    affine = np.diag([0.7, 0.8, 1.0, 1.0])
+    affine[:3, 2] = [0.0, 2.5 * np.sin(tilt), 2.5 * np.cos(tilt)]  # sheared slice step
+    nib.save(nib.Nifti1Image(zyx.transpose(2, 1, 0), affine), tmp_path / "tilt.nii.gz")
+    with pytest.warns(UserWarning, match=r"gantry tilt.*15\.0 degrees.*spacing 2\.415 mm"):
+        vol = load_volume(tmp_path / "tilt.nii.gz")
+    assert vol.spacing[0] == pytest.approx(2.5 * np.cos(tilt))
+    np.testing.assert_allclose(vol.z_positions, np.arange(8) * 2.5 * np.cos(tilt))
+    np.testing.assert_array_equal(vol.array, zyx)
+
+
+def test_oblique_slices_warn(tmp_path: Path, zyx: np.ndarray) -> None:
+    angle = np.radians(20.0)
+    rot = np.array(
+        [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.7, 0.8, 2.0])
+    nib.save(nib.Nifti1Image(zyx.transpose(2, 1, 0), affine), tmp_path / "obl.nii.gz")
+    with pytest.warns(UserWarning, match=r"oblique slices.*20\.0 degrees.*spacing 2\.000 mm"):
+        vol = load_volume(tmp_path / "obl.nii.gz")
+    assert vol.spacing[0] == pytest.approx(2.0)
+
+
+def test_axial_volume_does_not_warn(tmp_path: Path, zyx: np.ndarray) -> None:
+    write_nifti(tmp_path / "ax.nii.gz", zyx, spacing=(2.5, 0.8, 0.7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_volume(tmp_path / "ax.nii.gz").spacing == pytest.approx((2.5, 0.8, 0.7))
