@@ -470,14 +470,22 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
     return headers
 
 
-#: File name endings that a DICOM file may have (many archives use none at all).
-_DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima", ".img")
-
-
 def _could_be_dicom(path: Path) -> bool:
-    """Whether an unreadable file was probably meant to be a DICOM slice."""
-    suffix = path.suffix.lower()
-    return (suffix in _DICOM_SUFFIXES or suffix[1:].isdigit()) and not path.name.startswith(".")
+    """Whether an unreadable file was probably meant to be a DICOM slice.
+
+    Empty files, files with a DICOM suffix and files with the ``DICM`` marker count;
+    other side files (``README``, ``notes.txt``, thumbnails) do not.
+    """
+    if path.name.startswith("."):
+        return False
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return not head or head[128:132] == b"DICM"
 
 
 def _is_dicomdir(path: Path, ds: Any) -> bool:

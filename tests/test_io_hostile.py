@@ -226,3 +226,14 @@ def test_axial_volume_does_not_warn(tmp_path: Path, zyx: np.ndarray) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_volume(tmp_path / "ax.nii.gz").spacing == pytest.approx((2.5, 0.8, 0.7))
+
+
+def test_side_files_without_suffix_are_not_lost_slices(tmp_path: Path, zyx: np.ndarray) -> None:
+    folder = _series(tmp_path, zyx)
+    (folder / "README").write_text("exported by the PACS")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_volume(folder).n_slices == 8
+    (folder / "IM0009").write_bytes(b"")  # an empty file where a slice should be
+    with pytest.raises(MissingSliceError, match="IM0009"):
+        load_volume(folder)
