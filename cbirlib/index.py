@@ -166,15 +166,16 @@ class SliceIndex(BaseIndex):
                     # With deletions hnswlib may find fewer than k live items at this ef.
                     if ef >= self._next_label:
                         break
+                    wider = min(max(ef, k) * 2, self._next_label)
                     logger.warning(
                         "HNSW search found fewer than k=%d items at ef=%d (%s); retrying "
                         "with ef=%d",
                         k,
                         ef,
                         " ".join(str(exc).split()),
-                        min(max(ef, k) * 2, self._next_label),
+                        wider,
                     )
-                    ef = min(max(ef, k) * 2, self._next_label)
+                    ef = wider
                     self._graph.set_ef(ef)
                     continue
                 return labels.astype(np.int64), (1.0 - distances).astype(np.float32)

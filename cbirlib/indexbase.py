@@ -43,11 +43,11 @@ from cbirlib.errors import (
 from cbirlib.persist import (
     META_NAME,
     atomic_write_dir,
-    backup_path,
     load_npy,
     pinned_dir,
     read_json,
     resolve_dir,
+    save_in_progress,
     save_npy,
     sha256_file,
     write_json,
@@ -687,7 +687,7 @@ class BaseIndex(ABC):
                 pin_context = pinned_dir(directory, path)
                 pin = pin_context.__enter__()
             except IndexFormatError as exc:  # the folder is between the two renames of a save
-                if attempt == _LOAD_ATTEMPTS - 1 or not _swapping(Path(path)):
+                if attempt == _LOAD_ATTEMPTS - 1 or not save_in_progress(path):
                     raise
                 last = exc
             else:
@@ -781,11 +781,6 @@ class BaseIndex(ABC):
             self._alive[start : start + n] = True
         self._next_label = n_labels
         self._n_entries = int(spans[:, 1].sum()) if n_vol else 0
-
-
-def _swapping(path: Path) -> bool:
-    """Whether a save may be swapping ``path`` now (a temporary or backup sibling exists)."""
-    return backup_path(path).exists() or any(path.parent.glob(f".{path.name}.tmp-*"))
 
 
 def _named(exc: Exception, pinned: Path, directory: Path) -> SliceIndexError:

@@ -53,6 +53,7 @@ __all__ = [
     "atomic_write_dir",
     "backup_path",
     "check_target",
+    "save_in_progress",
     "fsync_dir",
     "PinnedDir",
     "load_npy",
@@ -226,6 +227,12 @@ def pinned_dir(directory: Path, origin: str | os.PathLike[str]) -> Iterator[Pinn
         os.close(fd)
 
 
+def save_in_progress(path: str | os.PathLike[str]) -> bool:
+    """Whether a save may be swapping ``path`` now (a temporary or backup sibling exists)."""
+    path = Path(path)
+    return backup_path(path).exists() or any(path.parent.glob(f".{path.name}{TMP_MARK}*"))
+
+
 def check_target(path: str | os.PathLike[str]) -> None:
     """Raise :class:`IndexFormatError` unless ``path`` is absent, empty or an index folder."""
     path = Path(path)
@@ -278,7 +285,7 @@ def resolve_dir(path: str | os.PathLike[str]) -> Path:
         return path
     backup = backup_path(path)
     if not path.exists() and _is_index_dir(backup):
-        saving = path.exists() or any(path.parent.glob(f".{path.name}{TMP_MARK}*"))
+        saving = path.exists() or save_in_progress(path)
         logger.log(
             logging.DEBUG if saving else logging.WARNING,
             "index %s missing; reading the previous version %s%s",
