@@ -41,7 +41,7 @@ _LAZY: dict[str, str] = {
     "ExactIndex": "cbirlib.index",
     "SliceMatches": "cbirlib.index",
     "ExtractorMismatchWarning": "cbirlib.index",
-    "build_index": "cbirlib.build",
+    "build_index": "cbirlib.index",
     "Hits": "cbirlib.hits",
     "Retriever": "cbirlib.pipeline",
     "Pipeline": "cbirlib.pipeline",
@@ -115,7 +115,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
     from cbirlib.benchmarking import benchmark
-    from cbirlib.build import build_index
     from cbirlib.errors import CbirError
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
@@ -123,6 +122,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.hookspecs import hookimpl
     from cbirlib.index import (
         ExactIndex,
+        build_index,
         ExtractorMismatchWarning,
         HnswConfig,
         SliceIndex,

@@ -375,7 +375,7 @@ def _run_extractor(
 ) -> list[pd.DataFrame]:
     """Index the database with one extractor and evaluate every requested mode."""
     from cbirlib.aggregate import TopSlice
-    from cbirlib.build import build_index
+    from cbirlib.index.build import build_index
     from cbirlib.plugins import create_extractor
     from cbirlib.search import SliceSearch
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.datasets.totalsegmentator import TotalSegmentator
     from cbirlib.extractor import Extractor
     from cbirlib.hits import Hits
-    from cbirlib.indexbase import BaseIndex
+    from cbirlib.index import BaseIndex
     from cbirlib.pipeline import Pipeline
     from cbirlib.volume import Volume
 
@@ -208,7 +208,7 @@ def _print_results(out: TextIO, title: str, rows: list[dict[str, Any]]) -> None:
 def _load_index(path: Path) -> BaseIndex:
     """Load a :class:`SliceIndex` or :class:`ExactIndex`, whichever ``path`` holds."""
     from cbirlib.index import ExactIndex, SliceIndex
-    from cbirlib.persist import META_NAME, read_json, resolve_dir
+    from cbirlib.index.files import META_NAME, read_json, resolve_dir
 
     if not path.exists():
         raise VolumeNotFoundError(f"index folder {str(path)!r} does not exist")
@@ -222,7 +222,7 @@ def _load_index(path: Path) -> BaseIndex:
 def _index_meta(path: Path) -> dict[str, Any] | None:
     """The ``meta.json`` of the index at ``path``, or None when there is none (cheap)."""
     from cbirlib.errors import IndexFormatError
-    from cbirlib.persist import META_NAME, read_json, resolve_dir
+    from cbirlib.index.files import META_NAME, read_json, resolve_dir
 
     try:
         meta = read_json(resolve_dir(path) / META_NAME)
@@ -490,7 +490,7 @@ def _demo_query(data: TotalSegmentator, test: Sequence[str], structure: str) -> 
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from cbirlib.build import build_index
+    from cbirlib.index.build import build_index
     from cbirlib.evaluation import format_table
     from cbirlib.search import region_query
     from cbirlib.viz import montage
@@ -566,14 +566,14 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
 def _check_resumable(index_dir: Path, extractor: Extractor) -> dict[str, Any] | None:
     """The meta of an index to resume; refuses one built with another extractor or dim."""
-    from cbirlib.build import check_resumable
+    from cbirlib.index.build import check_resumable
 
     check_resumable(index_dir, extractor)
     return _index_meta(index_dir)
 
 
 def _cmd_index(args: argparse.Namespace, out: TextIO) -> int:
-    from cbirlib.build import build_index
+    from cbirlib.index.build import build_index
 
     index_dir = Path(args.index_dir)
     items = discover_volumes(args.data_dir)

@@ -101,6 +101,17 @@ class PluginError(CbirError, RuntimeError):
     """A plugin failed to load or registered something invalid."""
 
 
+# --- settings and inputs ------------------------------------------------------------
+
+
+class SettingError(CbirError, ValueError):
+    """A setting (a count, a size, a number of workers...) outside its valid range."""
+
+
+class VolumeSourceError(CbirError, TypeError):
+    """Something given as volumes to index that is not a volume, loader or data set."""
+
+
 # --- index -----------------------------------------------------------------------------
 
 
@@ -183,6 +194,8 @@ __all__ = [
     "WeightsError",
     "ChecksumError",
     "PluginError",
+    "SettingError",
+    "VolumeSourceError",
     "SliceIndexError",
     "DimensionMismatchError",
     "DuplicateVolumeError",
@@ -195,4 +208,9 @@ __all__ = [
     "StructureNotPresentError",
     "HitsError",
     "UnknownColumnError",
+    "ExtractorMismatchWarning",
 ]
+
+
+class ExtractorMismatchWarning(UserWarning):
+    """Vectors come from an extractor whose config differs from the index's one."""

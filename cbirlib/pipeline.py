@@ -69,8 +69,10 @@ class SliceStore(Protocol):
     def slice_meta(self, volume_id: str) -> Mapping[str, npt.NDArray[Any]]:
         """``{"slice_index": (n,) int64, "z_mm": (n,) float64}`` of one volume."""
 
-    def check_extractor(self, extractor_config: dict[str, Any]) -> None:
-        """Warn when ``extractor_config`` differs from the index's."""
+    def check_extractor(
+        self, extractor_config: Mapping[str, Any], *, dim: int | None = None
+    ) -> None:
+        """Raise on another extractor name or dimension; warn on other config differences."""
 
 
 @dataclass

@@ -19,6 +19,8 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from cbirlib.errors import SettingError
+
 __all__ = ["prefetch"]
 
 T = TypeVar("T")
@@ -48,7 +50,7 @@ def prefetch(
 
     Raises
     ------
-    ValueError
+    SettingError
         ``workers < 0`` or ``ahead < 1``.
     Exception
         A loader's exception (or one raised while iterating ``loaders``) is raised at
@@ -62,9 +64,9 @@ def prefetch(
     returns. Nothing starts before the first result is requested.
     """
     if int(workers) < 0:
-        raise ValueError(f"workers must be >= 0 (0 = no threads), got {workers}")
+        raise SettingError(f"workers must be >= 0 (0 = no threads), got {workers!r}")
     if int(ahead) < 1:
-        raise ValueError(f"ahead must be >= 1, got {ahead}")
+        raise SettingError(f"ahead must be >= 1, got {ahead!r}")
     if int(workers) == 0:
         return _serial(loaders)
     return _threaded(loaders, int(workers), int(ahead))

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._vectors import as_unit_rows
 from cbirlib.errors import (
     CbirError,
     DimensionMismatchError,
@@ -299,34 +300,13 @@ class SliceSearch(Stage):
         """Refuse, before any embedding, an extractor of another name or dimension.
 
         Other config differences (preprocessing, options) only warn
-        (:class:`~cbirlib.index.ExtractorMismatchWarning`; an error with
-        ``CBIRLIB_STRICT=1``).
+        (:class:`~cbirlib.errors.ExtractorMismatchWarning`; an error with
+        ``CBIRLIB_STRICT=1``); see :func:`cbirlib.index.check_compatible`.
         """
-        config = self.extractor.to_config()
-        stored = getattr(self.index, "extractor_config", None)
-        index_dim = getattr(self.index, "dim", None)
-        query_dim = getattr(self.extractor, "dim", None)
-        built = stored.get("name") if isinstance(stored, Mapping) else None
-        used = config.get("name")
-        name_differs = built is not None and used is not None and built != used
-        dim_differs = (
-            isinstance(index_dim, int | np.integer)
-            and isinstance(query_dim, int | np.integer)
-            and int(index_dim) != int(query_dim)
+        dim = getattr(self.extractor, "dim", None)
+        self.index.check_extractor(
+            self.extractor.to_config(), dim=int(dim) if dim is not None else None
         )
-        if name_differs or dim_differs:
-
-            def side(name: object, dim: object) -> str:
-                shown = repr(name) if name is not None else "an unnamed extractor"
-                return f"{shown} (dim {dim})" if dim is not None else shown
-
-            raise ExtractorMismatchError(
-                f"index built with {side(built, index_dim)}, query uses "
-                f"{side(used, query_dim)}; embed queries with the index's extractor "
-                "(cbirlib.create_extractor(**index.extractor_config)) or build an index "
-                "with this one"
-            )
-        self.index.check_extractor(config)
 
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Search the index for every query slice of every query in ``context``."""
@@ -394,15 +374,13 @@ class SliceSearch(Stage):
 
 def _unit_rows(emb: npt.NDArray[np.float32], query_id: str) -> npt.NDArray[np.float32]:
     """Finite, non-zero, L2-normalised ``(m, dim)`` query embeddings (a new array)."""
-    from cbirlib.indexbase import _as_unit_rows
-
     arr = np.asarray(emb)
     if arr.ndim != 2:
         raise ExtractorError(
             f"query {query_id!r}: embeddings must be a (n_slices, dim) matrix, "
             f"got shape {arr.shape}"
         )
-    return _as_unit_rows(arr, arr.shape[1], f"embeddings of query {query_id!r}")
+    return as_unit_rows(arr, arr.shape[1], f"embeddings of query {query_id!r}")
 
 
 def _leave_one_out(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbirlib.build import build_index
+from cbirlib.index.build import build_index
 from cbirlib.errors import DimensionMismatchError, ExtractorError, ExtractorMismatchError
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
 from cbirlib.volume import Volume
@@ -200,7 +200,7 @@ BUILD_LOOP = (
     FAKE_SRC
     + """
 import sys
-from cbirlib.build import build_index
+from cbirlib.index.build import build_index
 print("ready", flush=True)
 build_index(make_volumes(12), FakeExtractor(delay=0.02), sys.argv[1], verbose=False,
             checkpoint_every=2)
@@ -272,7 +272,7 @@ def test_resume_with_another_extractor_is_refused_before_any_work(tmp_path: Path
     with pytest.raises(ExtractorMismatchError) as info:
         build_index(volumes, other, tmp_path / "idx", verbose=False)
     message = str(info.value)
-    assert "built with 'fake' (dim 8)" in message and "uses 'wide' (dim 16)" in message
+    assert "built with 'fake' (dim 8)" in message and "vectors come from 'wide' (dim 16)" in message
     assert "--no-resume" in message and "another index folder" in message
     assert other.calls == []
     with pytest.raises(DimensionMismatchError, match="--no-resume"):
@@ -309,7 +309,7 @@ def test_stop_message_counts_volumes_and_tells_how_to_resume(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, exc: BaseException, expected: str
 ) -> None:
     volumes = make_volumes(5)
-    with caplog.at_level("WARNING", logger="cbirlib.build"), pytest.raises(type(exc)):
+    with caplog.at_level("WARNING", logger="cbirlib.index.build"), pytest.raises(type(exc)):
         build_index(volumes, Interrupting(exc), tmp_path / "idx", verbose=False, workers=0)
     [record] = [r for r in caplog.records if r.levelname == "WARNING"]
     assert expected in record.getMessage()
@@ -322,11 +322,11 @@ def test_resume_says_how_many_were_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     volumes = make_volumes(4)
-    with caplog.at_level("INFO", logger="cbirlib.build"):
+    with caplog.at_level("INFO", logger="cbirlib.index.build"):
         build_index(volumes[:3], FakeExtractor(), tmp_path / "idx", verbose=False)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="cbirlib.build"):
+    with caplog.at_level("WARNING", logger="cbirlib.index.build"):
         build_index(volumes, FakeExtractor(), tmp_path / "idx", verbose=False)
     messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("1 new volume into" in m and "3 already indexed, skipped" in m for m in messages)

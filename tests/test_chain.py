@@ -12,6 +12,7 @@ import pytest
 from cbirlib.aggregate import CountVotes, TopSlice
 from cbirlib.errors import (
     CbirError,
+    DimensionMismatchError,
     EvaluationError,
     ExtractorMismatchError,
     PipelineError,
@@ -352,14 +353,24 @@ def test_extractor_config_difference_warns_once_at_user_code() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "dim", "match"),
+    ("name", "dim", "error", "match"),
     [
-        ("other", DIM, r"index built with 'position' \(dim 24\), query uses 'other' \(dim 24\)"),
-        ("position", 2 * DIM, r"'position' \(dim 24\), query uses 'position' \(dim 48\)"),
+        (
+            "other",
+            DIM,
+            ExtractorMismatchError,
+            r"index built with 'position' \(dim 24\), vectors come from 'other' \(dim 24\)",
+        ),
+        (
+            "position",
+            2 * DIM,
+            DimensionMismatchError,
+            r"'position' \(dim 24\), vectors come from 'position' \(dim 48\)",
+        ),
     ],
 )
 def test_other_extractor_name_or_dim_raises_before_embedding(
-    name: str, dim: int, match: str
+    name: str, dim: int, error: type[Exception], match: str
 ) -> None:
     index = build(ExactIndex, [body_volume("whole", 0.0, 1.0, 10)])
 
@@ -369,7 +380,7 @@ def test_other_extractor_name_or_dim_raises_before_embedding(
 
     ex = Other()
     ex.dim = dim  # type: ignore[misc]
-    with pytest.raises(ExtractorMismatchError, match=match):
+    with pytest.raises(error, match=match):
         SliceSearch(ex, index, k=2).retrieve(body_volume("q", 0.0, 1.0, 5))
     assert ex.calls == 0  # refused before embedding any slice
 

@@ -253,7 +253,7 @@ def test_log_records_are_written_through_tqdm(monkeypatch, tmp_path, capsys) -> 
     monkeypatch.setattr(tqdm, "write", classmethod(lambda cls, s, **kw: written.append(s)))
 
     def command(args, out):
-        logging.getLogger("cbirlib.build").warning("a warning during a progress bar")
+        logging.getLogger("cbirlib.index.build").warning("a warning during a progress bar")
         return 0
 
     parser = cli.build_parser()

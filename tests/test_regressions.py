@@ -13,8 +13,8 @@ from test_build import FakeExtractor, make_volumes
 from test_chain import PositionExtractor, body_volume, build
 from test_plugins import BASELINE_EP, clean_plugins, fake_entry_points  # noqa: F401
 
-from cbirlib import persist
-from cbirlib.build import build_index
+from cbirlib.index import files as persist
+from cbirlib.index.build import build_index
 from cbirlib.errors import ChecksumError, WeightsError
 from cbirlib.index import ExactIndex, SliceIndex
 from cbirlib.localize import matched_span

@@ -19,7 +19,7 @@ import pytest
 
 from cbirlib.errors import CbirError, IndexFormatError, VolumeNotInIndexError
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
-from cbirlib.indexbase import meta_checksum
+from cbirlib.index.meta import meta_checksum
 
 SAVER = textwrap.dedent(
     """
@@ -245,7 +245,7 @@ def test_os_errors_become_named_errors_keeping_errno(tmp_path: Path) -> None:
     import errno
 
     from cbirlib.errors import IndexStorageError
-    from cbirlib.persist import atomic_write_dir
+    from cbirlib.index.files import atomic_write_dir
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(IndexStorageError) as info:

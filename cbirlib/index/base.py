@@ -2,158 +2,64 @@
 
 :class:`BaseIndex` holds everything :class:`~cbirlib.index.SliceIndex` (HNSW) and
 :class:`~cbirlib.index.ExactIndex` (brute force) have in common; a subclass supplies the
-search backend and where vectors live. Also defines the settings (:class:`HnswConfig`)
-and the search result (:class:`SliceMatches`).
-
-Examples
---------
->>> from cbirlib.indexbase import HnswConfig
->>> HnswConfig(M=16, store_dtype="float16").store_dtype
-'float16'
+search backend and where vectors live. Also defines the search result
+(:class:`SliceMatches`) and the brute-force kernel (:func:`exact_search`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import sys
 import threading
 import time
-import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._files import sha256_file
+from cbirlib._typing import F32, I64
+from cbirlib._vectors import as_unit_rows
+from cbirlib._version import __version__
 from cbirlib.errors import (
     DimensionMismatchError,
     DuplicateVolumeError,
-    ExtractorMismatchError,
     IndexFormatError,
-    InvalidVolumeError,
     SliceIndexError,
     VolumeNotInIndexError,
 )
-from cbirlib.persist import (
+from cbirlib.index.config import HnswConfig
+from cbirlib.index.files import (
     META_NAME,
     atomic_write_dir,
     load_npy,
     pinned_dir,
-    read_json,
     resolve_dir,
     save_in_progress,
     save_npy,
-    sha256_file,
     write_json,
 )
-from cbirlib.vectorstore import STORE_DTYPES
+from cbirlib.index.meta import (
+    FORMAT_VERSION,
+    IndexMeta,
+    check_compatible,
+    meta_checksum,
+    normalise_config,
+    parse_meta,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MAX_DIM = 1 << 16  # widest embedding meta.json may declare
-MAX_EF = 1 << 20
-MAX_LABELS = 1 << 40
 _LOAD_ATTEMPTS = 40  # reads of an index that saves keep replacing, before giving up
 META_KEYS = ("slice_index", "z_mm")
 
-__all__ = [
-    "BaseIndex",
-    "ExtractorMismatchWarning",
-    "HnswConfig",
-    "SliceMatches",
-    "exact_search",
-]
+__all__ = ["BaseIndex", "SliceMatches", "exact_search"]
 
-F32 = npt.NDArray[np.float32]
-I64 = npt.NDArray[np.int64]
 _T = TypeVar("_T", bound="BaseIndex")
-
-
-class ExtractorMismatchWarning(UserWarning):
-    """Vectors come from an extractor whose config differs from the index's one."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class HnswConfig:
-    """Settings of the slice index.
-
-    Parameters
-    ----------
-    M
-        HNSW graph degree (hnswlib ``M``); larger is more accurate, bigger and slower.
-        Each vector costs ``4 * (2 * M + 1) + 4 * dim + 8`` bytes in the graph; the
-        default 16 keeps an index at about 1.1x the raw float32 vectors for dim 384
-        (1.05x for dim 768), where M=32 costs 1.17x.
-    ef_construction
-        Candidate list size while building the graph.
-    ef_search
-        Default candidate list size while searching (``SliceIndex.ef``; at least ``k``
-        is used). With the defaults, on 300,000 synthetic slice vectors
-        (``benchmarks/index_scale.py``, see ``docs/results/index_benchmark.md``),
-        recall@10 is >= 0.998 at about 25x the speed of exact search.
-    store_dtype
-        ``"float32"`` or ``"float16"``: precision of the stored vectors used for
-        re-ranking and exact search. With float32 an HNSW index reads its vectors back
-        from the graph file (no second copy on disk).
-    deterministic
-        Insert vectors into the graph with one thread (default), so that the same
-        vectors added in the same order give the same graph, byte for byte, and the
-        same search results. hnswlib's multithreaded insertion builds a different graph
-        each time. ``False`` inserts with every core, which is faster to build and not
-        reproducible. Searches always use every core.
-
-    Examples
-    --------
-    >>> HnswConfig(M=16).to_dict()["M"]
-    16
-    >>> HnswConfig.from_dict(HnswConfig().to_dict()) == HnswConfig()
-    True
-    """
-
-    M: int = 16
-    ef_construction: int = 200
-    ef_search: int = 128
-    store_dtype: str = "float32"
-    deterministic: bool = True
-
-    def __post_init__(self) -> None:
-        for name, low in (("M", 2), ("ef_construction", 1), ("ef_search", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SliceIndexError(
-                    f"HnswConfig.{name} must be an integer >= {low}, got {value!r}"
-                )
-        if not isinstance(self.deterministic, bool):
-            raise SliceIndexError(
-                f"HnswConfig.deterministic must be True or False, got {self.deterministic!r}"
-            )
-        if self.store_dtype not in STORE_DTYPES:
-            raise SliceIndexError(
-                f"HnswConfig.store_dtype {self.store_dtype!r} is not supported; "
-                f"valid: {', '.join(STORE_DTYPES)}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HnswConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys are refused."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise SliceIndexError(
-                f"unknown HnswConfig keys {unknown}; valid keys: {', '.join(valid)}"
-            )
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -175,47 +81,6 @@ class SliceMatches:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
-
-
-def _user_stacklevel() -> int:
-    """``stacklevel`` for a warning raised by the caller: the first frame outside cbirlib."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame = sys._getframe(1)  # the function that calls warnings.warn
-    level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    return level
-
-
-def _normalise_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A JSON round trip of ``config``, so stored and given configs compare equal."""
-    if config is None:
-        return None
-    try:
-        result: dict[str, Any] = json.loads(json.dumps(config, sort_keys=True))
-    except (TypeError, ValueError) as exc:
-        raise SliceIndexError(f"extractor config is not JSON-serialisable: {exc}") from None
-    return result
-
-
-def _as_unit_rows(x: npt.ArrayLike, dim: int, what: str) -> F32:
-    """Validate a (n, dim) finite matrix and L2-normalise its rows (a new float32 array)."""
-    arr = np.array(x, dtype=np.float32)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[1] != dim:
-        raise DimensionMismatchError(
-            f"{what}: expected vectors of shape (n, {dim}), got shape {np.shape(x)}"
-        )
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        raise InvalidVolumeError(f"{what}: {int((~finite).sum())} vectors contain NaN or Inf")
-    norms = np.linalg.norm(arr, axis=1)
-    if (norms == 0).any():
-        raise InvalidVolumeError(f"{what}: {int((norms == 0).sum())} vectors are all zero")
-    arr /= norms[:, None]
-    return arr
 
 
 def _sorted_topk(scores: F32, labels: I64, k: int) -> tuple[I64, F32]:
@@ -280,7 +145,7 @@ class BaseIndex(ABC):
             raise SliceIndexError(f"config must be an HnswConfig, got {type(config).__name__}")
         self.dim = int(dim)
         self.config = config
-        self._extractor_config = _normalise_config(extractor_config)
+        self._extractor_config = normalise_config(extractor_config)
         self._ef = config.ef_search
         self._spans: dict[str, tuple[int, int]] = {}  # id -> (first label, n), insertion order
         self._removed: set[str] = set()  # ids removed since creation, for clearer errors
@@ -314,7 +179,7 @@ class BaseIndex(ABC):
     def _backend_save(self, directory: Path) -> None: ...
 
     @abstractmethod
-    def _backend_load(self, directory: Path, meta: dict[str, Any], *, mmap: bool) -> None: ...
+    def _backend_load(self, directory: Path, meta: IndexMeta, *, mmap: bool) -> None: ...
 
     def _apply_ef(self) -> None:  # noqa: B027 - optional hook
         """Push ``self._ef`` to the backend (nothing to do for exact search)."""
@@ -387,43 +252,19 @@ class BaseIndex(ABC):
             ) from None
 
     def check_extractor(
-        self, extractor_config: dict[str, Any], *, strict: bool | None = None
+        self,
+        extractor_config: Mapping[str, Any],
+        *,
+        dim: int | None = None,
+        strict: bool | None = None,
     ) -> None:
-        """Check that vectors from ``extractor_config`` fit this index.
+        """Check that vectors from ``extractor_config`` (of dimension ``dim``) fit this index.
 
-        Another extractor ``name`` always raises
-        :class:`~cbirlib.errors.ExtractorMismatchError`. Other differences warn with
-        :class:`ExtractorMismatchWarning` (attributed to the first caller outside
-        cbirlib), or raise in strict mode (``strict=None`` reads the environment
-        variable ``CBIRLIB_STRICT=1``). Nothing is checked when the index has no stored
-        config.
+        See :func:`cbirlib.index.check_compatible`: another extractor name or dimension
+        raises, other config differences warn (raise in strict mode). Nothing but the
+        dimension is checked when the index has no stored config.
         """
-        stored = self._extractor_config
-        given = _normalise_config(extractor_config)
-        if stored is None or given == stored:
-            return
-        assert given is not None
-        keys = sorted(
-            k
-            for k in set(stored) | set(given)
-            if stored.get(k, "<missing>") != given.get(k, "<missing>")
-        )
-        diff = "; ".join(
-            f"{k}: index has {stored.get(k, '<missing>')!r}, given {given.get(k, '<missing>')!r}"
-            for k in keys
-        )
-        if stored.get("name") != given.get("name"):
-            raise ExtractorMismatchError(
-                f"index built with {stored.get('name')!r}, vectors come from "
-                f"{given.get('name')!r}: use the index's extractor "
-                "(cbirlib.create_extractor(**index.extractor_config)) or build another index"
-            )
-        message = f"extractor config differs from the one the index was built with ({diff})"
-        if strict is None:
-            strict = os.environ.get("CBIRLIB_STRICT", "") == "1"
-        if strict:
-            raise ExtractorMismatchError(message)
-        warnings.warn(message, ExtractorMismatchWarning, stacklevel=_user_stacklevel())
+        check_compatible(self._extractor_config, self.dim, extractor_config, dim, strict=strict)
 
     # -- add / remove -------------------------------------------------------------------------
 
@@ -483,7 +324,7 @@ class BaseIndex(ABC):
         """
         if not isinstance(volume_id, str) or not volume_id:
             raise SliceIndexError(f"volume id must be a non-empty string, got {volume_id!r}")
-        vectors = _as_unit_rows(embeddings, self.dim, f"volume {volume_id!r}")
+        vectors = as_unit_rows(embeddings, self.dim, f"volume {volume_id!r}")
         n = len(vectors)
         if n == 0:
             raise InvalidVolumeError(f"volume {volume_id!r}: no slice embeddings to add")
@@ -574,7 +415,7 @@ class BaseIndex(ABC):
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
             raise SliceIndexError(f"k must be a non-negative integer, got {k!r}")
-        q = _as_unit_rows(queries, self.dim, "queries")
+        q = as_unit_rows(queries, self.dim, "queries")
         with self._lock:
             k_eff = min(int(k), self._n_entries)
             if k_eff == 0 or len(q) == 0:
@@ -599,15 +440,13 @@ class BaseIndex(ABC):
     # -- persistence ---------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index to directory ``path`` atomically (see :mod:`cbirlib.persist`).
+        """Write the index to directory ``path`` atomically (see :mod:`cbirlib.index.files`).
 
         The directory holds ``meta.json`` (format version, settings, ``ef``, extractor
         config, counts and a sha256 of every other file), the keys and slice metadata
         as ``.npy`` files and the backend's files. A crash at any moment leaves the old
         or the new index.
         """
-        from cbirlib import __version__
-
         with self._lock:
             self._before_save()
 
@@ -719,33 +558,37 @@ class BaseIndex(ABC):
     def _load_from(
         cls: type[_T], directory: Path, *, mmap: bool, dim: int | None, verify: bool
     ) -> _T:
-        meta = _check_meta(directory, cls.KIND, verify=verify)
-        if dim is not None and meta["dim"] != dim:
+        meta = parse_meta(directory, verify=verify)
+        if meta.kind != cls.KIND:
+            other = {"hnsw": "SliceIndex", "exact": "ExactIndex"}[meta.kind]
+            raise IndexFormatError(
+                f"index {str(directory)!r} is of kind {meta.kind!r}; load it with "
+                f"{other}.load (or cbirlib.index.load_index)"
+            )
+        if dim is not None and meta.dim != dim:
             raise DimensionMismatchError(
-                f"index {str(directory)!r} has dimension {meta['dim']}, expected {dim}"
+                f"index {str(directory)!r} has dimension {meta.dim}, expected {dim}"
             )
         try:
-            config = HnswConfig.from_dict(meta["config"])
-            index = cls(int(meta["dim"]), config=config, extractor_config=meta["extractor_config"])
+            index = cls(meta.dim, config=meta.config, extractor_config=meta.extractor_config)
             index._load_keys(directory, meta)
-            index._ef = int(meta["ef"])
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise IndexFormatError(
-                f"index file {str(directory / META_NAME)!r} is malformed: {exc!r}"
-            ) from None
+            index._ef = meta.ef
         except SliceIndexError as exc:
             if isinstance(exc, IndexFormatError | DimensionMismatchError):
                 raise
             raise IndexFormatError(
                 f"index file {str(directory / META_NAME)!r} is malformed: {exc}"
             ) from None
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise IndexFormatError(
+                f"index file {str(directory / META_NAME)!r} is malformed: {exc!r}"
+            ) from None
         index._backend_load(directory, meta, mmap=mmap)
         index._apply_ef()
         return index
 
-    def _load_keys(self, directory: Path, meta: dict[str, Any]) -> None:
-        counts = meta["counts"]
-        n_labels, n_vol = int(counts["labels"]), int(counts["volumes"])
+    def _load_keys(self, directory: Path, meta: IndexMeta) -> None:
+        n_labels, n_vol = meta.n_labels, meta.n_volumes
         volumes = load_npy(directory / "volumes.npy")
         spans = load_npy(directory / "spans.npy")
         slice_index = load_npy(directory / "slice_index.npy")
@@ -766,7 +609,7 @@ class BaseIndex(ABC):
             raise IndexFormatError(
                 f"index file {str(directory / 'spans.npy')!r} gives two volumes the same slices"
             )
-        if n_vol and spans.shape == (n_vol, 2) and int(spans[:, 1].sum()) != counts["entries"]:
+        if n_vol and spans.shape == (n_vol, 2) and int(spans[:, 1].sum()) != meta.n_slices:
             checks.append(("spans.npy", False))
         for name, ok in checks:
             if not ok:
@@ -800,83 +643,3 @@ def _spans_overlap(spans: I64) -> bool:
     return bool((starts[1:] < ends[:-1]).any())
 
 
-def _is_int(value: object, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def meta_checksum(meta: dict[str, Any]) -> str:
-    """sha256 of ``meta.json``'s content without its own ``checksum`` entry."""
-    body = {k: v for k, v in meta.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _validate_meta(meta: dict[str, Any], meta_path: Path) -> None:
-    """Types and ranges of ``meta.json`` values, checked before anything is allocated."""
-
-    def bad(what: str) -> IndexFormatError:
-        return IndexFormatError(f"index file {str(meta_path)!r}: {what}")
-
-    if not _is_int(meta["dim"], 1, MAX_DIM):
-        raise bad(f"'dim' must be an integer in 1..{MAX_DIM}, got {meta['dim']!r}")
-    if not _is_int(meta["ef"], 1, MAX_EF):
-        raise bad(f"'ef' must be an integer in 1..{MAX_EF}, got {meta['ef']!r}")
-    if not isinstance(meta["config"], dict):
-        raise bad(f"'config' must be an object, got {type(meta['config']).__name__}")
-    extractor = meta["extractor_config"]
-    if extractor is not None and not isinstance(extractor, dict):
-        raise bad(f"'extractor_config' must be an object or null, got {type(extractor).__name__}")
-    counts = meta["counts"]
-    if not isinstance(counts, dict) or not all(
-        _is_int(counts.get(key), 0, MAX_LABELS) for key in ("volumes", "entries", "labels")
-    ):
-        raise bad(f"'counts' must hold integers volumes, entries, labels >= 0, got {counts!r}")
-    if counts["entries"] > counts["labels"] or counts["volumes"] > counts["labels"]:
-        raise bad(f"'counts' are inconsistent: {counts!r}")
-    files = meta["files"]
-    if not isinstance(files, dict) or not all(
-        isinstance(name, str)
-        and name == Path(name).name
-        and name not in ("", ".", "..", META_NAME)
-        and isinstance(info, dict)
-        and _is_int(info.get("bytes"), 0, 1 << 62)
-        and isinstance(info.get("sha256"), str)
-        for name, info in files.items()
-    ):
-        raise bad("has a malformed 'files' entry")
-    for name in ("slice_index.npy", "z_mm.npy"):
-        if name not in files or files[name]["bytes"] < 8 * counts["labels"]:
-            raise bad(f"'counts' say {counts['labels']} slices, more than {name} can hold")
-
-
-def _check_meta(directory: Path, kind: str, *, verify: bool) -> dict[str, Any]:
-    meta_path = directory / META_NAME
-    meta = read_json(meta_path)
-    required = ("format", "kind", "dim", "config", "ef", "extractor_config", "counts", "files")
-    if not isinstance(meta, dict) or any(key not in meta for key in required):
-        raise IndexFormatError(f"index file {str(meta_path)!r} lacks keys; needs {required}")
-    if meta["format"] != FORMAT_VERSION:
-        raise IndexFormatError(
-            f"index {str(directory)!r} has format {meta['format']!r}; this cbirlib reads "
-            f"format {FORMAT_VERSION} only"
-        )
-    if meta["kind"] != kind:
-        other = {"hnsw": "SliceIndex", "exact": "ExactIndex"}.get(meta["kind"], meta["kind"])
-        raise IndexFormatError(
-            f"index {str(directory)!r} is of kind {meta['kind']!r}; load it with {other}.load"
-        )
-    if verify and "checksum" in meta and meta["checksum"] != meta_checksum(meta):
-        raise IndexFormatError(f"index file {str(meta_path)!r} fails its sha256 checksum")
-    _validate_meta(meta, meta_path)
-    files = meta["files"]
-    for name, info in files.items():
-        file = directory / name
-        if not file.is_file():
-            raise IndexFormatError(f"index file {str(file)!r} is missing")
-        if file.stat().st_size != info["bytes"]:
-            raise IndexFormatError(
-                f"index file {str(file)!r} is truncated or altered: {file.stat().st_size} "
-                f"bytes, expected {info['bytes']}"
-            )
-        if verify and sha256_file(file) != info["sha256"]:
-            raise IndexFormatError(f"index file {str(file)!r} fails its sha256 checksum")
-    return meta

@@ -1,9 +1,9 @@
-"""The slice indexes: :class:`SliceIndex` (HNSW, hnswlib) and :class:`ExactIndex` (brute force).
+""":class:`SliceIndex`: the approximate slice index on an hnswlib HNSW graph.
 
-Both map string volume ids to the embeddings of their slices, keep slice metadata
-(slice number and z position in mm), give re-ranking cheap access to the stored
-vectors, and save to / load from a crash-safe, pickle-free directory. They share
-:class:`~cbirlib.indexbase.BaseIndex` and differ only in the search backend.
+It maps string volume ids to the embeddings of their slices, keeps slice metadata
+(slice number and z position in mm), gives re-ranking cheap access to the stored
+vectors, and saves to / loads from a crash-safe, pickle-free directory. It shares
+:class:`~cbirlib.index.base.BaseIndex` with :class:`~cbirlib.index.ExactIndex`.
 
 Examples
 --------
@@ -30,45 +30,19 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.errors import DimensionMismatchError, IndexFormatError
-from cbirlib.indexbase import (
-    BaseIndex,
-    ExtractorMismatchWarning,
-    HnswConfig,
-    SliceMatches,
-    exact_search,
-)
-from cbirlib.persist import load_npy
-from cbirlib.vectorstore import VectorStore, hnsw_file_vectors
+from cbirlib._typing import F32, I64
+from cbirlib.errors import IndexFormatError
+from cbirlib.index.base import BaseIndex
+from cbirlib.index.meta import IndexMeta
+from cbirlib.index.store import VectorStore, check_hnsw_layout, hnsw_file_vectors, load_store
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "ExactIndex",
-    "ExtractorMismatchWarning",
-    "HnswConfig",
-    "SliceIndex",
-    "SliceMatches",
-]
-
-F32 = npt.NDArray[np.float32]
-I64 = npt.NDArray[np.int64]
+__all__ = ["SliceIndex"]
 
 _GRAPH_FILE = "hnsw.bin"
-_STORE_FILE = "vectors.npy"
 _MIN_CAPACITY = 1024
 _SPACE = "ip"  # on unit vectors: distance 1 - cosine similarity
-
-
-def _load_store(directory: Path, dim: int, dtype: str, *, mmap: bool) -> VectorStore:
-    path = directory / _STORE_FILE
-    data = load_npy(path, mmap=True)
-    if data.ndim == 2 and data.shape[1] != dim:
-        raise DimensionMismatchError(
-            f"index file {str(path)!r} holds vectors of dimension {data.shape[1]}, "
-            f"meta.json says {dim}"
-        )
-    return VectorStore.load(path, dim, dtype, mmap=mmap)
 
 
 class SliceIndex(BaseIndex):
@@ -190,9 +164,9 @@ class SliceIndex(BaseIndex):
     def _backend_save(self, directory: Path) -> None:
         self._graph.save_index(str(directory / _GRAPH_FILE))
         if self._store is not None:
-            self._store.save(directory / _STORE_FILE)
+            self._store.save_in(directory)
 
-    def _backend_load(self, directory: Path, meta: dict[str, Any], *, mmap: bool) -> None:
+    def _backend_load(self, directory: Path, meta: IndexMeta, *, mmap: bool) -> None:
         path = directory / _GRAPH_FILE
         vectors, labels = hnsw_file_vectors(path, self.dim, mmap=mmap)  # validates layout
         if len(labels) != self._next_label or (
@@ -209,8 +183,9 @@ class SliceIndex(BaseIndex):
             raise IndexFormatError(f"index file {str(path)!r} is unreadable: {exc}") from None
         self._graph = graph
         if self._store is not None:
-            self._store = _load_store(directory, self.dim, "float16", mmap=mmap)
+            self._store = load_store(directory, self.dim, "float16", mmap=mmap)
         else:
+            check_hnsw_layout(graph, vectors, labels, self._alive, path)
             self._map_file(vectors, labels)
         self._mmap = mmap
 
@@ -229,68 +204,3 @@ class SliceIndex(BaseIndex):
         vectors, labels = hnsw_file_vectors(directory / _GRAPH_FILE, self.dim, mmap=True)
         if len(labels) == self._next_label:
             self._map_file(vectors, labels)
-
-
-class ExactIndex(BaseIndex):
-    """Brute-force slice index with the :class:`SliceIndex` interface.
-
-    Search is one matrix product over the stored vectors (float32 or float16,
-    ``config.store_dtype``); it is exact, so it is the reference for HNSW recall.
-    Removal leaves a hole that :meth:`save` compacts.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> index = ExactIndex(3)
-    >>> index.add("v", np.eye(3))
-    >>> index.search([[1.0, 0.1, 0.0]], k=5).slice_indices.tolist()
-    [[0, 1, 2]]
-    """
-
-    KIND = "exact"
-
-    def _init_backend(self) -> None:
-        self._store = VectorStore(self.dim, self.config.store_dtype)
-
-    def _backend_add(self, labels: I64, vectors: F32) -> None:
-        self._store.put(int(labels[0]), vectors)
-
-    def _backend_remove(self, labels: I64) -> None:
-        pass  # the alive mask hides the rows until save() compacts them
-
-    def _rows(self, start: int, n: int) -> F32:
-        return self._store.rows(start, n)
-
-    def _backend_search(self, queries: F32, k: int) -> tuple[I64, F32]:
-        n = self._next_label
-        labels = np.arange(n, dtype=np.int64)
-        return exact_search(queries, self._store.raw()[:n], labels, k, alive=self._alive[:n])
-
-    def _before_save(self) -> None:
-        if self._n_entries == self._next_label:
-            return
-        store = VectorStore(self.dim, self.config.store_dtype)
-        slice_index = np.zeros(self._n_entries, np.int64)
-        z_mm = np.zeros(self._n_entries, np.float64)
-        new = 0
-        for vid, (start, n) in list(self._spans.items()):
-            store.put(new, self._store.raw()[start : start + n])
-            slice_index[new : new + n] = self._slice_index[start : start + n]
-            z_mm[new : new + n] = self._z_mm[start : start + n]
-            self._spans[vid] = (new, n)
-            new += n
-        self._store, self._slice_index, self._z_mm = store, slice_index, z_mm
-        self._alive = np.ones(new, bool)
-        self._next_label = new
-        self._table = None
-
-    def _backend_save(self, directory: Path) -> None:
-        self._store.save(directory / _STORE_FILE)
-
-    def _backend_load(self, directory: Path, meta: dict[str, Any], *, mmap: bool) -> None:
-        self._store = _load_store(directory, self.dim, self.config.store_dtype, mmap=mmap)
-        if len(self._store) != self._next_label:
-            raise IndexFormatError(
-                f"index file {str(directory / _STORE_FILE)!r} has {len(self._store)} rows, "
-                f"meta.json says {self._next_label}"
-            )

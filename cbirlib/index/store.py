@@ -11,7 +11,7 @@ so an HNSW index need not store its float32 vectors twice.
 Examples
 --------
 >>> import numpy as np
->>> from cbirlib.vectorstore import VectorStore
+>>> from cbirlib.index.store import VectorStore
 >>> store = VectorStore(4, "float16")
 >>> store.put(0, np.eye(4, dtype=np.float32)[:2])
 >>> store.rows(0, 2).dtype, store.rows(0, 2).shape
@@ -24,20 +24,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.errors import DimensionMismatchError, IndexFormatError
-from cbirlib.persist import load_npy, save_npy
+from cbirlib._typing import F32
+from cbirlib.errors import DimensionMismatchError, IndexFormatError, SliceIndexError
+from cbirlib.index.files import load_npy, save_npy
 
 logger = logging.getLogger(__name__)
 
 STORE_DTYPES = ("float32", "float16")
+STORE_FILE = "vectors.npy"
 _HNSW_HEADER = 96  # bytes before hnswlib's level-0 data block (hnswlib 0.7/0.8 format)
 
 __all__ = ["STORE_DTYPES", "VectorStore", "hnsw_file_vectors"]
 
-F32 = npt.NDArray[np.float32]
 
 
 class VectorStore:
@@ -54,7 +56,9 @@ class VectorStore:
 
     def __init__(self, dim: int, dtype: str = "float32") -> None:
         if dtype not in STORE_DTYPES:
-            raise ValueError(f"store dtype {dtype!r} is not supported; use one of {STORE_DTYPES}")
+            raise SliceIndexError(
+                f"store dtype {dtype!r} is not supported; use one of {STORE_DTYPES}"
+            )
         self.dim = dim
         self.dtype = np.dtype(dtype)
         self._data: npt.NDArray[Any] = np.zeros((0, dim), self.dtype)
@@ -100,6 +104,10 @@ class VectorStore:
         """Write the rows in use to one ``.npy`` file."""
         save_npy(path, self.raw())
 
+    def save_in(self, directory: Path) -> None:
+        """Write the rows to ``directory / STORE_FILE``."""
+        self.save(directory / STORE_FILE)
+
     @classmethod
     def load(cls, path: Path, dim: int, dtype: str, *, mmap: bool = True) -> VectorStore:
         """Read a store written by :meth:`save`, memory-mapped when ``mmap``."""
@@ -113,6 +121,52 @@ class VectorStore:
         store._data = data
         store._size = data.shape[0]
         return store
+
+
+def load_store(directory: Path, dim: int, dtype: str, *, mmap: bool) -> VectorStore:
+    """The :class:`VectorStore` saved in ``directory`` by :meth:`VectorStore.save_in`."""
+    path = directory / STORE_FILE
+    data = load_npy(path, mmap=True)
+    if data.ndim == 2 and data.shape[1] != dim:
+        raise DimensionMismatchError(
+            f"index file {str(path)!r} holds vectors of dimension {data.shape[1]}, "
+            f"meta.json says {dim}"
+        )
+    return VectorStore.load(path, dim, dtype, mmap=mmap)
+
+
+def check_hnsw_layout(
+    graph: hnswlib.Index,
+    vectors: F32,
+    labels: npt.NDArray[np.uint64],
+    alive: npt.NDArray[np.bool_],
+    path: Path,
+    *,
+    sample: int = 8,
+) -> None:
+    """Check the mapped rows of an hnswlib file against hnswlib's own ``get_items``.
+
+    :func:`hnsw_file_vectors` reads hnswlib's file layout (not a public API), so every
+    load compares a few rows, spread over the file, with what the loaded graph returns
+    through its public API. A newer hnswlib that lays its file out differently fails
+    here, loudly, instead of serving wrong vectors.
+    """
+    live = np.flatnonzero(alive[labels.astype(np.int64)])  # removed labels are not served
+    if len(live) == 0:
+        return
+    rows = live[np.unique(np.linspace(0, len(live) - 1, min(sample, len(live))).astype(np.int64))]
+    try:
+        expected = np.asarray(graph.get_items(labels[rows].tolist()), dtype=np.float32)
+    except (RuntimeError, ValueError) as exc:
+        raise IndexFormatError(f"index file {str(path)!r}: hnswlib cannot read it: {exc}") from None
+    if expected.shape != (len(rows), vectors.shape[1]) or not np.array_equal(
+        expected, np.asarray(vectors[rows])
+    ):
+        raise IndexFormatError(
+            f"index file {str(path)!r}: the vectors mapped from the file differ from what "
+            f"hnswlib {getattr(hnswlib, '__version__', '?')} returns; this cbirlib reads the "
+            "file layout of hnswlib 0.7/0.8 (install hnswlib<0.9)"
+        )
 
 
 def hnsw_file_vectors(

@@ -13,7 +13,7 @@ Nothing here pickles: arrays go through ``np.save``/``np.load`` with
 Examples
 --------
 >>> import tempfile, pathlib, numpy as np
->>> from cbirlib.persist import atomic_write_dir, load_npy, resolve_dir, save_npy, write_json
+>>> from cbirlib.index.files import atomic_write_dir, load_npy, resolve_dir, save_npy, write_json
 >>> root = pathlib.Path(tempfile.mkdtemp())
 >>> def write(d):
 ...     save_npy(d / "a.npy", np.arange(3))
@@ -25,7 +25,6 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -61,7 +60,6 @@ __all__ = [
     "read_json",
     "resolve_dir",
     "save_npy",
-    "sha256_file",
     "write_json",
 ]
 
@@ -88,15 +86,6 @@ def fsync_dir(path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-
-
-def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
-    """Hex sha256 digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_npy(path: Path, array: npt.ArrayLike) -> None:

@@ -45,10 +45,15 @@ from cbirlib.errors import (
     ExtractorError,
     ExtractorMismatchError,
     IndexFormatError,
+    SettingError,
+    VolumeSourceError,
 )
-from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
-from cbirlib.indexbase import BaseIndex
-from cbirlib.persist import META_NAME, check_target, read_json, resolve_dir
+from cbirlib.index.base import BaseIndex
+from cbirlib.index.config import HnswConfig
+from cbirlib.index.exact import ExactIndex
+from cbirlib.index.files import META_NAME, check_target, resolve_dir
+from cbirlib.index.hnsw import SliceIndex
+from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
 from cbirlib.prefetch import prefetch
 from cbirlib.volume import Volume
 
@@ -124,7 +129,7 @@ def _lazy_items(
         elif callable(item):
             yield None, item
         else:
-            raise TypeError(
+            raise VolumeSourceError(
                 f"cannot index {type(item).__name__!r}: give Volume objects, "
                 "(volume_id, loader) pairs, zero-argument loaders, or a data set with "
                 ".subjects and .load()"
@@ -140,38 +145,41 @@ def _count(volumes: object) -> int | None:
 _ADVICE = "pass another index folder, or resume=False (CLI: --no-resume) to replace it"
 
 
-def check_resumable(path: str | os.PathLike[str], extractor: IndexableExtractor) -> Path | None:
-    """The saved index folder that a resumed build at ``path`` continues, or None.
+def check_resumable(
+    path: str | os.PathLike[str], extractor: IndexableExtractor
+) -> IndexMeta | None:
+    """What the saved index that a resumed build at ``path`` continues says, or None.
 
-    Reads ``meta.json`` only (no vector), so callers can check before any work.
+    Reads ``meta.json`` only (no vector), so callers can check before any work; the
+    extractor must match the index's in name, dimension and config
+    (:func:`cbirlib.index.check_compatible` in strict mode).
 
     Raises
     ------
     ExtractorMismatchError
-        The index was built with another extractor.
+        The index was built with another extractor or extractor config.
     DimensionMismatchError
         The index holds vectors of another dimension.
+    IndexFormatError
+        An index is there but its ``meta.json`` is unreadable or malformed.
     """
     try:
         directory = resolve_dir(Path(path))
     except IndexFormatError:
         return None  # nothing to resume
-    ex_config = extractor.to_config()
-    meta = read_json(directory / META_NAME)
-    stored = meta.get("extractor_config") if isinstance(meta, dict) else None
-    saved_dim = meta.get("dim") if isinstance(meta, dict) else None
-    if isinstance(stored, dict) and stored.get("name") != ex_config.get("name"):
-        raise ExtractorMismatchError(
-            f"index {str(directory)!r} was built with {stored.get('name')!r} "
-            f"(dim {saved_dim}); this build uses {ex_config.get('name')!r} "
-            f"(dim {extractor.dim}): {_ADVICE}"
+    meta = parse_meta(directory, verify=False)
+    try:
+        check_compatible(
+            meta.extractor_config,
+            meta.dim,
+            extractor.to_config(),
+            int(extractor.dim),
+            strict=True,
+            advice=_ADVICE,
         )
-    if isinstance(saved_dim, int) and saved_dim != int(extractor.dim):
-        raise DimensionMismatchError(
-            f"index {str(directory)!r} has dimension {saved_dim}, extractor "
-            f"{extractor.name!r} gives {extractor.dim}: {_ADVICE}"
-        )
-    return directory
+    except (ExtractorMismatchError, DimensionMismatchError) as exc:
+        raise type(exc)(f"index {str(directory)!r}: {exc}") from None
+    return meta
 
 
 def _plural(n: int, noun: str) -> str:
@@ -192,20 +200,15 @@ def _open_index(
     resume: bool,
 ) -> BaseIndex:
     cls: type[BaseIndex] = ExactIndex if exact else SliceIndex
-    ex_config = extractor.to_config()
-    directory = check_resumable(path, extractor) if resume else None
-    if directory is not None:
+    saved = check_resumable(path, extractor) if resume else None
+    if saved is not None:
         index = cls.load(path, dim=int(extractor.dim))
-        try:
-            index.check_extractor(ex_config, strict=True)
-        except ExtractorMismatchError as exc:
-            raise ExtractorMismatchError(f"index {str(directory)!r}: {exc}; {_ADVICE}") from None
         if index.config != config:
             logger.warning(
                 "resuming %s with its saved settings %s (given %s)", path, index.config, config
             )
         return index
-    return cls(int(extractor.dim), config=config, extractor_config=ex_config)
+    return cls(int(extractor.dim), config=config, extractor_config=extractor.to_config())
 
 
 def _embed(extractor: IndexableExtractor, volume: Volume) -> npt.NDArray[np.float32]:
@@ -291,7 +294,7 @@ def build_index(
     skipped volumes says so at WARNING level.
     """
     if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        raise SettingError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
     path = Path(path)
     check_target(path)  # before any work: a foreign folder is refused, not overwritten
     index = _open_index(path, extractor, config=config, exact=exact, resume=resume)

@@ -1,0 +1,47 @@
+"""Slice indexes and their on-disk format: the one owner of everything an index stores.
+
+- :class:`SliceIndex` (HNSW, hnswlib) and :class:`ExactIndex` (brute force) share one
+  API (add, search, vectors, slice metadata, remove, save, load);
+- :func:`load_index` opens either from its directory, :func:`read_meta` reads what a
+  directory holds without a vector, and :func:`check_compatible` is the one check that
+  an extractor's vectors fit an index;
+- :func:`build_index` embeds volumes into an index with crash-safe checkpoints.
+
+Nothing outside this package reads or writes an index's files.
+
+Examples
+--------
+>>> import numpy as np
+>>> from cbirlib.index import SliceIndex
+>>> rng = np.random.default_rng(0)
+>>> index = SliceIndex(8)
+>>> index.add("a", rng.normal(size=(5, 8)), slice_meta={"z_mm": np.arange(5) * 2.0})
+>>> index.add("b", rng.normal(size=(3, 8)))
+>>> len(index), index.volume_ids
+(8, ['a', 'b'])
+"""
+
+from cbirlib.errors import ExtractorMismatchWarning
+from cbirlib.index.base import BaseIndex, SliceMatches
+from cbirlib.index.build import build_index, check_resumable
+from cbirlib.index.config import HnswConfig
+from cbirlib.index.exact import ExactIndex
+from cbirlib.index.hnsw import SliceIndex
+from cbirlib.index.load import load_index
+from cbirlib.index.meta import FORMAT_VERSION, IndexMeta, check_compatible, read_meta
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BaseIndex",
+    "ExactIndex",
+    "ExtractorMismatchWarning",
+    "HnswConfig",
+    "IndexMeta",
+    "SliceIndex",
+    "SliceMatches",
+    "build_index",
+    "check_compatible",
+    "check_resumable",
+    "load_index",
+    "read_meta",
+]
