@@ -122,11 +122,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.hookspecs import hookimpl
     from cbirlib.index import (
         ExactIndex,
-        build_index,
         ExtractorMismatchWarning,
         HnswConfig,
         SliceIndex,
         SliceMatches,
+        build_index,
     )
     from cbirlib.io import load_mask, load_volume
     from cbirlib.labels import SliceLabels

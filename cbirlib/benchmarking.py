@@ -97,20 +97,12 @@ def _slug(text: str) -> str:
 
 
 def _chain(search: Any, *, rerank: bool, top: int, localize: bool, trim: float = 0.0) -> Any:
-    """Count votes (cut at ``top``) or MaxSim re-ranking of the ``top`` candidates.
+    """The default chain (:func:`cbirlib.presets.default_chain`), re-ranking ``top``."""
+    from cbirlib.presets import default_chain
 
-    ``trim`` is the :class:`~cbirlib.localize.Localize` trim of the count-vote chain.
-    """
-    from cbirlib.aggregate import CountVotes
-    from cbirlib.localize import Localize
-    from cbirlib.pipeline import Cutoff
-    from cbirlib.rerank import MaxSimRerank
-
-    if rerank:
-        chain = search >> CountVotes() >> MaxSimRerank(top=top)
-        return chain >> Localize() if localize else chain
-    chain = search >> CountVotes() >> Cutoff(top)
-    return chain >> Localize(method="votes", trim=trim) if localize else chain
+    return default_chain(
+        search, top=top, rerank=rerank, candidates=top, localize=localize, trim=trim
+    )
 
 
 @dataclass

@@ -139,20 +139,11 @@ def _create_extractor(name: str, options: dict[str, Any]) -> Extractor:
 
 
 def _chain(extractor: Extractor, index: BaseIndex, *, top: int, k: int = 100) -> Pipeline:
-    """The default retrieval chain: slice search, votes, MaxSim re-ranking, localization."""
-    from cbirlib.aggregate import CountVotes
-    from cbirlib.localize import Localize
-    from cbirlib.pipeline import Cutoff
-    from cbirlib.rerank import MaxSimRerank
+    """The default retrieval chain (:func:`cbirlib.presets.default_chain`)."""
+    from cbirlib.presets import default_chain
     from cbirlib.search import SliceSearch
 
-    return (
-        SliceSearch(extractor, index, k=k)
-        >> CountVotes()
-        >> MaxSimRerank(top=max(20, top))
-        >> Localize()
-        >> Cutoff(top)
-    )
+    return default_chain(SliceSearch(extractor, index, k=k), top=top)
 
 
 def _result_rows(hits: Hits, query_id: str) -> list[dict[str, Any]]:
@@ -207,33 +198,22 @@ def _print_results(out: TextIO, title: str, rows: list[dict[str, Any]]) -> None:
 
 def _load_index(path: Path) -> BaseIndex:
     """Load a :class:`SliceIndex` or :class:`ExactIndex`, whichever ``path`` holds."""
-    from cbirlib.index import ExactIndex, SliceIndex
-    from cbirlib.index.files import META_NAME, read_json, resolve_dir
+    from cbirlib.index import load_index
 
     if not path.exists():
         raise VolumeNotFoundError(f"index folder {str(path)!r} does not exist")
-    directory = resolve_dir(path)
-    meta = read_json(directory / META_NAME)
-    kind = meta.get("kind") if isinstance(meta, dict) else None
-    cls = ExactIndex if kind == ExactIndex.KIND else SliceIndex
-    return cls.load(directory)
+    return load_index(path)
 
 
-def _index_meta(path: Path) -> dict[str, Any] | None:
-    """The ``meta.json`` of the index at ``path``, or None when there is none (cheap)."""
+def _indexed_count(path: Path) -> int:
+    """Volumes in the index at ``path`` (0 when there is none or it is unreadable; cheap)."""
     from cbirlib.errors import IndexFormatError
-    from cbirlib.index.files import META_NAME, read_json, resolve_dir
+    from cbirlib.index import read_meta
 
     try:
-        meta = read_json(resolve_dir(path) / META_NAME)
+        return read_meta(path).n_volumes
     except (IndexFormatError, OSError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _indexed_count(meta: dict[str, Any] | None) -> int:
-    counts = meta.get("counts") if meta else None
-    return int(counts.get("volumes", 0)) if isinstance(counts, dict) else 0
+        return 0
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -490,8 +470,8 @@ def _demo_query(data: TotalSegmentator, test: Sequence[str], structure: str) -> 
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from cbirlib.index.build import build_index
     from cbirlib.evaluation import format_table
+    from cbirlib.index import build_index
     from cbirlib.search import region_query
     from cbirlib.viz import montage
 
@@ -564,22 +544,16 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _check_resumable(index_dir: Path, extractor: Extractor) -> dict[str, Any] | None:
-    """The meta of an index to resume; refuses one built with another extractor or dim."""
-    from cbirlib.index.build import check_resumable
-
-    check_resumable(index_dir, extractor)
-    return _index_meta(index_dir)
-
-
 def _cmd_index(args: argparse.Namespace, out: TextIO) -> int:
-    from cbirlib.index.build import build_index
+    from cbirlib.index import build_index
 
     index_dir = Path(args.index_dir)
     items = discover_volumes(args.data_dir)
     extractor = _create_extractor(args.extractor, _extractor_options(args))
-    meta = _check_resumable(index_dir, extractor) if args.resume else None
-    before = _indexed_count(meta)
+    from cbirlib.index import check_resumable
+
+    saved_meta = check_resumable(index_dir, extractor) if args.resume else None
+    before = saved_meta.n_volumes if saved_meta is not None else 0
     _write(out, f"indexing {_plural(len(items), 'volume')} from {args.data_dir} with {extractor!r}")
     if before:
         ids = {vid for vid, _ in items}
@@ -592,7 +566,7 @@ def _cmd_index(args: argparse.Namespace, out: TextIO) -> int:
     try:
         index = build_index(items, extractor, index_dir, verbose=True, resume=args.resume)
     except BaseException:
-        saved = _indexed_count(_index_meta(index_dir))
+        saved = _indexed_count(index_dir)
         if saved > before:  # a resume would skip work; otherwise there is nothing to resume
             sys.stderr.write(
                 f"{PROG}: {saved} of {_plural(len(items), 'volume')} saved in {index_dir}; "
@@ -775,7 +749,7 @@ def _add_extractor_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cbirlib`` command."""
-    from cbirlib import __version__
+    from cbirlib._version import __version__
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a sub-command without --debug keeps the value set before it

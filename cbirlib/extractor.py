@@ -384,7 +384,7 @@ class SliceExtractor(Extractor):
                 )
             model = model.eval().to(self.device)
             if self.device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                model = model.to(memory_format=torch.channels_last)
             self._model = model
         return self._model
 

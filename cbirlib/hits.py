@@ -247,7 +247,7 @@ class Hits:
             level = frame.attrs.get("level", "slice")
         core = {c: frame[c].to_numpy() for c in CORE_COLUMNS if c in frame.columns}
         extra = {str(c): frame[c].to_numpy() for c in frame.columns if c not in CORE_COLUMNS}
-        return cls(**core, level=level, extra=extra)  # type: ignore[arg-type]
+        return cls(**core, level=level, extra=extra)
 
     # -- access -----------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import pluggy
 
-from cbirlib import hookspecs
+import cbirlib.hookspecs as hookspecs
 from cbirlib.errors import CbirError, ExtractorError, PluginError, UnknownExtractorError
 from cbirlib.extractor import Extractor
 

@@ -34,7 +34,6 @@ from cbirlib.errors import (
     DimensionMismatchError,
     EvaluationError,
     ExtractorError,
-    ExtractorMismatchError,
     PipelineError,
     StructureNotPresentError,
     UnknownStructureError,

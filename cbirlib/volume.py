@@ -57,7 +57,7 @@ class Volume:
     id: str
     array: npt.NDArray[np.float32]
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    z_positions: npt.NDArray[np.float64] = field(default=None)  # type: ignore[arg-type, assignment]
+    z_positions: npt.NDArray[np.float64] = field(default=None)  # type: ignore[arg-type]
     labels: SliceLabels | None = None
     modality: str = "CT"
     affine: npt.NDArray[np.float64] | None = None

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbirlib.index.build import build_index
 from cbirlib.errors import DimensionMismatchError, ExtractorError, ExtractorMismatchError
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
+from cbirlib.index.build import build_index
 from cbirlib.volume import Volume
 
 FAKE_SRC = '''

@@ -206,7 +206,9 @@ def test_float16_store(cls: type, data: dict[str, np.ndarray]) -> None:
 def test_extractor_mismatch_warns_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     index = SliceIndex(4, extractor_config={"name": "dinov2", "window": (-100, 200)})
     index.check_extractor({"name": "dinov2", "window": [-100, 200]})  # JSON-equal: silent
-    with pytest.raises(ExtractorMismatchError, match=r"built with 'dinov2' \(dim 4\), vectors come from 'x'"):
+    with pytest.raises(
+        ExtractorMismatchError, match=r"built with 'dinov2' \(dim 4\), vectors come from 'x'"
+    ):
         index.check_extractor({"name": "x", "window": [-100, 200]})  # another name: always
     with pytest.warns(ExtractorMismatchWarning, match="window: index has") as record:
         index.check_extractor({"name": "dinov2", "window": [0, 1]})

@@ -17,8 +17,8 @@ import pytest
 
 from cbirlib.errors import DimensionMismatchError, IndexFormatError
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
-from cbirlib.index.meta import meta_checksum
 from cbirlib.index.files import backup_path
+from cbirlib.index.meta import meta_checksum
 
 KINDS = [SliceIndex, ExactIndex]
 

@@ -13,10 +13,10 @@ from test_build import FakeExtractor, make_volumes
 from test_chain import PositionExtractor, body_volume, build
 from test_plugins import BASELINE_EP, clean_plugins, fake_entry_points  # noqa: F401
 
-from cbirlib.index import files as persist
-from cbirlib.index.build import build_index
 from cbirlib.errors import ChecksumError, WeightsError
 from cbirlib.index import ExactIndex, SliceIndex
+from cbirlib.index import files as persist
+from cbirlib.index.build import build_index
 from cbirlib.localize import matched_span
 from cbirlib.plugins import PluginWarning, list_extractors, load_plugins
 from cbirlib.search import SliceSearch

@@ -584,12 +584,12 @@ def _lobe_mask(lobe: str, ay: Array, z: Array) -> npt.NDArray[np.bool_]:
     oblique = 560.0 - 0.9 * ay  # oblique fissure: high posteriorly, low anteriorly
     upper = z > oblique
     if lobe == "upper_r":
-        return upper & (z > 575.0)  # type: ignore[no-any-return]
+        return upper & (z > 575.0)
     if lobe == "middle":
-        return upper & (z <= 575.0)  # type: ignore[no-any-return]
+        return upper & (z <= 575.0)
     if lobe == "upper_l":
-        return upper  # type: ignore[no-any-return]
-    return ~upper  # type: ignore[no-any-return]
+        return upper
+    return ~upper
 
 
 def _rib_mask(
@@ -600,7 +600,7 @@ def _rib_mask(
     phi = np.arctan2(np.abs(ax), -ay)  # 0 = posterior midline, pi = anterior midline
     zc = z_post - drop * (1 - np.cos(phi)) / 2
     mask = (d > 0.87) & (d < 1.0) & (ax * side > 0) & (phi > 0.35) & (phi < phi_max)
-    return mask & (np.abs(zs[:, None, None] - zc) < 5.5)  # type: ignore[no-any-return]
+    return mask & (np.abs(zs[:, None, None] - zc) < 5.5)
 
 
 # --- writing ---------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ class TimmExtractor(SliceExtractor):
                 "embeddings are meaningless for retrieval; use only for tests and benchmarks",
                 self.name,
             )
-            return timm.create_model(self.model_name, pretrained=False, **kwargs)  # type: ignore[no-any-return]
+            return timm.create_model(self.model_name, pretrained=False, **kwargs)
         source: str | None = self.weights
         if source is None:
             local = self.cached_weights_path()
@@ -298,7 +298,7 @@ class TimmExtractor(SliceExtractor):
             }
         load_into(model, sd, source=repr(source))
         logger.info("extractor %r: loaded weights from %s", self.name, source)
-        return model  # type: ignore[no-any-return]
+        return model
 
     def _build_from_hub(self, kwargs: dict[str, Any]) -> torch.nn.Module:
         import timm
@@ -319,7 +319,7 @@ class TimmExtractor(SliceExtractor):
             model = timm.create_model(
                 self.model_name, pretrained=True, cache_dir=hub_cache_dir(), **kwargs
             )
-        return model  # type: ignore[no-any-return]
+        return model
 
 
 def _weights_available(weights: str | None, repo: str | None, local: Path | None) -> bool:
@@ -502,7 +502,7 @@ def _timm_family(variant: str, **kwargs: Any) -> TimmExtractor:
 def _available(cls: type[TimmExtractor], **kwargs: Any) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            return cls(device="cpu", **kwargs).weights_available()  # type: ignore[call-arg]
+            return cls(device="cpu", **kwargs).weights_available()
         except Exception:  # an availability check must never raise
             return False
 

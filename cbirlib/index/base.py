@@ -29,6 +29,7 @@ from cbirlib.errors import (
     DimensionMismatchError,
     DuplicateVolumeError,
     IndexFormatError,
+    InvalidVolumeError,
     SliceIndexError,
     VolumeNotInIndexError,
 )
@@ -136,7 +137,7 @@ class BaseIndex(ABC):
         self,
         dim: int,
         *,
-        config: HnswConfig = HnswConfig(),
+        config: HnswConfig = HnswConfig(),  # noqa: B008 - frozen dataclass
         extractor_config: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
@@ -641,5 +642,3 @@ def _spans_overlap(spans: I64) -> bool:
     order = np.argsort(spans[:, 0], kind="stable")
     starts, ends = spans[order, 0], spans[order].sum(axis=1)
     return bool((starts[1:] < ends[:-1]).any())
-
-

@@ -9,11 +9,12 @@ validates it into an :class:`IndexMeta` without touching a vector, and
 
 Examples
 --------
->>> check_compatible({"name": "baseline", "bins": 64}, 130, {"name": "baseline", "bins": 64}, 130)
->>> check_compatible({"name": "baseline"}, 130, {"name": "dinov2"}, 384)
+>>> stored = {"name": "baseline", "bins": 64}
+>>> check_compatible(stored, 130, {"name": "baseline", "bins": 64}, 130)
+>>> check_compatible(stored, 130, {"name": "dinov2"}, 384)
 Traceback (most recent call last):
 ...
-cbirlib.errors.ExtractorMismatchError: index built with 'baseline' (dim 130), vectors come from 'dinov2' (dim 384); ...
+cbirlib.errors.ExtractorMismatchError: index built with 'baseline' (dim 130), ...
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ _HNSW_HEADER = 96  # bytes before hnswlib's level-0 data block (hnswlib 0.7/0.8 
 __all__ = ["STORE_DTYPES", "VectorStore", "hnsw_file_vectors"]
 
 
-
 class VectorStore:
     """A growable matrix of vectors whose row number is the index label.
 
