@@ -18,7 +18,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from cbirlib._text import close_matches
 from cbirlib.errors import CbirError, DatasetError, VolumeNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -347,8 +347,8 @@ def _canonical_structure(name: str) -> str:
     key = name.strip().lower()
     if key in known:
         return known[key]
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(repr(known[c]) for c in close)}? " if close else ""
+    close = close_matches(key, known.values())
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     raise CliError(
         f"unknown structure {name!r}; {hint}valid: a TotalSegmentator v1 class (liver, "
         f"kidney_left, ...) or a coarse region ({', '.join(coarse[:8])}, ...; see "

@@ -30,7 +30,6 @@ True
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import importlib.metadata
 import inspect
@@ -46,6 +45,7 @@ from typing import Any
 import pluggy
 
 import cbirlib.hookspecs as hookspecs
+from cbirlib._text import close_matches
 from cbirlib.errors import CbirError, ExtractorError, PluginError, UnknownExtractorError
 from cbirlib.extractor import Extractor
 
@@ -314,7 +314,7 @@ def list_extractors(pattern: str | None = None) -> list[ExtractorInfo]:
 
 def _unknown(name: str, table: dict[str, _Entry]) -> UnknownExtractorError:
     known = sorted(k + "<variant>" if k.endswith(":") else k for k in table)
-    close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.6)
+    close = close_matches(name, table)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return UnknownExtractorError(
         f"no extractor named {name!r}.{hint} Known: {', '.join(known) or '(none)'}"

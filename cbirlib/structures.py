@@ -56,10 +56,10 @@ Examples
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
+from cbirlib._text import did_you_mean
 from cbirlib.errors import UnknownStructureError
 
 _VERTEBRAE_V1 = (
@@ -290,23 +290,6 @@ def match_name(name: str, candidates: Iterable[str]) -> str | None:
         return name
     folded = [c for c in dict.fromkeys(names) if c.casefold() == str(name).casefold()]
     return folded[0] if len(folded) == 1 else None
-
-
-def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
-    """``"; did you mean 'liver'?"`` (case-insensitive close matches), or ``""``.
-
-    Examples
-    --------
-    >>> did_you_mean("livr", ["liver", "spleen", "lung"])
-    "; did you mean 'liver'?"
-    >>> did_you_mean("xyz", ["liver"])
-    ''
-    """
-    by_fold: dict[str, str] = {}
-    for c in candidates:
-        by_fold.setdefault(c.casefold(), c)
-    close = difflib.get_close_matches(str(name).casefold(), list(by_fold), n=n, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(by_fold[c]) for c in close)}?" if close else ""
 
 
 #: Coarse regions named in "unknown structure" messages as examples.

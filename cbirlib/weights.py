@@ -43,6 +43,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cbirlib._files import sha256_file
 from cbirlib.errors import CbirError, ChecksumError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -193,31 +194,13 @@ def hub_errors(what: str) -> Iterator[None]:
 # --- files ----------------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:
-    """The hex sha256 digest of a file, read in chunks.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
-    >>> _ = p.write_bytes(b"abc")
-    >>> sha256_file(p)[:16]
-    'ba7816bf8f01cfea'
-    """
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(chunk_size), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights file {str(path)!r}: {exc}") from exc
-    return digest.hexdigest()
-
-
 def _check_sha256(path: Path, sha256: str | None) -> None:
     if sha256 is None:
         return
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {str(path)!r}: {exc}") from exc
     if actual.lower() != sha256.strip().lower():
         raise ChecksumError(
             f"weights file {str(path)!r} has sha256 {actual}, expected {sha256.strip().lower()}"

@@ -36,7 +36,6 @@ Examples
 from __future__ import annotations
 
 import csv
-import difflib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._text import did_you_mean
 from cbirlib.errors import DatasetError, UnknownSubjectError
 from cbirlib.labels import SliceLabels, slice_counts
 from cbirlib.structures import TOTALSEG_V1_CLASSES, V2_TO_V1, resolve_structure
@@ -223,8 +223,7 @@ class TotalSegmentator(Mapping[str, Volume]):
 
     def _check(self, subject_id: str) -> None:
         if subject_id not in self._split:
-            close = difflib.get_close_matches(str(subject_id), self._subjects, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(str(subject_id), self._subjects)
             shown = ", ".join(self._subjects[:5]) + (" ..." if len(self) > 5 else "")
             raise UnknownSubjectError(
                 f"unknown subject {subject_id!r} in {self.root}{hint} "

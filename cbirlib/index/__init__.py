@@ -11,14 +11,15 @@ Nothing outside this package reads or writes an index's files.
 
 Examples
 --------
->>> import numpy as np
->>> from cbirlib.index import SliceIndex
->>> rng = np.random.default_rng(0)
->>> index = SliceIndex(8)
->>> index.add("a", rng.normal(size=(5, 8)), slice_meta={"z_mm": np.arange(5) * 2.0})
->>> index.add("b", rng.normal(size=(3, 8)))
->>> len(index), index.volume_ids
-(8, ['a', 'b'])
+>>> import tempfile, numpy as np
+>>> from cbirlib.index import SliceIndex, read_meta
+>>> index = SliceIndex(4, extractor_config={"name": "demo"})
+>>> index.add("a", np.eye(4))
+>>> path = tempfile.mkdtemp() + "/idx"
+>>> index.save(path)
+>>> meta = read_meta(path)
+>>> meta.kind, meta.dim, meta.n_volumes, meta.n_slices, meta.extractor_name
+('hnsw', 4, 1, 4, 'demo')
 """
 
 from cbirlib.errors import ExtractorMismatchWarning
