@@ -47,7 +47,6 @@ __all__ = ["build_parser", "discover_volumes", "main", "parse_extractor_opt"]
 logger = logging.getLogger(__name__)
 
 PROG = "cbirlib"
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MODES = ("slice", "volume", "region", "localized")
 #: Decimals of the scores and of the mm values in ``cbirlib query --json``.
 SCORE_DIGITS = 6
@@ -228,10 +227,9 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def _nifti_stem(name: str) -> str | None:
-    for suffix in NIFTI_SUFFIXES[::-1]:  # ".nii.gz" before ".nii"
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return None
+    from cbirlib.io import nifti_stem
+
+    return nifti_stem(name)
 
 
 def _is_totalsegmentator_root(path: Path) -> bool:

@@ -63,6 +63,7 @@ from cbirlib.volume import Volume
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "nifti_stem",
     "DicomSeries",
     "dicom_series",
     "load_mask",
@@ -204,9 +205,9 @@ def _make_volume(source: str, canon: _Canonical, *, id: str, modality: str) -> V
 # --- NIfTI ------------------------------------------------------------------------------------
 
 
-def _nifti_stem(path: Path) -> str | None:
+def nifti_stem(path: str | os.PathLike[str]) -> str | None:
     """File name without its NIfTI suffix, or None if it is not a NIfTI name."""
-    name = path.name
+    name = Path(path).name
     for suffix in NIFTI_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -783,7 +784,7 @@ def load_volume(
         return _make_volume(
             str(p), canon, id=id or p.resolve().name, modality=modality or dicom_modality
         )
-    stem = _nifti_stem(p)
+    stem = nifti_stem(p)
     if stem is None:
         raise _unsupported(p)
     canon = _read_nifti(p)
@@ -822,7 +823,7 @@ def load_mask(path: str | os.PathLike[str], *, like: Volume | None = None) -> np
     """
     p = Path(path)
     _check_exists(p)
-    if p.is_dir() or _nifti_stem(p) is None:
+    if p.is_dir() or nifti_stem(p) is None:
         raise VolumeReadError(
             f"{p}: unsupported mask file; expected a NIfTI file ({', '.join(NIFTI_SUFFIXES)})"
         )
@@ -865,7 +866,7 @@ def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     """
     p = Path(path)
     _check_exists(p)
-    if p.is_dir() or _nifti_stem(p) is None:
+    if p.is_dir() or nifti_stem(p) is None:
         raise _unsupported(p)
     img = _load_nifti_image(p)
     shape = tuple(int(n) for n in img.shape)
