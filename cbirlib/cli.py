@@ -1,4 +1,4 @@
-"""The ``cbirlib`` command: ``demo``, ``index``, ``query``, ``evaluate``, ``extractors``.
+"""The ``cbirlib`` command: ``demo``, ``index``, ``query``, ``benchmark``, ``extractors``.
 
 Every long step shows a progress bar (log messages are written above it, never into
 it). Errors are one line on stderr (``cbirlib: error: ...``) and a non-zero exit status
@@ -634,11 +634,11 @@ def _check_evaluation_root(data_dir: Path) -> None:
     if not _is_totalsegmentator_root(data_dir):
         raise CliError(f"{str(data_dir)!r} is not {layout}")
     if not (data_dir / META_FILE).is_file():
-        raise CliError(f"{str(data_dir)!r} has no {META_FILE}; evaluate needs {layout}")
+        raise CliError(f"{str(data_dir)!r} has no {META_FILE}; benchmark needs {layout}")
     dataset = TotalSegmentator(data_dir)
     if all(dataset.split_of(s) is None for s in dataset.subjects):
         raise CliError(
-            f"{str(data_dir / META_FILE)!r} has no split column; evaluate needs {layout}"
+            f"{str(data_dir / META_FILE)!r} has no split column; benchmark needs {layout}"
         )
 
 
@@ -664,9 +664,14 @@ def _summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return summary
 
 
-def _cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+def _cmd_benchmark(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.benchmarking import benchmark
 
+    if args.command == "evaluate":
+        sys.stderr.write(
+            f"{PROG}: note: `{PROG} evaluate` is now `{PROG} benchmark`; the old name "
+            "will be removed in the next release\n"
+        )
     _check_evaluation_root(Path(args.data_dir))
     options = _extractor_options(args)
     result = benchmark(
@@ -718,12 +723,13 @@ folder with several series gives one volume per series (<folder>/series-1, ...).
   cbirlib query idx /data/Totalsegmentator_dataset/s0011 --structure liver --json
 
 The extractor is re-created from the config the index recorded.""",
-    "evaluate": """examples:
-  cbirlib evaluate /data/Totalsegmentator_dataset --out results
-  cbirlib evaluate data --extractor baseline dinov2 --modes volume region --out results
+    "benchmark": """examples:
+  cbirlib benchmark /data/Totalsegmentator_dataset --out results
+  cbirlib benchmark data --extractor baseline dinov2 --modes volume region --out results
 
 DATA_DIR needs meta.csv with columns image_id and split (train/val/test): the test split
-queries an index of the other subjects.""",
+queries an index of the other subjects. `cbirlib evaluate` is the old name of this command
+(deprecated; it will be removed in the next release).""",
     "extractors": """example:
   cbirlib extractors""",
 }
@@ -763,9 +769,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, help: str, description: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
+            aliases=list(aliases),
             help=help,
             description=description,
             epilog=_EPILOGS[name],
@@ -834,10 +843,11 @@ def build_parser() -> argparse.ArgumentParser:
     query.set_defaults(func=_cmd_query)
 
     evaluate = command(
-        "evaluate",
-        "the study's per-class tables on a data set",
+        "benchmark",
+        "the study's per-class tables on a data set (old name: evaluate)",
         "Index the non-test subjects of a TotalSegmentator-layout data set with each "
         "extractor, query with the test subjects and report per-structure recall.",
+        aliases=["evaluate"],
     )
     evaluate.add_argument(
         "data_dir", help="TotalSegmentator-layout root with meta.csv (image_id, split)"
@@ -850,7 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--out", help="folder for the indexes and tables (CSV and Markdown)")
     _add_extractor_options(evaluate)
-    evaluate.set_defaults(func=_cmd_evaluate)
+    evaluate.set_defaults(func=_cmd_benchmark)
 
     extractors = command(
         "extractors",

@@ -178,7 +178,7 @@ def test_version_and_subcommand_help_with_examples(capsys) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"cbirlib {cbirlib.__version__}"
-    for command in ("demo", "index", "query", "evaluate", "extractors"):
+    for command in ("demo", "index", "query", "benchmark", "evaluate", "extractors"):
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out
         assert "examples:" in text or "example:" in text
@@ -278,9 +278,11 @@ def test_query_names_and_folder_errors(demo, tmp_path, capsys) -> None:
 
 def test_evaluate_prints_a_compact_summary(demo, tmp_path, capsys) -> None:
     out, _ = demo
-    argv = ["evaluate", str(out / "data"), "--modes", "volume", "--out", str(tmp_path / "ev")]
+    argv = ["benchmark", str(out / "data"), "--modes", "volume", "--out", str(tmp_path / "ev")]
     assert main(argv) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "now `cbirlib benchmark`" not in captured.err
     assert "{" not in text and "DataFrame" not in text
     header = next(ln for ln in text.splitlines() if "baseline" in ln)
     assert header.split() == ["baseline", "baseline", "+", "MaxSim"]
@@ -295,8 +297,10 @@ def test_evaluate_needs_a_split_totalsegmentator_root(demo, tmp_path, capsys) ->
     out, _ = demo
     (tmp_path / "nii" / "sub").mkdir(parents=True)
     write_nifti(tmp_path / "nii" / "sub" / "scan.nii.gz", np.zeros((3, 4, 4), np.float32))
-    assert main(["evaluate", str(tmp_path / "nii")]) == 1
-    assert "is not a TotalSegmentator-layout root" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nii")]) == 1  # the old name still works
+    err = capsys.readouterr().err
+    assert "`cbirlib evaluate` is now `cbirlib benchmark`" in err
+    assert "is not a TotalSegmentator-layout root" in err
     import shutil
 
     copy = tmp_path / "copy"
