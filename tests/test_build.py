@@ -75,11 +75,13 @@ class FakeDataset:
 
 
 def check_complete(index: SliceIndex | ExactIndex, volumes: list[Volume]) -> None:
-    """Every volume exactly once, with its own embeddings and z positions."""
-    assert index.volume_ids == [v.id for v in volumes] or sorted(index.volume_ids) == sorted(
-        v.id for v in volumes
-    )
-    assert len(set(index.volume_ids)) == index.n_volumes == len(volumes)
+    """Every volume exactly once, in input order, with its own embeddings and z positions.
+
+    Read-ahead loads volumes on threads but yields them in input order, and a resumed
+    build appends the rest in order after the saved prefix: the order is the input's.
+    """
+    assert index.volume_ids == [v.id for v in volumes]
+    assert index.n_volumes == len(volumes)
     assert len(index) == sum(v.n_slices for v in volumes)
     ref = FakeExtractor()
     for v in volumes:
@@ -259,8 +261,32 @@ def test_volumes_are_read_ahead_of_the_extractor(tmp_path: Path, workers: int) -
 
     items = [(v.id, loader(i)) for i, v in enumerate(volumes)]
     index = build_index(items, Waiting(), tmp_path / "idx", verbose=False, workers=workers)
-    assert sorted(index.volume_ids) == sorted(v.id for v in volumes)
+    check_complete(index, volumes)
     assert seen == [workers > 0]
+
+
+def test_volumes_read_out_of_order_are_indexed_in_input_order(tmp_path: Path) -> None:
+    import threading
+
+    volumes = make_volumes(4)
+    second_read = threading.Event()
+    finished: list[str] = []
+
+    def loader(i: int):  # type: ignore[no-untyped-def]
+        def load() -> Volume:
+            if i == 0:  # the first read ends only after the second one
+                assert second_read.wait(timeout=5.0)
+            finished.append(volumes[i].id)
+            if i == 1:
+                second_read.set()
+            return volumes[i]
+
+        return load
+
+    items = [(v.id, loader(i)) for i, v in enumerate(volumes)]
+    index = build_index(items, FakeExtractor(), tmp_path / "idx", verbose=False, workers=2)
+    assert finished[:2] == ["case01", "case00"]
+    check_complete(index, volumes)
 
 
 def test_resume_with_another_extractor_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cbirlib import create_extractor
 from cbirlib.cli import build_parser, discover_volumes, main
 from cbirlib.errors import DatasetError, VolumeNotFoundError
 from tests.dicom_helpers import write_dicom_series, write_nifti
@@ -217,11 +218,22 @@ def test_extractor_options_reach_the_extractor_and_resume_checks_them(demo, tmp_
     assert "indexing 1 volume from" in capsys.readouterr().out
     meta = json.loads((index_dir / "meta.json").read_text())
     assert meta["extractor_config"]["bins"] == 8
-    # another extractor (dim 258 vs 130) on the same folder: refused before any work
+    # default options (bins=16: another dimension) on the same folder: refused before any work
+    small, default = create_extractor("baseline", bins=8), create_extractor("baseline")
+    assert small.dim != default.dim
     assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "was built with 'baseline' (130-dim" in err or "--no-resume" in err
-    assert "--no-resume" in err
+    assert capsys.readouterr().err.splitlines() == [
+        f"cbirlib: error: index {str(index_dir)!r} has dimension {small.dim}, extractor "
+        f"'baseline' gives {default.dim}: pass another index folder, or resume=False "
+        "(CLI: --no-resume) to replace it"
+    ]
+    # an option that keeps the dimension (size): refused, naming the option and both values
+    assert main([*argv, "--extractor-opt", "bins=8", "--extractor-opt", "size=32"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"cbirlib: error: index {str(index_dir)!r}: extractor config differs from the one "
+        "the index was built with (size: index has 64, given 32); pass another index "
+        "folder, or resume=False (CLI: --no-resume) to replace it"
+    ]
     assert main([*argv, "--no-resume"]) == 0
     assert json.loads((index_dir / "meta.json").read_text())["extractor_config"]["bins"] != 8
     capsys.readouterr()

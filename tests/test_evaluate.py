@@ -187,11 +187,35 @@ def test_errors_name_the_bad_value() -> None:
         evaluate({"x": object()}, QUERIES, DATABASE, [VolumeRecall(1)])  # type: ignore[dict-item]
 
 
+def _values(res: pd.DataFrame) -> dict[tuple[str, str], tuple[float, int]]:
+    return {(r.system, r.structure): (r.value, r.n) for r in res.itertuples()}
+
+
 def test_truth_object_is_accepted() -> None:
-    truth = Truth(database=DATABASE)
-    a = evaluate(SYSTEMS, QUERIES, truth, [VolumeRecall(1)], level="fine")
-    b = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
-    pd.testing.assert_frame_equal(a, b)
+    up, low = "lung_upper_lobe_left", "lung_lower_lobe_left"
+    # top-1 by hand (see SYSTEMS): good q1 -> a, q2 -> b; bad q1 -> c, q2 -> a
+    expected = {
+        ("good", "liver"): (1.0, 1),  # a has liver
+        ("good", up): (1.0, 1),  # a has the upper lobe
+        ("good", low): (1.0, 1),  # b has the lower lobe
+        ("good", "spleen"): (1.0, 1),  # b has the spleen
+        ("bad", "liver"): (1.0, 1),  # c has liver
+        ("bad", up): (0.0, 1),  # c has no upper lobe
+        ("bad", low): (0.0, 1),  # a has no lower lobe
+        ("bad", "spleen"): (0.0, 1),  # nor a spleen
+    }
+    for truth in (Truth(database=DATABASE), DATABASE):
+        res = evaluate(SYSTEMS, QUERIES, truth, [VolumeRecall(1)], level="fine")
+        assert _values(res) == expected, type(truth)
+    # query labels held by the Truth win over the query volumes' own: q1 is a spleen query
+    truth = Truth(database=DATABASE, queries={"q1": lab([[0, 0, 0, 1], [0, 0, 0, 1]])})
+    res = evaluate(SYSTEMS, QUERIES, truth, [VolumeRecall(1)], level="fine")
+    assert _values(res) == {
+        ("good", low): (1.0, 1),  # q2 -> b
+        ("good", "spleen"): (0.5, 2),  # q1 -> a: no spleen; q2 -> b: spleen
+        ("bad", low): (0.0, 1),  # q2 -> a
+        ("bad", "spleen"): (0.0, 2),  # q1 -> c, q2 -> a: neither has a spleen
+    }
 
 
 def test_queries_in_the_database_are_refused() -> None:
