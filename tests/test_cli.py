@@ -223,9 +223,9 @@ def test_extractor_options_reach_the_extractor_and_resume_checks_them(demo, tmp_
     assert small.dim != default.dim
     assert main(argv) == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"cbirlib: error: index {str(index_dir)!r} has dimension {small.dim}, extractor "
-        f"'baseline' gives {default.dim}: pass another index folder, or resume=False "
-        "(CLI: --no-resume) to replace it"
+        f"cbirlib: error: index {str(index_dir)!r}: index built with 'baseline' "
+        f"(dim {small.dim}), vectors come from 'baseline' (dim {default.dim}); pass another "
+        "index folder, or resume=False (CLI: --no-resume) to replace it"
     ]
     # an option that keeps the dimension (size): refused, naming the option and both values
     assert main([*argv, "--extractor-opt", "bins=8", "--extractor-opt", "size=32"]) == 1
