@@ -226,12 +226,6 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _nifti_stem(name: str) -> str | None:
-    from cbirlib.io import nifti_stem
-
-    return nifti_stem(name)
-
-
 def _is_totalsegmentator_root(path: Path) -> bool:
     from cbirlib.datasets.totalsegmentator import IMAGE_FILE
 
@@ -263,13 +257,13 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
     ...
     cbirlib.errors.DatasetError: no volumes found in ...
     """
-    from cbirlib.io import dicom_series, load_volume
+    from cbirlib.io import dicom_series, load_volume, nifti_stem
 
     root = Path(data_dir)
     if not root.exists():
         raise VolumeNotFoundError(f"data folder {str(root)!r} does not exist")
     if root.is_file():
-        stem = _nifti_stem(root.name)
+        stem = nifti_stem(root.name)
         if stem is None:
             raise DatasetError(f"{str(root)!r} is neither a folder nor a NIfTI file")
         return [(stem, lambda: load_volume(root, id=stem))]
@@ -283,11 +277,11 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(folder)
         for name in sorted(files):
-            stem = _nifti_stem(name)
+            stem = nifti_stem(name)
             if stem is not None:
                 vid = (here / stem).relative_to(root).as_posix()
                 found.append((vid, lambda p=here / name, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
-        dicom = [here / n for n in sorted(files) if _nifti_stem(n) is None]
+        dicom = [here / n for n in sorted(files) if nifti_stem(n) is None]
         dicom = [p for p in dicom if _is_dicom_file(p)]
         if not dicom:
             continue
