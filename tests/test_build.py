@@ -16,45 +16,7 @@ from cbirlib.errors import DimensionMismatchError, ExtractorError, ExtractorMism
 from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
 from cbirlib.index.build import build_index
 from cbirlib.volume import Volume
-
-FAKE_SRC = '''
-import numpy as np
-from cbirlib.volume import Volume
-
-class FakeExtractor:
-    """Embeds a slice as its 4x2 block means (plus a constant): dim 8, deterministic."""
-    name = "fake"
-    dim = 8
-
-    def __init__(self, version=1, fail_after=None, delay=0.0):
-        self.version, self.fail_after, self.delay = version, fail_after, delay
-        self.calls = []
-
-    def to_config(self):
-        return {"name": "fake", "version": self.version, "window": [-1000, 1000]}
-
-    def extract(self, volume):
-        if self.fail_after is not None and len(self.calls) >= self.fail_after:
-            raise RuntimeError("extractor crashed")
-        self.calls.append(volume.id)
-        if self.delay:
-            import time; time.sleep(self.delay)
-        z = volume.array.shape[0]
-        x = volume.array.reshape(z, 4, 2, 2, 4).mean(axis=(2, 4)).reshape(z, 8) + 3.0
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-def make_volumes(n=10, seed=0):
-    rng = np.random.default_rng(seed)
-    return [
-        Volume(f"case{i:02d}", rng.normal(size=(int(rng.integers(3, 8)), 8, 8)).astype(np.float32),
-               spacing=(2.0 + i, 1.0, 1.0))
-        for i in range(n)
-    ]
-'''
-_ns: dict[str, object] = {}
-exec(FAKE_SRC, _ns)
-FakeExtractor = _ns["FakeExtractor"]
-make_volumes = _ns["make_volumes"]
+from tests.fakes import FAKE_SRC, FakeExtractor, make_volumes
 
 
 class FakeDataset:

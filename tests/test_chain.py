@@ -20,62 +20,12 @@ from cbirlib.errors import (
 )
 from cbirlib.hits import LOCALIZATION_COLUMNS, Hits
 from cbirlib.index import ExactIndex, ExtractorMismatchWarning, SliceIndex
-from cbirlib.labels import SliceLabels
 from cbirlib.localize import Localize, matched_span
 from cbirlib.pipeline import Cutoff, SearchContext
 from cbirlib.rerank import MaxSimRerank, maxsim_scores
 from cbirlib.search import RegionVolume, SliceSearch, region_query
 from cbirlib.volume import Volume
-
-DIM = 24
-CENTERS = np.linspace(0.0, 1.0, DIM)
-
-
-def position_embedding(pos: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-    """Unit vectors that are more similar the closer two body positions are."""
-    e = np.exp(-((pos[:, None] - CENTERS[None, :]) ** 2) / (2 * 0.04**2))
-    return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
-
-
-class PositionExtractor:
-    """Deterministic fake extractor: every slice holds its body position as intensity."""
-
-    dim = DIM
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def extract(
-        self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
-    ) -> npt.NDArray[np.float32]:
-        self.calls += 1
-        idx = np.arange(volume.n_slices) if slices is None else np.asarray(slices)
-        return position_embedding(volume.array[idx].mean(axis=(1, 2)).astype(np.float64))
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": "position", "dim": DIM}
-
-
-def body_volume(vid: str, lo: float, hi: float, n: int, *, dz: float = 2.0) -> Volume:
-    """A volume whose slices cover body positions lo..hi; 'liver' at 0.55-0.7,
-    'lung_upper_lobe_left' at 0.75-0.85, 'lung_lower_lobe_left' at 0.7-0.8."""
-    pos = np.linspace(lo, hi, n)
-    array = np.broadcast_to(pos[:, None, None], (n, 4, 4)).astype(np.float32)
-    p = np.round(pos, 9)
-    present = np.stack(
-        [(p >= 0.55) & (p <= 0.7), (p >= 0.75) & (p <= 0.85), (p >= 0.7) & (p <= 0.8)], axis=1
-    )
-    labels = SliceLabels(("liver", "lung_upper_lobe_left", "lung_lower_lobe_left"), present)
-    return Volume(vid, array, spacing=(dz, 1.0, 1.0), labels=labels)
-
-
-def build(index_cls: type[ExactIndex] | type[SliceIndex], volumes: list[Volume]) -> Any:
-    ex = PositionExtractor()
-    index = index_cls(DIM, extractor_config=ex.to_config())
-    for v in volumes:
-        index.add(v.id, ex.extract(v), slice_meta={"z_mm": v.z_positions})
-    return index
-
+from tests.fakes import DIM, PositionExtractor, body_volume, build, position_embedding
 
 # --- CountVotes / TopSlice -------------------------------------------------------------
 

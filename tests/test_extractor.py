@@ -10,41 +10,10 @@ import pytest
 import torch
 
 from cbirlib.errors import ExtractorError
-from cbirlib.extractor import SliceExtractor, resolve_device
+from cbirlib.extractor import resolve_device
 from cbirlib.preprocess import InputConfig
 from cbirlib.volume import Volume
-
-
-class TinyNet(SliceExtractor):
-    """A random-init CNN: a test fixture, never registered as a pretrained extractor."""
-
-    name = "tiny"
-    builds = 0
-
-    def __init__(self, *, seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.seed = seed
-
-    @property
-    def dim(self) -> int:
-        return 6
-
-    def default_input_config(self) -> InputConfig:
-        return InputConfig(size=(16, 16), window="soft_tissue")
-
-    def build_model(self) -> torch.nn.Module:
-        type(self).builds += 1
-        torch.manual_seed(self.seed)
-        return torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(2),
-            torch.nn.Flatten(),
-            torch.nn.Linear(32, 6),
-        )
-
-    def to_config(self) -> dict[str, Any]:
-        return {**super().to_config(), "seed": self.seed}
+from tests.fakes import TinyNet, ct_volume
 
 
 class BrokenNet(TinyNet):
@@ -67,13 +36,6 @@ class BrokenNet(TinyNet):
         if self.output == "zero":
             return torch.zeros(n, self.dim)
         return torch.ones(n, self.dim + 1)  # wrong dim
-
-
-def ct_volume(vid: str = "v1", n: int = 9, seed: int = 0, modality: str = "CT") -> Volume:
-    rng = np.random.default_rng(seed)
-    arr = rng.normal(0.0, 150.0, size=(n, 24, 20)).astype(np.float32)
-    arr += np.linspace(-100, 100, n, dtype=np.float32)[:, None, None]
-    return Volume(vid, arr, spacing=(2.0, 0.8, 0.8), modality=modality)
 
 
 def test_device_auto_resolves_to_cpu_without_accelerators(monkeypatch: pytest.MonkeyPatch) -> None:

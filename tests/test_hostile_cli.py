@@ -12,8 +12,7 @@ import pytest
 
 from cbirlib.cli import main
 from tests.dicom_helpers import write_dicom_series, write_nifti
-from tests.test_io_hostile import _lying_header
-from tests.test_reliability import META_EDITS, _small, _write_meta
+from tests.fakes import META_EDITS, lying_header, small_index, write_meta
 
 
 def _volume(tmp_path: Path) -> Path:
@@ -42,12 +41,12 @@ def _edit_all(folder: Path, **tags: object) -> Path:
 
 
 VOLUMES: dict[str, Callable[[Path], Path]] = {
-    "lying header .nii": lambda t: (_lying_header(t / "a.nii", (1024, 1024, 1024)), t / "a.nii")[1],
+    "lying header .nii": lambda t: (lying_header(t / "a.nii", (1024, 1024, 1024)), t / "a.nii")[1],
     "lying header .nii.gz": lambda t: (
-        _lying_header(t / "a.nii.gz", (1024, 1024, 1024)),
+        lying_header(t / "a.nii.gz", (1024, 1024, 1024)),
         t / "a.nii.gz",
     )[1],
-    "short .nii": lambda t: (_lying_header(t / "s.nii", (40, 40, 40)), t / "s.nii")[1],
+    "short .nii": lambda t: (lying_header(t / "s.nii", (40, 40, 40)), t / "s.nii")[1],
     "empty .nii.gz": lambda t: _write(t / "e.nii.gz", b""),
     "text as .nii": lambda t: _write(t / "x.nii", b"hello"),
     "truncated DICOM end file": lambda t: _truncate_last(_series(t)),
@@ -103,9 +102,9 @@ def test_hostile_volume_through_cbirlib_index(case: str, tmp_path: Path, capsys)
 @pytest.mark.parametrize("case", sorted(META_EDITS))
 def test_hostile_index_through_cbirlib_query(case: str, tmp_path: Path, capsys) -> None:
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
     meta = json.loads((path / "meta.json").read_text())
     META_EDITS[case](meta)
-    _write_meta(path, meta)
+    write_meta(path, meta)
     assert main(["query", str(path), str(_volume(tmp_path))]) == 1
     _one_line_error(capsys)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ from cbirlib.errors import (
 )
 from cbirlib.io import load_mask, load_volume
 from tests.dicom_helpers import write_dicom_series, write_nifti
+from tests.fakes import lying_header
 
 
 @pytest.fixture
@@ -149,21 +149,11 @@ def test_nan_voxels_in_a_mask_are_absent(tmp_path: Path, zyx: np.ndarray) -> Non
     assert np.flatnonzero(loaded.any(axis=(1, 2))).tolist() == [2, 3]
 
 
-def _lying_header(path: Path, shape: tuple[int, int, int]) -> None:
-    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
-    img.header.set_data_shape(shape)
-    raw = img.header.binaryblock + b"\0" * 4 + np.zeros(1500, np.float32).tobytes()
-    if path.name.endswith(".gz"):
-        path.write_bytes(gzip.compress(raw))
-    else:
-        path.write_bytes(raw)
-
-
 @pytest.mark.parametrize("name", ["big.nii", "big.nii.gz"])
 def test_lying_header_fails_fast_without_allocating(tmp_path: Path, name: str) -> None:
     import tracemalloc
 
-    _lying_header(tmp_path / name, (1024, 1024, 1024))
+    lying_header(tmp_path / name, (1024, 1024, 1024))
     tracemalloc.start()
     t0 = time.monotonic()
     with pytest.raises(CbirError, match="1024, 1024, 1024"):
@@ -186,7 +176,7 @@ def test_voxel_limit_is_configurable(
 
 
 def test_short_uncompressed_nifti_names_the_sizes(tmp_path: Path) -> None:
-    _lying_header(tmp_path / "short.nii", (40, 40, 40))
+    lying_header(tmp_path / "short.nii", (40, 40, 40))
     with pytest.raises(VolumeReadError, match="truncated or its header is wrong"):
         load_volume(tmp_path / "short.nii")
 

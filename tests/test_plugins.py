@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_extractor import TinyNet, ct_volume
 
 from cbirlib import plugins
 from cbirlib.errors import ExtractorError, PluginError, UnknownExtractorError
@@ -21,15 +20,13 @@ from cbirlib.plugins import (
     load_plugins,
     pm,
 )
+from tests.fakes import BASELINE_EP, TinyNet, ct_volume, fake_entry_points
 
 
 @pytest.fixture(autouse=True)
-def clean_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("CBIRLIB_STRICT_PLUGINS", raising=False)
-    monkeypatch.setenv("CBIRLIB_PLUGINS", "")  # no entry points unless a test asks
-    plugins.reset_plugins()
-    yield
-    plugins.reset_plugins()
+def no_entry_points(fresh_plugins: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reloaded plugins (conftest.py), from no entry point unless a test asks."""
+    monkeypatch.setenv("CBIRLIB_PLUGINS", "")
 
 
 @pytest.fixture
@@ -51,19 +48,6 @@ def register_hooks() -> Iterator[Callable[..., object]]:
 
 def tiny_plugin(register: Register) -> None:
     register("tiny", TinyNet, aliases=["tiny-net"], description="test fixture, random init")
-
-
-def fake_entry_points(*eps: importlib.metadata.EntryPoint) -> Callable[..., Any]:
-    def entry_points(**kwargs: Any) -> list[importlib.metadata.EntryPoint]:
-        assert kwargs == {"group": "cbirlib"}
-        return list(eps)
-
-    return entry_points
-
-
-BASELINE_EP = importlib.metadata.EntryPoint(
-    name="baseline", value="cbirlib.extractors.baseline", group="cbirlib"
-)
 
 
 class RaisingEntryPoint:

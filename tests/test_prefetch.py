@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_extractor import TinyNet
 
 from cbirlib.errors import ExtractorError
 from cbirlib.extractors.baseline import BaselineExtractor
 from cbirlib.prefetch import prefetch
 from cbirlib.volume import Volume
+from tests.fakes import TinyNet
 
 
 class Recorder:

@@ -9,9 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_build import FakeExtractor, make_volumes
-from test_chain import PositionExtractor, body_volume, build
-from test_plugins import BASELINE_EP, clean_plugins, fake_entry_points  # noqa: F401
 
 from cbirlib.errors import ChecksumError, WeightsError
 from cbirlib.index import ExactIndex, SliceIndex
@@ -21,6 +18,15 @@ from cbirlib.localize import matched_span
 from cbirlib.plugins import PluginWarning, list_extractors, load_plugins
 from cbirlib.search import SliceSearch
 from cbirlib.weights import download, load_state_dict, sha256_file
+from tests.fakes import (
+    BASELINE_EP,
+    FakeExtractor,
+    PositionExtractor,
+    body_volume,
+    build,
+    fake_entry_points,
+    make_volumes,
+)
 
 
 # build.py: checkpoints every `checkpoint_every` added volumes (gap: > vs >=)
@@ -62,7 +68,7 @@ def test_atomic_write_fsyncs_files_before_rename(
 # plugins.py: ANY exception from a plugin import is skipped, not only ImportError
 @pytest.mark.parametrize("exc", [AttributeError("x"), SyntaxError("bad"), RuntimeError("boom")])
 def test_plugin_failing_with_any_exception_is_skipped(
-    monkeypatch: pytest.MonkeyPatch, exc: Exception
+    fresh_plugins: None, monkeypatch: pytest.MonkeyPatch, exc: Exception
 ) -> None:
     class EP:
         name, value, group = "exploding", "cbirlib_exploding:plugin", "cbirlib"

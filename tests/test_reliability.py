@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,8 @@ import numpy as np
 import pytest
 
 from cbirlib.errors import CbirError, IndexFormatError, VolumeNotInIndexError
-from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
-from cbirlib.index.meta import meta_checksum
+from cbirlib.index import ExactIndex, SliceIndex
+from tests.fakes import META_EDITS, small_index, write_meta
 
 SAVER = textwrap.dedent(
     """
@@ -94,23 +92,9 @@ def test_loads_during_saves_are_never_mixed(tmp_path: Path) -> None:
     assert seen[1] and seen[2], seen
 
 
-def _small(cls: type = SliceIndex) -> SliceIndex | ExactIndex:
-    rng = np.random.default_rng(0)
-    index = cls(8, config=HnswConfig(M=8, ef_construction=40), extractor_config={"name": "f"})
-    for v in range(4):
-        index.add(f"v{v}", rng.normal(size=(10, 8)))
-    return index
-
-
 def _meta(path: Path) -> dict[str, Any]:
     meta: dict[str, Any] = json.loads((path / "meta.json").read_text())
     return meta
-
-
-def _write_meta(path: Path, meta: dict[str, Any]) -> None:
-    """Write meta.json with a valid checksum, so only the validation can refuse it."""
-    meta["checksum"] = meta_checksum(meta)
-    (path / "meta.json").write_text(json.dumps(meta))
 
 
 def _replace_file(path: Path, name: str, data: bytes) -> None:
@@ -118,7 +102,7 @@ def _replace_file(path: Path, name: str, data: bytes) -> None:
     (path / name).write_bytes(data)
     meta = _meta(path)
     meta["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    _write_meta(path, meta)
+    write_meta(path, meta)
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -127,38 +111,13 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-META_EDITS: dict[str, Callable[[dict[str, Any]], object]] = {
-    "ef string": lambda m: m.update(ef="abc"),
-    "ef negative": lambda m: m.update(ef=-1),
-    "ef NaN": lambda m: m.update(ef=math.nan),
-    "ef bool": lambda m: m.update(ef=True),
-    "dim huge": lambda m: m.update(dim=10**9),
-    "dim zero": lambda m: m.update(dim=0),
-    "dim float": lambda m: m.update(dim=8.0),
-    "extractor_config string": lambda m: m.update(extractor_config="resnet"),
-    "config list": lambda m: m.update(config=[1]),
-    "config bad M": lambda m: m["config"].update(M="x"),
-    "config bad dtype": lambda m: m["config"].update(store_dtype="int8"),
-    "counts labels huge": lambda m: m["counts"].update(labels=10**12),
-    "counts negative": lambda m: m["counts"].update(volumes=-1),
-    "counts string": lambda m: m["counts"].update(entries="40"),
-    "counts entries > labels": lambda m: m["counts"].update(entries=10**6),
-    "files traversal": lambda m: m["files"].update({"../evil.npy": {"sha256": "0", "bytes": 1}}),
-    "files bytes string": lambda m: m["files"]["z_mm.npy"].update(bytes="12"),
-    "files not object": lambda m: m.update(files="all"),
-    "format unknown": lambda m: m.update(format=99),
-    "kind unknown": lambda m: m.update(kind="faiss"),
-    "meta list": lambda m: m.clear(),
-}
-
-
 @pytest.mark.parametrize("case", sorted(META_EDITS))
 def test_malformed_meta_values_are_named_errors(case: str, tmp_path: Path) -> None:
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
     meta = _meta(path)
     META_EDITS[case](meta)
-    _write_meta(path, meta)
+    write_meta(path, meta)
     t0 = time.monotonic()
     with pytest.raises(IndexFormatError) as info:
         SliceIndex.load(path)
@@ -168,7 +127,7 @@ def test_malformed_meta_values_are_named_errors(case: str, tmp_path: Path) -> No
 
 def test_meta_json_is_covered_by_the_checksum(tmp_path: Path) -> None:
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
     meta = _meta(path)
     meta["ef"] = 12  # a valid value, but not the saved one
     (path / "meta.json").write_text(json.dumps(meta))
@@ -179,7 +138,7 @@ def test_meta_json_is_covered_by_the_checksum(tmp_path: Path) -> None:
 
 def test_duplicate_volume_ids_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
     _replace_file(path, "volumes.npy", _npy(np.array(["v0", "v1", "v1", "v3"])))
     with pytest.raises(IndexFormatError, match="twice"):
         SliceIndex.load(path)
@@ -187,7 +146,7 @@ def test_duplicate_volume_ids_are_refused(tmp_path: Path) -> None:
 
 def test_overlapping_spans_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "idx"
-    _small(ExactIndex).save(path)
+    small_index(ExactIndex).save(path)
     spans = np.array([[0, 10], [5, 10], [20, 10], [30, 10]], np.int64)
     _replace_file(path, "spans.npy", _npy(spans))
     with pytest.raises(IndexFormatError, match="same slices"):
@@ -202,7 +161,7 @@ def _patch_graph(path: Path, offset: int, value: bytes) -> None:
 
 def test_graph_entry_point_out_of_range_is_refused_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
     _patch_graph(path, 52, np.uint32(10**6).tobytes())
     with pytest.raises(IndexFormatError, match="entry point"):
         SliceIndex.load(path)
@@ -210,7 +169,7 @@ def test_graph_entry_point_out_of_range_is_refused_not_a_crash(tmp_path: Path) -
 
 def test_graph_link_out_of_range_is_refused_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
     _patch_graph(path, 96 + 4, np.uint32(10**6).tobytes())  # first neighbour of element 0
     with pytest.raises(IndexFormatError, match="links"):
         SliceIndex.load(path)
@@ -218,7 +177,7 @@ def test_graph_link_out_of_range_is_refused_not_a_crash(tmp_path: Path) -> None:
 
 def test_graph_labels_duplicated_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "idx"
-    index = _small()
+    index = small_index()
     index.save(path)
     header = np.frombuffer((path / "hnsw.bin").read_bytes()[:48], "<u8")
     per_element, label_offset = int(header[3]), int(header[4])
@@ -231,7 +190,7 @@ def test_graph_labels_duplicated_are_refused(tmp_path: Path) -> None:
 def test_a_genuinely_corrupt_index_fails_fast(tmp_path: Path) -> None:
     """A missing file is reported at once, not retried as if a save were running."""
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
     (path / "z_mm.npy").unlink()
     t0 = time.monotonic()
     with pytest.raises(IndexFormatError, match=r"z_mm\.npy.*missing") as info:
@@ -249,12 +208,12 @@ def test_os_errors_become_named_errors_keeping_errno(tmp_path: Path) -> None:
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(IndexStorageError) as info:
-        _small().save(tmp_path / "file" / "idx")  # the parent is a file
+        small_index().save(tmp_path / "file" / "idx")  # the parent is a file
     assert info.value.errno in (errno.ENOTDIR, errno.EEXIST) and isinstance(info.value, OSError)
     assert "file" in str(info.value) and isinstance(info.value, CbirError)
 
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
 
     def full_disk(directory: Path) -> None:
         (directory / "a.npy").write_bytes(b"1")
@@ -272,14 +231,14 @@ def test_index_folder_follows_the_umask(tmp_path: Path) -> None:
 
     old = os.umask(0o022)
     try:
-        _small().save(tmp_path / "idx")
+        small_index().save(tmp_path / "idx")
     finally:
         os.umask(old)
     assert (tmp_path / "idx").stat().st_mode & 0o777 == 0o755
 
 
 def test_a_volume_removed_under_a_running_query_is_named_as_such() -> None:
-    index = _small()
+    index = small_index()
     index.remove("v1")
     with pytest.raises(VolumeNotInIndexError, match="was removed from the index"):
         index.vectors("v1")
@@ -292,7 +251,7 @@ def test_a_volume_removed_under_a_running_query_is_named_as_such() -> None:
 def test_a_half_deleted_backup_is_removed_by_the_next_save(tmp_path: Path) -> None:
     """A kill during the final clean-up leaves INDEX.old half deleted; the next save ends it."""
     path = tmp_path / "idx"
-    _small().save(path)
+    small_index().save(path)
     half = tmp_path / "idx.old"
     half.mkdir()
     (half / "hnsw.bin").write_bytes(b"partial")  # meta.json already gone
