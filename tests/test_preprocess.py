@@ -102,7 +102,9 @@ def test_prepare_slices_windowing_and_normalisation() -> None:
 
 
 def test_prepare_slices_single_channel_and_resize() -> None:
-    cfg = InputConfig(size=(4, 6), channels=1, mean=(0.0,), std=(1.0,), window=(0, 100))
+    cfg = InputConfig(
+        size=(4, 6), channels=1, mean=(0.0,), std=(1.0,), window=(0, 100), aspect="stretch"
+    )
     ramp = torch.linspace(0, 100, 16).repeat(16, 1)  # constant along rows, ramp along x
     out = prepare_slices(torch.stack([ramp, 100 - ramp]), cfg, bounds=(0.0, 100.0))
     assert out.shape == (2, 1, 4, 6)
