@@ -422,14 +422,39 @@ def _as_bounds(bounds: tuple[float, float] | Sequence[tuple[float, float]]) -> B
     return out
 
 
-def _extent(
-    config: InputConfig, shape: tuple[int, int], spacing: tuple[float, float]
+def frame_extent(
+    size: tuple[int, int],
+    shape: tuple[int, int],
+    spacing: tuple[float, float] = (1.0, 1.0),
+    fov_mm: float | None = None,
 ) -> tuple[int, int]:
-    """Rows and columns of source pixels the model input covers (``pad``/``fov_mm``)."""
+    """Rows and columns of source pixels that a model input of ``size`` covers.
+
+    Parameters
+    ----------
+    size
+        Model input ``(height, width)``.
+    shape
+        The slice's ``(rows, columns)``.
+    spacing
+        The slice's pixel spacing ``(row, column)`` in mm.
+    fov_mm
+        A fixed field of view (mm) of the longer side of the input; ``None``: the
+        smallest frame that holds the whole slice at the input's physical aspect ratio.
+
+    Examples
+    --------
+    >>> frame_extent((224, 224), (197, 233))  # padded to a square
+    (233, 233)
+    >>> frame_extent((224, 224), (100, 100), (0.5, 1.0))  # 50 x 100 mm: pad the rows
+    (200, 100)
+    >>> frame_extent((224, 224), (512, 512), (0.8, 0.8), fov_mm=300.0)  # crop
+    (375, 375)
+    """
     (rows, cols), (sy, sx) = shape, spacing
-    height, width = config.size
-    if config.fov_mm is not None:
-        mm_per_pixel = config.fov_mm / max(height, width)
+    height, width = size
+    if fov_mm is not None:
+        mm_per_pixel = fov_mm / max(height, width)
         h_mm, w_mm = height * mm_per_pixel, width * mm_per_pixel
     else:
         ratio = height / width
@@ -438,12 +463,24 @@ def _extent(
     return max(1, round(h_mm / sy)), max(1, round(w_mm / sx))
 
 
-def _frame(x: torch.Tensor, extent: tuple[int, int], fill: Sequence[float]) -> torch.Tensor:
-    """Centre ``x`` (n, k, Y, X) on an ``extent`` canvas of ``fill`` (crop or pad)."""
+def frame_slices(x: torch.Tensor, extent: tuple[int, int], fill: Sequence[float]) -> torch.Tensor:
+    """Centre slices ``x`` ``(n, k, Y, X)`` on an ``extent`` canvas of ``fill`` (per channel).
+
+    The slices are cropped where the canvas is smaller, padded where it is larger; ``x``
+    itself is returned when the extent is its own.
+
+    Examples
+    --------
+    >>> import torch
+    >>> frame_slices(torch.ones(1, 1, 2, 2), (2, 4), [0.0])[0, 0].tolist()
+    [[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]]
+    """
     rows, cols = x.shape[-2:]
     ey, ex = extent
     if (ey, ex) == (rows, cols):
         return x
+    if len(fill) != x.shape[1]:
+        raise InputConfigError(f"{len(fill)} fill values for {x.shape[1]} channels")
     out = x.new_empty((x.shape[0], x.shape[1], ey, ex))
     for c, value in enumerate(fill):  # Python scalars: no host-to-device copy
         out[:, c].fill_(value)
@@ -527,7 +564,8 @@ def prepare_slices(
             0.0 if background is None else min(1.0, max(0.0, (background - lo) / (hi - lo)))
             for lo, hi in pairs
         ]
-        x = _frame(x, _extent(config, (x.shape[-2], x.shape[-1]), (sy, sx)), fill)
+        extent = frame_extent(config.size, (x.shape[-2], x.shape[-1]), (sy, sx), config.fov_mm)
+        x = frame_slices(x, extent, fill)
     if tuple(x.shape[-2:]) != config.size:
         mode = config.interpolation
         if mode in ("bilinear", "bicubic"):
@@ -585,6 +623,8 @@ __all__ = [
     "SingleWindow",
     "Window",
     "background_value",
+    "frame_extent",
+    "frame_slices",
     "is_multi_window",
     "prepare_slices",
     "slice_indices",
