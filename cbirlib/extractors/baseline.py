@@ -24,9 +24,8 @@ that their 0.5/99.5 percentiles become -1000/1000 "pseudo-HU"):
 Non-square slices and pixels are stretched to the square grid on purpose: the grid
 follows the body's bounding box and the fill fraction is unchanged by stretching, while
 the cross-section and aspect ratio are computed in mm from the pixel spacing, so a
-slice and a copy padded with air to another aspect ratio describe alike (the aspect
-ratio was computed in grid pixels before cbirlib 0.1.1, off for non-square fields of
-view).
+slice and a copy padded with air to another aspect ratio describe alike (cbirlib
+0.1.0 computed the aspect ratio in grid pixels, off for non-square fields of view).
 
 Each block is L2-normalised and weighted (1, 1, 0.5), and the concatenation is
 L2-normalised. ``dim = 3 * bins + 3 * grid**2 + 18`` (258 by default). Deterministic;
