@@ -2,9 +2,9 @@
 
 Runs :func:`cbirlib.benchmarking.benchmark` on one phantom data set once per window
 (``extractor_options={"window": ...}``), all in one run, and prints the mean over
-classes of the main metrics per window: slice recall (top-1 slice-wise), volume recall@1
-and average precision (count votes and MaxSim re-ranking), region recall@1 and the
-localization ratio, coarse and fine.
+classes (± the sample SD) of the main metrics per window: slice recall (top-1
+slice-wise), volume recall@1 and AP, region recall and AP, localized recall and the
+localization ratio (count votes and MaxSim re-ranking), coarse and fine.
 
 The default extractor is ``efficientnet-lite0`` (ImageNet weights shipped with the
 ``cbirlib-effnet-lite`` plugin: offline, **pretrained**). The ``baseline`` extractor is
@@ -14,7 +14,7 @@ untrained network instead: a fixture, **not pretrained**, for wiring checks only
 
 Usage::
 
-    python benchmarks/multi_window.py                     # 36 phantoms at 128 px, 128 px input
+    python benchmarks/multi_window.py                     # 36 phantoms, 128 px input
     python benchmarks/multi_window.py --img-size 224      # the model's own input size
 """
 
@@ -33,7 +33,9 @@ METRICS = (
     ("slice", "slice_recall"),
     ("volume", "volume_recall@1"),
     ("volume", "ap"),
-    ("region", "region_recall@1"),
+    ("region", "region_recall"),
+    ("region", "ap"),
+    ("localized", "localized_recall"),
     ("localized", "localization_ratio"),
 )
 
@@ -62,34 +64,40 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.random:
                 options["weights"] = "random"
             start = time.perf_counter()
-            tables = benchmark(
-                root, [args.extractor], extractor_options=options, verbose=False
-            )
+            tables = benchmark(root, [args.extractor], extractor_options=options, verbose=False)
             seconds = time.perf_counter() - start
             summary = tables["summary"]
             for (level, mode, metric, system), group in summary.groupby(
                 ["level", "mode", "metric", "system"], sort=False
             ):
                 if (mode, metric) in METRICS:
+                    mean, sd = float(group["mean"].iloc[0]), float(group["sd"].iloc[0])
                     rows.append(
                         {
                             "level": level,
-                            "metric": f"{mode}/{metric}",
-                            "system": str(system).split(" ", 1)[-1] or str(system),
+                            "metric": f"{mode} {metric}",
+                            "system": "slice-wise"
+                            if mode == "slice"
+                            else ("+ MaxSim" if str(system).endswith("MaxSim") else "count votes"),
                             "window": window,
-                            "mean": float(group["mean"].iloc[0]),
+                            "value": f"{mean:.3f} ± {sd:.3f}",
                         }
                     )
             print(f"window {window!r}: {seconds:.0f} s", flush=True)
-    table = pd.DataFrame(rows).pivot_table(
-        index=["level", "metric", "system"], columns="window", values="mean", sort=False
-    )[list(args.windows)]
+    order = {f"{mode} {metric}": i for i, (mode, metric) in enumerate(METRICS)}
+    systems = {"slice-wise": 0, "count votes": 1, "+ MaxSim": 2}
+    table = pd.DataFrame(rows).pivot(index=["level", "metric", "system"], columns="window")
+    table = table["value"][list(args.windows)].reset_index()
+    table = table.sort_values(
+        ["level", "metric", "system"],
+        key=lambda c: c.map(order) if c.name == "metric" else c.map(systems).fillna(c),
+    )
     weights = "RANDOM weights (fixture, not pretrained)" if args.random else "pretrained"
     print(
         f"\n{args.extractor} ({weights}), {args.phantoms} phantoms {args.shape}^2, "
         f"input {args.img_size}^2; mean over classes"
     )
-    print(table.to_markdown(floatfmt=".3f"))
+    print(table.to_markdown(index=False))
 
 
 if __name__ == "__main__":

@@ -558,7 +558,8 @@ def prepare_slices(
     if not all(math.isfinite(v) and v > 0 for v in (sy, sx)):
         raise InputConfigError(f"spacing {spacing!r} must be positive and finite")
     raw = slices.float()
-    x = torch.stack([((raw - lo) / (hi - lo)).clamp_(0.0, 1.0) for lo, hi in pairs], dim=1)
+    channels = [((raw - lo) / (hi - lo)).clamp_(0.0, 1.0) for lo, hi in pairs]
+    x = channels[0].unsqueeze(1) if len(channels) == 1 else torch.stack(channels, dim=1)
     if config.aspect == "pad":
         fill = [
             0.0 if background is None else min(1.0, max(0.0, (background - lo) / (hi - lo)))

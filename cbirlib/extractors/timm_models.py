@@ -172,6 +172,7 @@ class TimmExtractor(SliceExtractor):
         self.window = window if window is not None else self.default_window
         self._pcfg = _pretrained_cfg(model_name)
         self._dim: int | None = None
+        self._family: str | None = None
         super().__init__(
             device=device,
             batch_size=batch_size,
@@ -186,10 +187,12 @@ class TimmExtractor(SliceExtractor):
     @property
     def family(self) -> str:
         """The timm family of the architecture (its module: ``"resnet"``, ``"efficientnet"``)."""
-        from timm.models import get_arch_name, model_entrypoint
+        if self._family is None:
+            from timm.models import get_arch_name, model_entrypoint
 
-        module: str = model_entrypoint(get_arch_name(self.model_name)).__module__
-        return module.rsplit(".", 1)[-1]
+            module: str = model_entrypoint(get_arch_name(self.model_name)).__module__
+            self._family = module.rsplit(".", 1)[-1]
+        return self._family
 
     def default_channels_last_cpu(self) -> bool:
         """Whether the family is in :data:`CHANNELS_LAST_CPU_FAMILIES` (measured faster)."""
