@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = table["value"][list(args.windows)].reset_index()
     table = table.sort_values(
         ["level", "metric", "system"],
-        key=lambda c: c.map(order) if c.name == "metric" else c.map(systems).fillna(c),
+        key=lambda c: c.map(order) if c.name == "metric" else c.map(systems),
     )
     weights = "RANDOM weights (fixture, not pretrained)" if args.random else "pretrained"
     print(

@@ -28,7 +28,16 @@ Choices (not published by the study, so documented here):
 * **HU window**: ``"wide"`` (-1000..1000 HU) for every extractor: whole-body retrieval
   must see lung, soft tissue and bone at once; a soft-tissue window would flatten the
   lungs and bone. MR volumes use the per-volume percentile window (see
-  :mod:`cbirlib.preprocess`). Override with ``input_config=`` or ``window=``.
+  :mod:`cbirlib.preprocess`). Override with ``input_config=`` or ``window=``; the
+  multi-window preset ``window="multi"`` (brain, soft tissue and lung windows as the
+  three channels; ``"multi_bone"`` with the bone window) is offered for every extractor
+  here, measured on the phantoms in docs/results/phantom_benchmark.md.
+* **Aspect ratio**: slices are padded with air to the input's aspect ratio
+  (``InputConfig.aspect="pad"``), or resampled to a fixed field of view with
+  ``InputConfig(fov_mm=...)``.
+* **Memory format**: on the CPU, the families in :data:`CHANNELS_LAST_CPU_FAMILIES`
+  (``resnet``, ``efficientnet``, ``convnext``) run ``channels_last`` (measured 1.2-1.6x
+  faster, ``benchmarks/channels_last.py``); ViTs and the others stay contiguous.
 * **Weights**: ``weights=None`` means timm's pretrained weights from the Hugging Face hub
   (standard HF cache; ``HF_HUB_OFFLINE=1`` is honoured). RadImageNet and FractalDB
   weights are not on the hub: pass the published checkpoint with ``weights="path"`` or a
@@ -74,6 +83,7 @@ from cbirlib.weights import (
 )
 
 __all__ = [
+    "CHANNELS_LAST_CPU_FAMILIES",
     "RANDOM",
     "DinoV1Extractor",
     "DinoV2Extractor",
@@ -91,7 +101,7 @@ RANDOM = "random"
 
 DEFAULT_WINDOW = "wide"
 
-CHANNELS_LAST_CPU_FAMILIES: frozenset[str] = frozenset({"resnet", "efficientnet", "convnext"})
+CHANNELS_LAST_CPU_FAMILIES: frozenset[str] = frozenset({"resnet", "efficientnet"})
 """timm model families (the module of the architecture: ``resnet``, ``efficientnet``...)
 that run faster in the ``channels_last`` memory format on the CPU, measured with
 ``benchmarks/channels_last.py`` (docs/results/channels_last.md); the others stay
