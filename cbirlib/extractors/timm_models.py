@@ -36,8 +36,8 @@ Choices (not published by the study, so documented here):
   (``InputConfig.aspect="pad"``), or resampled to a fixed field of view with
   ``InputConfig(fov_mm=...)``.
 * **Memory format**: on the CPU, the families in :data:`CHANNELS_LAST_CPU_FAMILIES`
-  (``resnet``, ``efficientnet``, ``convnext``) run ``channels_last`` (measured 1.2-1.6x
-  faster, ``benchmarks/channels_last.py``); ViTs and the others stay contiguous.
+  (``resnet``, ``efficientnet``) run ``channels_last`` (measured 1.3-1.4x faster,
+  ``benchmarks/channels_last.py``); ConvNeXt, ViTs and the others stay contiguous.
 * **Weights**: ``weights=None`` means timm's pretrained weights from the Hugging Face hub
   (standard HF cache; ``HF_HUB_OFFLINE=1`` is honoured). RadImageNet and FractalDB
   weights are not on the hub: pass the published checkpoint with ``weights="path"`` or a
