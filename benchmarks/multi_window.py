@@ -90,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = table["value"][list(args.windows)].reset_index()
     table = table.sort_values(
         ["level", "metric", "system"],
-        key=lambda c: c.map(order) if c.name == "metric" else c.map(systems),
+        key=lambda c: (
+            c.map({"metric": order, "system": systems}.get(str(c.name), {}))
+            if c.name != "level"
+            else c
+        ),
     )
     weights = "RANDOM weights (fixture, not pretrained)" if args.random else "pretrained"
     print(
