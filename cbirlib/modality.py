@@ -25,7 +25,6 @@ Examples
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import TypeAlias
@@ -33,10 +32,12 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._text import did_you_mean
 from cbirlib.errors import InvalidVolumeError, SettingError
 
 __all__ = [
     "AIR_HU",
+    "DICOM_MODALITIES",
     "UNKNOWN",
     "ModalitySetting",
     "effective_modality",
@@ -63,8 +64,100 @@ CT_MIN_SPREAD = 100.0
 #: Voxels sampled (with a fixed seed) from large volumes by :func:`guess_modality`.
 GUESS_SAMPLES = 1 << 21
 
-_ALIASES = {"MRI": "MR", "UNKNOWN": UNKNOWN, "": UNKNOWN}
-_CODE = re.compile(r"^[A-Z0-9_]{2,16}$")  # a DICOM code string (CS), e.g. CT, MR, PT
+_ALIASES = {"MRI": "MR", "MRT": "MR", "UNKNOWN": UNKNOWN, "": UNKNOWN}
+#: The DICOM Modality (0008,0060) defined terms (PS3.3 C.7.3.1.1.1), current and retired.
+DICOM_MODALITIES: frozenset[str] = frozenset(
+    [
+        "AR",
+        "ASMT",
+        "AU",
+        "BDUS",
+        "BI",
+        "BMD",
+        "CD",
+        "CF",
+        "CP",
+        "CR",
+        "CS",
+        "CT",
+        "CTPROTOCOL",
+        "DD",
+        "DF",
+        "DG",
+        "DM",
+        "DOC",
+        "DS",
+        "DX",
+        "EC",
+        "ECG",
+        "EPS",
+        "ES",
+        "FA",
+        "FID",
+        "FS",
+        "GM",
+        "HC",
+        "HD",
+        "IO",
+        "IOL",
+        "IVOCT",
+        "IVUS",
+        "KER",
+        "KO",
+        "LEN",
+        "LP",
+        "LS",
+        "MA",
+        "MG",
+        "MR",
+        "MS",
+        "M3D",
+        "NM",
+        "OAM",
+        "OCT",
+        "OP",
+        "OPM",
+        "OPR",
+        "OPT",
+        "OPTBSV",
+        "OPTENF",
+        "OPV",
+        "OSS",
+        "OT",
+        "PLAN",
+        "POS",
+        "PR",
+        "PT",
+        "PX",
+        "REG",
+        "RESP",
+        "RF",
+        "RG",
+        "RTDOSE",
+        "RTIMAGE",
+        "RTINTENT",
+        "RTPLAN",
+        "RTRAD",
+        "RTRECORD",
+        "RTSEGANN",
+        "RTSTRUCT",
+        "RWV",
+        "SEG",
+        "SM",
+        "SMR",
+        "SR",
+        "SRF",
+        "ST",
+        "STAIN",
+        "TEXTUREMAP",
+        "TG",
+        "US",
+        "VA",
+        "VF",
+        "XA",
+        "XC",
+    ]
+)
 
 
 def normalize_modality(value: str) -> str:
@@ -76,16 +169,18 @@ def normalize_modality(value: str) -> str:
     Raises
     ------
     SettingError
-        Not a string, or not a DICOM modality code (2 to 16 letters, digits or ``_``).
+        Not a string, or not one of the DICOM modality codes
+        (:data:`DICOM_MODALITIES`).
     """
     if not isinstance(value, str):
         raise SettingError(f"modality must be a string such as 'CT' or 'MR', got {value!r}")
     code = value.strip().upper()
     code = _ALIASES.get(code, code)
-    if code != UNKNOWN and not _CODE.match(code):
+    if code != UNKNOWN and code not in DICOM_MODALITIES:
+        hint = did_you_mean(code, DICOM_MODALITIES)
         raise SettingError(
-            f"invalid modality {value!r}: give a DICOM modality code such as 'CT' or 'MR' "
-            "(or 'unknown')"
+            f"invalid modality {value!r}{hint}: give a DICOM modality code such as 'CT' or "
+            "'MR' (or 'unknown')"
         )
     return code
 
