@@ -41,6 +41,7 @@ from cbirlib.errors import (
     UnknownStructureError,
 )
 from cbirlib.hits import Hits
+from cbirlib.modality import UNKNOWN, effective_modality
 from cbirlib.pipeline import SearchContext, SliceStore, Stage, StageLevel
 from cbirlib.volume import Volume
 
@@ -384,11 +385,9 @@ class SliceSearch(Stage):
 def _warn_modality(vols: list[Volume], index: SliceStore) -> None:
     """Warn when queries are of a modality that none of the indexed volumes has."""
     recorded = getattr(index, "modalities", None)
-    known = {m for m in recorded.values() if m != "unknown"} if recorded else set()
+    known = {m for m in recorded.values() if m != UNKNOWN} if recorded else set()
     if not known:
         return
-    from cbirlib.modality import effective_modality
-
     odd: dict[str, list[str]] = {}
     for vol in vols:
         modality = effective_modality(vol.modality, vol.array)
