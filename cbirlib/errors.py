@@ -209,8 +209,13 @@ __all__ = [
     "HitsError",
     "UnknownColumnError",
     "ExtractorMismatchWarning",
+    "ModalityMismatchWarning",
 ]
 
 
 class ExtractorMismatchWarning(UserWarning):
     """Vectors come from an extractor whose config differs from the index's one."""
+
+
+class ModalityMismatchWarning(UserWarning):
+    """A query's modality (e.g. MR) is not among the modalities of the indexed volumes."""
