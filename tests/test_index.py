@@ -386,3 +386,32 @@ def test_deterministic_builds_give_the_same_graph_and_results(tmp_path) -> None:
         assert graph == results[0][0]
         np.testing.assert_array_equal(hits.volume_ids, results[0][1].volume_ids)
         np.testing.assert_array_equal(hits.slice_indices, results[0][1].slice_indices)
+        np.testing.assert_array_equal(hits.scores, results[0][1].scores)
+
+
+def test_search_retry_logs_a_warning_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11, item 3: a search that hnswlib cannot answer at ``ef`` says why, and still
+    returns the exact answer."""
+    rng = np.random.default_rng(0)
+    # a degenerate graph (M=2) with most of it deleted: hnswlib finds fewer than k live items
+    index = SliceIndex(16, config=HnswConfig(M=2, ef_construction=4, ef_search=1))
+    model = ExactIndex(16)
+    for v in range(200):
+        x = rng.normal(size=(10, 16))
+        index.add(f"v{v}", x)
+        model.add(f"v{v}", x)
+    for v in range(200):
+        if v % 20:
+            index.remove(f"v{v}")
+            model.remove(f"v{v}")
+    q = rng.normal(size=(20, 16))
+    with caplog.at_level("WARNING", logger="cbirlib.index.hnsw"):
+        got = index.search(q, k=len(index))
+    retries = [r for r in caplog.records if "retrying with ef=" in r.getMessage()]
+    assert retries and all(r.levelname == "WARNING" for r in retries)
+    assert "fewer than k=100 items at ef=1" in retries[0].getMessage()
+    assert "contiguous" in retries[0].getMessage()  # hnswlib's own reason is kept
+    want = model.search(q, k=len(model))
+    np.testing.assert_array_equal(got.volume_ids, want.volume_ids)
+    np.testing.assert_array_equal(got.slice_indices, want.slice_indices)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
