@@ -18,10 +18,9 @@ from cbirlib.errors import (
     DuplicateVolumeError,
     ExtractorMismatchError,
     IndexFormatError,
-    IndexInUseError,
     VolumeNotInIndexError,
 )
-from cbirlib.index import ExactIndex, SliceIndex, load_index
+from cbirlib.index import ExactIndex, SliceIndex, load_index, open_index
 from cbirlib.index.milvus import MilvusIndex
 from cbirlib.plugins import create_extractor
 from cbirlib.presets import default_chain
@@ -131,7 +130,9 @@ def test_add_remove_and_reopen(db: str, tmp_path: Path) -> None:
         )
         top = again.search(volumes["v1"][:1], k=1)
         assert top.volume_ids[0, 0] == "v5" and top.slice_indices[0, 0] == 0
-    loaded = load_index(tmp_path / "pointer")
+    with pytest.raises(IndexFormatError, match="open_index"):
+        load_index(tmp_path / "pointer")
+    loaded = open_index(tmp_path / "pointer")
     assert isinstance(loaded, MilvusIndex) and loaded.volume_ids == again.volume_ids
     loaded.close()
 
