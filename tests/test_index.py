@@ -415,3 +415,56 @@ def test_search_retry_logs_a_warning_with_the_reason(caplog: pytest.LogCaptureFi
     np.testing.assert_array_equal(got.volume_ids, want.volume_ids)
     np.testing.assert_array_equal(got.slice_indices, want.slice_indices)
     np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+
+
+def _tie_aware_recall(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Per query: the share of returned slices at least as similar as the true k-th."""
+    k = want.shape[1]
+    return np.minimum((got >= want[:, -1:] - 1e-5).sum(axis=1), k) / k
+
+
+def test_duplicate_heavy_data_keeps_recall_without_the_exact_fallback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11, item 3: 25 % exact duplicates (blank slices) keep recall@10 >= 0.99."""
+    rng = np.random.default_rng(0)
+    n, dim = 4000, 64
+    unique = rng.normal(size=(3000, dim)).astype(np.float32)
+    blank = np.full((1, dim), 0.1, np.float32)  # one shared "blank slice" vector
+    copies = np.concatenate([unique[rng.integers(0, 5, 500)], np.repeat(blank, 500, axis=0)])
+    data = np.concatenate([unique, copies])[rng.permutation(n)]
+    index, model = SliceIndex(dim), ExactIndex(dim)
+    for v in range(40):
+        index.add(f"v{v}", data[v * 100 : (v + 1) * 100])
+        model.add(f"v{v}", data[v * 100 : (v + 1) * 100])
+    near = data[rng.integers(0, n, 200)] + 0.01 * rng.normal(size=(200, dim))
+    queries = np.concatenate([near, blank, unique[:5]]).astype(np.float32)
+    with caplog.at_level("WARNING", logger="cbirlib.index.hnsw"):
+        for step in ("built", "removed", "reloaded", "re-added"):
+            if step == "removed":
+                for v in range(0, 40, 3):
+                    index.remove(f"v{v}")
+                    model.remove(f"v{v}")
+            elif step == "reloaded":
+                index.save(tmp_path / "idx")
+                index = SliceIndex.load(tmp_path / "idx")
+            elif step == "re-added":
+                for v in range(0, 40, 3):
+                    index.add(f"w{v}", data[v * 100 : (v + 1) * 100])
+                    model.add(f"w{v}", data[v * 100 : (v + 1) * 100])
+            for k in (10, 100):
+                got, want = index.search(queries, k), model.search(queries, k)
+                assert got.scores.shape == want.scores.shape
+                recall = _tie_aware_recall(got.scores, want.scores)
+                # k=100 at the default ef=128 gives 0.96 on these random vectors even
+                # without duplicates; the requirement is on recall@10
+                assert recall.mean() >= (0.99 if k == 10 else 0.95), (step, k, recall.mean())
+                assert set(got.volume_ids.ravel()) <= set(model.volume_ids)
+            assert len(index) == len(model) and index.volume_ids == model.volume_ids
+    assert not caplog.records  # no retry and no exact fallback was needed
+    for vid in model.volume_ids:
+        np.testing.assert_array_equal(index.vectors(vid), model.vectors(vid))
+    # the 500 blank slices still are 500 live hits of the blank query
+    hits = index.search(blank, k=len(index))
+    n_blank = int((model.search(blank, k=len(model)).scores[0] > 1 - 1e-6).sum())
+    assert n_blank >= 300 and int((hits.scores[0] > 1 - 1e-6).sum()) == n_blank
