@@ -191,3 +191,42 @@ def test_a_second_process_gets_a_named_error(tmp_path: Path) -> None:
     assert "IN USE:" in out and "one process at a time" in out, out
     index.close()  # frees the file
     assert "OPENED" in other_process()
+
+
+def test_an_add_cut_short_is_never_listed_and_is_swept(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pymilvus import MilvusClient
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 8)).astype(np.float32)
+    with MilvusIndex(db, 8, collection="crash") as index:
+        index.add("v0", x)
+    # what a crash between two insert batches leaves: rows of "cut" without its first row
+    client = MilvusClient(db)
+    client.insert(
+        "crash",
+        [
+            {
+                "label": 4 + i,
+                "volume_id": "cut",
+                "pos": i,
+                "n_slices": 3,
+                "slice_index": i,
+                "z_mm": 0.0,
+                "vector": x[i] / np.linalg.norm(x[i]),
+            }
+            for i in (1, 2)
+        ],
+    )
+    client.close()
+    with MilvusIndex.open(db, collection="crash") as index:
+        assert index.volume_ids == ["v0"] and len(index) == 4
+        assert set(index.search(x, k=4).volume_ids.ravel()) == {"v0"}
+        with caplog.at_level("WARNING", logger="cbirlib.index.milvus"):
+            index.add("cut", x[:3])
+        assert "did not finish" in caplog.text
+        assert index._count("label >= 0") == len(index) == 7
+        np.testing.assert_allclose(
+            index.vectors("cut"), x[:3] / np.linalg.norm(x[:3], axis=1, keepdims=True), atol=1e-6
+        )

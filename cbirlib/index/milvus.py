@@ -204,9 +204,10 @@ class MilvusIndex:
 
     Notes
     -----
-    The list of volumes is cached in this object: run one writer at a time per
-    collection; readers in other processes (server only) see new volumes' search hits
-    at once and call :meth:`refresh` to list them. Searches run with ``ef`` at least
+    The list of volumes is cached in this object, and searches see the volumes it lists:
+    run one writer at a time per collection; readers in other processes (server only)
+    call :meth:`refresh` to see volumes added since they opened it. A volume whose add
+    was cut short by a crash is never listed; the next :meth:`add` deletes its rows. Searches run with ``ef`` at least
     ``k``. Call :meth:`close` (or use ``with``) to free a Milvus Lite file for another
     process.
     """
@@ -243,6 +244,7 @@ class MilvusIndex:
         self._spans: dict[str, tuple[int, int]] = {}
         self._next_label = 0
         self._n_entries = 0
+        self._swept = False  # rows of an add that a crash cut short were deleted
         self._client, self._path = _connect(self.uri, token)
         try:
             if self._client.has_collection(collection):
@@ -509,6 +511,8 @@ class MilvusIndex:
                 raise DuplicateVolumeError(
                     f"volume {volume_id!r} is already in the index; remove it first"
                 )
+            if not self._swept:
+                self._sweep(client)
             start = self._next_label
             rows = [
                 {
@@ -524,7 +528,9 @@ class MilvusIndex:
             ]
             step = max(1, _INSERT_BYTES // (4 * self.dim + 64))
             try:
-                for first in range(0, n, step):
+                # the first row (pos 0) lists the volume: insert it last, so that a volume
+                # cut short by a crash is never listed (its rows are swept by the next add)
+                for first in reversed(range(0, n, step)):
                     client.insert(self.collection, rows[first : first + step])
             except BaseException:
                 client.delete(self.collection, filter=_label_range(start, n))
@@ -532,6 +538,20 @@ class MilvusIndex:
             self._spans[volume_id] = (start, n)
             self._next_label += n
             self._n_entries += n
+
+    def _sweep(self, client: Any) -> None:
+        """Delete rows past every listed volume: what an add cut short by a crash left."""
+        where = f"label >= {self._next_label}"
+        stray = self._count(where)
+        if stray:
+            logger.warning(
+                "collection %r at %s holds %d slices of an add that did not finish; deleting them",
+                self.collection,
+                self.uri,
+                stray,
+            )
+            client.delete(self.collection, filter=where)
+        self._swept = True
 
     def remove(self, volume_id: str) -> None:
         """Remove a volume (:class:`~cbirlib.errors.VolumeNotInIndexError` if unknown)."""
@@ -651,6 +671,7 @@ class MilvusIndex:
                 self.collection,
                 data=block,
                 limit=k,
+                filter=f"label < {self._next_label}",  # the volumes this object lists
                 output_fields=["volume_id", "slice_index", "z_mm"],
                 search_params={"metric_type": "IP", "params": {"ef": ef}},
             )
