@@ -207,9 +207,9 @@ class MilvusIndex:
     The list of volumes is cached in this object, and searches see the volumes it lists:
     run one writer at a time per collection; readers in other processes (server only)
     call :meth:`refresh` to see volumes added since they opened it. A volume whose add
-    was cut short by a crash is never listed; the next :meth:`add` deletes its rows. Searches run with ``ef`` at least
-    ``k``. Call :meth:`close` (or use ``with``) to free a Milvus Lite file for another
-    process.
+    was cut short by a crash is never listed; the next :meth:`add` deletes its rows.
+    Searches run with ``ef`` at least ``k``. Call :meth:`close` (or use ``with``) to
+    free a Milvus Lite file for another process.
     """
 
     KIND: ClassVar[str] = "milvus"
