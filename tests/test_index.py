@@ -468,3 +468,39 @@ def test_duplicate_heavy_data_keeps_recall_without_the_exact_fallback(
     hits = index.search(blank, k=len(index))
     n_blank = int((model.search(blank, k=len(model)).scores[0] > 1 - 1e-6).sum())
     assert n_blank >= 300 and int((hits.scores[0] > 1 - 1e-6).sum()) == n_blank
+
+
+@pytest.mark.parametrize("store_dtype", ["float32", "float16"])
+def test_duplicates_share_one_graph_element_across_adds_saves_and_removals(
+    tmp_path: Path, store_dtype: str
+) -> None:
+    from cbirlib.index.store import hnsw_file_vectors
+
+    rng = np.random.default_rng(3)
+    u, other = rng.normal(size=(1, 8)), rng.normal(size=(2, 8))
+    index = SliceIndex(8, config=HnswConfig(store_dtype=store_dtype))
+    index.add("a", np.concatenate([u, u, other, u]))
+    index.add("b", u)
+    index.save(tmp_path / "i")
+    index = SliceIndex.load(tmp_path / "i")
+    index.add("c", np.concatenate([u, u]))
+    index.save(tmp_path / "i")
+    _, elements = hnsw_file_vectors(tmp_path / "i" / "hnsw.bin", 8)
+    assert len(elements) == 3  # u once, and the two other vectors
+
+    def copies() -> list[tuple[str, int]]:
+        hits = index.search(u, k=len(index))
+        same = hits.scores[0] > 1 - 1e-6
+        return sorted(zip(hits.volume_ids[0][same], hits.slice_indices[0][same], strict=True))
+
+    assert copies() == [("a", 0), ("a", 1), ("a", 4), ("b", 0), ("c", 0), ("c", 1)]
+    index.remove("a")  # the element of u stays in the graph for b's and c's copies
+    assert copies() == [("b", 0), ("c", 0), ("c", 1)]
+    index.remove("b")
+    index.remove("c")
+    assert copies() == []
+    index.add("d", u)  # u comes back into the graph through its old element
+    assert copies() == [("d", 0)]
+    index.save(tmp_path / "i")
+    again = SliceIndex.load(tmp_path / "i")
+    assert again.volume_ids == ["d"] and again.search(u, k=1).volume_ids[0, 0] == "d"

@@ -99,6 +99,7 @@ class SliceIndex(BaseIndex):
         self._rep = np.zeros(0, np.int64)
         self._groups: dict[int, list[int]] = {}
         self._by_hash: dict[bytes, int] | None = {}  # vector digest -> element label
+        self._file_elements: tuple[F32, npt.NDArray[np.uint64]] | None = None
         self._n_live_elements = 0
 
     def _new_graph(self, capacity: int) -> Any:
@@ -141,14 +142,25 @@ class SliceIndex(BaseIndex):
     def _digests(self) -> dict[bytes, int]:
         """Digest of every graph element's vector -> its label (rebuilt after a load)."""
         if self._by_hash is None:
-            elements = np.flatnonzero(self._rep[: self._next_label] == np.arange(self._next_label))
-            self._by_hash = {}
-            for label in elements.tolist():
-                self._by_hash.setdefault(_digest(self._rows(label, 1)[0]), label)
+            by_hash: dict[bytes, int] = {}
+            if self._file_elements is not None:  # the graph file holds every element
+                vectors, labels = self._file_elements
+                for first in range(0, len(labels), 4096):
+                    block = np.asarray(vectors[first : first + 4096])
+                    for row, label in zip(
+                        block, labels[first : first + 4096].tolist(), strict=True
+                    ):
+                        by_hash.setdefault(_digest(row), int(label))
+            self._by_hash = by_hash
+            self._file_elements = None
         return self._by_hash
 
     def _share_duplicates(self, labels: I64, vectors: F32) -> tuple[I64, npt.NDArray[np.bool_]]:
-        """For each new vector, the graph element it shares (itself if none), and which are new."""
+        """For each new vector, the graph element it shares (itself if none), and which are new.
+
+        Vectors are matched by a 128-bit digest of their float32 bytes (the graph's
+        exact vectors, whatever ``store_dtype``).
+        """
         by_hash = self._digests()
         reps = labels.copy()
         new = np.ones(len(labels), bool)
@@ -156,12 +168,8 @@ class SliceIndex(BaseIndex):
         revived: set[int] = set()
         for i, label in enumerate(labels.tolist()):
             key = _digest(vectors[i])
-            rep = by_hash.get(key)
-            if rep is None:
-                by_hash[key] = label
-                continue
-            known = vectors[rep - first] if rep >= first else self._rows(rep, 1)[0]
-            if not np.array_equal(known, vectors[i]):  # a digest collision: keep it apart
+            rep = by_hash.setdefault(key, label)
+            if rep == label:
                 continue
             reps[i], new[i] = rep, False
             group = self._groups.setdefault(rep, [rep])
@@ -290,6 +298,7 @@ class SliceIndex(BaseIndex):
         except (RuntimeError, ValueError, OSError) as exc:
             raise IndexFormatError(f"index file {str(path)!r} is unreadable: {exc}") from None
         self._graph = graph
+        self._file_elements = (vectors, labels)  # digests are computed on the next add
         if self._store is not None:
             self._store = load_store(directory, self.dim, "float16", mmap=mmap)
         else:
