@@ -79,8 +79,11 @@ def open_index(
 
 def _pointer(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
     """``(directory, meta)`` when ``path`` holds a Milvus pointer, else None."""
-    directory = resolve_dir(path)
-    raw = read_json(directory / META_NAME)
+    try:
+        directory = resolve_dir(path)
+        raw = read_json(directory / META_NAME)
+    except IndexFormatError:  # missing, or between the renames of a save: load() says
+        return None
     if isinstance(raw, dict) and raw.get("kind") == "milvus":
         return directory, raw
     return None
