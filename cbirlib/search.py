@@ -225,7 +225,7 @@ class SliceSearch(Stage):
         another extractor name or dimension raises
         :class:`~cbirlib.errors.ExtractorMismatchError`, other config differences warn.
     index
-        The slice index (``SliceIndex`` or ``ExactIndex``).
+        The slice index (``SliceIndex``, ``ExactIndex`` or ``MilvusIndex``).
     k
         Neighbours per query slice (fewer when the index holds fewer slices).
     query_stride

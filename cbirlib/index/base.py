@@ -62,7 +62,7 @@ META_KEYS = ("slice_index", "z_mm")
 #: Per-volume modality codes, aligned with ``volumes.npy``; absent in older indexes.
 MODALITY_FILE = "modalities.npy"
 
-__all__ = ["BaseIndex", "SliceMatches", "exact_search"]
+__all__ = ["BaseIndex", "SliceMatches", "exact_search", "parse_slice_meta"]
 
 _T = TypeVar("_T", bound="BaseIndex")
 
@@ -126,6 +126,34 @@ def exact_search(
             k,
         )
     return best_l, best_s
+
+
+def parse_slice_meta(
+    volume_id: str, n: int, slice_meta: Mapping[str, npt.ArrayLike] | None
+) -> tuple[I64, npt.NDArray[np.float64]]:
+    """Validate the ``slice_meta`` given to ``add``: ``(slice_index int64, z_mm float64)``.
+
+    Missing keys default to ``0..n-1`` and NaN (unknown position); unknown keys, wrong
+    shapes and negative or non-integer slice numbers raise
+    :class:`~cbirlib.errors.SliceIndexError`.
+    """
+    meta = dict(slice_meta or {})
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise SliceIndexError(
+            f"volume {volume_id!r}: unknown slice_meta keys {unknown}; "
+            f"valid keys: {', '.join(META_KEYS)}"
+        )
+    z = np.asarray(meta.get("z_mm", np.full(n, np.nan)), dtype=np.float64)
+    idx_raw = np.asarray(meta.get("slice_index", np.arange(n)))
+    if z.shape != (n,) or idx_raw.shape != (n,):
+        raise SliceIndexError(
+            f"volume {volume_id!r}: slice_meta arrays must have shape ({n},), got "
+            f"z_mm {z.shape} and slice_index {idx_raw.shape}"
+        )
+    if not np.issubdtype(idx_raw.dtype, np.integer) or (idx_raw < 0).any():
+        raise SliceIndexError(f"volume {volume_id!r}: slice_index must hold non-negative integers")
+    return idx_raw.astype(np.int64), z
 
 
 class BaseIndex(ABC):
@@ -308,25 +336,7 @@ class BaseIndex(ABC):
     def _parse_meta(
         self, volume_id: str, n: int, slice_meta: dict[str, npt.ArrayLike] | None
     ) -> tuple[I64, npt.NDArray[np.float64]]:
-        meta = dict(slice_meta or {})
-        unknown = sorted(set(meta) - set(META_KEYS))
-        if unknown:
-            raise SliceIndexError(
-                f"volume {volume_id!r}: unknown slice_meta keys {unknown}; "
-                f"valid keys: {', '.join(META_KEYS)}"
-            )
-        z = np.asarray(meta.get("z_mm", np.full(n, np.nan)), dtype=np.float64)
-        idx_raw = np.asarray(meta.get("slice_index", np.arange(n)))
-        if z.shape != (n,) or idx_raw.shape != (n,):
-            raise SliceIndexError(
-                f"volume {volume_id!r}: slice_meta arrays must have shape ({n},), got "
-                f"z_mm {z.shape} and slice_index {idx_raw.shape}"
-            )
-        if not np.issubdtype(idx_raw.dtype, np.integer) or (idx_raw < 0).any():
-            raise SliceIndexError(
-                f"volume {volume_id!r}: slice_index must hold non-negative integers"
-            )
-        return idx_raw.astype(np.int64), z
+        return parse_slice_meta(volume_id, n, slice_meta)
 
     def add(
         self,
