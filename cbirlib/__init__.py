@@ -49,6 +49,7 @@ _LAZY: dict[str, str] = {
     "Cutoff": "cbirlib.pipeline",
     "SliceSearch": "cbirlib.search",
     "region_query": "cbirlib.search",
+    "informative_slices": "cbirlib.informative",
     "TopSlice": "cbirlib.aggregate",
     "CountVotes": "cbirlib.aggregate",
     "MaxSimRerank": "cbirlib.rerank",
@@ -88,6 +89,7 @@ __all__ = [
     "create_extractor",
     "evaluate",
     "hookimpl",
+    "informative_slices",
     "list_extractors",
     "load_mask",
     "load_plugins",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         SliceMatches,
         build_index,
     )
+    from cbirlib.informative import informative_slices
     from cbirlib.io import load_mask, load_volume
     from cbirlib.labels import SliceLabels
     from cbirlib.localize import Localize

@@ -127,7 +127,7 @@ def informative_slices(
 
     Raises
     ------
-    InputConfigError
+    cbirlib.errors.InputConfigError
         An unknown window.
     SliceOutOfRangeError
         Slice indices outside the volume.
