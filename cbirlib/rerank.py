@@ -145,9 +145,10 @@ class MaxSimRerank(Stage):
                     _usable(m.get("informative"), len(i))
                     for m, i in zip(metas, slice_ids, strict=True)
                 ]
-                vectors = vectors[np.concatenate(rows)] if rows else vectors
-                slice_ids = [i[r] for i, r in zip(slice_ids, rows, strict=True)]
-                offsets = np.concatenate([[0], np.cumsum([len(i) for i in slice_ids])])
+                if not all(r.all() for r in rows):  # copy the rows only when some drop
+                    vectors = vectors[np.concatenate(rows)]
+                    slice_ids = [i[r] for i, r in zip(slice_ids, rows, strict=True)]
+                    offsets = np.concatenate([[0], np.cumsum([len(i) for i in slice_ids])])
             scores, argmax = maxsim_scores(q, vectors, offsets.astype(np.int64))
             for j, vid in enumerate(vids):
                 evidence[(qid, vid)] = slice_ids[j][argmax[:, j]]
