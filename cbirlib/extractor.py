@@ -33,7 +33,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Si
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +44,15 @@ from tqdm.auto import tqdm
 from cbirlib.errors import ExtractorError
 from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
-from cbirlib.preprocess import PERCENTILE_WINDOW, InputConfig, prepare_slices, window_bounds
+from cbirlib.preprocess import (
+    PERCENTILE_WINDOW,
+    Bounds,
+    InputConfig,
+    Window,
+    background_value,
+    prepare_slices,
+    window_channels,
+)
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -150,12 +158,29 @@ def _query(event: torch.cuda.Event) -> bool:
 
 
 @dataclass(frozen=True)
+class _VolumeInput:
+    """What preprocessing needs to know about one volume besides its slices."""
+
+    bounds: Bounds  # one (low, high) per window
+    spacing: tuple[float, float]  # in-plane (row, column) mm
+    background: float | None  # raw intensity of the padding (None: the window's low end)
+
+
+def _volume_input(volume: Volume, window: Window) -> _VolumeInput:
+    return _VolumeInput(
+        bounds=window_channels(volume.array, window),
+        spacing=(float(volume.spacing[1]), float(volume.spacing[2])),
+        background=background_value(window),
+    )
+
+
+@dataclass(frozen=True)
 class _Staged:
     """One chunk of a volume's slices, on its way to (or already on) a CUDA device."""
 
     volume: Volume
     n: int  # slices embedded for this volume (all chunks)
-    bounds: tuple[float, float] | None  # the volume's window, with its first chunk
+    prep: _VolumeInput | None  # the volume's window and spacing, with its first chunk
     raw: torch.Tensor | None  # (k, Y, X) float32 on the device; None for no slices
     ready: torch.cuda.Event | None  # recorded on the copy stream after the upload
     last: bool  # the volume's last chunk
@@ -327,7 +352,16 @@ class SliceExtractor(Extractor):
         :meth:`InputConfig.to_dict`) is accepted.
     amp
         Use autocast (bfloat16, or float16 where bfloat16 is unsupported) on CUDA.
+    channels_last
+        Run the model in the ``channels_last`` memory format. ``None`` (default): always
+        on CUDA, never on MPS, and on the CPU where :meth:`default_channels_last_cpu`
+        says it is faster for the model's family. Embeddings agree with the contiguous
+        format to float32 rounding (see ``benchmarks/channels_last.py``). A runtime
+        setting, not part of :meth:`to_config`.
     """
+
+    channels_last_cpu: ClassVar[bool] = False
+    """Whether ``channels_last`` is the CPU default (measured faster) for this model."""
 
     def __init__(
         self,
@@ -336,6 +370,7 @@ class SliceExtractor(Extractor):
         batch_size: int = 32,
         input_config: InputConfig | Mapping[str, Any] | None = None,
         amp: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         if int(batch_size) < 1:
             raise ExtractorError(
@@ -344,6 +379,7 @@ class SliceExtractor(Extractor):
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.amp = bool(amp)
+        self.channels_last = None if channels_last is None else bool(channels_last)
         if input_config is None:
             self._input_config = self.default_input_config()
         elif isinstance(input_config, InputConfig):
@@ -368,6 +404,20 @@ class SliceExtractor(Extractor):
         """How slices are preprocessed for this extractor."""
         return self._input_config
 
+    def default_channels_last_cpu(self) -> bool:
+        """Whether ``channels_last`` is faster on the CPU for this model (default
+        :attr:`channels_last_cpu`; subclasses may decide per architecture)."""
+        return self.channels_last_cpu
+
+    @property
+    def uses_channels_last(self) -> bool:
+        """Whether the model runs in the ``channels_last`` memory format on :attr:`device`."""
+        if self.channels_last is not None:
+            return self.channels_last
+        if self.device.type == "cuda":
+            return True
+        return self.device.type == "cpu" and self.default_channels_last_cpu()
+
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
         """Build (and load the weights of) the model; called once, on first use."""
@@ -384,7 +434,7 @@ class SliceExtractor(Extractor):
                     f"{type(model).__name__}, not a torch.nn.Module"
                 )
             model = model.eval().to(self.device)
-            if self.device.type == "cuda":
+            if self.uses_channels_last:
                 model = model.to(memory_format=torch.channels_last)
             self._model = model
         return self._model
@@ -411,14 +461,14 @@ class SliceExtractor(Extractor):
             ((_, emb),) = list(self._embed_cuda(iter([(volume, idx)])))
             return emb
         cfg = self.input_config
-        bounds = window_bounds(volume.array, self._window(volume))
+        prep = _volume_input(volume, self._window(volume))
         model = self.model  # build before the loop; raises early
         del model
         outputs: list[torch.Tensor] = []
         with torch.inference_mode():
             for host in _host_chunks(volume.array, idx, self.batch_size):
                 raw = torch.from_numpy(host).to(self.device)
-                outputs.append(self._embed_batch(raw, cfg, bounds))
+                outputs.append(self._embed_batch(raw, cfg, prep))
             if outputs:
                 emb = torch.cat(outputs).cpu().numpy()
             else:
@@ -426,7 +476,7 @@ class SliceExtractor(Extractor):
         self._check_embeddings(emb, len(idx), volume)
         return emb
 
-    def _window(self, volume: Volume) -> str | tuple[float, float]:
+    def _window(self, volume: Volume) -> Window:
         """The input window for a CT, the volume's percentiles for any other modality."""
         if effective_modality(volume.modality, volume.array) == "CT":
             return self.input_config.window
@@ -478,13 +528,13 @@ class SliceExtractor(Extractor):
         part: npt.NDArray[np.int64],
         *,
         n: int,
-        window: str | tuple[float, float] | None,
+        window: Window | None,
         last: bool,
     ) -> _Staged:
         """Copy ``volume.array[part]`` to pinned memory and start its upload (worker thread)."""
-        bounds = None if window is None else window_bounds(volume.array, window)
+        prep = None if window is None else _volume_input(volume, window)
         if len(part) == 0:
-            return _Staged(volume, n, bounds, None, None, last)
+            return _Staged(volume, n, prep, None, None, last)
         host = torch.empty((len(part), *volume.shape[1:]), dtype=torch.float32, pin_memory=True)
         if _consecutive(part):
             np.copyto(host.numpy(), volume.array[part[0] : part[-1] + 1])
@@ -497,7 +547,7 @@ class SliceExtractor(Extractor):
             raw = host.to(self.device, non_blocking=True)
             ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
             ready.record(side)
-        return _Staged(volume, n, bounds, raw, ready, last)
+        return _Staged(volume, n, prep, raw, ready, last)
 
     def _embed_cuda(
         self, items: Iterator[tuple[Volume, npt.NDArray[np.int64]]]
@@ -512,18 +562,18 @@ class SliceExtractor(Extractor):
         done: deque[tuple[Volume, int, torch.Tensor, torch.cuda.Event]] = deque()
         inflight: deque[torch.cuda.Event] = deque()
         outputs: list[torch.Tensor] = []
-        bounds = (0.0, 1.0)
+        prep = _VolumeInput(((0.0, 1.0),), (1.0, 1.0), None)  # replaced by the first job's
         try:
             while True:
                 try:
                     job = next(staged)
-                    if job.bounds is not None:
-                        bounds = job.bounds
+                    if job.prep is not None:
+                        prep = job.prep
                     with torch.inference_mode():
                         if job.raw is not None and job.ready is not None:
                             compute.wait_event(job.ready)
                             job.raw.record_stream(compute)
-                            outputs.append(self._embed_batch(job.raw, cfg, bounds))
+                            outputs.append(self._embed_batch(job.raw, cfg, prep))
                             inflight.append(self._record(compute))
                             if len(inflight) > _MAX_INFLIGHT:
                                 inflight.popleft().synchronize()
@@ -565,12 +615,12 @@ class SliceExtractor(Extractor):
         self._check_embeddings(emb, n, volume)
         return volume, emb
 
-    def _embed_batch(
-        self, raw: torch.Tensor, cfg: InputConfig, bounds: tuple[float, float]
-    ) -> torch.Tensor:
+    def _embed_batch(self, raw: torch.Tensor, cfg: InputConfig, prep: _VolumeInput) -> torch.Tensor:
         """Preprocess and embed one batch of raw slices already on the device."""
-        batch = prepare_slices(raw, cfg, bounds=bounds)
-        if self.device.type == "cuda":
+        batch = prepare_slices(
+            raw, cfg, bounds=prep.bounds, spacing=prep.spacing, background=prep.background
+        )
+        if self.uses_channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.embed_slices(batch)

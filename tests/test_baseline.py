@@ -129,3 +129,23 @@ def test_to_config_and_invalid_arguments() -> None:
         BaselineExtractor(grid=40, size=64)
     with pytest.raises(ExtractorError, match="batch_size"):
         BaselineExtractor(batch_size=0)
+
+
+def test_padded_copy_keeps_its_shape_features_and_embeds_alike() -> None:
+    """The baseline stretches slices to a square grid; its shape features are in mm."""
+    from cbirlib.extractors.baseline import SHAPE_DIM
+
+    vol, _ = synthetic_subject("a", 2)  # 64 x 64
+    wide = np.full((vol.n_slices, 64, 96), -1000.0, np.float32)  # padded with air
+    wide[:, :, 16:80] = vol.array
+    copy = Volume("wide", wide, spacing=vol.spacing)
+    ex = BaselineExtractor()
+    a, b = ex.extract(vol), ex.extract(copy)
+    shape_a, shape_b = a[:, -SHAPE_DIM:], b[:, -SHAPE_DIM:]
+    cos = (
+        (shape_a * shape_b).sum(1)
+        / np.linalg.norm(shape_a, axis=1)
+        / np.linalg.norm(shape_b, axis=1)
+    )
+    assert cos.min() > 0.99  # (0.89 before) the body's aspect ratio in mm, not in stretched pixels
+    assert np.median((a * b).sum(1)) > 0.98  # the rest: histograms of resampled pixels

@@ -185,3 +185,106 @@ def test_cuda_chunked_pinned_copies(monkeypatch: pytest.MonkeyPatch) -> None:
             np.testing.assert_allclose(
                 gpu.extract(vol, slices=sel), cpu.extract(vol, slices=sel), atol=1e-4
             )
+
+
+# --- aspect ratio, multi-window, channels_last ----------------------------------------------
+
+
+class GridPool(TinyNet):
+    """Embeds the model input as its 6x6 block means: sensitive to geometry, no weights."""
+
+    name = "gridpool"
+
+    @property
+    def dim(self) -> int:
+        return 3 * 36
+
+    def default_input_config(self) -> InputConfig:
+        return InputConfig(size=(48, 48), window="soft_tissue")
+
+    def build_model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(6), torch.nn.Flatten())
+
+
+def _body(n: int = 3, size: int = 40) -> np.ndarray:
+    """Square slices of air with an off-centre soft-tissue body that changes along z."""
+    yy, xx = np.mgrid[:size, :size]
+    arr = np.full((n, size, size), -1000.0, np.float32)
+    for z in range(n):
+        arr[z][((yy - 18) / (10 + 2 * z)) ** 2 + ((xx - 22) / 14) ** 2 <= 1] = 40.0 + 20 * z
+    return arr
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray((a * b).sum(axis=1))
+
+
+def test_padded_copy_embeds_like_its_square_crop() -> None:
+    square = _body()
+    wide = np.full((3, 40, 64), -1000.0, np.float32)  # the same slices in a wider field
+    wide[:, :, 12:52] = square
+    crop, padded = Volume("sq", square), Volume("wide", wide)
+    fov = GridPool(device="cpu", input_config=InputConfig(size=(48, 48), fov_mm=64.0))
+    assert _cos(fov.extract(crop), fov.extract(padded)).min() > 0.999
+    stretch = GridPool(device="cpu", input_config=InputConfig(size=(48, 48), aspect="stretch"))
+    assert _cos(stretch.extract(crop), stretch.extract(padded)).max() < 0.99
+    # pad (the default): the padded copy is the square crop seen in a 64 mm field
+    pad = GridPool(device="cpu")
+    framed = np.full((3, 64, 64), -1000.0, np.float32)
+    framed[:, 12:52, 12:52] = square
+    np.testing.assert_allclose(
+        pad.extract(padded), pad.extract(Volume("framed", framed)), atol=1e-6
+    )
+
+
+def test_pad_background_is_air_for_ct_and_the_low_end_for_mr() -> None:
+    ex = GridPool(device="cpu")
+    vol = ct_volume(modality="MR")  # 24 x 20: padded to 24 x 24
+    scaled = Volume("s", vol.array * 10 + 500, spacing=vol.spacing, modality="MR")
+    np.testing.assert_allclose(ex.extract(vol), ex.extract(scaled), atol=1e-4)
+
+
+def test_multi_window_input_for_ct_and_percentile_for_mr() -> None:
+    multi = GridPool(device="cpu", input_config=InputConfig(size=(48, 48), window="multi"))
+    ct = Volume("ct", _body())
+    wide = GridPool(device="cpu", input_config=InputConfig(size=(48, 48), window="wide"))
+    assert _cos(multi.extract(ct), wide.extract(ct)).max() < 0.99  # three windows differ
+    mr = ct_volume(modality="MR")
+    scaled = Volume("s", mr.array * 10 + 500, spacing=mr.spacing, modality="MR")
+    np.testing.assert_allclose(multi.extract(mr), multi.extract(scaled), atol=1e-4)
+    np.testing.assert_allclose(multi.extract(mr), wide.extract(mr), atol=1e-6)  # one window
+    assert multi.to_config()["input_config"]["window"] == "multi"
+
+
+def test_an_old_input_config_rebuilds_the_stretched_extractor() -> None:
+    from cbirlib.errors import ExtractorMismatchWarning
+    from cbirlib.index.meta import check_compatible
+
+    old = {k: v for k, v in InputConfig(size=(16, 16), window="soft_tissue").to_dict().items()}
+    del old["aspect"]  # as written before the setting existed
+    ex = TinyNet(device="cpu", input_config=old)
+    assert ex.input_config.aspect == "stretch"
+    stored = {"name": "tiny", "input_config": old, "seed": 0}
+    assert ex.to_config() == stored
+    check_compatible(stored, 6, ex.to_config(), 6, strict=True)  # no false mismatch
+    with pytest.warns(ExtractorMismatchWarning, match="input_config"):
+        check_compatible(stored, 6, TinyNet(device="cpu").to_config(), 6)  # pad vs stretch
+
+
+def test_channels_last_gives_the_same_embeddings() -> None:
+    from cbirlib.extractors.timm_models import TimmExtractor
+
+    vol = Volume("v", _body(n=4, size=48) + np.random.default_rng(0).normal(0, 50, (4, 48, 48)))
+    kwargs: dict[str, Any] = {"weights": "random", "img_size": 64, "device": "cpu"}
+    default = TimmExtractor("resnet10t", **kwargs)  # random weights: a fixture, not pretrained
+    contiguous = TimmExtractor("resnet10t", channels_last=False, **kwargs)
+    assert default.uses_channels_last and not contiguous.uses_channels_last
+    for ex in (default, contiguous):  # the same random weights
+        torch.manual_seed(0)
+        ex.model  # noqa: B018 (builds it)
+    assert default.model.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = default.extract(vol), contiguous.extract(vol)
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+    assert rel.max() < 1e-4
+    assert not TimmExtractor("vit_tiny_patch16_224", **kwargs).uses_channels_last
+    assert TimmExtractor("vit_tiny_patch16_224", channels_last=True, **kwargs).uses_channels_last

@@ -11,12 +11,15 @@ import torch
 from cbirlib.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MULTI_WINDOW_PRESETS,
     WINDOW_PRESETS,
     InputConfig,
     InputConfigError,
+    is_multi_window,
     prepare_slices,
     slice_indices,
     window_bounds,
+    window_channels,
 )
 
 
@@ -102,7 +105,9 @@ def test_prepare_slices_windowing_and_normalisation() -> None:
 
 
 def test_prepare_slices_single_channel_and_resize() -> None:
-    cfg = InputConfig(size=(4, 6), channels=1, mean=(0.0,), std=(1.0,), window=(0, 100))
+    cfg = InputConfig(
+        size=(4, 6), channels=1, mean=(0.0,), std=(1.0,), window=(0, 100), aspect="stretch"
+    )
     ramp = torch.linspace(0, 100, 16).repeat(16, 1)  # constant along rows, ramp along x
     out = prepare_slices(torch.stack([ramp, 100 - ramp]), cfg, bounds=(0.0, 100.0))
     assert out.shape == (2, 1, 4, 6)
@@ -147,3 +152,144 @@ def test_slice_indices() -> None:
     assert slice_indices(5, 3).dtype == np.int64
     with pytest.raises(InputConfigError, match="stride"):
         slice_indices(10, 0)
+
+
+# --- aspect ratio, field of view, multi-window --------------------------------------------
+
+GREY = {"channels": 1, "mean": (0.0,), "std": (1.0,), "window": (-1000, 1000)}
+
+
+def _disk(shape: tuple[int, int], radius_mm: float, spacing: tuple[float, float]) -> torch.Tensor:
+    """A (1, Y, X) slice of air with a centred soft-tissue disk of ``radius_mm``."""
+    rows = (torch.arange(shape[0]) - (shape[0] - 1) / 2) * spacing[0]
+    cols = (torch.arange(shape[1]) - (shape[1] - 1) / 2) * spacing[1]
+    inside = rows[:, None] ** 2 + cols[None, :] ** 2 <= radius_mm**2
+    return torch.where(inside, 40.0, -1000.0)[None]
+
+
+def _extent(image: torch.Tensor) -> tuple[int, int]:
+    """Rows and columns of a (H, W) model input covered by the disk (above half-grey)."""
+    mask = image > 0.5
+    return int(mask.any(1).sum()), int(mask.any(0).sum())
+
+
+def test_pad_keeps_the_proportions_of_a_non_square_slice() -> None:
+    slice_ = _disk((197, 233), 80.0, (1.0, 1.0))  # a round body in a wide field of view
+    pad = prepare_slices(slice_, InputConfig(size=(224, 224), **GREY), bounds=(-1000, 1000))
+    rows, cols = _extent(pad[0, 0])
+    assert abs(rows - cols) <= 1  # still round
+    assert abs(cols - 160 * 224 / 233) <= 2  # scaled by the longer side, not stretched
+    stretch = InputConfig(size=(224, 224), aspect="stretch", **GREY)
+    rows, cols = _extent(prepare_slices(slice_, stretch, bounds=(-1000, 1000))[0, 0])
+    assert rows - cols > 20  # the old behaviour: squashed sideways by 197/233
+    # the padding is air, windowed like the slice: the corners are the background
+    assert float(pad[0, 0, 0, 0]) == pytest.approx(0.0)
+    assert float(pad[0, 0, 112, 0]) == pytest.approx(0.0)
+
+
+def test_pad_uses_the_physical_pixel_spacing() -> None:
+    # a round 80 mm body stored with 0.5 mm rows and 1 mm columns is tall in pixels
+    slice_ = _disk((400, 200), 80.0, (0.5, 1.0))
+    out = prepare_slices(
+        slice_, InputConfig(size=(64, 64), **GREY), bounds=(-1000, 1000), spacing=(0.5, 1.0)
+    )
+    rows, cols = _extent(out[0, 0])
+    assert abs(rows - cols) <= 1 and rows > 45  # round, 160 of 200 mm
+    ignored = prepare_slices(slice_, InputConfig(size=(64, 64), **GREY), bounds=(-1000, 1000))
+    rows, cols = _extent(ignored[0, 0])
+    assert rows > 1.8 * cols  # square pixels assumed: an ellipse
+
+
+def test_pad_fill_is_the_background_in_each_window() -> None:
+    slice_ = torch.full((1, 8, 4), 40.0)
+    cfg = InputConfig(size=(8, 8), channels=3, mean=(0.0,), std=(1.0,), window="multi")
+    out = prepare_slices(slice_, cfg, bounds=window_channels(None, "multi"))
+    lung_low, lung_high = WINDOW_PRESETS["lung"]
+    air_in_lung = (-1000 - lung_low) / (lung_high - lung_low)
+    np.testing.assert_allclose(out[0, :, 4, 0].numpy(), [0.0, 0.0, air_in_lung], atol=1e-6)
+    # background=None (the percentile window): the low end of the window
+    grey = InputConfig(size=(8, 8), **GREY)
+    low_end = prepare_slices(slice_, grey, bounds=(0.0, 100.0), background=None)
+    assert float(low_end[0, 0, 4, 0]) == 0.0 and float(low_end[0, 0, 4, 4]) == pytest.approx(0.4)
+
+
+def test_fov_mm_gives_every_volume_the_same_physical_scale() -> None:
+    cfg = InputConfig(size=(112, 112), fov_mm=300.0, **GREY)
+    fine = _disk((256, 256), 50.0, (0.8, 0.8))
+    coarse = _disk((197, 233), 50.0, (1.5, 1.2))
+    a = prepare_slices(fine, cfg, bounds=(-1000, 1000), spacing=(0.8, 0.8))
+    b = prepare_slices(coarse, cfg, bounds=(-1000, 1000), spacing=(1.5, 1.2))
+    expected = 100.0 / 300.0 * 112  # a 100 mm disk in a 300 mm field of 112 pixels
+    for out in (a, b):
+        rows, cols = _extent(out[0, 0])
+        assert abs(rows - expected) <= 2 and abs(cols - expected) <= 2
+    assert float((a - b).abs().mean()) < 0.02  # nearly the same model input
+    # a field smaller than the slice crops it (centred)
+    crop = InputConfig(size=(16, 16), fov_mm=50.0, **GREY)
+    assert float(prepare_slices(fine, crop, bounds=(-1000, 1000), spacing=(0.8, 0.8)).min()) > 0.5
+
+
+def test_multi_window_stacks_three_windows_as_channels() -> None:
+    tissue = torch.linspace(-1000, 1000, 256).repeat(8, 1)[None]  # a HU ramp
+    cfg = InputConfig(size=(8, 256), mean=(0.0,), std=(1.0,), window="multi")
+    out = prepare_slices(tissue, cfg, bounds=window_channels(None, cfg.window))[0, :, 4]
+    hu = tissue[0, 4]
+    for c, name in enumerate(MULTI_WINDOW_PRESETS["multi"]):
+        low, high = WINDOW_PRESETS[name]
+        expected = ((hu - low) / (high - low)).clamp(0, 1)
+        np.testing.assert_allclose(out[c].numpy(), expected.numpy(), atol=1e-5)
+    brain = (hu >= 0) & (hu <= 80)  # brain tissue spans the whole first channel ...
+    assert float(out[0][brain].max() - out[0][brain].min()) > 0.85
+    wide = prepare_slices(
+        tissue, InputConfig(size=(8, 256), mean=(0.0,), std=(1.0,)), bounds=(-1000, 1000)
+    )
+    assert float(wide[0, 0, 4][brain].max() - wide[0, 0, 4][brain].min()) < 0.05  # ... not 4 %
+    assert is_multi_window(("brain", (-100, 300), "bone")) and not is_multi_window("wide")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"aspect": "crop"}, r"^unknown aspect 'crop'; valid: 'pad', 'stretch'$"),
+        ({"fov_mm": -5}, r"^fov_mm must be positive and finite, got -5$"),
+        ({"fov_mm": "wide"}, r"^fov_mm must be a number, got 'wide'$"),
+        ({"fov_mm": 300, "aspect": "stretch"}, r"cannot be combined with aspect='stretch'$"),
+        ({"window": "multi", "channels": 1, "mean": (0,), "std": (1,)}, r"needs channels=3, got"),
+        ({"window": ("brain", "percentile", "bone")}, r"HU windows, not 'percentile'"),
+        ({"window": ("brain", "lungs", "bone")}, r"^unknown window 'lungs'"),
+    ],
+)
+def test_invalid_framing_and_multi_window(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InputConfigError, match=match):
+        InputConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_window_bounds_refuses_a_multi_window_and_bounds_must_fit_channels() -> None:
+    with pytest.raises(InputConfigError, match="window_channels"):
+        window_bounds(None, "multi")
+    cfg = InputConfig(size=(4, 4), channels=1, mean=(0.0,), std=(1.0,))
+    with pytest.raises(InputConfigError, match="3 window bounds for 1 channels"):
+        prepare_slices(torch.zeros(1, 4, 4), cfg, bounds=window_channels(None, "multi"))
+    with pytest.raises(InputConfigError, match="spacing"):
+        prepare_slices(torch.zeros(1, 4, 4), cfg, bounds=(0, 1), spacing=(0.0, 1.0))
+
+
+def test_old_configs_read_as_stretched_and_round_trip_unchanged() -> None:
+    # the input config of an index written before aspect/fov_mm existed
+    old = {
+        "size": [224, 224],
+        "channels": 3,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "window": "wide",
+        "interpolation": "bilinear",
+    }
+    cfg = InputConfig.from_dict(old)
+    assert cfg.aspect == "stretch" and cfg.fov_mm is None
+    assert cfg.to_dict() == old  # compares equal to the stored config: no false mismatch
+    new = InputConfig()
+    assert new.aspect == "pad" and new.to_dict() == {**old, "aspect": "pad"}
+    multi = InputConfig(window=("brain", (-100, 300), "bone"), fov_mm=350)
+    d = json.loads(json.dumps(multi.to_dict()))
+    assert d["window"] == ["brain", [-100.0, 300.0], "bone"] and d["fov_mm"] == 350.0
+    assert InputConfig.from_dict(d) == multi

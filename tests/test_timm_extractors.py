@@ -74,7 +74,8 @@ def test_random_fixture_warns_and_is_deterministic(
 @pytest.mark.parametrize("fmt", ["safetensors", "torch"])
 def test_local_checkpoint_reproduces_source(volume: Volume, tmp_path: Path, fmt: str) -> None:
     src = _random("resnet10t")
-    sd = {f"module.{k}": v for k, v in src.model.state_dict().items()}
+    # .contiguous(): a resnet runs channels_last on the CPU; safetensors wants dense tensors
+    sd = {f"module.{k}": v.contiguous() for k, v in src.model.state_dict().items()}
     sd["module.fc.weight"] = torch.zeros(1000, 512)  # a classifier head is dropped
     sd["module.fc.bias"] = torch.zeros(1000)
     if fmt == "safetensors":
@@ -213,7 +214,7 @@ def test_prepopulated_hub_cache_loads_offline(
     src = _random("test_resnet")
     full = timm.create_model("test_resnet")  # the hub file has the classifier
     sd = dict(full.state_dict())
-    sd.update(src.model.state_dict())
+    sd.update({k: v.contiguous() for k, v in src.model.state_dict().items()})  # channels_last
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     ex = TimmExtractor("test_resnet", img_size=32, device="cpu")
     assert not ex.weights_available()

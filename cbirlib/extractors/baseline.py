@@ -21,6 +21,12 @@ that their 0.5/99.5 percentiles become -1000/1000 "pseudo-HU"):
    ratio of the bounding box, width/height in mm (6 soft bins), and the fraction of
    the bounding box that is body (4 soft bins).
 
+Non-square slices and pixels are stretched to the square grid on purpose: the grid
+follows the body's bounding box and the fill fraction is unchanged by stretching, while
+the cross-section and aspect ratio are computed in mm from the pixel spacing, so a
+slice and a copy padded with air to another aspect ratio describe alike (cbirlib
+0.1.0 computed the aspect ratio in grid pixels, off for non-square fields of view).
+
 Each block is L2-normalised and weighted (1, 1, 0.5), and the concatenation is
 L2-normalised. ``dim = 3 * bins + 3 * grid**2 + 18`` (258 by default). Deterministic;
 runs at thousands of slices per second on a CPU.
@@ -161,7 +167,9 @@ class BaselineExtractor(Extractor):
             low, high = window_bounds(volume.array, PERCENTILE_WINDOW)
             scale = (low, high)
         _, ny, nx = volume.shape
-        pixel_mm2 = (ny * volume.spacing[1] / self.size) * (nx * volume.spacing[2] / self.size)
+        # mm per pixel of the size x size working grid, rows and columns (non-square
+        # slices and pixels are stretched to it; the shape features are in mm)
+        pixel_mm = (ny * volume.spacing[1] / self.size, nx * volume.spacing[2] / self.size)
         out = np.empty((len(idx), self.dim), dtype=np.float32)
         contiguous = len(idx) > 0 and bool(np.all(np.diff(idx) == 1))
         with torch.inference_mode():
@@ -173,11 +181,11 @@ class BaselineExtractor(Extractor):
                     raw = torch.from_numpy(volume.array[chunk])
                 if scale is not None:
                     raw = (raw - scale[0]) / (scale[1] - scale[0]) * 2000.0 - 1000.0
-                out[start : start + len(chunk)] = self._describe(raw, pixel_mm2).numpy()
+                out[start : start + len(chunk)] = self._describe(raw, pixel_mm).numpy()
         self._check_embeddings(out, len(idx), volume)
         return out
 
-    def _describe(self, raw: torch.Tensor, pixel_mm2: float) -> torch.Tensor:
+    def _describe(self, raw: torch.Tensor, pixel_mm: tuple[float, float]) -> torch.Tensor:
         n = raw.shape[0]
         size = self.size
         # one pass over the full-resolution slices; everything else is at size x size
@@ -219,8 +227,8 @@ class BaselineExtractor(Extractor):
         cells = (cells - cells.mean(2, keepdim=True)).flatten(1)
 
         # 3. shape: cross-section, aspect ratio, fill fraction
-        area = torch.log(count * pixel_mm2)
-        aspect = torch.log(width / height)
+        area = torch.log(count * (pixel_mm[0] * pixel_mm[1]))
+        aspect = torch.log(width * pixel_mm[1] / (height * pixel_mm[0]))  # in mm
         fill = count / (height * width)
         shape = torch.cat(
             [

@@ -28,7 +28,16 @@ Choices (not published by the study, so documented here):
 * **HU window**: ``"wide"`` (-1000..1000 HU) for every extractor: whole-body retrieval
   must see lung, soft tissue and bone at once; a soft-tissue window would flatten the
   lungs and bone. MR volumes use the per-volume percentile window (see
-  :mod:`cbirlib.preprocess`). Override with ``input_config=`` or ``window=``.
+  :mod:`cbirlib.preprocess`). Override with ``input_config=`` or ``window=``; the
+  multi-window preset ``window="multi"`` (brain, soft tissue and lung windows as the
+  three channels; ``"multi_bone"`` with the bone window) is offered for every extractor
+  here, measured on the phantoms in docs/results/phantom_benchmark.md.
+* **Aspect ratio**: slices are padded with air to the input's aspect ratio
+  (``InputConfig.aspect="pad"``), or resampled to a fixed field of view with
+  ``InputConfig(fov_mm=...)``.
+* **Memory format**: on the CPU, the families in :data:`CHANNELS_LAST_CPU_FAMILIES`
+  (``resnet``, ``efficientnet``) run ``channels_last`` (measured 1.3-1.4x faster,
+  ``benchmarks/channels_last.py``); ConvNeXt, ViTs and the others stay contiguous.
 * **Weights**: ``weights=None`` means timm's pretrained weights from the Hugging Face hub
   (standard HF cache; ``HF_HUB_OFFLINE=1`` is honoured). RadImageNet and FractalDB
   weights are not on the hub: pass the published checkpoint with ``weights="path"`` or a
@@ -60,7 +69,7 @@ import torch
 from cbirlib.errors import ExtractorError, WeightsError
 from cbirlib.extractor import SliceExtractor
 from cbirlib.hookspecs import Register, hookimpl
-from cbirlib.preprocess import INTERPOLATIONS, InputConfig
+from cbirlib.preprocess import INTERPOLATIONS, InputConfig, Window
 from cbirlib.weights import (
     cache_dir,
     hub_cache_dir,
@@ -74,6 +83,7 @@ from cbirlib.weights import (
 )
 
 __all__ = [
+    "CHANNELS_LAST_CPU_FAMILIES",
     "RANDOM",
     "DinoV1Extractor",
     "DinoV2Extractor",
@@ -90,6 +100,12 @@ RANDOM = "random"
 """``weights=RANDOM`` builds an untrained model (test fixtures, throughput only)."""
 
 DEFAULT_WINDOW = "wide"
+
+CHANNELS_LAST_CPU_FAMILIES: frozenset[str] = frozenset({"resnet", "efficientnet"})
+"""timm model families (the module of the architecture: ``resnet``, ``efficientnet``...)
+that run faster in the ``channels_last`` memory format on the CPU, measured with
+``benchmarks/channels_last.py`` (docs/results/channels_last.md); the others stay
+contiguous there. On CUDA every model runs channels_last."""
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 
@@ -126,9 +142,12 @@ class TimmExtractor(SliceExtractor):
     img_size
         Input size in pixels (square); default the pretrained size.
     window
-        HU window preset or ``(low, high)``; default ``"wide"``.
-    device, batch_size, input_config, amp
-        See :class:`cbirlib.extractor.SliceExtractor`.
+        HU window preset, ``(low, high)``, or a multi-window input (``"multi"``:
+        brain, soft tissue and lung windows as the three channels; ``"multi_bone"``; or
+        three windows); default ``"wide"``. See :mod:`cbirlib.preprocess`.
+    device, batch_size, input_config, amp, channels_last
+        See :class:`cbirlib.extractor.SliceExtractor`; ``channels_last=None`` uses it on
+        the CPU for the families in :data:`CHANNELS_LAST_CPU_FAMILIES`.
 
     Raises
     ------
@@ -138,7 +157,7 @@ class TimmExtractor(SliceExtractor):
     """
 
     name = "timm"
-    default_window: ClassVar[str | tuple[float, float]] = DEFAULT_WINDOW
+    default_window: ClassVar[Window] = DEFAULT_WINDOW
     default_img_size: ClassVar[int | None] = None
 
     def __init__(
@@ -148,11 +167,12 @@ class TimmExtractor(SliceExtractor):
         weights: WeightsArg = None,
         sha256: str | None = None,
         img_size: int | None = None,
-        window: str | tuple[float, float] | None = None,
+        window: Window | None = None,
         device: str = "auto",
         batch_size: int = 32,
         input_config: InputConfig | Mapping[str, Any] | None = None,
         amp: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         self.model_name = model_name
         self.name = self._registry_name()
@@ -162,10 +182,31 @@ class TimmExtractor(SliceExtractor):
         self.window = window if window is not None else self.default_window
         self._pcfg = _pretrained_cfg(model_name)
         self._dim: int | None = None
-        super().__init__(device=device, batch_size=batch_size, input_config=input_config, amp=amp)
+        self._family: str | None = None
+        super().__init__(
+            device=device,
+            batch_size=batch_size,
+            input_config=input_config,
+            amp=amp,
+            channels_last=channels_last,
+        )
 
     def _registry_name(self) -> str:
         return f"timm:{self.model_name}"
+
+    @property
+    def family(self) -> str:
+        """The timm family of the architecture (its module: ``"resnet"``, ``"efficientnet"``)."""
+        if self._family is None:
+            from timm.models import get_arch_name, model_entrypoint
+
+            module: str = model_entrypoint(get_arch_name(self.model_name)).__module__
+            self._family = module.rsplit(".", 1)[-1]
+        return self._family
+
+    def default_channels_last_cpu(self) -> bool:
+        """Whether the family is in :data:`CHANNELS_LAST_CPU_FAMILIES` (measured faster)."""
+        return self.family in CHANNELS_LAST_CPU_FAMILIES
 
     # -- configuration ------------------------------------------------------------------
 

@@ -123,8 +123,10 @@ class EfficientNetLite0Extractor(TimmExtractor):
         (sha256 pinned). A path or URL of a checkpoint in the same layout, or
         ``"random"`` for untrained test fixtures.
     **kwargs
-        ``sha256``, ``img_size``, ``window``, ``device``, ``batch_size``,
-        ``input_config``, ``amp``: see :class:`cbirlib.extractors.timm_models.TimmExtractor`.
+        ``sha256``, ``img_size``, ``window`` (e.g. ``"multi"``), ``device``,
+        ``batch_size``, ``input_config``, ``amp``, ``channels_last``: see
+        :class:`cbirlib.extractors.timm_models.TimmExtractor`. On the CPU it runs in the
+        ``channels_last`` memory format by default (the ``efficientnet`` family).
     """
 
     name = "efficientnet-lite0"
