@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     "SliceMatches": "cbirlib.index",
     "ExtractorMismatchWarning": "cbirlib.index",
     "build_index": "cbirlib.index",
+    "build_index_ray": "cbirlib.distributed",
     "Hits": "cbirlib.hits",
     "Retriever": "cbirlib.pipeline",
     "Pipeline": "cbirlib.pipeline",
@@ -58,7 +59,7 @@ _LAZY: dict[str, str] = {
 }
 
 # submodules reachable as attributes (``cbirlib.datasets.make_phantoms``) without an import
-_SUBMODULES = ("datasets", "errors", "evaluation", "metrics", "structures", "viz")
+_SUBMODULES = ("datasets", "distributed", "errors", "evaluation", "metrics", "structures", "viz")
 
 __all__ = [
     "CbirError",
@@ -85,6 +86,7 @@ __all__ = [
     "__version__",
     "benchmark",
     "build_index",
+    "build_index_ray",
     "create_extractor",
     "evaluate",
     "hookimpl",
@@ -115,6 +117,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
     from cbirlib.benchmarking import benchmark
+    from cbirlib.distributed import build_index_ray
     from cbirlib.errors import CbirError
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor

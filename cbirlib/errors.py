@@ -152,6 +152,17 @@ class ExtractorMismatchError(SliceIndexError):
     """Vectors from an extractor whose config differs from the one the index was built with."""
 
 
+# --- distributed builds -----------------------------------------------------------------
+
+
+class OptionalDependencyError(CbirError, ImportError):
+    """A feature needs an optional dependency that is not installed (names the extra)."""
+
+
+class ShardError(SliceIndexError):
+    """A shard folder of a distributed build that is not one, or an unreadable shard."""
+
+
 # --- retrieval and evaluation ---------------------------------------------------------
 
 
@@ -203,6 +214,8 @@ __all__ = [
     "IndexFormatError",
     "IndexStorageError",
     "ExtractorMismatchError",
+    "OptionalDependencyError",
+    "ShardError",
     "PipelineError",
     "EvaluationError",
     "StructureNotPresentError",

@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.rerank": 5,
     "cbirlib.localize": 5,
     "cbirlib.presets": 6,
+    "cbirlib.distributed": 6,
     "cbirlib.metrics": 6,
     "cbirlib.evaluation": 7,
     "cbirlib.viz": 7,
