@@ -42,7 +42,7 @@ N_SUBJECTS = 4
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local two-CPU Ray cluster for the module; yields its address."""
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield str(context.address_info["address"])
     finally:

@@ -261,8 +261,9 @@ def build_index_ray(
         merged over the config dict's entries.
     address
         Ray cluster to join when this process is not connected yet: ``None`` starts a
-        local cluster, ``"auto"`` joins the one running on this machine,
-        ``"ray://head:10001"`` or ``"head:6379"`` a remote one. Ignored when
+        new local cluster, ``"auto"`` joins the one that ``RAY_ADDRESS`` names or that
+        ``ray start`` runs on this machine, ``"ray://head:10001"`` or ``"head:6379"`` a
+        remote one. Ignored when
         ``ray.init`` was called already (the current connection is used and kept).
     num_actors
         Size of the embedding actor pool; each actor loads the model once.
@@ -324,7 +325,8 @@ def build_index_ray(
     store = ShardStore(shard_dir if shard_dir is not None else default_shard_dir(path))
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, **dict(init_options or {}))
+        # "local": a new cluster, even where RAY_ADDRESS or a `ray start` cluster exists
+        ray.init(address=address or "local", **dict(init_options or {}))
         started = True
     actors: list[Any] = []
     try:
