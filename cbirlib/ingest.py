@@ -5,9 +5,10 @@ releases the GIL) nibabel's decoding, reorientation and the float32 conversion h
 so threaded read-ahead stops scaling at one or two cores. :func:`read_volumes` runs the
 loaders in ``workers`` processes instead, at most ``ahead`` volumes ahead of the
 consumer (a bounded queue), and yields the volumes in input order. Each worker copies
-its volume's voxels into a shared-memory block; the consumer copies them out once and
-frees the block, so the array never goes through a pipe and no model is ever sent to a
-worker. The volumes are the ones the loaders return, bit for bit.
+its volume's voxels into a shared-memory block, which becomes the consumer's array (on
+Linux it is mapped, not copied; elsewhere copied out once) and is freed with it, so the
+array never goes through a pipe and no model is ever sent to a worker. The volumes are
+the ones the loaders return, bit for bit.
 
 Examples
 --------
@@ -21,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 from collections.abc import Callable, Generator, Iterable
@@ -29,6 +31,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,13 +103,28 @@ def _read_in_worker(loader: Callable[[], Volume]) -> _Packed:
     return _Packed(block.name, tuple(array.shape), fields)
 
 
+_SHM_DIR = Path("/dev/shm")
+
+
 def _unpack(packed: _Packed) -> Volume:
-    block = shared_memory.SharedMemory(name=packed.block)
-    try:
-        array = np.ndarray(packed.shape, np.float32, buffer=block.buf).copy()
-    finally:
-        block.close()
-        block.unlink()
+    """The volume of a packed one; its block is freed (unlinked) here."""
+    mapped = _SHM_DIR / packed.block.lstrip("/")
+    if mapped.is_file():  # Linux: map the block; the array owns the mapping, no copy
+        fd = os.open(mapped, os.O_RDWR)
+        try:
+            size = int(np.prod(packed.shape)) * 4
+            buffer = mmap.mmap(fd, max(1, size))
+        finally:
+            os.close(fd)
+            mapped.unlink()
+        array = np.frombuffer(buffer, np.float32, count=size // 4).reshape(packed.shape)
+    else:  # pragma: no cover - other systems: copy out of the block
+        block = shared_memory.SharedMemory(name=packed.block)
+        try:
+            array = np.ndarray(packed.shape, np.float32, buffer=block.buf).copy()
+        finally:
+            block.close()
+            block.unlink()
     return Volume(array=array, **packed.fields)
 
 
