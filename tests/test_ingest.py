@@ -122,3 +122,21 @@ def test_gunzip_reads_every_member_with_both_backends(
     monkeypatch.setenv("CBIRLIB_GZIP", "brotli")
     with pytest.raises(SettingError, match="CBIRLIB_GZIP"):
         gzip_backend()
+
+
+def test_build_index_reads_in_processes_to_the_same_index(
+    nifti_files: list[Path], tmp_path: Path
+) -> None:
+    from cbirlib.index import build_index
+    from cbirlib.plugins import create_extractor
+
+    ids = [f"{i}-{p.name}" for i, p in enumerate(nifti_files)]
+    sources = [(v, partial(load_volume, p, id=v)) for v, p in zip(ids, nifti_files, strict=True)]
+    extractor = create_extractor("baseline")
+    threads = build_index(sources, extractor, tmp_path / "t", verbose=False, workers=2)
+    procs = build_index(
+        sources, extractor, tmp_path / "p", verbose=False, workers=2, processes=True
+    )
+    assert procs.volume_ids == threads.volume_ids == ids
+    for vid in threads.volume_ids:
+        assert procs.vectors(vid).tobytes() == threads.vectors(vid).tobytes()
