@@ -28,6 +28,7 @@ from cbirlib.distributed import ShardStore, build_index_ray, default_shard_dir, 
 from cbirlib.errors import (
     ExtractorMismatchError,
     ShardError,
+    UnknownExtractorError,
     VolumeNotFoundError,
     VolumeSourceError,
 )
@@ -150,7 +151,7 @@ def test_a_killed_driver_resumes_without_duplicate_or_lost_volume(
     assert_same_content(load_index(path), reference)
 
 
-def test_a_read_error_is_raised_as_itself_and_keeps_the_shards_before_it(
+def test_errors_are_raised_as_themselves_and_keep_the_shards_before_them(
     cluster: str, phantoms: TotalSegmentator, tmp_path: Path
 ) -> None:
     path = tmp_path / "idx"
@@ -162,6 +163,8 @@ def test_a_read_error_is_raised_as_itself_and_keeps_the_shards_before_it(
     assert [store.has(s) for s, _ in good] == [True, True]
     with pytest.raises(ExtractorMismatchError, match="size"):  # shards made with size 64
         build_index_ray(good, "baseline", path, extractor_options={"size": 48}, verbose=False)
+    with pytest.raises(UnknownExtractorError, match="no-such"):  # raised in the actor
+        build_index_ray(good, "no-such-extractor", path, verbose=False)
     index = build_index_ray(good, "baseline", path, verbose=False, keep_shards=True)
     assert index.volume_ids == [s for s, _ in good]
     assert default_shard_dir(path).is_dir()

@@ -46,7 +46,14 @@ from cbirlib.errors import (
     VolumeSourceError,
 )
 from cbirlib.index.base import BaseIndex
-from cbirlib.index.build import SubjectSource, VolumeSource, _embed, _lazy_items, check_resumable
+from cbirlib.index.build import (
+    IndexableExtractor,
+    SubjectSource,
+    VolumeSource,
+    _embed,
+    _lazy_items,
+    check_resumable,
+)
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.exact import ExactIndex
 from cbirlib.index.files import check_target
@@ -152,10 +159,20 @@ class _Embedder:
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         from cbirlib.plugins import create_extractor
 
-        self._extractor = create_extractor(name, **options)
+        # a failing __init__ would kill the actor and hide the error: keep it for the calls
+        self._error: Exception | None = None
+        try:
+            self._extractor = create_extractor(name, **options)
+        except Exception as exc:
+            self._error = exc
+
+    def _ready(self) -> IndexableExtractor:
+        if self._error is not None:
+            raise self._error
+        return self._extractor
 
     def describe(self) -> tuple[str, int, dict[str, Any]]:
-        ex = self._extractor
+        ex = self._ready()
         return ex.name, int(ex.dim), ex.to_config()
 
     def embed(
@@ -163,7 +180,7 @@ class _Embedder:
     ) -> tuple[str, npt.NDArray[np.float32], npt.NDArray[np.float64]]:
         if not volume.array.flags.writeable:  # read-only view of Ray's object store
             volume = replace(volume, array=volume.array.copy())
-        emb = _embed(self._extractor, volume)
+        emb = _embed(self._ready(), volume)
         return volume_id, np.ascontiguousarray(emb, dtype=np.float32), volume.z_positions
 
 
