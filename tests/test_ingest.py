@@ -140,3 +140,17 @@ def test_build_index_reads_in_processes_to_the_same_index(
     assert procs.volume_ids == threads.volume_ids == ids
     for vid in threads.volume_ids:
         assert procs.vectors(vid).tobytes() == threads.vectors(vid).tobytes()
+
+
+def test_extract_many_reads_in_processes_to_the_same_embeddings(
+    nifti_files: list[Path],
+) -> None:
+    from cbirlib.plugins import create_extractor
+
+    extractor = create_extractor("baseline")
+    loaders = [partial(load_volume, p) for p in nifti_files]
+    threads = list(extractor.extract_many(loaders, workers=2))
+    procs = list(extractor.extract_many(loaders, workers=2, processes=True))
+    assert [v for v, _ in procs] == [v for v, _ in threads]
+    for (_, got), (_, want) in zip(procs, threads, strict=True):
+        assert got.tobytes() == want.tobytes()
