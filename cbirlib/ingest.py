@@ -25,8 +25,10 @@ from __future__ import annotations
 import mmap
 import multiprocessing
 import os
+import pickle
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from cbirlib.errors import SettingError, VolumeSourceError
+from cbirlib.errors import SettingError, VolumeReadError, VolumeSourceError
 from cbirlib.prefetch import run_ahead
 from cbirlib.volume import Volume
 
@@ -169,7 +171,11 @@ def read_volumes(
     SettingError
         ``workers`` or ``ahead`` below 1.
     VolumeSourceError
-        A source that is neither a path nor a loader, or a loader that returns no Volume.
+        A source that is neither a path nor a loader, a loader that returns no Volume,
+        or one that cannot be pickled.
+    VolumeReadError
+        A worker process died (killed, out of memory, or unable to unpickle a loader
+        defined under ``if __name__ == "__main__":``).
     Exception
         A loader's own exception (e.g. :class:`~cbirlib.errors.VolumeReadError`),
         raised at its position after the volumes before it.
@@ -193,6 +199,22 @@ def _read(
     loaders: Iterable[Callable[[], Volume]], workers: int, ahead: int
 ) -> Generator[Volume, None, None]:
     pool = ProcessPoolExecutor(min(workers, ahead), mp_context=multiprocessing.get_context("spawn"))
-    with closing(run_ahead(loaders, pool, _submit, ahead=ahead, discard=_free)) as packed:
-        for item in packed:
-            yield _unpack(item)
+    hint = (
+        "loaders must be importable in a fresh process: module-level functions or "
+        "functools.partial of them, not lambdas or local functions"
+    )
+    try:
+        with closing(run_ahead(loaders, pool, _submit, ahead=ahead, discard=_free)) as packed:
+            for item in packed:
+                yield _unpack(item)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        if not isinstance(exc, pickle.PicklingError) and "pickle" not in str(exc):
+            raise  # a loader's own error, raised in the worker
+        raise VolumeSourceError(
+            f"read_volumes: a loader cannot be sent to a worker ({exc}); {hint}"
+        ) from None
+    except BrokenProcessPool:
+        raise VolumeReadError(
+            "read_volumes: a reading worker process died (killed, out of memory, or a "
+            f"loader it could not unpickle); {hint}"
+        ) from None
