@@ -110,7 +110,7 @@ def main() -> None:
     print(f"(a) threads   ({args.threads} threads, nibabel gzip): {a:9.1f} slices/s")
     print(f"(b) processes ({args.workers} workers):                {b:9.1f} slices/s")
     print(
-        f"    steady state, after the first volume ({first[0]:.2f} s: worker start-up): "
+        f"    steady state, after the first volume (at {first[0]:.2f} s: start-up + one read): "
         f"{steady:9.1f} slices/s"
     )
     print(f"(c) limit     ({args.workers} x isal inflate alone):   {c:9.1f} slices/s")
