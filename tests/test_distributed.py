@@ -71,6 +71,8 @@ def assert_same_content(index: BaseIndex, reference: BaseIndex) -> None:
         got, want = index.slice_meta(vid), reference.slice_meta(vid)
         np.testing.assert_array_equal(got["slice_index"], want["slice_index"])
         np.testing.assert_array_equal(got["z_mm"], want["z_mm"])
+        np.testing.assert_array_equal(got["informative"], want["informative"])
+    assert index.modalities == reference.modalities
 
 
 def test_ray_build_equals_the_single_process_build(
@@ -192,7 +194,7 @@ def test_shards_are_written_whole_and_checked_on_resume(tmp_path: Path) -> None:
     store.write("a/b", emb, z_mm=[1.0, 3.5])
     leftover = store.directory / ".tmp-killed.npz"  # what a killed write leaves
     leftover.write_bytes(b"PK\x03")
-    assert len(store) == 1
+    assert len(store) == 1  # the leftover is not a shard
     ShardStore(store.directory).open(config, 3, resume=True)
     assert not leftover.exists()
     shard = store.read("a/b")
@@ -200,8 +202,20 @@ def test_shards_are_written_whole_and_checked_on_resume(tmp_path: Path) -> None:
     np.testing.assert_array_equal(shard.embeddings, emb)
     np.testing.assert_array_equal(shard.slice_index, [0, 1])
     np.testing.assert_array_equal(shard.z_mm, [1.0, 3.5])
+    np.testing.assert_array_equal(shard.informative, [True, True])  # the default
+    assert shard.modality == "unknown"
+    store.write("mr", emb, z_mm=[0.0, 1.0], informative=[False, True], modality="MR")
+    assert store.read("mr").informative.tolist() == [False, True]
+    assert store.read("mr").modality == "MR"
     with np.load(store.path_of("a/b"), allow_pickle=False) as data:  # no pickled member
-        assert sorted(data.files) == ["embeddings", "slice_index", "volume_id", "z_mm"]
+        assert sorted(data.files) == [
+            "embeddings",
+            "informative",
+            "modality",
+            "slice_index",
+            "volume_id",
+            "z_mm",
+        ]
     with pytest.raises(ExtractorMismatchError):
         store.open({"name": "mean", "bins": 8}, 3, resume=True)
     with pytest.raises(ShardError, match="no shard"):

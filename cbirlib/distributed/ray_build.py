@@ -153,6 +153,17 @@ class _Described:
         raise ExtractorError("the driver does not embed; the Ray actors do")
 
 
+@dataclass(frozen=True)
+class _Embedded:
+    """What an actor returns for one volume: what :meth:`BaseIndex.add` stores."""
+
+    volume_id: str
+    embeddings: npt.NDArray[np.float32]
+    z_mm: npt.NDArray[np.float64]
+    informative: npt.NDArray[np.bool_]
+    modality: str
+
+
 class _Embedder:
     """A Ray actor: one extractor, created in the actor from its name and options."""
 
@@ -175,13 +186,21 @@ class _Embedder:
         ex = self._ready()
         return ex.name, int(ex.dim), ex.to_config()
 
-    def embed(
-        self, volume: Volume, volume_id: str
-    ) -> tuple[str, npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    def embed(self, volume: Volume, volume_id: str) -> _Embedded:
+        from cbirlib.informative import slice_flags
+        from cbirlib.modality import effective_modality
+
         if not volume.array.flags.writeable:  # read-only view of Ray's object store
             volume = replace(volume, array=volume.array.copy())
-        emb = _embed(self._ready(), volume)
-        return volume_id, np.ascontiguousarray(emb, dtype=np.float32), volume.z_positions
+        extractor = self._ready()
+        emb = _embed(extractor, volume)
+        return _Embedded(
+            volume_id,
+            np.ascontiguousarray(emb, dtype=np.float32),
+            volume.z_positions,
+            slice_flags(extractor, volume),
+            effective_modality(volume.modality, volume.array),
+        )
 
 
 def _read(loader: Callable[[], Volume], volume_id: str) -> Volume:
@@ -443,8 +462,14 @@ def _run(
                     ready.append((reading.pop(ref), ref))
                     continue
                 load[embedding.pop(ref)] -= 1
-                vid, emb, z = ray.get(ref)
-                store.write(vid, emb, z_mm=z)
+                done_volume: _Embedded = ray.get(ref)
+                store.write(
+                    done_volume.volume_id,
+                    done_volume.embeddings,
+                    z_mm=done_volume.z_mm,
+                    informative=done_volume.informative,
+                    modality=done_volume.modality,
+                )
                 bar.update()
     finally:
         for ref in reading:  # the actors (and their calls) are killed by the caller
@@ -469,7 +494,12 @@ def _merge(
         index.add(
             vid,
             shard.embeddings,
-            slice_meta={"z_mm": shard.z_mm, "slice_index": shard.slice_index},
+            slice_meta={
+                "z_mm": shard.z_mm,
+                "slice_index": shard.slice_index,
+                "informative": shard.informative,
+            },
+            modality=shard.modality,
         )
         added += 1
     if added or not loaded:

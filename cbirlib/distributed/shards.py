@@ -40,7 +40,7 @@ from cbirlib.index.meta import check_compatible, normalise_config
 __all__ = ["SHARD_FORMAT", "Shard", "ShardStore", "default_shard_dir"]
 
 #: Version of the shard folder layout, stored in its manifest.
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2
 MANIFEST = "manifest.json"
 _SUFFIX = ".npz"
 _TMP_PREFIX = ".tmp-"
@@ -73,12 +73,19 @@ class Shard:
         ``(n,)`` int64 slice numbers within the volume.
     z_mm
         ``(n,)`` float64 slice positions in mm (NaN: unknown).
+    informative
+        ``(n,)`` bool, ``False`` for blank slices
+        (:func:`cbirlib.informative.slice_flags`).
+    modality
+        The volume's modality as the index records it (``"CT"``, ``"MR"``, ...).
     """
 
     volume_id: str
     embeddings: npt.NDArray[np.float32]
     slice_index: npt.NDArray[np.int64]
     z_mm: npt.NDArray[np.float64]
+    informative: npt.NDArray[np.bool_]
+    modality: str
 
 
 class ShardStore:
@@ -195,6 +202,8 @@ class ShardStore:
         *,
         z_mm: npt.ArrayLike,
         slice_index: npt.ArrayLike | None = None,
+        informative: npt.ArrayLike | None = None,
+        modality: str = "unknown",
     ) -> Path:
         """Write the shard of one volume atomically (temporary file, fsync, rename).
 
@@ -208,6 +217,10 @@ class ShardStore:
             ``(n,)`` slice positions in mm.
         slice_index
             ``(n,)`` slice numbers (default ``0..n-1``).
+        informative
+            ``(n,)`` flags, ``False`` for blank slices (default all ``True``).
+        modality
+            The volume's modality.
 
         Returns
         -------
@@ -217,6 +230,7 @@ class ShardStore:
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         n = len(emb)
         idx = np.arange(n, dtype=np.int64) if slice_index is None else np.asarray(slice_index)
+        flags = np.ones(n, bool) if informative is None else np.asarray(informative, bool)
         final = self.path_of(volume_id)
         tmp = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}{_SUFFIX}"
         with open(tmp, "wb") as fh:
@@ -226,6 +240,8 @@ class ShardStore:
                 embeddings=emb,
                 slice_index=idx.astype(np.int64),
                 z_mm=np.asarray(z_mm, dtype=np.float64),
+                informative=flags,
+                modality=np.array(str(modality)),
             )
             fh.flush()
             os.fsync(fh.fileno())
@@ -249,6 +265,8 @@ class ShardStore:
                     embeddings=data["embeddings"].astype(np.float32, copy=False),
                     slice_index=data["slice_index"].astype(np.int64, copy=False),
                     z_mm=data["z_mm"].astype(np.float64, copy=False),
+                    informative=data["informative"].astype(bool, copy=False),
+                    modality=str(data["modality"]),
                 )
         except FileNotFoundError:
             raise ShardError(f"no shard for volume {volume_id!r} in {self}") from None
