@@ -45,6 +45,7 @@ _LAZY: dict[str, str] = {
     "SliceMatches": "cbirlib.index",
     "ExtractorMismatchWarning": "cbirlib.index",
     "build_index": "cbirlib.index",
+    "build_index_ray": "cbirlib.distributed",
     "Hits": "cbirlib.hits",
     "Retriever": "cbirlib.pipeline",
     "Pipeline": "cbirlib.pipeline",
@@ -62,7 +63,7 @@ _LAZY: dict[str, str] = {
 }
 
 # submodules reachable as attributes (``cbirlib.datasets.make_phantoms``) without an import
-_SUBMODULES = ("datasets", "errors", "evaluation", "metrics", "structures", "viz")
+_SUBMODULES = ("datasets", "distributed", "errors", "evaluation", "metrics", "structures", "viz")
 
 __all__ = [
     "CbirError",
@@ -91,6 +92,7 @@ __all__ = [
     "__version__",
     "benchmark",
     "build_index",
+    "build_index_ray",
     "create_extractor",
     "evaluate",
     "guess_modality",
@@ -123,6 +125,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
     from cbirlib.benchmarking import benchmark
+    from cbirlib.distributed import build_index_ray
     from cbirlib.errors import CbirError, ModalityMismatchWarning
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor

@@ -160,6 +160,17 @@ class ExtractorMismatchError(SliceIndexError):
     """Vectors from an extractor whose config differs from the one the index was built with."""
 
 
+# --- distributed builds -----------------------------------------------------------------
+
+
+class OptionalDependencyError(CbirError, ImportError):
+    """A feature needs an optional dependency that is not installed (names the extra)."""
+
+
+class ShardError(SliceIndexError):
+    """A shard folder of a distributed build that is not one, or an unreadable shard."""
+
+
 # --- retrieval and evaluation ---------------------------------------------------------
 
 
@@ -213,6 +224,8 @@ __all__ = [
     "IndexInUseError",
     "BackendUnavailableError",
     "ExtractorMismatchError",
+    "OptionalDependencyError",
+    "ShardError",
     "PipelineError",
     "EvaluationError",
     "StructureNotPresentError",

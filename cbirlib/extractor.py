@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cbirlib.errors import ExtractorError
+from cbirlib.ingest import read_volumes
 from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
 from cbirlib.preprocess import (
@@ -242,6 +243,7 @@ class Extractor(ABC):
         *,
         verbose: bool = False,
         workers: int | None = None,
+        processes: bool = False,
     ) -> Iterator[tuple[str, npt.NDArray[np.float32]]]:
         """Embed volumes one at a time, yielding ``(volume.id, embeddings)`` in input order.
 
@@ -259,6 +261,10 @@ class Extractor(ABC):
             Threads reading volumes ahead (default :func:`default_workers`); at most
             ``max(2, workers)`` volumes are read ahead of the one being embedded. ``0``
             reads each volume only when it is embedded (one volume in memory at a time).
+        processes
+            Read in ``workers`` worker processes instead of threads
+            (:func:`cbirlib.ingest.read_volumes`); the loaders must be picklable
+            (functions, ``functools.partial``).
 
         Raises
         ------
@@ -267,7 +273,12 @@ class Extractor(ABC):
         """
         workers = default_workers() if workers is None else int(workers)
         total = len(volumes) if isinstance(volumes, Sized) else None
-        loaded = prefetch(map(_as_loader, volumes), workers=workers, ahead=max(2, workers))
+        loaders = map(_as_loader, volumes)
+        loaded = (
+            read_volumes(loaders, workers=workers, ahead=max(2, workers))
+            if processes and workers > 0
+            else prefetch(loaders, workers=workers, ahead=max(2, workers))
+        )
         stream = self._embed_stream(loaded)
         try:
             with tqdm(

@@ -48,6 +48,7 @@ True
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._gzip import gunzip, gzip_backend
 from cbirlib.errors import (
     DicomSeriesError,
     InvalidVolumeError,
@@ -231,8 +233,30 @@ def _check_exists(path: Path) -> None:
         raise VolumeNotFoundError(f"{path}: no such file or folder")
 
 
+# --- gzip-opening hook (cbirlib._gzip): inflate with isal or zlib, nibabel decodes ---
+
+
+def _load_gzipped_nifti(path: Path) -> Any:
+    """A ``.nii.gz`` image decompressed in one call (:func:`cbirlib._gzip.gunzip`).
+
+    nibabel decodes the bytes (header, data type, scaling) exactly as from the file.
+    """
+    raw = gunzip(path)
+    sizeof_hdr = int.from_bytes(raw[:4], "little")
+    if sizeof_hdr not in (348, 540):
+        sizeof_hdr = int.from_bytes(raw[:4], "big")
+    klass = nib.Nifti2Image if sizeof_hdr == 540 else nib.Nifti1Image
+    holder = nib.FileHolder(filename=str(path), fileobj=io.BytesIO(raw))
+    return klass.from_file_map({"header": holder, "image": holder})  # type: ignore[no-untyped-call]
+
+
+# --- end of the gzip-opening hook -------------------------------------------------------
+
+
 def _load_nifti_image(path: Path) -> Any:
     try:
+        if path.name.lower().endswith(".gz") and gzip_backend() != "nibabel":
+            return _load_gzipped_nifti(path)
         return nib.load(path)
     except Exception as exc:
         raise VolumeReadError(

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from cbirlib.errors import SettingError
 
-__all__ = ["prefetch"]
+__all__ = ["prefetch", "run_ahead"]
 
 T = TypeVar("T")
+L = TypeVar("L")
+R = TypeVar("R")
 
 
 def prefetch(
@@ -80,24 +82,58 @@ def _serial(loaders: Iterable[Callable[[], T]]) -> Generator[T, None, None]:
 def _threaded(
     loaders: Iterable[Callable[[], T]], workers: int, ahead: int
 ) -> Generator[T, None, None]:
-    it = iter(loaders)
-    pending: deque[Future[T]] = deque()
-    exhausted = False
     pool = ThreadPoolExecutor(min(workers, ahead), thread_name_prefix="cbirlib-prefetch")
+    return run_ahead(loaders, pool, _submit, ahead=ahead)
+
+
+def _submit(pool: Executor, loader: Callable[[], T]) -> Future[T]:
+    return pool.submit(loader)
+
+
+def run_ahead(
+    items: Iterable[L],
+    pool: Executor,
+    submit: Callable[[Executor, L], Future[R]],
+    *,
+    ahead: int,
+    discard: Callable[[R], None] | None = None,
+) -> Generator[R, None, None]:
+    """Submit ``items`` to ``pool`` at most ``ahead`` at a time; yield results in order.
+
+    The engine of :func:`prefetch`, for any executor (threads, processes).
+
+    Parameters
+    ----------
+    items
+        Consumed lazily, in the caller's thread.
+    pool
+        The executor; shut down (waiting for running work) when the generator ends or
+        is closed.
+    submit
+        ``submit(pool, item)`` starts one item and returns its future.
+    ahead
+        At most this many items are started and not yet yielded.
+    discard
+        Called on the results that were computed but never yielded (the generator was
+        closed early), to release what they hold (e.g. shared memory).
+    """
+    it = iter(items)
+    pending: deque[Future[R]] = deque()
+    exhausted = False
     try:
         while True:
             while not exhausted and len(pending) < ahead:
                 try:
-                    loader = next(it)
+                    item = next(it)
                 except StopIteration:
                     exhausted = True
                 except Exception as exc:  # raised at its position, after earlier results
-                    failed: Future[T] = Future()
+                    failed: Future[R] = Future()
                     failed.set_exception(exc)
                     pending.append(failed)
                     exhausted = True
                 else:
-                    pending.append(pool.submit(loader))
+                    pending.append(submit(pool, item))
             if not pending:
                 return
             result = pending.popleft().result()
@@ -107,3 +143,7 @@ def _threaded(
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+        if discard is not None:
+            for future in pending:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    discard(future.result())

@@ -55,6 +55,7 @@ from cbirlib.index.files import META_NAME, check_target, resolve_dir
 from cbirlib.index.hnsw import SliceIndex
 from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
 from cbirlib.informative import slice_flags
+from cbirlib.ingest import read_volumes
 from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
 from cbirlib.volume import Volume
@@ -239,6 +240,7 @@ def build_index(
     resume: bool = True,
     checkpoint_every: int = 10,
     workers: int = 2,
+    processes: bool = False,
 ) -> BaseIndex:
     """Embed every slice of ``volumes`` and index them, with crash-safe checkpoints.
 
@@ -278,6 +280,10 @@ def build_index(
         error interrupts the build).
     workers
         Threads that read volumes ahead of the extractor (``0``: read in this thread).
+    processes
+        Read in ``workers`` worker processes instead of threads
+        (:func:`cbirlib.ingest.read_volumes`): faster from ``.nii.gz`` where cores are
+        free; the loaders must then be picklable (functions, ``functools.partial``).
 
     Returns
     -------
@@ -328,7 +334,12 @@ def build_index(
 
     current: str | None = None
     try:
-        with closing(prefetch(pending(), workers=workers, ahead=max(2, workers))) as loaded:
+        reader = (
+            read_volumes(pending(), workers=workers, ahead=max(2, workers))
+            if processes and workers > 0
+            else prefetch(pending(), workers=workers, ahead=max(2, workers))
+        )
+        with closing(reader) as loaded:
             for volume in loaded:
                 current = volume.id
                 if volume.id in index:

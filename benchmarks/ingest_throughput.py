@@ -1,0 +1,122 @@
+"""Volume reading rate from ``.nii.gz``: today's threaded reader vs worker processes.
+
+Writes ``--subjects`` phantom CTs (:func:`cbirlib.datasets.make_phantoms`, int16 HU,
+``--size`` pixels square; the compression ratio is printed) and reads all of them,
+printing slices/s of:
+
+``(a) threads``
+    Today's reader: :func:`cbirlib.io.load_volume` with nibabel opening the files
+    itself (``CBIRLIB_GZIP=nibabel``), read ahead on ``--threads`` threads
+    (:func:`cbirlib.prefetch.prefetch`, as ``extract_many`` and ``build_index`` do).
+``(b) processes``
+    :func:`cbirlib.ingest.read_volumes` with ``--workers`` processes (isal when
+    installed), start-up of the workers included; also printed: the rate after the
+    first volume arrived (steady state, start-up excluded).
+``(c) limit``
+    ``--workers`` x the single-process rate of decompressing the same files with isal
+    (``cbirlib._gzip.gunzip``), without decoding: what N processes can at best reach.
+
+and the ratios (b)/(c) (target >= 0.8) and (b)/(a) (target >= 2). Every rate is
+measured in one run, on the same files, after one untimed pass that warms the page
+cache.
+
+Usage::
+
+    python benchmarks/ingest_throughput.py --subjects 4 --size 256 --copies 6 --workers 2
+    python benchmarks/ingest_throughput.py --subjects 16 --size 512 --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+from cbirlib._gzip import gunzip, gzip_backend
+from cbirlib.datasets.phantom import make_phantoms
+from cbirlib.ingest import default_read_workers, read_volumes
+from cbirlib.io import load_volume
+from cbirlib.prefetch import prefetch
+
+
+def _timed(run: object) -> float:
+    start = time.perf_counter()
+    run()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subjects", type=int, default=6)
+    parser.add_argument("--size", type=int, default=256, help="in-plane pixels")
+    parser.add_argument("--workers", type=int, default=default_read_workers())
+    parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument(
+        "--copies", type=int, default=1, help="read each file this many times (more data)"
+    )
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = make_phantoms(Path(tmp) / "ds", args.subjects, shape=(args.size, args.size))
+        paths = [ds.image_path(s) for s in ds.subjects]
+        for k in range(1, args.copies):  # the same content under other names
+            for s in ds.subjects:
+                copy = Path(tmp) / f"copy{k}" / f"{s}.nii.gz"
+                copy.parent.mkdir(exist_ok=True)
+                shutil.copyfile(ds.image_path(s), copy)
+                paths.append(copy)
+        volumes = [load_volume(p) for p in paths]  # also warms the page cache
+        slices = sum(v.n_slices for v in volumes)
+        raw = sum(len(gunzip(p, backend="zlib")) for p in paths)
+        packed = sum(p.stat().st_size for p in paths)
+        del volumes
+        print(
+            f"{args.subjects} phantom CTs x {args.copies}: {len(paths)} files, {slices} "
+            f"slices of {args.size}x{args.size} int16; "
+            f"{packed / 2**20:.1f} MiB compressed, ratio {raw / packed:.2f}x; "
+            f"gzip backend: {gzip_backend()}"
+        )
+
+        def today() -> None:
+            os.environ["CBIRLIB_GZIP"] = "nibabel"
+            try:
+                loaders = [partial(load_volume, p) for p in paths]
+                for _ in prefetch(loaders, workers=args.threads, ahead=max(2, args.threads)):
+                    pass
+            finally:
+                del os.environ["CBIRLIB_GZIP"]
+
+        first: list[float] = []
+
+        def processes() -> None:
+            start = time.perf_counter()
+            for volume in read_volumes(paths, workers=args.workers):
+                if not first:
+                    first.extend([time.perf_counter() - start, volume.n_slices])
+
+        def inflate() -> None:
+            for p in paths:
+                gunzip(p, backend="isal")
+
+        a = slices / _timed(today)
+        elapsed = _timed(processes)
+        b = slices / elapsed
+        steady = (slices - first[1]) / (elapsed - first[0])
+        c = args.workers * slices / _timed(inflate)
+    print(f"(a) threads   ({args.threads} threads, nibabel gzip): {a:9.1f} slices/s")
+    print(f"(b) processes ({args.workers} workers):                {b:9.1f} slices/s")
+    print(
+        f"    steady state, after the first volume (at {first[0]:.2f} s: start-up + one read): "
+        f"{steady:9.1f} slices/s"
+    )
+    print(f"(c) limit     ({args.workers} x isal inflate alone):   {c:9.1f} slices/s")
+    print(f"(b)/(c) = {b / c:.2f} (target >= 0.8)   (b)/(a) = {b / a:.2f} (target >= 2)")
+    print(f"steady (b)/(c) = {steady / c:.2f}   steady (b)/(a) = {steady / a:.2f}")
+
+
+if __name__ == "__main__":
+    main()
