@@ -714,10 +714,10 @@ class PhantomRealism:
         Intensity maxima the MR subjects draw from. A scale below 255 is written as
         ``float32`` (e.g. 0..1), otherwise as ``int16`` (e.g. 0..4000).
     skull_stripped_fraction
-        Brain-only head volumes (as skull-stripped templates): the field of view covers
-        the head plus 10-35 mm of empty space above the vertex, every voxel outside the
-        brain is 0 (CT or MR) and only the brain mask is non-empty; the top slices are
-        near-empty or blank.
+        Brain-only head volumes (as skull-stripped MR templates, so always MR-like): the
+        field of view covers the head plus 10-35 mm of empty space above the vertex,
+        every voxel outside the brain is 0 and only the brain mask is non-empty; the top
+        slices are near-empty or blank.
     padding_fraction
         Subjects with 1..``padding_slices`` constant blank slices below and above the
         body (exactly -1000 HU for CT, 0 for MR; empty masks there).
@@ -845,7 +845,8 @@ def _plan(realism: PhantomRealism | None, seed: int, i: int) -> _Plan:
     jitter = rng.uniform(0.9, 1.1, len(_MR_T1))
     mr: dict[str, float] | None = None
     weighting = ""
-    if _picked("mr", i, realism.mr_fraction):
+    skull = _picked("skull", i, realism.skull_stripped_fraction)
+    if skull or _picked("mr", i, realism.mr_fraction):
         weighting = "t1" if u[0] < 0.5 else "t2"
         table = _MR_T1 if weighting == "t1" else _MR_T2
         mr = {k: float(min(1.0, v * j)) for (k, v), j in zip(table.items(), jitter, strict=True)}
@@ -859,7 +860,7 @@ def _plan(realism: PhantomRealism | None, seed: int, i: int) -> _Plan:
         tilt = (1 / 3 + 2 / 3 * float(u[5])) * realism.tilt_deg * (1 if u[6] < 0.5 else -1)
     thick = tuple(realism.thicknesses) if _picked("reslice", i, realism.resliced_fraction) else ()
     return _Plan(
-        mr, scale, weighting, _picked("skull", i, realism.skull_stripped_fraction), pad,
+        mr, scale, weighting, skull, pad,
         aspect, tilt, thick, tuple(float(x) for x in u[7:]),
     )  # fmt: skip
 
@@ -964,7 +965,7 @@ def _write_subject(
                 "image_id": sid, "age": str(age), "gender": sex, "institute": "phantom",
                 "study_type": study, "modality": modality,
                 "slice_thickness_mm": f"{thickness:g}", "padding_below": str(below),
-                "padding_above": str(above), "tilt_deg": f"{plan.tilt_deg:.2f}",
+                "padding_above": str(above), "tilt_deg": f"{plan.tilt_deg:.4f}",
                 "skull_stripped": str(int(plan.skull_stripped)), "source_id": source,
             }
         )  # fmt: skip
