@@ -29,6 +29,20 @@ subcutaneous fat, in-plane shift and rotation, contrast phase, slice thickness
 per-organ position/size jitter and noise level. Generation is deterministic: subject
 ``i`` depends only on ``(seed, i)``, and files are byte-identical for one seed.
 
+Realism
+-------
+``make_phantoms(..., realism=PhantomRealism(...))`` (or the preset ``realism="hard"``)
+adds what real archives hold and plain phantoms never show: MR-like subjects (T1/T2-like
+contrast, zero background, arbitrary intensity scale, still named ``ct.nii.gz``),
+skull-stripped brain-only heads with empty slices above the vertex, constant blank
+padding slices, non-square matrices, copies of one subject re-sliced at several
+thicknesses (``s0006_1.5mm``, ``s0006_2.5mm``, ``s0006_5mm``) and gantry tilt (a sheared
+affine). Every option is off by default, and without it the files are byte-identical to
+those written before the option existed. ``meta.csv`` records each subject's modality,
+slice thickness, padding, tilt, skull stripping and source subject; read it with
+:func:`phantom_facts` (e.g. ``TotalSegmentator(root, modality={s: f.modality for s, f
+in phantom_facts(root).items()})`` loads the MR subjects as MR).
+
 Examples
 --------
 >>> import tempfile
