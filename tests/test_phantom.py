@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from cbirlib.datasets import FIELDS_OF_VIEW, TotalSegmentator, make_phantoms
+from cbirlib.datasets import (
+    FIELDS_OF_VIEW,
+    PhantomFacts,
+    PhantomRealism,
+    TotalSegmentator,
+    make_phantoms,
+    phantom_facts,
+)
+from cbirlib.datasets.phantom import PAD_CT
 from cbirlib.errors import DatasetError
-from cbirlib.io import load_mask
+from cbirlib.io import load_mask, load_volume
 from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES
 from cbirlib.volume import Volume
 
@@ -154,3 +163,235 @@ def test_bad_arguments(tmp_path: Path) -> None:
         make_phantoms(tmp_path / "new", 0)
     with pytest.raises(DatasetError, match="shape"):
         make_phantoms(tmp_path / "new", 1, shape=(8, 8))
+
+
+# --- realism options -------------------------------------------------------------------------
+
+REAL = PhantomRealism(
+    mr_fraction=0.4,
+    skull_stripped_fraction=0.2,
+    padding_fraction=0.5,
+    non_square_fraction=0.5,
+    resliced_fraction=0.2,
+    tilt_fraction=0.3,
+)
+REAL_N, REAL_SHAPE = 10, (40, 40)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> TotalSegmentator:
+    return make_phantoms(
+        tmp_path_factory.mktemp("realism"), REAL_N, seed=4, shape=REAL_SHAPE, realism=REAL
+    )
+
+
+def _facts(ds: TotalSegmentator, **want: object) -> dict[str, PhantomFacts]:
+    """The subjects whose facts match every ``want`` (``padding=True``: any padding)."""
+    out = {}
+    for sid, f in phantom_facts(ds.root).items():
+        ok = True
+        for key, value in want.items():
+            have = getattr(f, key)
+            ok &= bool(any(have)) == value if key == "padding" else have == value
+        if ok:
+            out[sid] = f
+    assert out, f"no subject with {want}"
+    return out
+
+
+def _nifti(ds: TotalSegmentator, sid: str, rel: str = "ct.nii.gz") -> nib.Nifti1Image:
+    return nib.load(ds.root / sid / rel)
+
+
+def _zyx(img: nib.Nifti1Image) -> np.ndarray:
+    return np.asanyarray(img.dataobj).transpose(2, 1, 0)
+
+
+def _load(ds: TotalSegmentator, sid: str, f: PhantomFacts) -> Volume:
+    """``load_volume`` with the recorded modality (a tilted one warns: tested below)."""
+    with warnings.catch_warnings():
+        if f.tilt_deg:
+            warnings.filterwarnings("ignore", ".*gantry tilt", UserWarning)
+        return load_volume(ds.root / sid / "ct.nii.gz", modality=f.modality)
+
+
+def test_realism_off_writes_the_plain_phantoms(tmp_path: Path) -> None:
+    plain = make_phantoms(tmp_path / "a", 2, seed=5, shape=(24, 24))
+    off = make_phantoms(tmp_path / "b", 2, seed=5, shape=(24, 24), realism=PhantomRealism())
+    for sid in plain:
+        for rel in ("ct.nii.gz", "segmentations/liver.nii.gz", "segmentations/brain.nii.gz"):
+            assert (plain.root / sid / rel).read_bytes() == (off.root / sid / rel).read_bytes()
+    facts = phantom_facts(plain.root)
+    assert {f.modality for f in facts.values()} == {"CT"}
+    assert all(f.padding == (0, 0) and f.tilt_deg == 0 for f in facts.values())
+    assert list(facts) == list(plain.subjects)
+
+
+def test_mr_contrast_has_zero_background_and_non_ct_contrast(tmp_path: Path) -> None:
+    ct = make_phantoms(tmp_path / "ct", 2, seed=1, shape=(48, 48))
+    mr = make_phantoms(
+        tmp_path / "mr", 2, seed=1, shape=(48, 48),
+        realism=PhantomRealism(mr_fraction=1.0, mr_scales=(4000.0,)),
+    )  # fmt: skip
+    for sid in ct:
+        assert phantom_facts(mr.root)[sid].modality == "MR"
+        a, b = _zyx(_nifti(ct, sid)).astype(float), _zyx(_nifti(mr, sid))
+        assert b.shape == a.shape and b.dtype == np.int16
+        assert b.min() == 0 and 2000 < b.max() < 6000  # arbitrary positive scale
+        assert (b[:, :2, :2] == 0).all()  # background (air) is exactly zero
+        # the same anatomy: every mask is identical
+        for name in ("liver", "brain", "vertebrae_L3", "femur_left"):
+            rel = f"segmentations/{name}.nii.gz"
+            assert (ct.root / sid / rel).read_bytes() == (mr.root / sid / rel).read_bytes()
+        # contrast unlike CT: fat (CT -100) brighter than muscle (CT +50), cortical bone dark
+        muscle = np.zeros(a.shape, bool)
+        for name in ("autochthon_left", "autochthon_right", "iliopsoas_left"):
+            muscle |= _zyx(_nifti(ct, sid, f"segmentations/{name}.nii.gz")) > 0
+        fat = (a > -160) & (a < -60)
+        assert muscle.any() and fat.any()
+        assert b[fat].mean() > 1.5 * b[muscle].mean()
+        assert b[a > 900].mean() < b[fat].mean()
+        # read back: a NIfTI records no modality, and the intensities say MR
+        assert load_volume(mr.root / sid / "ct.nii.gz").modality == "MR"
+        assert load_volume(ct.root / sid / "ct.nii.gz").modality == "CT"
+
+
+def test_mr_unit_scale_is_float(tmp_path: Path) -> None:
+    ds = make_phantoms(
+        tmp_path, 1, seed=2, shape=(32, 32),
+        realism=PhantomRealism(mr_fraction=1.0, mr_scales=(1.0,)),
+    )  # fmt: skip
+    img = _nifti(ds, "s0000")
+    data = _zyx(img)
+    assert img.get_data_dtype() == np.float32
+    assert data.min() == 0.0 and 0.5 < data.max() < 1.5
+    vol = load_volume(ds.root / "s0000" / "ct.nii.gz", modality="MR")
+    assert vol.modality == "MR" and np.array_equal(vol.array, data)
+
+
+def test_skull_stripped_keeps_only_the_brain(real: TotalSegmentator) -> None:
+    for sid, f in _facts(real, skull_stripped=True).items():
+        assert f.modality == "MR"
+        image = _zyx(_nifti(real, sid))
+        brain = _zyx(_nifti(real, sid, "segmentations/brain.nii.gz")) > 0
+        assert brain.any() and (image[~brain] == 0).all()
+        assert image[brain].mean() > 0
+        assert (image[-1] == 0).all()  # empty slices above the vertex
+        counts = brain.reshape(len(brain), -1).sum(axis=1)
+        assert counts[-1] == 0 and counts.max() > 10 * max(1, counts[counts > 0][-1])
+        assert real.labels(sid).volume_structures() == {"brain"}  # every other mask empty
+
+
+def test_padding_slices_are_blank_and_constant(real: TotalSegmentator) -> None:
+    for sid, f in _facts(real, padding=True).items():
+        below, above = f.padding
+        image = _zyx(_nifti(real, sid))
+        pad = PAD_CT if f.modality == "CT" else 0
+        blank = np.concatenate([image[:below], image[len(image) - above :]])
+        assert len(blank) == below + above and (blank == pad).all()
+        if not f.skull_stripped:  # (a brain-only head's own end slices are blank too)
+            assert image[below].std() > 0 and image[len(image) - above - 1].std() > 0
+        liver = _zyx(_nifti(real, sid, "segmentations/liver.nii.gz"))
+        assert not liver[:below].any() and not liver[len(image) - above :].any()
+        vol = _load(real, sid, f)
+        step = np.diff(vol.z_positions)
+        assert np.allclose(step, f.thickness_mm)
+
+
+def test_non_square_matrix_with_square_pixels(real: TotalSegmentator) -> None:
+    shapes = set()
+    for sid, f in phantom_facts(real.root).items():
+        img = _nifti(real, sid)
+        rows, cols = img.shape[1], img.shape[0]
+        shapes.add((rows, cols))
+        if (rows, cols) == REAL_SHAPE:
+            continue
+        assert min(rows, cols) >= 0.74 * REAL_SHAPE[0] and max(rows, cols) == REAL_SHAPE[0]
+        # bodies are wider than deep (fewer rows), brain-only heads deeper than wide
+        assert (cols < rows) == f.skull_stripped
+        vol = _load(real, sid, f)
+        assert vol.shape[1:] == (rows, cols)
+        assert vol.spacing[1] == pytest.approx(vol.spacing[2])
+        assert np.allclose(img.header.get_zooms()[:2], vol.spacing[1])
+    assert len(shapes) > 1
+
+
+def test_resliced_copies_are_consistent(real: TotalSegmentator) -> None:
+    facts = phantom_facts(real.root)
+    copies: dict[str, list[str]] = {}
+    for sid, f in facts.items():
+        if sid != f.source_id:
+            copies.setdefault(f.source_id, []).append(sid)
+    assert copies
+    for source, sids in copies.items():
+        assert source not in facts
+        assert sorted(sids) == sorted(f"{source}_{t:g}mm" for t in REAL.thicknesses)
+        assert len({facts[s].split for s in sids}) == 1  # one split: no query/database leak
+        vols = {}
+        for sid in sids:
+            vols[facts[sid].thickness_mm] = _load(real, sid, facts[sid])
+        base = vols[1.5]
+        z0 = base.z_positions[0]
+        extent = base.z_positions[-1] - z0
+        for t, vol in vols.items():
+            assert vol.spacing[0] == pytest.approx(t)
+            assert vol.z_positions[0] == pytest.approx(z0)
+            assert extent - t < vol.z_positions[-1] - z0 <= extent + 1e-6
+            sid = f"{source}_{t:g}mm"
+            mask = load_mask(real.root / sid / "segmentations" / "liver.nii.gz", like=vol)
+            base_mask = load_mask(
+                real.root / f"{source}_1.5mm" / "segmentations" / "liver.nii.gz", like=base
+            )
+            # masks: the base slice nearest in mm; image: exact where the grids meet
+            k = np.rint((vol.z_positions - z0) / 1.5).astype(int)
+            assert np.array_equal(mask, base_mask[k])
+            meet = np.flatnonzero(np.isclose((vol.z_positions - z0) / 1.5, k))
+            assert meet.size >= 2
+            assert np.array_equal(vol.array[meet], base.array[k[meet]])
+        # linear in between: 2.5 mm slice 1 lies 2/3 of the way from base slice 1 to 2
+        # (to the rounding of both images, away from CT's clipping at -1024 HU)
+        mid = vols[2.5].array[1].astype(float)
+        expect = base.array[1] / 3 + 2 * base.array[2].astype(float) / 3
+        away = (base.array[1] > -1000) & (base.array[2] > -1000)
+        assert away.sum() > 20 and np.abs(mid - expect)[away].max() <= 1.0 + 1e-3
+
+
+def test_gantry_tilt_shears_the_affine(real: TotalSegmentator) -> None:
+    for sid, f in _facts(real).items():
+        affine = _nifti(real, sid).affine
+        if f.tilt_deg == 0:
+            assert affine[1, 2] == 0
+            continue
+        assert 20 / 3 - 1e-6 <= abs(f.tilt_deg) <= 20
+        step = f.thickness_mm * np.tan(np.radians(f.tilt_deg))
+        assert affine[1, 2] == pytest.approx(step, rel=1e-4) and affine[2, 2] == pytest.approx(
+            f.thickness_mm
+        )
+        assert np.allclose(_nifti(real, sid, "segmentations/liver.nii.gz").affine, affine)
+        with pytest.warns(UserWarning, match="gantry tilt"):
+            vol = load_volume(real.root / sid / "ct.nii.gz", modality=f.modality)
+        assert vol.spacing[0] == pytest.approx(f.thickness_mm)  # the true slice spacing
+        assert np.allclose(np.diff(vol.z_positions), f.thickness_mm)
+    assert any(f.tilt_deg for f in phantom_facts(real.root).values())
+
+
+def test_realism_is_deterministic_and_validated(tmp_path: Path) -> None:
+    a = make_phantoms(tmp_path / "a", 4, seed=9, shape=(24, 24), realism="hard")
+    b = make_phantoms(tmp_path / "b", 4, seed=9, shape=(24, 24), realism="hard")
+    assert a.subjects == b.subjects
+    for sid in a:
+        for rel in ("ct.nii.gz", "segmentations/brain.nii.gz"):
+            assert (a.root / sid / rel).read_bytes() == (b.root / sid / rel).read_bytes()
+    assert (a.root / "meta.csv").read_bytes() == (b.root / "meta.csv").read_bytes()
+    with pytest.raises(DatasetError, match="realism preset"):
+        make_phantoms(tmp_path / "c", 1, shape=(24, 24), realism="easy")
+    with pytest.raises(DatasetError, match="mr_fraction"):
+        PhantomRealism(mr_fraction=1.5)
+    with pytest.raises(DatasetError, match="thicknesses"):
+        PhantomRealism(thicknesses=(2.5, 2.5))
+    with pytest.raises(DatasetError, match="tilt_deg"):
+        PhantomRealism(tilt_deg=60)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "meta.csv").write_text("image_id;split\ns1;train\n")
+    with pytest.raises(DatasetError, match="missing columns"):
+        phantom_facts(tmp_path / "d")

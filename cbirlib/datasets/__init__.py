@@ -9,7 +9,23 @@ Examples
 
 from __future__ import annotations
 
-from cbirlib.datasets.phantom import FIELDS_OF_VIEW, make_phantoms
+from cbirlib.datasets.phantom import (
+    FIELDS_OF_VIEW,
+    REALISM_PRESETS,
+    PhantomFacts,
+    PhantomRealism,
+    make_phantoms,
+    phantom_facts,
+)
 from cbirlib.datasets.totalsegmentator import SPLITS, TotalSegmentator
 
-__all__ = ["FIELDS_OF_VIEW", "SPLITS", "TotalSegmentator", "make_phantoms"]
+__all__ = [
+    "FIELDS_OF_VIEW",
+    "REALISM_PRESETS",
+    "SPLITS",
+    "PhantomFacts",
+    "PhantomRealism",
+    "TotalSegmentator",
+    "make_phantoms",
+    "phantom_facts",
+]

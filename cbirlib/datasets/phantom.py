@@ -29,6 +29,20 @@ subcutaneous fat, in-plane shift and rotation, contrast phase, slice thickness
 per-organ position/size jitter and noise level. Generation is deterministic: subject
 ``i`` depends only on ``(seed, i)``, and files are byte-identical for one seed.
 
+Realism
+-------
+``make_phantoms(..., realism=PhantomRealism(...))`` (or the preset ``realism="hard"``)
+adds what real archives hold and plain phantoms never show: MR-like subjects (T1/T2-like
+contrast, zero background, arbitrary intensity scale, still named ``ct.nii.gz``),
+skull-stripped brain-only heads with empty slices above the vertex, constant blank
+padding slices, non-square matrices, copies of one subject re-sliced at several
+thicknesses (``s0006_1.5mm``, ``s0006_2.5mm``, ``s0006_5mm``) and gantry tilt (a sheared
+affine). Every option is off by default, and without it the files are byte-identical to
+those written before the option existed. ``meta.csv`` records each subject's modality,
+slice thickness, padding, tilt, skull stripping and source subject; read it with
+:func:`phantom_facts` (e.g. ``TotalSegmentator(root, modality={s: f.modality for s, f
+in phantom_facts(root).items()})`` loads the MR subjects as MR).
+
 Examples
 --------
 >>> import tempfile
@@ -39,12 +53,13 @@ Examples
 
 from __future__ import annotations
 
+import csv
 import gzip
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -477,10 +492,29 @@ def _ellipse(
     return d
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    image: npt.NDArray[np.float32]  # HU (CT) or relative MR intensity, (Z, Y, X)
+    labels: npt.NDArray[np.uint8]
+    z_world: Array  # world z (mm) of each slice
+    brain: npt.NDArray[np.bool_] | None  # brain + ventricles (skull stripping), if asked
+
+
 def _render(
-    subj: _Subject, rng: np.random.Generator, shape: tuple[int, int]
-) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], Array]:
-    """HU volume and label map ``(Z, Y, X)``, and the world z (mm) of each slice."""
+    subj: _Subject,
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    *,
+    mr: Mapping[str, float] | None = None,
+    tilt_step: float = 0.0,
+    brain: bool = False,
+) -> _Rendered:
+    """The image and label map ``(Z, Y, X)`` and the world z (mm) of each slice.
+
+    ``mr``: tissue -> relative MR intensity (instead of HU; zero background, no table);
+    ``tilt_step``: world ``y`` shift (mm) of each slice's origin over the previous one
+    (a sheared, gantry-tilted grid); ``brain``: also return the brain region.
+    """
     h, w = shape
     lo, hi = subj.z_range
     n = max(2, math.floor((hi - lo) * subj.height / subj.thickness) + 1)
@@ -489,9 +523,18 @@ def _render(
     wy, wx = np.meshgrid((np.arange(h) - (h - 1) / 2) * subj.pixel,
                          (np.arange(w) - (w - 1) / 2) * subj.pixel, indexing="ij")  # fmt: skip
     u, v = wx - subj.shift[0], wy - subj.shift[1]
+    if tilt_step:  # slice k's rows lie k * tilt_step further along +y
+        u = np.broadcast_to(u, (n, h, w))
+        v = v[None] + (np.arange(n) * tilt_step)[:, None, None]
+    else:
+        u, v = u[None], v[None]
     c, s = math.cos(subj.angle), math.sin(subj.angle)
-    ax = ((c * u + s * v) / subj.scale)[None].astype(np.float32)
-    ay = ((-s * u + c * v) / subj.scale)[None].astype(np.float32)
+    ax = ((c * u + s * v) / subj.scale).astype(np.float32)
+    ay = ((-s * u + c * v) / subj.scale).astype(np.float32)
+
+    def rows(a: Array, sl: slice) -> Array:  # the in-plane grid of slices ``sl``
+        return a if a.shape[0] == 1 else a[sl]
+
     z3 = za[:, None, None].astype(np.float32)
 
     hu_of = dict(_HU)
@@ -499,6 +542,8 @@ def _render(
         hu_of.update(blood=rng.uniform(180, 280), venous=rng.uniform(120, 170),
                      myocardium=100.0, kidney=150.0, liver=68.0)  # fmt: skip
     hu_of.update(lung=-850 + rng.uniform(-40, 40), fat=-100 + rng.uniform(-15, 15))
+    if mr is not None:  # the same draws as a CT (same anatomy), then MR intensities
+        hu_of = dict(mr)
 
     # body: torso/head ellipse, legs below the pelvis, arms beside the chest
     a, b = _body_radii(z3)
@@ -514,20 +559,22 @@ def _render(
         (slice(arm0, arm1), _ARMS[2], 0.0, _ARMS[3]),
     ):
         for sign in (1.0, -1.0):
-            d = _ellipse(ax, ay, sign * cx, cy, r + fat[sl], r + fat[sl])
+            d = _ellipse(rows(ax, sl), rows(ay, sl), sign * cx, cy, r + fat[sl], r + fat[sl])
             body[sl] |= d <= 1
             lean[sl] |= d <= ((r / (r + fat[sl])) ** 2)
     t = slice(n_legs, n)
-    d = _ellipse(ax, ay, 0, 0, a[t] + fat[t], b[t] + fat[t])
+    axt, ayt = rows(ax, t), rows(ay, t)
+    d = _ellipse(axt, ayt, 0, 0, a[t] + fat[t], b[t] + fat[t])
     body[t] |= d <= 1
-    lean[t] |= _ellipse(ax, ay, 0, 0, a[t], b[t]) <= 1
-    cavity[t] = _ellipse(ax, ay, 0, 0, a[t] - wall[t], b[t] - wall[t]) <= 1
+    lean[t] |= _ellipse(axt, ayt, 0, 0, a[t], b[t]) <= 1
+    cavity[t] = _ellipse(axt, ayt, 0, 0, a[t] - wall[t], b[t] - wall[t]) <= 1
     hu = np.full((n, h, w), hu_of["air"], dtype=np.float32)
     hu[body] = hu_of["fat"]
     hu[lean] = hu_of["muscle"]
     inside = np.interp(za, [690, 725], [hu_of["visceral"], hu_of["soft"]]).astype(np.float32)
     hu[cavity] = np.broadcast_to(inside[:, None, None], hu.shape)[cavity]
     labels = np.zeros((n, h, w), dtype=np.uint8)
+    region = np.zeros((n, h, w), dtype=bool) if brain else None
 
     # per-structure jitter: centre (mm), size factor and z shift, shared by its parts
     jitter: dict[str, tuple[float, float, float, float]] = {}
@@ -545,17 +592,18 @@ def _render(
             continue
         zs = za[k0:k1]
         sl = slice(k0, k1)
+        axs, ays = rows(ax, sl), rows(ay, sl)
         if part.rib is not None:
-            inside_part = _rib_mask(part.rib, ax, ay, zs, a[sl] - wall[sl], b[sl] - wall[sl])
+            inside_part = _rib_mask(part.rib, axs, ays, zs, a[sl] - wall[sl], b[sl] - wall[sl])
         else:
             cx, cy, rx, ry = (np.interp(zs, kz, keys[:, i])[:, None, None] for i in range(1, 5))
             sign = 1.0 if cx.mean() >= 0 else -1.0
-            d = _ellipse(ax, ay, cx + sign * jx, cy + jy, rx * jr, ry * jr)
+            d = _ellipse(axs, ays, cx + sign * jx, cy + jy, rx * jr, ry * jr)
             inside_part = d <= 1
             if part.inner:
                 inside_part &= d >= part.inner**2
             if part.lobe is not None:
-                inside_part &= _lobe_mask(part.lobe, ay, zs[:, None, None])
+                inside_part &= _lobe_mask(part.lobe, ays, zs[:, None, None])
         inside_part &= body[sl]
         count = int(inside_part.sum())
         if not count:
@@ -568,16 +616,27 @@ def _render(
         block[inside_part] = values
         if part.label:
             labels[sl][inside_part] = _LABEL[part.label]
+        if region is not None and (part.label == "brain" or part.tissue == "csf"):
+            region[sl] |= inside_part
 
+    z_world = za * subj.height
+    if mr is not None:  # no table; Rician-like noise inside the body, zero background
+        noise = rng.normal(0.0, subj.noise / 400, size=hu.shape).astype(np.float32)
+        hu = np.abs(hu + noise)
+        hu[~body] = 0.0
+        return _Rendered(hu, labels, z_world, region)
     # CT table below the body (world coordinates, unrotated)
     table_y = subj.shift[1] - (118 * subj.scale + subj.fat + 20)
     table = (np.abs(wy - table_y) < 4) & (np.abs(wx) < 0.45 * w * subj.pixel)
-    hu[:, table & ~body.any(axis=0)] = hu_of["table"]
+    if tilt_step:
+        wyk = wy[None] + (np.arange(n) * tilt_step)[:, None, None]
+        table_k = (np.abs(wyk - table_y) < 4) & (np.abs(wx) < 0.45 * w * subj.pixel)[None]
+        hu[table_k & ~body] = hu_of["table"]
+    else:
+        hu[:, table & ~body.any(axis=0)] = hu_of["table"]
 
     hu += rng.normal(0.0, subj.noise, size=hu.shape).astype(np.float32)
-    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    z_world = za * subj.height
-    return image, labels, z_world
+    return _Rendered(hu, labels, z_world, region)
 
 
 def _lobe_mask(lobe: str, ay: Array, z: Array) -> npt.NDArray[np.bool_]:
@@ -624,20 +683,316 @@ def _splits(n: int, rng: np.random.Generator) -> list[str]:
     return [names[i] for i in rng.permutation(n)]
 
 
-def _write_subject(
-    out: Path, i: int, *, seed: int, shape: tuple[int, int]
-) -> tuple[str, str, int, str]:
-    """Render and write subject ``i``; returns its id, field of view and synthetic age/sex."""
+# --- realism options ------------------------------------------------------------------------
+
+#: Relative MR intensities (0..1) per tissue: T1-weighted-like (fat bright, fluid dark).
+_MR_T1: dict[str, float] = {
+    "air": 0.0, "gas": 0.0, "airway": 0.0, "lung": 0.04, "fat": 0.95, "visceral": 0.6,
+    "muscle": 0.3, "soft": 0.4, "brain": 0.55, "csf": 0.08, "eye": 0.12, "liver": 0.5,
+    "spleen": 0.36, "kidney": 0.4, "pancreas": 0.52, "adrenal": 0.42, "bile": 0.1,
+    "stomach": 0.3, "bowel": 0.34, "colon": 0.24, "bladder": 0.06, "blood": 0.1,
+    "venous": 0.22, "myocardium": 0.33, "disc": 0.3, "cancellous": 0.62, "cortical": 0.02,
+    "bone": 0.5, "rib": 0.45, "marrow": 0.8, "skull": 0.14, "teeth": 0.0, "table": 0.0,
+}  # fmt: skip
+#: T2-weighted-like: fluid bright, fat medium, muscle and bone dark.
+_MR_T2: dict[str, float] = {
+    "air": 0.0, "gas": 0.0, "airway": 0.0, "lung": 0.03, "fat": 0.7, "visceral": 0.5,
+    "muscle": 0.18, "soft": 0.35, "brain": 0.45, "csf": 0.95, "eye": 0.9, "liver": 0.22,
+    "spleen": 0.5, "kidney": 0.55, "pancreas": 0.35, "adrenal": 0.3, "bile": 0.92,
+    "stomach": 0.6, "bowel": 0.55, "colon": 0.4, "bladder": 0.97, "blood": 0.05,
+    "venous": 0.1, "myocardium": 0.2, "disc": 0.75, "cancellous": 0.45, "cortical": 0.02,
+    "bone": 0.35, "rib": 0.3, "marrow": 0.6, "skull": 0.1, "teeth": 0.0, "table": 0.0,
+}  # fmt: skip
+#: Blank padding value: air in HU for CT, zero for MR.
+PAD_CT = -1000
+
+
+@dataclass(frozen=True)
+class PhantomRealism:
+    """Options that make phantoms look like real archives; all off by default.
+
+    Each ``*_fraction`` is the share of subjects given that property. Which subjects get
+    it depends only on the subject's number and the option (a low-discrepancy sequence,
+    so about ``fraction * n`` subjects get it for any ``n``, and changing one option does
+    not change who gets another); its random details depend only on ``(seed, i)``.
+
+    Parameters
+    ----------
+    mr_fraction
+        Subjects written as MR-like images: the same anatomy with T1- or T2-like tissue
+        contrasts (fat bright, bone and air dark; fluid dark or bright), zero background,
+        no CT table, a smooth intensity bias field and an arbitrary intensity scale (one
+        of ``mr_scales``: the maximum is about that value). Still written as the
+        layout's ``ct.nii.gz``: a NIfTI carries no modality, only ``meta.csv`` says MR.
+    mr_scales
+        Intensity maxima the MR subjects draw from. A scale below 255 is written as
+        ``float32`` (e.g. 0..1), otherwise as ``int16`` (e.g. 0..4000).
+    skull_stripped_fraction
+        Brain-only head volumes (as skull-stripped MR templates, so always MR-like): the
+        field of view covers the head plus 10-35 mm of empty space above the vertex,
+        every voxel outside the brain is 0 and only the brain mask is non-empty; the top
+        slices are near-empty or blank.
+    padding_fraction
+        Subjects with 1..``padding_slices`` constant blank slices below and above the
+        body (exactly -1000 HU for CT, 0 for MR; empty masks there).
+    padding_slices
+        Most blank slices added at each end.
+    non_square_fraction
+        Subjects with a non-square in-plane matrix: one axis shortened to 0.75-0.9 of
+        the requested ``shape`` (rows for bodies, wider than deep; columns for
+        skull-stripped heads, deeper than wide; e.g. 197 x 233 at ``shape=(233, 233)``),
+        with square pixels whose size the affine states.
+    thicknesses
+        Slice thicknesses (mm) of the re-sliced copies; see ``resliced_fraction``.
+    resliced_fraction
+        Subjects written once per thickness of ``thicknesses`` instead of once, as
+        separate subjects ``sXXXX_<t>mm`` (e.g. ``s0003_2.5mm``) in the same split. The
+        subject is rendered at the thinnest thickness (its z range cropped about its
+        centre to keep at most :data:`MAX_SLICES` slices), and each copy is resampled
+        from it: linear interpolation along z for the image, nearest slice for the
+        masks; every copy starts at the same z (mm).
+    tilt_fraction
+        Gantry-tilted subjects: a sheared affine whose slice step has a ``y`` component
+        ``thickness * tan(tilt)`` (slices stay axial; each slice's grid is shifted along
+        ``y``, and the anatomy is rendered in those true positions).
+    tilt_deg
+        Largest tilt in degrees; a tilted subject draws ``|tilt|`` in
+        ``[tilt_deg / 3, tilt_deg]`` with a random sign.
+
+    Raises
+    ------
+    DatasetError
+        A fraction outside [0, 1], a non-positive thickness or scale, a negative
+        padding, or a tilt outside (0, 45) degrees.
+
+    Examples
+    --------
+    >>> PhantomRealism(mr_fraction=0.5).active
+    True
+    >>> PhantomRealism().active
+    False
+    """
+
+    mr_fraction: float = 0.0
+    mr_scales: tuple[float, ...] = (1.0, 1000.0, 4000.0)
+    skull_stripped_fraction: float = 0.0
+    padding_fraction: float = 0.0
+    padding_slices: int = 12
+    non_square_fraction: float = 0.0
+    thicknesses: tuple[float, ...] = (1.5, 2.5, 5.0)
+    resliced_fraction: float = 0.0
+    tilt_fraction: float = 0.0
+    tilt_deg: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "mr_fraction", "skull_stripped_fraction", "padding_fraction",
+            "non_square_fraction", "resliced_fraction", "tilt_fraction",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise DatasetError(f"PhantomRealism.{name} must be in [0, 1], got {value}")
+        if not self.mr_scales or min(self.mr_scales) <= 0:
+            raise DatasetError(f"mr_scales must be positive numbers, got {self.mr_scales}")
+        if not self.thicknesses or min(self.thicknesses) <= 0:
+            raise DatasetError(f"thicknesses must be positive (mm), got {self.thicknesses}")
+        if len(set(self.thicknesses)) != len(self.thicknesses):
+            raise DatasetError(f"thicknesses must be distinct, got {self.thicknesses}")
+        if self.padding_slices < 0:
+            raise DatasetError(f"padding_slices must be >= 0, got {self.padding_slices}")
+        if not 0.0 < self.tilt_deg < 45.0:
+            raise DatasetError(f"tilt_deg must be in (0, 45) degrees, got {self.tilt_deg}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any option is on (all fractions zero: plain CT phantoms)."""
+        return any(
+            f > 0
+            for f in (
+                self.mr_fraction, self.skull_stripped_fraction, self.padding_fraction,
+                self.non_square_fraction, self.resliced_fraction, self.tilt_fraction,
+            )
+        )  # fmt: skip
+
+
+#: Named :class:`PhantomRealism` presets for ``make_phantoms(realism=...)``.
+REALISM_PRESETS: dict[str, PhantomRealism] = {
+    "hard": PhantomRealism(
+        mr_fraction=0.3,
+        skull_stripped_fraction=0.15,
+        padding_fraction=0.4,
+        non_square_fraction=0.3,
+        resliced_fraction=0.25,
+        tilt_fraction=0.2,
+    ),
+}
+
+# low-discrepancy selection: subject i has option o when frac((i + 1/2) * m_o) < fraction
+_PICK = {"mr": 0.6180339887, "skull": 0.4142135624, "pad": 0.7320508076,
+         "square": 0.2360679775, "reslice": 0.6457513111, "tilt": 0.3166247904}  # fmt: skip
+
+
+def _picked(option: str, i: int, fraction: float) -> bool:
+    return fraction > 0 and ((i + 0.5) * _PICK[option]) % 1.0 < fraction
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The realism of one subject."""
+
+    mr: dict[str, float] | None  # tissue -> relative intensity, or None for CT
+    mr_scale: float
+    weighting: str  # "t1" / "t2" (MR), "" (CT)
+    skull_stripped: bool
+    pad: tuple[int, int]  # blank slices below, above
+    aspect: float  # shortened axis / requested size (1.0: as requested)
+    tilt_deg: float
+    thicknesses: tuple[float, ...]  # () = one copy at the drawn thickness
+    u: tuple[float, ...]  # spare uniforms (head window, bias field)
+
+
+def _plan(realism: PhantomRealism | None, seed: int, i: int) -> _Plan:
+    if realism is None or not realism.active:
+        return _Plan(None, 1.0, "", False, (0, 0), 1.0, 0.0, (), ())
+    rng = np.random.default_rng([seed, i, 7919])  # apart from the anatomy's stream
+    u = rng.random(12)
+    jitter = rng.uniform(0.9, 1.1, len(_MR_T1))
+    mr: dict[str, float] | None = None
+    weighting = ""
+    skull = _picked("skull", i, realism.skull_stripped_fraction)
+    if skull or _picked("mr", i, realism.mr_fraction):
+        weighting = "t1" if u[0] < 0.5 else "t2"
+        table = _MR_T1 if weighting == "t1" else _MR_T2
+        mr = {k: float(min(1.0, v * j)) for (k, v), j in zip(table.items(), jitter, strict=True)}
+    scale = float(realism.mr_scales[int(u[1] * len(realism.mr_scales))])
+    pad = (0, 0)
+    if _picked("pad", i, realism.padding_fraction) and realism.padding_slices > 0:
+        pad = (1 + int(u[2] * realism.padding_slices), 1 + int(u[3] * realism.padding_slices))
+    aspect = 0.75 + 0.15 * float(u[4]) if _picked("square", i, realism.non_square_fraction) else 1.0
+    tilt = 0.0
+    if _picked("tilt", i, realism.tilt_fraction):
+        tilt = (1 / 3 + 2 / 3 * float(u[5])) * realism.tilt_deg * (1 if u[6] < 0.5 else -1)
+    thick = tuple(realism.thicknesses) if _picked("reslice", i, realism.resliced_fraction) else ()
+    return _Plan(
+        mr, scale, weighting, skull, pad,
+        aspect, tilt, thick, tuple(float(x) for x in u[7:]),
+    )  # fmt: skip
+
+
+def _apply_plan(subj: _Subject, plan: _Plan, shape: tuple[int, int]) -> tuple[_Subject, int, int]:
+    """The subject's geometry under its plan, and its in-plane matrix size."""
     rows, cols = shape
+    if plan.skull_stripped:  # the head, 10-35 mm of air above the vertex, brain-sized FOV
+        fov_mm = 2 * 81 * subj.scale * (1.2 + 0.2 * plan.u[0])
+        ratio = fov_mm / (subj.pixel * cols)
+        subj = replace(
+            subj,
+            fov="skull_stripped",
+            z_range=(830.0 + 10 * plan.u[1], 1010.0 + 25 * plan.u[2]),
+            pixel=fov_mm / rows,
+            shift=(subj.shift[0] * ratio, subj.shift[1] * ratio),
+        )
+    if plan.thicknesses:  # rendered at the thinnest, at most MAX_SLICES slices
+        base = min(plan.thicknesses)
+        lo, hi = subj.z_range
+        most = (MAX_SLICES - 1) * base / subj.height * 0.999
+        if hi - lo > most:
+            mid = 0.5 * (lo + hi)
+            lo, hi = mid - most / 2, mid + most / 2
+        subj = replace(subj, thickness=base, z_range=(lo, hi))
+    if plan.aspect < 1.0:
+        if plan.skull_stripped:
+            cols = max(16, round(cols * plan.aspect))
+        else:
+            rows = max(16, round(rows * plan.aspect))
+    return subj, rows, cols
+
+
+def _reslice(
+    image: npt.NDArray[np.float32], labels: npt.NDArray[np.uint8], base: float, thickness: float
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Resample along z from ``base`` to ``thickness`` mm (linear image, nearest masks)."""
+    if thickness == base:
+        return image, labels
+    n = len(image)
+    m = math.floor((n - 1) * base / thickness + 1e-9) + 1
+    f = np.arange(m) * thickness / base  # fractional source slice of each new slice
+    i0 = np.minimum(np.floor(f + 1e-9).astype(np.int64), n - 2)
+    w = (f - i0).astype(np.float32)[:, None, None]
+    out = image[i0] * (1 - w) + image[i0 + 1] * w
+    return out.astype(np.float32), labels[np.rint(f).astype(np.int64)]
+
+
+def _write_subject(
+    out: Path, i: int, *, seed: int, shape: tuple[int, int], realism: PhantomRealism | None
+) -> list[dict[str, str]]:
+    """Render and write subject ``i`` (one folder per copy); returns their meta rows."""
     rng = np.random.default_rng([seed, i])
-    subj = _draw_subject(rng, i, cols)
-    image, labels, z_world = _render(subj, rng, (rows, cols))
-    affine = np.diag([subj.pixel, subj.pixel, subj.thickness, 1.0])
-    affine[:3, 3] = (-(cols - 1) / 2 * subj.pixel, -(rows - 1) / 2 * subj.pixel, z_world[0])
-    sid = f"s{i:04d}"
-    folder = out / sid / MASK_FOLDER
-    folder.mkdir(parents=True)
-    (out / sid / IMAGE_FILE).write_bytes(_nifti_gz(image, affine))
+    subj = _draw_subject(rng, i, shape[1])
+    plan = _plan(realism, seed, i)
+    subj, rows, cols = _apply_plan(subj, plan, shape)
+    tilt_tan = math.tan(math.radians(plan.tilt_deg))
+    r = _render(
+        subj, rng, (rows, cols), mr=plan.mr, tilt_step=subj.thickness * tilt_tan,
+        brain=plan.skull_stripped,
+    )  # fmt: skip
+    image, labels = r.image, r.labels
+    if plan.skull_stripped and r.brain is not None:
+        image = np.where(r.brain, image, np.float32(0.0))
+        labels = np.where(r.brain, labels, np.uint8(0)).astype(np.uint8)
+    if plan.mr is not None:  # smooth in-plane bias field, then the intensity scale
+        gy = np.linspace(-1, 1, rows, dtype=np.float32)[:, None]
+        gx = np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
+        field = 1 + 0.3 * (plan.u[3] - 0.5) * gx + 0.3 * (plan.u[4] - 0.5) * gy
+        image = (image * (field * plan.mr_scale)).astype(np.float32)
+    age, sex = int(rng.integers(20, 90)), ("m", "f")[int(rng.integers(2))]
+    source = f"s{i:04d}"
+    modality = "CT" if plan.mr is None else "MR"
+    study = f"{modality.lower()}{' ' + plan.weighting if plan.weighting else ''} "
+    study += subj.fov.replace("_", " ")
+    rows_out: list[dict[str, str]] = []
+    for thickness in plan.thicknesses or (subj.thickness,):
+        img, lab = _reslice(image, labels, subj.thickness, thickness)
+        sid = source if not plan.thicknesses else f"{source}_{thickness:g}mm"
+        below, above = plan.pad
+        if plan.mr is None:
+            data: npt.NDArray[Any] = np.clip(np.rint(img), -1024, 3071).astype(np.int16)
+            pad_value: float = PAD_CT
+        elif plan.mr_scale >= 255:
+            data, pad_value = np.clip(np.rint(img), 0, 32767).astype(np.int16), 0
+        else:
+            data, pad_value = img.astype(np.float32), 0
+        if below or above:
+            data = np.pad(data, ((below, above), (0, 0), (0, 0)), constant_values=pad_value)
+            lab = np.pad(lab, ((below, above), (0, 0), (0, 0)))
+        step_y = thickness * tilt_tan
+        affine = np.diag([subj.pixel, subj.pixel, thickness, 1.0])
+        affine[1, 2] = step_y
+        affine[:3, 3] = (
+            -(cols - 1) / 2 * subj.pixel,
+            -(rows - 1) / 2 * subj.pixel - below * step_y,
+            r.z_world[0] - below * thickness,
+        )
+        _write_files(out / sid, data, lab, affine)
+        rows_out.append(
+            {
+                "image_id": sid, "age": str(age), "gender": sex, "institute": "phantom",
+                "study_type": study, "modality": modality,
+                "slice_thickness_mm": f"{thickness:g}", "padding_below": str(below),
+                "padding_above": str(above), "tilt_deg": f"{plan.tilt_deg:.4f}",
+                "skull_stripped": str(int(plan.skull_stripped)), "source_id": source,
+            }
+        )  # fmt: skip
+    return rows_out
+
+
+def _write_files(
+    folder: Path, image: npt.NDArray[Any], labels: npt.NDArray[np.uint8], affine: Array
+) -> None:
+    """``folder/ct.nii.gz`` and one ``segmentations/<class>.nii.gz`` per v1 class."""
+    masks = folder / MASK_FOLDER
+    masks.mkdir(parents=True)
+    (folder / IMAGE_FILE).write_bytes(_nifti_gz(image, affine))
     present = set(np.unique(labels).tolist())
     empty: bytes | None = None
     for name, value in _LABEL.items():
@@ -647,9 +1002,96 @@ def _write_subject(
             if empty is None:
                 empty = _nifti_gz(np.zeros(labels.shape, np.uint8), affine)
             data = empty
-        (folder / f"{name}.nii.gz").write_bytes(data)
-    age, sex = int(rng.integers(20, 90)), ("m", "f")[int(rng.integers(2))]
-    return sid, subj.fov, age, sex
+        (masks / f"{name}.nii.gz").write_bytes(data)
+
+
+#: Columns of the ``meta.csv`` that :func:`make_phantoms` writes.
+META_COLUMNS: tuple[str, ...] = (
+    "image_id", "age", "gender", "institute", "study_type", "split", "modality",
+    "slice_thickness_mm", "padding_below", "padding_above", "tilt_deg", "skull_stripped",
+    "source_id",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PhantomFacts:
+    """What :func:`make_phantoms` recorded about one subject in ``meta.csv``.
+
+    Attributes
+    ----------
+    modality
+        ``"CT"`` or ``"MR"`` (the image file is ``ct.nii.gz`` either way).
+    thickness_mm
+        Slice thickness.
+    padding
+        Blank slices ``(below, above)`` the body.
+    tilt_deg
+        Gantry tilt (0: none).
+    skull_stripped
+        A brain-only head volume.
+    source_id
+        The subject it was rendered from (itself, or the original of a re-sliced copy).
+    split
+        ``train``, ``val`` or ``test``.
+    """
+
+    modality: str
+    thickness_mm: float
+    padding: tuple[int, int]
+    tilt_deg: float
+    skull_stripped: bool
+    source_id: str
+    split: str
+
+
+def phantom_facts(root: str | os.PathLike[str]) -> dict[str, PhantomFacts]:
+    """Per-subject facts of a phantom set, read from its ``meta.csv``.
+
+    Parameters
+    ----------
+    root
+        A folder written by :func:`make_phantoms`.
+
+    Returns
+    -------
+    dict
+        Subject id -> :class:`PhantomFacts`, in ``meta.csv`` order.
+
+    Raises
+    ------
+    DatasetError
+        No ``meta.csv``, or one without the columns :func:`make_phantoms` writes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> ds = make_phantoms(tempfile.mkdtemp(), 2, shape=(24, 24))
+    >>> phantom_facts(ds.root)["s0000"].modality
+    'CT'
+    """
+    path = Path(root) / META_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the phantom meta file ({exc})") from None
+    reader = csv.DictReader(text.splitlines(), delimiter=";")
+    missing = [c for c in META_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise DatasetError(
+            f"{path}: not a phantom meta file (make_phantoms); missing columns {missing}"
+        )
+    return {
+        row["image_id"]: PhantomFacts(
+            modality=row["modality"],
+            thickness_mm=float(row["slice_thickness_mm"]),
+            padding=(int(row["padding_below"]), int(row["padding_above"])),
+            tilt_deg=float(row["tilt_deg"]),
+            skull_stripped=row["skull_stripped"] == "1",
+            source_id=row["source_id"],
+            split=row["split"],
+        )
+        for row in reader
+    }
 
 
 def make_phantoms(
@@ -658,33 +1100,44 @@ def make_phantoms(
     *,
     seed: int = 0,
     shape: tuple[int, int] = (128, 128),
+    realism: PhantomRealism | str | None = None,
     verbose: bool = False,
 ) -> TotalSegmentator:
-    """Write ``n`` synthetic CT subjects in the TotalSegmentator layout.
+    """Write ``n`` synthetic subjects in the TotalSegmentator layout (CT, or MR-like).
 
     Parameters
     ----------
     root
         Output folder; created if needed, and must be empty.
     n
-        Number of subjects (``s0000`` ...). Subject ``i`` cycles through the field-of-view
-        presets of :data:`FIELDS_OF_VIEW` (``s0000`` is whole-body).
+        Number of subjects rendered (``s0000`` ...). Subject ``i`` cycles through the
+        field-of-view presets of :data:`FIELDS_OF_VIEW` (``s0000`` is whole-body). A
+        re-sliced subject (``realism``) is written once per thickness, so the data set
+        may hold more than ``n`` subjects.
     seed
-        Random seed; subject ``i`` depends only on ``(seed, i)``.
+        Random seed; subject ``i`` depends only on ``(seed, i)`` (and ``realism``).
     shape
-        In-plane size ``(rows, columns)`` of every slice.
+        In-plane size ``(rows, columns)`` of every slice (of the square ones, with
+        ``realism``'s non-square option).
+    realism
+        A :class:`PhantomRealism`, the name of a preset of :data:`REALISM_PRESETS`
+        (``"hard"``), or None (default): plain CT phantoms, byte-identical to those
+        written without the option.
     verbose
         Show a progress bar.
 
     Returns
     -------
     TotalSegmentator
-        The data set just written.
+        The data set just written. Its ``meta.csv`` has the columns
+        :data:`META_COLUMNS` (modality, slice thickness, padding, tilt, ...; read them
+        with :func:`phantom_facts`).
 
     Raises
     ------
     DatasetError
-        ``n`` < 1, a ``shape`` smaller than 16 pixels, or a non-empty ``root``.
+        ``n`` < 1, a ``shape`` smaller than 16 pixels, a non-empty ``root`` or an
+        unknown ``realism`` preset.
 
     Examples
     --------
@@ -700,21 +1153,38 @@ def make_phantoms(
         raise DatasetError(f"n must be >= 1, got {n}")
     if len(shape) != 2 or min(shape) < 16:
         raise DatasetError(f"shape must be (rows, columns), each >= 16, got {shape}")
+    if isinstance(realism, str):
+        if realism not in REALISM_PRESETS:
+            raise DatasetError(
+                f"unknown realism preset {realism!r}; valid: {', '.join(REALISM_PRESETS)}"
+            )
+        realism = REALISM_PRESETS[realism]
     out = Path(root)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out}: exists and is not an empty folder; choose a new root")
     out.mkdir(parents=True, exist_ok=True)
     rows, cols = int(shape[0]), int(shape[1])
-    meta = ["image_id;age;gender;institute;study_type;split"]
+    meta = [";".join(META_COLUMNS)]
     splits = _splits(n, np.random.default_rng([seed, n, 7]))
-    work = partial(_write_subject, out, seed=seed, shape=(rows, cols))
+    work = partial(_write_subject, out, seed=seed, shape=(rows, cols), realism=realism)
     # zlib and most numpy kernels release the GIL: subjects are written on threads
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         done = tqdm(pool.map(work, range(n)), total=n, desc="phantoms", disable=not verbose)
-        for i, (sid, fov, age, sex) in enumerate(done):
-            meta.append(f"{sid};{age};{sex};phantom;ct {fov.replace('_', ' ')};{splits[i]}")
+        for i, copies in enumerate(done):
+            for row in copies:  # copies of one subject share its split
+                row["split"] = splits[i]
+                meta.append(";".join(row[c] for c in META_COLUMNS))
     (out / META_FILE).write_text("\n".join(meta) + "\n", encoding="utf-8")
     return TotalSegmentator(out)
 
 
-__all__ = ["FIELDS_OF_VIEW", "MAX_SLICES", "make_phantoms"]
+__all__ = [
+    "FIELDS_OF_VIEW",
+    "MAX_SLICES",
+    "META_COLUMNS",
+    "REALISM_PRESETS",
+    "PhantomFacts",
+    "PhantomRealism",
+    "make_phantoms",
+    "phantom_facts",
+]
