@@ -97,14 +97,16 @@ class MaxSimRerank(Stage):
     Output: volume-level hits ordered by MaxSim score (ties: earlier rank first) with extra
     column ``prior_rank`` (rank before re-ranking); other extra columns are carried along.
     For each ``(query_id, volume_id)`` the database slice that best matches each query
-    slice goes to ``context.evidence["maxsim"]`` (slice indices, one per query slice).
+    slice goes to ``context.evidence["maxsim"]`` (slice indices, one per query slice) and
+    its similarity to ``context.evidence["maxsim_similarity"]`` (float64, one per query
+    slice; robust localization drops query slices whose best match is poor).
     """
 
     top: int = 20
 
     input_level: ClassVar[StageLevel] = "volume"
     output_level: ClassVar[StageLevel] = "volume"
-    provides: ClassVar[frozenset[str]] = frozenset({"maxsim"})
+    provides: ClassVar[frozenset[str]] = frozenset({"maxsim", "maxsim_similarity"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.top, (int, np.integer)) or isinstance(self.top, bool):
@@ -117,6 +119,8 @@ class MaxSimRerank(Stage):
         index = context.require_index(self)
         evidence: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
         context.evidence["maxsim"] = evidence
+        best_sims: dict[tuple[str, str], npt.NDArray[np.float64]] = {}
+        context.evidence["maxsim_similarity"] = best_sims
         kept = hits.top(int(self.top))
         parts: list[Hits] = []
         from tqdm.auto import tqdm
@@ -133,6 +137,8 @@ class MaxSimRerank(Stage):
             for j, vid in enumerate(vids):
                 slice_ids = np.asarray(index.slice_meta(vid)["slice_index"], dtype=np.int64)
                 evidence[(qid, vid)] = slice_ids[argmax[:, j]]
+                best = vectors[offsets[j] + argmax[:, j]]
+                best_sims[(qid, vid)] = np.einsum("td,td->t", q, best, dtype=np.float64)
             order = np.argsort(-scores, kind="stable")
             parts.append(
                 Hits(
