@@ -427,7 +427,11 @@ def _run_extractor(
             if not region_modes or not region_queries:
                 continue
             chain = _chain(
-                search, rerank=rr, top=top, localize="localized" in region_modes, trim=vote_trim,
+                search,
+                rerank=rr,
+                top=top,
+                localize="localized" in region_modes,
+                trim=vote_trim,
                 normalize=vote_normalize,
             )
             hits = chain.retrieve(list(region_queries), verbose=verbose)

@@ -129,9 +129,10 @@ class Localize(Stage):
         Fraction of matched slices ignored at each end of the span (robustness to
         isolated outlier matches); ``0`` (default) uses the full span. With
         ``method="votes"`` and ``trim=0`` the span runs from the lowest to the highest
-        slice that got **any** vote (``k`` neighbours per query slice), so a single
-        stray vote far from the query's anatomy stretches it over much of the volume;
-        ``trim=0.1`` (the default of :func:`cbirlib.benchmarking.benchmark`) gives a
+        slice that got **any** counted vote (with ``CountVotes(normalize="none")`` all
+        ``k`` neighbours of every query slice; by default the best slice of each query
+        slice), so a single stray vote far from the query's anatomy stretches it over
+        much of the volume; ``trim=0.1`` (the default of :func:`cbirlib.benchmarking.benchmark`) gives a
         tighter span: a higher localization ratio, at a slightly lower localized recall
         on the phantom benchmark. The MaxSim argmax slices (one per query slice) are
         tighter still without trimming. Applied after ``robust``.
