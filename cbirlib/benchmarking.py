@@ -324,8 +324,8 @@ def benchmark(
             results += _run_extractor(
                 name, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
                 reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
-                vote_trim=vote_trim, vote_normalize=vote_normalize, extractor_options=dict(extractor_options or {}),
-                verbose=verbose,
+                vote_trim=vote_trim, vote_normalize=vote_normalize,
+                extractor_options=dict(extractor_options or {}), verbose=verbose,
             )  # fmt: skip
         coarse_rows = coarse_regions() if groups is None else tuple(sorted(set(groups.values())))
         rows = {"coarse": coarse_rows, "fine": TOTALSEG_V1_CLASSES}

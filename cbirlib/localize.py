@@ -132,9 +132,10 @@ class Localize(Stage):
         slice that got **any** counted vote (with ``CountVotes(normalize="none")`` all
         ``k`` neighbours of every query slice; by default the best slice of each query
         slice), so a single stray vote far from the query's anatomy stretches it over
-        much of the volume; ``trim=0.1`` (the default of :func:`cbirlib.benchmarking.benchmark`) gives a
-        tighter span: a higher localization ratio, at a slightly lower localized recall
-        on the phantom benchmark. The MaxSim argmax slices (one per query slice) are
+        much of the volume; ``trim=0.1`` (the default of
+        :func:`cbirlib.benchmarking.benchmark`) gives a tighter span: a higher
+        localization ratio, at a slightly lower localized recall on the phantom
+        benchmark. The MaxSim argmax slices (one per query slice) are
         tighter still without trimming. Applied after ``robust``.
     robust
         How poor MaxSim matches are dropped before the span is taken (a query slice whose
