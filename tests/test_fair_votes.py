@@ -127,10 +127,11 @@ def test_outlier_query_slice_no_longer_stretches_the_span() -> None:
     # a liver query whose lowest slice (body position 0.05) lies below the target's view
     pos = np.array([0.05, 0.55, 0.6, 0.65, 0.7])
     query = Volume("q", np.broadcast_to(pos[:, None, None], (5, 4, 4)).astype(np.float32))
-    assert target.labels is not None and other.labels is not None
+    query_labels = body_volume("q", 0.55, 0.7, 5).labels
+    assert target.labels is not None and other.labels is not None and query_labels is not None
     truth = Truth(
         database={"t": target.labels, "u": other.labels},
-        queries={"q": body_volume("q", 0.55, 0.7, 5).labels},  # type: ignore[dict-item]
+        queries={"q": query_labels},
         regions={"q": "liver"},
     )
     search = SliceSearch(PositionExtractor(), index, k=10) >> CountVotes() >> MaxSimRerank(top=2)
