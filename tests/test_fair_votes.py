@@ -59,6 +59,7 @@ def test_fair_votes_rank_the_scan_that_covers_the_query_first() -> None:
     assert CountVotes().normalize == "once-per-query-slice"  # the measured default
 
 
+@pytest.mark.slow
 def test_fair_votes_on_resliced_phantoms(tmp_path: Path) -> None:
     ds = make_phantoms(tmp_path, 2, shape=(32, 32), seed=4)
     query, subject = (ds.load(s) for s in ds.subjects)
