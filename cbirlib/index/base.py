@@ -30,6 +30,7 @@ from cbirlib.errors import (
     DuplicateVolumeError,
     IndexFormatError,
     InvalidVolumeError,
+    SettingError,
     SliceIndexError,
     VolumeNotInIndexError,
 )
@@ -52,13 +53,17 @@ from cbirlib.index.meta import (
     normalise_config,
     parse_meta,
 )
+from cbirlib.modality import UNKNOWN, normalize_modality
 
 logger = logging.getLogger(__name__)
 
 _LOAD_ATTEMPTS = 40  # reads of an index that saves keep replacing, before giving up
-META_KEYS = ("slice_index", "z_mm")
+META_KEYS = ("slice_index", "z_mm", "informative")
+#: Per-volume modality codes, aligned with ``volumes.npy``; absent in older indexes.
+MODALITY_FILE = "modalities.npy"
+INFORMATIVE_FILE = "informative.npy"  # absent in indexes written before the flags
 
-__all__ = ["BaseIndex", "SliceMatches", "exact_search"]
+__all__ = ["BaseIndex", "SliceMatches", "exact_search", "parse_slice_meta"]
 
 _T = TypeVar("_T", bound="BaseIndex")
 
@@ -68,12 +73,16 @@ class SliceMatches:
     """Result of :meth:`SliceIndex.search`: ``k`` nearest slices for each query row.
 
     All arrays have shape ``(n_queries, k)``; rows are sorted by descending score.
+    ``informative`` says whether each matched slice is informative (see
+    :mod:`cbirlib.informative`); ``None`` (a backend that does not store the flags)
+    means all are.
     """
 
     volume_ids: npt.NDArray[np.object_]
     slice_indices: I64
     scores: F32
     z_mm: npt.NDArray[np.float64]
+    informative: npt.NDArray[np.bool_] | None = None
 
     @property
     def k(self) -> int:
@@ -124,6 +133,41 @@ def exact_search(
     return best_l, best_s
 
 
+def parse_slice_meta(
+    volume_id: str, n: int, slice_meta: Mapping[str, npt.ArrayLike] | None
+) -> tuple[I64, npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Validate the ``slice_meta`` given to ``add``: ``(slice_index int64, z_mm float64)``.
+
+    Also ``informative`` (bool, default all ``True``) as a third element.
+    Missing keys default to ``0..n-1`` and NaN (unknown position); unknown keys, wrong
+    shapes and negative or non-integer slice numbers raise
+    :class:`~cbirlib.errors.SliceIndexError`.
+    """
+    meta = dict(slice_meta or {})
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise SliceIndexError(
+            f"volume {volume_id!r}: unknown slice_meta keys {unknown}; "
+            f"valid keys: {', '.join(META_KEYS)}"
+        )
+    z = np.asarray(meta.get("z_mm", np.full(n, np.nan)), dtype=np.float64)
+    idx_raw = np.asarray(meta.get("slice_index", np.arange(n)))
+    if z.shape != (n,) or idx_raw.shape != (n,):
+        raise SliceIndexError(
+            f"volume {volume_id!r}: slice_meta arrays must have shape ({n},), got "
+            f"z_mm {z.shape} and slice_index {idx_raw.shape}"
+        )
+    if not np.issubdtype(idx_raw.dtype, np.integer) or (idx_raw < 0).any():
+        raise SliceIndexError(f"volume {volume_id!r}: slice_index must hold non-negative integers")
+    flags = np.asarray(meta.get("informative", np.ones(n, bool)))
+    if flags.shape != (n,) or flags.dtype != np.bool_:
+        raise SliceIndexError(
+            f"volume {volume_id!r}: slice_meta 'informative' must be a bool array of "
+            f"shape ({n},), got {flags.dtype} {flags.shape}"
+        )
+    return idx_raw.astype(np.int64), z, flags
+
+
 class BaseIndex(ABC):
     """Keys, slice metadata, vector access and persistence shared by the indexes.
 
@@ -149,11 +193,13 @@ class BaseIndex(ABC):
         self._extractor_config = normalise_config(extractor_config)
         self._ef = config.ef_search
         self._spans: dict[str, tuple[int, int]] = {}  # id -> (first label, n), insertion order
+        self._modality: dict[str, str] = {}  # id -> modality code ("unknown": not recorded)
         self._removed: set[str] = set()  # ids removed since creation, for clearer errors
         self._next_label = 0
         self._n_entries = 0
         self._slice_index = np.zeros(0, np.int64)  # per label
         self._z_mm = np.zeros(0, np.float64)  # per label
+        self._informative = np.zeros(0, bool)  # per label
         self._alive = np.zeros(0, bool)  # per label
         self._table: tuple[I64, npt.NDArray[np.object_]] | None = None
         self._lock = threading.RLock()
@@ -216,6 +262,27 @@ class BaseIndex(ABC):
         return len(self._spans)
 
     @property
+    def modalities(self) -> dict[str, str]:
+        """Volume id -> modality (``"CT"``, ``"MR"``, ...; ``"unknown"``: not recorded).
+
+        Indexes saved before modalities were recorded load with ``"unknown"`` for every
+        volume.
+        """
+        with self._lock:
+            return {vid: self._modality.get(vid, UNKNOWN) for vid in self._spans}
+
+    def modality(self, volume_id: str) -> str:
+        """The modality recorded for one volume (``"unknown"`` when none was).
+
+        Raises
+        ------
+        VolumeNotInIndexError
+            ``volume_id`` is not in the index.
+        """
+        self._span(volume_id)
+        return self._modality.get(volume_id, UNKNOWN)
+
+    @property
     def extractor_config(self) -> dict[str, Any] | None:
         """Config of the extractor that made the vectors (None when not recorded)."""
         return None if self._extractor_config is None else dict(self._extractor_config)
@@ -273,7 +340,12 @@ class BaseIndex(ABC):
         if n <= len(self._alive):
             return
         cap = max(n, 2 * len(self._alive), 1024)
-        for name, fill in (("_slice_index", 0), ("_z_mm", np.nan), ("_alive", False)):
+        for name, fill in (
+            ("_slice_index", 0),
+            ("_z_mm", np.nan),
+            ("_informative", True),
+            ("_alive", False),
+        ):
             old = getattr(self, name)
             new = np.full(cap, fill, old.dtype)
             new[: len(old)] = old
@@ -281,26 +353,8 @@ class BaseIndex(ABC):
 
     def _parse_meta(
         self, volume_id: str, n: int, slice_meta: dict[str, npt.ArrayLike] | None
-    ) -> tuple[I64, npt.NDArray[np.float64]]:
-        meta = dict(slice_meta or {})
-        unknown = sorted(set(meta) - set(META_KEYS))
-        if unknown:
-            raise SliceIndexError(
-                f"volume {volume_id!r}: unknown slice_meta keys {unknown}; "
-                f"valid keys: {', '.join(META_KEYS)}"
-            )
-        z = np.asarray(meta.get("z_mm", np.full(n, np.nan)), dtype=np.float64)
-        idx_raw = np.asarray(meta.get("slice_index", np.arange(n)))
-        if z.shape != (n,) or idx_raw.shape != (n,):
-            raise SliceIndexError(
-                f"volume {volume_id!r}: slice_meta arrays must have shape ({n},), got "
-                f"z_mm {z.shape} and slice_index {idx_raw.shape}"
-            )
-        if not np.issubdtype(idx_raw.dtype, np.integer) or (idx_raw < 0).any():
-            raise SliceIndexError(
-                f"volume {volume_id!r}: slice_index must hold non-negative integers"
-            )
-        return idx_raw.astype(np.int64), z
+    ) -> tuple[I64, npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        return parse_slice_meta(volume_id, n, slice_meta)
 
     def add(
         self,
@@ -308,6 +362,7 @@ class BaseIndex(ABC):
         embeddings: npt.ArrayLike,
         *,
         slice_meta: dict[str, npt.ArrayLike] | None = None,
+        modality: str = UNKNOWN,
     ) -> None:
         """Add the slice embeddings of one volume.
 
@@ -321,15 +376,24 @@ class BaseIndex(ABC):
         slice_meta
             Optional ``"z_mm"`` (n,) slice positions in mm (default NaN: unknown) and
             ``"slice_index"`` (n,) slice numbers within the volume (default
-            ``0..n-1``; give them when only some slices are stored).
+            ``0..n-1``; give them when only some slices are stored), and
+            ``"informative"`` (n,) bool, ``False`` for blank slices
+            (:func:`cbirlib.informative.informative_slices`; default all ``True``).
+        modality
+            The volume's modality (``"CT"``, ``"MR"``, ...), recorded so that a query of
+            another modality can be told (:attr:`modalities`); default ``"unknown"``.
         """
         if not isinstance(volume_id, str) or not volume_id:
             raise SliceIndexError(f"volume id must be a non-empty string, got {volume_id!r}")
+        try:
+            code = normalize_modality(modality)
+        except SettingError as exc:
+            raise SliceIndexError(f"volume {volume_id!r}: {exc}") from None
         vectors = as_unit_rows(embeddings, self.dim, f"volume {volume_id!r}")
         n = len(vectors)
         if n == 0:
             raise InvalidVolumeError(f"volume {volume_id!r}: no slice embeddings to add")
-        slice_index, z = self._parse_meta(volume_id, n, slice_meta)
+        slice_index, z, flags = self._parse_meta(volume_id, n, slice_meta)
         with self._lock:
             if volume_id in self._spans:
                 raise DuplicateVolumeError(
@@ -341,8 +405,10 @@ class BaseIndex(ABC):
             self._backend_add(labels, vectors)
             self._slice_index[start : start + n] = slice_index
             self._z_mm[start : start + n] = z
+            self._informative[start : start + n] = flags
             self._alive[start : start + n] = True
             self._spans[volume_id] = (start, n)
+            self._modality[volume_id] = code
             self._removed.discard(volume_id)
             self._next_label += n
             self._n_entries += n
@@ -355,6 +421,7 @@ class BaseIndex(ABC):
             self._backend_remove(np.arange(start, start + n, dtype=np.int64))
             self._alive[start : start + n] = False
             del self._spans[volume_id]
+            self._modality.pop(volume_id, None)
             self._removed.add(volume_id)
             self._n_entries -= n
             self._table = None
@@ -380,12 +447,23 @@ class BaseIndex(ABC):
         return np.concatenate([self._rows(s, n) for s, n in spans]), offsets
 
     def slice_meta(self, volume_id: str) -> dict[str, npt.NDArray[Any]]:
-        """``{"slice_index": int64 (n,), "z_mm": float64 (n,)}`` of one volume (copies)."""
+        """``{"slice_index": int64 (n,), "z_mm": float64 (n,), "informative": bool (n,)}``.
+
+        Copies, for one volume. ``informative`` is ``False`` for blank slices (all
+        ``True`` in an index built before the flags existed).
+        """
         start, n = self._span(volume_id)
         return {
             "slice_index": self._slice_index[start : start + n].copy(),
             "z_mm": self._z_mm[start : start + n].copy(),
+            "informative": self._informative[start : start + n].copy(),
         }
+
+    @property
+    def n_uninformative(self) -> int:
+        """Number of indexed slices flagged uninformative (blank)."""
+        n = self._next_label
+        return int(np.count_nonzero(self._alive[:n] & ~self._informative[:n]))
 
     # -- search --------------------------------------------------------------------------------
 
@@ -431,6 +509,7 @@ class BaseIndex(ABC):
                 slice_indices=self._slice_index[labels],
                 scores=scores.astype(np.float32, copy=False),
                 z_mm=self._z_mm[labels],
+                informative=self._informative[labels],
             )
 
     def _exact_fallback(self, queries: F32, k: int) -> tuple[I64, F32]:
@@ -456,8 +535,11 @@ class BaseIndex(ABC):
                 save_npy(directory / "volumes.npy", np.array(list(self._spans), dtype=np.str_))
                 spans = np.array(list(self._spans.values()), np.int64).reshape(-1, 2)
                 save_npy(directory / "spans.npy", spans)
+                codes = [self._modality.get(v, UNKNOWN) for v in self._spans]
+                save_npy(directory / MODALITY_FILE, np.array(codes, dtype=np.str_))
                 save_npy(directory / "slice_index.npy", self._slice_index[:n_labels])
                 save_npy(directory / "z_mm.npy", self._z_mm[:n_labels])
+                save_npy(directory / INFORMATIVE_FILE, self._informative[:n_labels])
                 self._backend_save(directory)
                 files = {
                     f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
@@ -588,17 +670,35 @@ class BaseIndex(ABC):
         index._apply_ef()
         return index
 
+    def _load_modalities(self, directory: Path, meta: IndexMeta) -> list[str]:
+        """Per-volume modalities; ``"unknown"`` for each volume of an older index."""
+        if MODALITY_FILE not in meta.files:
+            return [UNKNOWN] * meta.n_volumes
+        codes = _modality_codes(load_npy(directory / MODALITY_FILE), meta.n_volumes)
+        if codes is None:
+            raise IndexFormatError(
+                f"index file {str(directory / MODALITY_FILE)!r} does not match meta.json counts"
+            )
+        return codes
+
     def _load_keys(self, directory: Path, meta: IndexMeta) -> None:
         n_labels, n_vol = meta.n_labels, meta.n_volumes
         volumes = load_npy(directory / "volumes.npy")
         spans = load_npy(directory / "spans.npy")
         slice_index = load_npy(directory / "slice_index.npy")
         z_mm = load_npy(directory / "z_mm.npy")
+        # indexes written before the flags existed: every slice is informative
+        flags = (
+            load_npy(directory / INFORMATIVE_FILE)
+            if INFORMATIVE_FILE in meta.files
+            else np.ones(n_labels, bool)
+        )
         checks = [
             ("volumes.npy", volumes.dtype.kind == "U" and volumes.shape == (n_vol,)),
             ("spans.npy", spans.dtype == np.int64 and spans.shape == (n_vol, 2)),
             ("slice_index.npy", slice_index.dtype == np.int64 and slice_index.shape == (n_labels,)),
             ("z_mm.npy", z_mm.dtype == np.float64 and z_mm.shape == (n_labels,)),
+            (INFORMATIVE_FILE, flags.dtype == np.bool_ and flags.shape == (n_labels,)),
         ]
         if n_vol and ((spans[:, 0] < 0).any() or (spans.sum(axis=1) > n_labels).any()):
             checks.append(("spans.npy", False))
@@ -620,11 +720,24 @@ class BaseIndex(ABC):
         self._reserve(n_labels)
         self._slice_index[:n_labels] = slice_index
         self._z_mm[:n_labels] = z_mm
-        for vid, (start, n) in zip(volumes.tolist(), spans.tolist(), strict=True):
+        self._informative[:n_labels] = flags
+        codes = self._load_modalities(directory, meta)
+        for vid, (start, n), code in zip(volumes.tolist(), spans.tolist(), codes, strict=True):
             self._spans[vid] = (start, n)
+            self._modality[vid] = code
             self._alive[start : start + n] = True
         self._next_label = n_labels
         self._n_entries = int(spans[:, 1].sum()) if n_vol else 0
+
+
+def _modality_codes(raw: npt.NDArray[Any], n_vol: int) -> list[str] | None:
+    """``modalities.npy`` as codes, or None when it does not fit ``n_vol`` volumes."""
+    if raw.dtype.kind != "U" or raw.shape != (n_vol,):
+        return None
+    try:
+        return [normalize_modality(str(c)) for c in raw.tolist()]
+    except SettingError:
+        return None
 
 
 def _named(exc: Exception, pinned: Path, directory: Path) -> SliceIndexError:
