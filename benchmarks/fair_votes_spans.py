@@ -26,7 +26,7 @@ contain); the database is every other subject.
 Re-slicing: linear interpolation of the image along z at the new positions
 ``z0, z0 + dz, ...`` (within the original z range); each new slice takes the labels of
 the nearest original slice. Runtime with the defaults (24 subjects, 64 x 64): about
-one CPU-minute (138 s wall on a shared 2-core machine).
+half a minute to two minutes on a shared 2-core machine, depending on its load.
 
 Usage: ``python benchmarks/fair_votes_spans.py [--subjects 24] [--shape 64] [--seed 0]``
 """
