@@ -25,10 +25,14 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib.errors import PipelineError
 from cbirlib.hits import Hits
-from cbirlib.pipeline import SearchContext, Stage, StageLevel
+from cbirlib.pipeline import SearchContext, SliceStore, Stage, StageLevel
 
-__all__ = ["CountVotes", "TopSlice", "VoteEvidence"]
+__all__ = ["NORMALIZATIONS", "CountVotes", "TopSlice", "VoteEvidence"]
+
+#: ``CountVotes(normalize=...)`` values; the first is the default.
+NORMALIZATIONS: tuple[str, ...] = ("once-per-query-slice", "thickness", "none")
 
 
 @dataclass(frozen=True, repr=False)
@@ -98,6 +102,36 @@ def _codes(values: npt.NDArray[np.object_]) -> tuple[npt.NDArray[np.object_], np
     return uniq, inverse.reshape(-1)
 
 
+def _thickness(index: SliceStore, volumes: npt.NDArray[np.object_]) -> npt.NDArray[np.float64]:
+    """Slice thickness in mm of each volume: the median step of its stored z positions.
+
+    A one-slice volume has no step; it gets the median thickness of the others (1.0 mm
+    when no volume has two slices).
+    """
+    dz = np.full(len(volumes), np.nan)
+    for i, vid in enumerate(volumes):
+        z = np.unique(np.asarray(index.slice_meta(str(vid))["z_mm"], dtype=np.float64))
+        if len(z) > 1:
+            dz[i] = float(np.median(np.diff(z)))
+    known = dz[np.isfinite(dz) & (dz > 0)]
+    fallback = float(np.median(known)) if len(known) else 1.0
+    return np.where(np.isfinite(dz) & (dz > 0), dz, fallback)
+
+
+def _best_per_query_slice(hits: Hits) -> Hits:
+    """The best-scoring hit of every ``(query_id, query_slice, volume_id)`` triple."""
+    _, qcode = _codes(hits.query_id)
+    _, vcode = _codes(hits.volume_id)
+    _, scode = np.unique(hits.query_slice, return_inverse=True)
+    n_v, n_s = int(vcode.max()) + 1, int(scode.max()) + 1
+    key = (qcode.astype(np.int64) * n_s + scode.reshape(-1)) * n_v + vcode
+    # best score first within a key; stable on ties (the earlier row, i.e. the better rank)
+    order = np.lexsort((np.arange(len(hits)), -hits.score, key))
+    first = np.ones(len(order), bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    return hits.take(np.sort(order[first]))
+
+
 @dataclass(frozen=True, repr=False)
 class CountVotes(Stage):
     """Count-based volume aggregation: every slice hit votes for its volume.
@@ -105,29 +139,58 @@ class CountVotes(Stage):
     Parameters
     ----------
     weighted
-        ``False``: score(V) = number of slice hits in V. ``True``: the sum of their
+        ``False``: score(V) = number of votes for V. ``True``: the sum of their
         similarities.
+    normalize
+        How votes are made fair to volumes of different slice thickness (a volume
+        re-sliced at 2.5 mm has twice the slices of the same scan at 5 mm, so with raw
+        counts it collects about twice the votes):
+
+        * ``"once-per-query-slice"`` (default): each query slice votes at most once per
+          database volume, with its best-matching slice there (its other hits in that
+          volume are dropped); score(V) = number of query slices that hit V.
+        * ``"thickness"``: every hit counts its volume's slice thickness in mm (the
+          median step of the volume's stored z positions); score(V) = matched length
+          in mm.
+        * ``"none"``: the raw count of slice hits (the study's definition).
+
+        The default was chosen on phantoms with thin and thick copies of the same
+        subjects (``benchmarks/fair_votes_spans.py``; figures in
+        ``docs/results/phantom_benchmark.md``).
 
     Notes
     -----
-    Volumes are ranked per query by score; ties are broken by the summed similarity
-    (higher first), then by volume id (alphabetical), so the order is deterministic.
-    Output: volume-level hits with extra columns ``n_votes`` (int64) and ``vote_sum``
-    (float64). The voted slices of each ``(query_id, volume_id)`` pair (sorted, distinct)
-    go to ``context.evidence["votes"]`` for localization.
+    Volumes are ranked per query by score; ties are broken by the summed similarity of
+    the counted votes (times the slice thickness with ``"thickness"``; higher first),
+    then by volume id (alphabetical), so the order is deterministic. Output:
+    volume-level hits with extra columns ``n_votes`` (int64, the counted votes) and
+    ``vote_sum`` (float64, their summed similarity). The database slices of the counted
+    votes of each ``(query_id, volume_id)`` pair (sorted, distinct) go to
+    ``context.evidence["votes"]`` for localization. ``"thickness"`` reads the slice
+    positions from the index, so the chain must start with a search stage.
     """
 
     weighted: bool = False
+    normalize: str = NORMALIZATIONS[0]
 
     input_level: ClassVar[StageLevel] = "slice"
     output_level: ClassVar[StageLevel] = "volume"
     provides: ClassVar[frozenset[str]] = frozenset({"votes"})
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise PipelineError(
+                f"unknown CountVotes normalization {self.normalize!r}; "
+                f"valid: {', '.join(map(repr, NORMALIZATIONS))}"
+            )
 
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Aggregate slice hits into ranked volume hits."""
         if len(hits) == 0:
             context.evidence["votes"] = {}
             return Hits.empty("volume", extra=("n_votes", "vote_sum"))
+        if self.normalize == "once-per-query-slice":
+            hits = _best_per_query_slice(hits)
         queries, qcode = _codes(hits.query_id)
         volumes, vcode = _codes(hits.volume_id)
         pair = qcode.astype(np.int64) * len(volumes) + vcode
@@ -137,10 +200,14 @@ class CountVotes(Stage):
         sums = np.bincount(inverse, weights=hits.score, minlength=len(pairs)).astype(np.float64)
         pq, pv = pairs // len(volumes), pairs % len(volumes)
         score: npt.NDArray[np.float64] = sums if self.weighted else counts.astype(np.float64)
+        tie = sums
+        if self.normalize == "thickness":
+            dz = _thickness(context.require_index(self), volumes)[pv]
+            score, tie = score * dz, sums * dz
         # query order of first appearance, then score, summed similarity, volume id
         first_row = np.full(len(queries), len(hits), np.int64)
         np.minimum.at(first_row, qcode, np.arange(len(hits)))
-        order = np.lexsort((pv, -sums, -score, first_row[pq]))
+        order = np.lexsort((pv, -tie, -score, first_row[pq]))
         out = Hits(
             query_id=queries[pq][order],
             volume_id=volumes[pv][order],
@@ -159,4 +226,7 @@ class CountVotes(Stage):
         return out
 
     def __repr__(self) -> str:
-        return "CountVotes(weighted=True)" if self.weighted else "CountVotes()"
+        args = ["weighted=True"] if self.weighted else []
+        if self.normalize != NORMALIZATIONS[0]:
+            args.append(f"normalize={self.normalize!r}")
+        return f"CountVotes({', '.join(args)})"

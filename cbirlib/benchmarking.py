@@ -96,12 +96,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def _chain(search: Any, *, rerank: bool, top: int, localize: bool, trim: float = 0.0) -> Any:
+def _chain(
+    search: Any,
+    *,
+    rerank: bool,
+    top: int,
+    localize: bool,
+    trim: float = 0.0,
+    normalize: str | None = None,
+) -> Any:
     """The default chain (:func:`cbirlib.presets.default_chain`), re-ranking ``top``."""
     from cbirlib.presets import default_chain
 
+    extra = {} if normalize is None else {"normalize": normalize}
     return default_chain(
-        search, top=top, rerank=rerank, candidates=top, localize=localize, trim=trim
+        search, top=top, rerank=rerank, candidates=top, localize=localize, trim=trim, **extra
     )
 
 
@@ -221,6 +230,7 @@ def benchmark(
     exact: bool = False,
     groups: Mapping[str, str] | None = None,
     vote_trim: float = VOTE_TRIM,
+    vote_normalize: str | None = None,
     extractor_options: Mapping[str, Any] | None = None,
     verbose: bool = True,
 ) -> dict[str, pd.DataFrame]:
@@ -261,6 +271,9 @@ def benchmark(
         voted slices ignored at each end of the predicted span (outlier votes far from
         the query's anatomy would otherwise stretch it); the MaxSim chain uses its
         argmax slices untrimmed.
+    vote_normalize
+        ``CountVotes(normalize=...)`` of both chains; ``None``: its default
+        (``"once-per-query-slice"``); ``"none"``: the study's raw count.
     extractor_options
         Keyword arguments passed to every :func:`~cbirlib.create_extractor` call (for
         example ``{"weights": "path/to/checkpoint.pth"}``).
@@ -326,8 +339,8 @@ def benchmark(
             results += _run_extractor(
                 name, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
                 reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
-                vote_trim=vote_trim, extractor_options=dict(extractor_options or {}),
-                verbose=verbose,
+                vote_trim=vote_trim, vote_normalize=vote_normalize,
+                extractor_options=dict(extractor_options or {}), verbose=verbose,
             )  # fmt: skip
         coarse_rows = coarse_regions() if groups is None else tuple(sorted(set(groups.values())))
         rows = {"coarse": coarse_rows, "fine": TOTALSEG_V1_CLASSES}
@@ -377,6 +390,7 @@ def _run_extractor(
     exact: bool,
     groups: Mapping[str, str],
     vote_trim: float,
+    vote_normalize: str | None,
     extractor_options: Mapping[str, Any],
     verbose: bool,
 ) -> list[pd.DataFrame]:
@@ -421,14 +435,19 @@ def _run_extractor(
     for rr in reranks:
         system = system_name(name, rr)
         if "volume" in modes:
-            chain = _chain(search, rerank=rr, top=top, localize=False)
+            chain = _chain(search, rerank=rr, top=top, localize=False, normalize=vote_normalize)
             run("volume", system, chain, queries, default_metrics("volume"), all_levels)
         region_modes = [m for m in ("region", "localized") if m in modes]
         for lv, region_queries in regions.items():
             if not region_modes or not region_queries:
                 continue
             chain = _chain(
-                search, rerank=rr, top=top, localize="localized" in region_modes, trim=vote_trim
+                search,
+                rerank=rr,
+                top=top,
+                localize="localized" in region_modes,
+                trim=vote_trim,
+                normalize=vote_normalize,
             )
             hits = chain.retrieve(list(region_queries), verbose=verbose)
             for mode in region_modes:

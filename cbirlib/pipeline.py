@@ -109,6 +109,8 @@ class SearchContext:
         ``evidence["votes"]`` (from :class:`~cbirlib.aggregate.CountVotes`) and
         ``evidence["maxsim"]`` (from :class:`~cbirlib.rerank.MaxSimRerank`) map each pair
         to an int64 array of slice indices in the retrieved volume; localization reads them.
+        ``evidence["maxsim_similarity"]`` holds the float64 similarity of each MaxSim
+        match (one per query slice).
     verbose
         Show progress bars.
     """
@@ -118,9 +120,7 @@ class SearchContext:
     embeddings: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     query_slices: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     informative: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
-    evidence: dict[str, Mapping[tuple[str, str], npt.NDArray[np.int64]]] = field(
-        default_factory=dict
-    )
+    evidence: dict[str, Mapping[tuple[str, str], npt.NDArray[Any]]] = field(default_factory=dict)
     verbose: bool = False
 
     @classmethod

@@ -14,7 +14,7 @@ SliceSearch(k=50) >> CountVotes() >> MaxSimRerank(top=20) >> Localize() >> Cutof
 
 from __future__ import annotations
 
-from cbirlib.aggregate import CountVotes
+from cbirlib.aggregate import NORMALIZATIONS, CountVotes
 from cbirlib.localize import Localize
 from cbirlib.pipeline import Cutoff, Pipeline, Retriever
 from cbirlib.rerank import MaxSimRerank
@@ -30,6 +30,7 @@ def default_chain(
     candidates: int | None = None,
     localize: bool = True,
     trim: float = 0.0,
+    normalize: str = NORMALIZATIONS[0],
 ) -> Pipeline:
     """The study's chain after a slice search: count votes, MaxSim re-ranking, localization.
 
@@ -50,11 +51,15 @@ def default_chain(
     trim
         Fraction of outlying voting slices that vote-based localization drops
         (``rerank=False`` only).
+    normalize
+        How :class:`~cbirlib.aggregate.CountVotes` makes votes fair to slice thickness
+        (``"none"``: the study's raw count).
     """
     if rerank:
-        chain = search >> CountVotes() >> MaxSimRerank(top=candidates or max(20, top))
+        votes = CountVotes(normalize=normalize)
+        chain = search >> votes >> MaxSimRerank(top=candidates or max(20, top))
         if localize:
             chain = chain >> Localize()
         return chain >> Cutoff(top)
-    chain = search >> CountVotes() >> Cutoff(top)
+    chain = search >> CountVotes(normalize=normalize) >> Cutoff(top)
     return chain >> Localize(method="votes", trim=trim) if localize else chain

@@ -104,7 +104,9 @@ class MaxSimRerank(Stage):
     column ``prior_rank`` (rank before re-ranking); other extra columns are carried along.
     For each ``(query_id, volume_id)`` the database slice that best matches each query
     slice goes to ``context.evidence["maxsim"]`` (slice indices in the candidate's own
-    numbering, one per query slice taking part).
+    numbering, one per query slice taking part) and its similarity to
+    ``context.evidence["maxsim_similarity"]`` (float64, one per query slice taking part;
+    robust localization drops query slices whose best match is poor).
     """
 
     top: int = 20
@@ -112,7 +114,7 @@ class MaxSimRerank(Stage):
 
     input_level: ClassVar[StageLevel] = "volume"
     output_level: ClassVar[StageLevel] = "volume"
-    provides: ClassVar[frozenset[str]] = frozenset({"maxsim"})
+    provides: ClassVar[frozenset[str]] = frozenset({"maxsim", "maxsim_similarity"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.top, (int, np.integer)) or isinstance(self.top, bool):
@@ -125,6 +127,8 @@ class MaxSimRerank(Stage):
         index = context.require_index(self)
         evidence: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
         context.evidence["maxsim"] = evidence
+        best_sims: dict[tuple[str, str], npt.NDArray[np.float64]] = {}
+        context.evidence["maxsim_similarity"] = best_sims
         kept = hits.top(int(self.top))
         parts: list[Hits] = []
         from tqdm.auto import tqdm
@@ -152,6 +156,8 @@ class MaxSimRerank(Stage):
             scores, argmax = maxsim_scores(q, vectors, offsets.astype(np.int64))
             for j, vid in enumerate(vids):
                 evidence[(qid, vid)] = slice_ids[j][argmax[:, j]]
+                best = vectors[offsets[j] + argmax[:, j]]
+                best_sims[(qid, vid)] = np.einsum("td,td->t", q, best, dtype=np.float64)
             order = np.argsort(-scores, kind="stable")
             parts.append(
                 Hits(

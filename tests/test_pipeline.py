@@ -95,7 +95,7 @@ def test_localize_needs_its_evidence_at_chain_time(search: SliceSearch) -> None:
     assert repr(chain).endswith("Localize(method='votes')")
     # without a source the requirement is left open for a later chain
     tail = CountVotes() >> Localize()
-    assert tail.requires() == frozenset({"maxsim"})
+    assert tail.requires() == frozenset({"maxsim", "maxsim_similarity"})
 
 
 def test_chaining_non_stage_fails(search: SliceSearch) -> None:
