@@ -175,6 +175,13 @@ class UnknownColumnError(HitsError, KeyError):
     """A column name that the table does not have."""
 
 
+# --- the command line --------------------------------------------------------------
+
+
+class CliError(CbirError, ValueError):
+    """A command-line request that cannot be carried out (missing input, bad combination)."""
+
+
 __all__ = [
     "CbirError",
     "VolumeReadError",
@@ -208,6 +215,7 @@ __all__ = [
     "StructureNotPresentError",
     "HitsError",
     "UnknownColumnError",
+    "CliError",
     "ExtractorMismatchWarning",
 ]
 

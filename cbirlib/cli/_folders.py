@@ -1,0 +1,162 @@
+"""Volumes in folders: what ``cbirlib index`` indexes, ``query`` reads and ``benchmark`` needs.
+
+Examples
+--------
+>>> import tempfile
+>>> _is_totalsegmentator_root(__import__("pathlib").Path(tempfile.mkdtemp()))
+False
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cbirlib.errors import CbirError, CliError, DatasetError, VolumeNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cbirlib.volume import Volume
+
+__all__ = ["discover_volumes"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_totalsegmentator_root(path: Path) -> bool:
+    from cbirlib.datasets.totalsegmentator import IMAGE_FILE
+
+    return path.is_dir() and any((p / IMAGE_FILE).is_file() for p in path.iterdir() if p.is_dir())
+
+
+def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callable[[], Volume]]]:
+    """The volumes under ``data_dir`` as ``(volume_id, loader)`` pairs, read lazily.
+
+    ``data_dir`` is a TotalSegmentator-layout root (subject folders with ``ct.nii.gz``;
+    ids are the subject names), or any folder tree of NIfTI files (``.nii``, ``.nii.gz``;
+    ids are their paths relative to ``data_dir`` without the suffix) and DICOM series
+    folders (ids are the folder paths), or a single NIfTI file. A DICOM folder holding
+    several series gives one volume per series, with ids ``<folder>/series-<i>``
+    (``i`` = 1, 2, ... in the order of the series' SeriesNumber).
+
+    Raises
+    ------
+    VolumeNotFoundError
+        ``data_dir`` does not exist.
+    DatasetError
+        No volume was found.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> discover_volumes(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    cbirlib.errors.DatasetError: no volumes found in ...
+    """
+    from cbirlib.io import dicom_series, load_volume, nifti_stem
+
+    root = Path(data_dir)
+    if not root.exists():
+        raise VolumeNotFoundError(f"data folder {str(root)!r} does not exist")
+    if root.is_file():
+        stem = nifti_stem(root.name)
+        if stem is None:
+            raise DatasetError(f"{str(root)!r} is neither a folder nor a NIfTI file")
+        return [(stem, lambda: load_volume(root, id=stem))]
+    if _is_totalsegmentator_root(root):
+        from cbirlib.datasets.totalsegmentator import TotalSegmentator
+
+        ds = TotalSegmentator(root)
+        return [(s, lambda s=s: ds.load(s, labels=False)) for s in ds.subjects]  # type: ignore[misc]
+    found: list[tuple[str, Callable[[], Volume]]] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(folder)
+        for name in sorted(files):
+            stem = nifti_stem(name)
+            if stem is not None:
+                vid = (here / stem).relative_to(root).as_posix()
+                found.append((vid, lambda p=here / name, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
+        dicom = [here / n for n in sorted(files) if nifti_stem(n) is None]
+        dicom = [p for p in dicom if _is_dicom_file(p)]
+        if not dicom:
+            continue
+        vid = here.relative_to(root).as_posix() if here != root else root.name
+        try:
+            series = dicom_series(here)
+        except CbirError:  # no readable series: load_volume reports why, when it is read
+            series = []
+        if len(series) <= 1:
+            found.append((vid, lambda p=here, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
+            continue
+        logger.info("%s: %d DICOM series, indexed as separate volumes", here, len(series))
+        for i, info in enumerate(series, start=1):
+            sid, uid = f"{vid}/series-{i}", info.uid
+            logger.debug("%s: series %s (%d slices) -> %s", here, uid, info.n_slices, sid)
+            found.append(
+                (sid, lambda p=here, u=uid, v=sid: load_volume(p, series_uid=u, id=v))  # type: ignore[misc]
+            )
+    if not found:
+        raise DatasetError(
+            f"no volumes found in {str(root)!r}; expected NIfTI files (.nii, .nii.gz), "
+            "DICOM series folders, or a TotalSegmentator root (<subject>/ct.nii.gz)"
+        )
+    return found
+
+
+def _load_query(path: Path, *, series_uid: str | None = None) -> Volume:
+    """A query volume: a TotalSegmentator subject folder (with labels) or any volume.
+
+    A TotalSegmentator image file (``<subject>/ct.nii.gz``) is named after its subject.
+    """
+    from cbirlib.datasets.totalsegmentator import IMAGE_FILE, TotalSegmentator
+    from cbirlib.io import load_volume
+
+    if path.is_dir() and (path / IMAGE_FILE).is_file():
+        return TotalSegmentator(path.parent).load(path.name)
+    entries = list(path.iterdir()) if path.is_dir() else []
+    if entries and not any(p.is_file() and _is_dicom_file(p) for p in entries):
+        raise CliError(
+            f"{str(path)!r} is a data folder (NIfTI files or sub-folders), not one volume; "
+            "pass one volume: a NIfTI file, a DICOM series folder or a subject folder "
+            "(<subject>/ct.nii.gz)"
+        )
+    if path.is_file() and path.name == IMAGE_FILE and path.parent.name:
+        return load_volume(path, id=path.parent.name)
+    return load_volume(path, series_uid=series_uid)
+
+
+def _check_evaluation_root(data_dir: Path) -> None:
+    """Refuse early what :func:`~cbirlib.benchmarking.benchmark` cannot use."""
+    from cbirlib.datasets.totalsegmentator import IMAGE_FILE, META_FILE, TotalSegmentator
+
+    layout = (
+        f"a TotalSegmentator-layout root: <subject>/{IMAGE_FILE} with "
+        f"<subject>/segmentations/*.nii.gz, and {META_FILE} with columns image_id and split "
+        "(train/val/test)"
+    )
+    if not data_dir.exists():
+        raise VolumeNotFoundError(f"data folder {str(data_dir)!r} does not exist")
+    if not _is_totalsegmentator_root(data_dir):
+        raise CliError(f"{str(data_dir)!r} is not {layout}")
+    if not (data_dir / META_FILE).is_file():
+        raise CliError(f"{str(data_dir)!r} has no {META_FILE}; benchmark needs {layout}")
+    dataset = TotalSegmentator(data_dir)
+    if all(dataset.split_of(s) is None for s in dataset.subjects):
+        raise CliError(
+            f"{str(data_dir / META_FILE)!r} has no split column; benchmark needs {layout}"
+        )

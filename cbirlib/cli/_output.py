@@ -1,0 +1,91 @@
+"""What the ``cbirlib`` command prints: lines, counts, and ranked results as rows and tables.
+
+Examples
+--------
+>>> import io
+>>> buffer = io.StringIO()
+>>> write(buffer, plural(2, "volume"))
+>>> buffer.getvalue()
+'2 volumes\\n'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cbirlib.hits import Hits
+
+__all__ = ["MM_DIGITS", "PROG", "SCORE_DIGITS", "plural", "print_results", "result_rows", "write"]
+
+PROG = "cbirlib"
+#: Decimals of the scores and of the mm values in ``cbirlib query --json``.
+SCORE_DIGITS = 6
+MM_DIGITS = 1
+
+
+def write(out: TextIO, text: str = "") -> None:
+    """Write one line to ``out`` and flush it (progress bars write to stderr meanwhile)."""
+    out.write(text + "\n")
+    out.flush()
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 volume"``, ``"2 volumes"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _fmt_float(value: float, spec: str = ".0f") -> str:
+    return "-" if not math.isfinite(value) else format(value, spec)
+
+
+def result_rows(hits: Hits, query_id: str) -> list[dict[str, Any]]:
+    """One query's ranked volumes as plain dicts, rounded for display and JSON.
+
+    Scores are clipped to [-1, 1] (float32 sums can exceed 1 in the last digits) and
+    rounded to :data:`SCORE_DIGITS` decimals; ``span`` is the predicted slice span
+    ``[first, last]`` and ``span_mm`` the z positions of the centres of those two
+    slices, rounded to :data:`MM_DIGITS` decimals.
+    """
+    rows = hits.for_query(query_id).ranked()
+    extra = rows.extra
+    out: list[dict[str, Any]] = []
+    for i in range(len(rows)):
+        score = min(1.0, max(-1.0, float(rows.score[i])))
+        row: dict[str, Any] = {
+            "rank": int(rows.rank[i]),
+            "volume_id": str(rows.volume_id[i]),
+            "score": round(score, SCORE_DIGITS),
+        }
+        if "loc_first" in extra and int(extra["loc_first"][i]) >= 0:
+            row["span"] = [int(extra["loc_first"][i]), int(extra["loc_last"][i])]
+            z = [float(extra["loc_z_first"][i]), float(extra["loc_z_last"][i])]
+            finite = all(math.isfinite(v) for v in z)
+            row["span_mm"] = [round(v, MM_DIGITS) for v in z] if finite else None
+        else:
+            row["span"] = row["span_mm"] = None
+        out.append(row)
+    return out
+
+
+def print_results(out: TextIO, title: str, rows: list[dict[str, Any]]) -> None:
+    """The rows of :func:`result_rows` as a table: rank, volume, score, slices, z (mm)."""
+    write(out, title)
+    write(out, f"  {'rank':>4}  {'volume':<24} {'score':>8}  {'slices':>11}  {'z (mm)':>15}")
+    for row in rows:
+        span = f"{row['span'][0]}-{row['span'][1]}" if row["span"] else "-"
+        mm = (
+            f"{_fmt_float(row['span_mm'][0])} to {_fmt_float(row['span_mm'][1])}"
+            if row["span_mm"]
+            else "-"
+        )
+        write(
+            out,
+            f"  {row['rank']:>4}  {row['volume_id']:<24} {row['score']:>8.4f}"
+            f"  {span:>11}  {mm:>15}",
+        )
+    if not rows:
+        write(out, "  (no results)")
+    else:
+        write(out, "  (z: positions of the centres of the first and last slice of the span)")

@@ -1,0 +1,102 @@
+"""``cbirlib benchmark`` (old name ``evaluate``): the study's per-class tables on a data set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from cbirlib.cli._command import Command
+from cbirlib.cli._folders import _check_evaluation_root
+from cbirlib.cli._options import add_extractor_options, extractor_options
+from cbirlib.cli._output import PROG, write
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = ["COMMAND", "MODES", "run"]
+
+MODES = ("slice", "volume", "region", "localized")
+
+
+def _summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """``"mean ± SD"`` over classes: one row per (level, mode, metric), one column per system.
+
+    Classes that no query contains (all-NaN rows) are left out of the mean.
+    """
+    import pandas as pd
+
+    from cbirlib.evaluation import MEAN_ROW, format_table
+
+    rows = {}
+    for key, table in tables.items():
+        if key == "summary":
+            continue
+        level, mode, metric = key.split("/", 2)
+        classes = table.drop(index=MEAN_ROW, errors="ignore").dropna(how="all")
+        formatted = format_table(pd.concat([classes, table.loc[[MEAN_ROW]]]))
+        rows[(level, mode, metric)] = formatted.loc[MEAN_ROW]
+    summary = pd.DataFrame.from_dict(rows, orient="index")
+    summary.index = pd.MultiIndex.from_tuples(list(rows), names=["level", "mode", "metric"])
+    return summary
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``cbirlib benchmark``: the study protocol, printed as a summary."""
+    from cbirlib.benchmarking import benchmark
+
+    if args.command == "evaluate":
+        sys.stderr.write(
+            f"{PROG}: note: `{PROG} evaluate` is now `{PROG} benchmark`; the old name "
+            "will be removed in the next release\n"
+        )
+    _check_evaluation_root(Path(args.data_dir))
+    options = extractor_options(args)
+    result = benchmark(
+        args.data_dir,
+        extractors=args.extractor,
+        modes=args.modes,
+        out_dir=args.out,
+        extractor_options=options,
+    )
+    write(out, "mean ± SD over structures (structures without a query left out):")
+    write(out, _summary(result).to_string())
+    if args.out is not None:
+        write(out, f"\nper-structure tables (CSV and Markdown): {Path(args.out) / 'tables'}")
+    else:
+        write(out, "\npass --out DIR to write the per-structure tables (CSV and Markdown)")
+    return 0
+
+
+def add_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """The arguments of ``cbirlib benchmark``."""
+    evaluate.add_argument(
+        "data_dir", help="TotalSegmentator-layout root with meta.csv (image_id, split)"
+    )
+    evaluate.add_argument(
+        "--extractor", nargs="+", default=["baseline"], help="extractors (default: baseline)"
+    )
+    evaluate.add_argument(
+        "--modes", nargs="+", default=list(MODES), choices=MODES, help="retrieval modes"
+    )
+    evaluate.add_argument("--out", help="folder for the indexes and tables (CSV and Markdown)")
+    add_extractor_options(evaluate)
+
+
+COMMAND = Command(
+    name="benchmark",
+    help="the study's per-class tables on a data set (old name: evaluate)",
+    description="Index the non-test subjects of a TotalSegmentator-layout data set with each "
+    "extractor, query with the test subjects and report per-structure recall.",
+    epilog="""examples:
+  cbirlib benchmark /data/Totalsegmentator_dataset --out results
+  cbirlib benchmark data --extractor baseline dinov2 --modes volume region --out results
+
+DATA_DIR needs meta.csv with columns image_id and split (train/val/test): the test split
+queries an index of the other subjects. `cbirlib evaluate` is the old name of this command
+(deprecated; it will be removed in the next release).""",
+    add_arguments=add_arguments,
+    run=run,
+    aliases=("evaluate",),
+)
