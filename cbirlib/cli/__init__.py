@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 
 from cbirlib.cli import benchmark, demo, extractors, index, query
 from cbirlib.cli._command import Command
-from cbirlib.cli._folders import discover_volumes
 from cbirlib.cli._options import parse_extractor_opt
 from cbirlib.cli._output import PROG
+from cbirlib.datasets.folders import discover_volumes
 from cbirlib.errors import CbirError, CliError
 
 __all__ = ["CliError", "build_parser", "discover_volumes", "main", "parse_extractor_opt"]

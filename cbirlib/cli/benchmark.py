@@ -5,53 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from cbirlib.cli._command import Command
-from cbirlib.cli._folders import _check_evaluation_root
 from cbirlib.cli._options import add_extractor_options, extractor_options
 from cbirlib.cli._output import PROG, write
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+from cbirlib.datasets.folders import check_split_root
 
 __all__ = ["COMMAND", "MODES", "run"]
 
 MODES = ("slice", "volume", "region", "localized")
 
 
-def _summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """``"mean ± SD"`` over classes: one row per (level, mode, metric), one column per system.
-
-    Classes that no query contains (all-NaN rows) are left out of the mean.
-    """
-    import pandas as pd
-
-    from cbirlib.evaluation import MEAN_ROW, format_table
-
-    rows = {}
-    for key, table in tables.items():
-        if key == "summary":
-            continue
-        level, mode, metric = key.split("/", 2)
-        classes = table.drop(index=MEAN_ROW, errors="ignore").dropna(how="all")
-        formatted = format_table(pd.concat([classes, table.loc[[MEAN_ROW]]]))
-        rows[(level, mode, metric)] = formatted.loc[MEAN_ROW]
-    summary = pd.DataFrame.from_dict(rows, orient="index")
-    summary.index = pd.MultiIndex.from_tuples(list(rows), names=["level", "mode", "metric"])
-    return summary
-
-
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib benchmark``: the study protocol, printed as a summary."""
     from cbirlib.benchmarking import benchmark
+    from cbirlib.tables import summary_table
 
     if args.command == "evaluate":
         sys.stderr.write(
             f"{PROG}: note: `{PROG} evaluate` is now `{PROG} benchmark`; the old name "
             "will be removed in the next release\n"
         )
-    _check_evaluation_root(Path(args.data_dir))
+    check_split_root(args.data_dir)
     options = extractor_options(args)
     result = benchmark(
         args.data_dir,
@@ -61,7 +37,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         extractor_options=options,
     )
     write(out, "mean ± SD over structures (structures without a query left out):")
-    write(out, _summary(result).to_string())
+    write(out, summary_table(result).to_string())
     if args.out is not None:
         write(out, f"\nper-structure tables (CSV and Markdown): {Path(args.out) / 'tables'}")
     else:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TextIO
 
 from cbirlib.cli._command import Command
-from cbirlib.cli._folders import discover_volumes
 from cbirlib.cli._options import add_extractor_options, create_extractor, extractor_options
 from cbirlib.cli._output import PROG, plural, write
+from cbirlib.datasets.folders import discover_volumes
 
 __all__ = ["COMMAND", "run"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TextIO
 
 from cbirlib.cli._command import Command
-from cbirlib.cli._folders import _load_query
 from cbirlib.cli._options import canonical_structure, chain, load_index, positive_int
 from cbirlib.cli._output import print_results, result_rows, write
+from cbirlib.datasets.folders import open_volume
 from cbirlib.errors import CliError
 
 __all__ = ["COMMAND", "run"]
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if not config or "name" not in config:
         raise CliError(f"index {args.index_dir!r} does not record the extractor it was built with")
     extractor = create_extractor(**config)
-    query = _load_query(Path(args.query), series_uid=args.series_uid)
+    query = open_volume(args.query, series_uid=args.series_uid)
     span = None
     structure = None
     if args.structure is not None:

@@ -1,4 +1,4 @@
-"""Data sets: the TotalSegmentator layout and synthetic phantoms written in it.
+"""Data sets: the TotalSegmentator layout, synthetic phantoms written in it, volumes in folders.
 
 Examples
 --------
@@ -9,7 +9,16 @@ Examples
 
 from __future__ import annotations
 
+from cbirlib.datasets.folders import check_split_root, discover_volumes, open_volume
 from cbirlib.datasets.phantom import FIELDS_OF_VIEW, make_phantoms
 from cbirlib.datasets.totalsegmentator import SPLITS, TotalSegmentator
 
-__all__ = ["FIELDS_OF_VIEW", "SPLITS", "TotalSegmentator", "make_phantoms"]
+__all__ = [
+    "FIELDS_OF_VIEW",
+    "SPLITS",
+    "TotalSegmentator",
+    "check_split_root",
+    "discover_volumes",
+    "make_phantoms",
+    "open_volume",
+]

@@ -1,10 +1,19 @@
 """Volumes in folders: what ``cbirlib index`` indexes, ``query`` reads and ``benchmark`` needs.
 
+- :func:`discover_volumes` lists the volumes under a folder (NIfTI files, DICOM series,
+  a TotalSegmentator root) as ``(volume_id, loader)`` pairs, read lazily;
+- :func:`open_volume` reads one volume from a path (a file, a series folder, a subject
+  folder with its labels);
+- :func:`check_split_root` refuses early a folder that the study protocol cannot use.
+
 Examples
 --------
 >>> import tempfile
->>> _is_totalsegmentator_root(__import__("pathlib").Path(tempfile.mkdtemp()))
-False
+>>> from cbirlib.datasets import make_phantoms
+>>> root = tempfile.mkdtemp()
+>>> _ = make_phantoms(root, 2, shape=(32, 32))
+>>> [vid for vid, _ in discover_volumes(root)]
+['s0000', 's0001']
 """
 
 from __future__ import annotations
@@ -15,17 +24,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cbirlib.errors import CbirError, CliError, DatasetError, VolumeNotFoundError
+from cbirlib.datasets.totalsegmentator import IMAGE_FILE, META_FILE, TotalSegmentator
+from cbirlib.errors import CbirError, DatasetError, VolumeNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.volume import Volume
 
-__all__ = ["discover_volumes"]
+__all__ = [
+    "check_split_root",
+    "discover_volumes",
+    "is_dicom_file",
+    "is_totalsegmentator_root",
+    "open_volume",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file: a ``.dcm`` suffix or the ``DICM`` preamble marker."""
     if path.suffix.lower() == ".dcm":
         return True
     try:
@@ -36,9 +53,8 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _is_totalsegmentator_root(path: Path) -> bool:
-    from cbirlib.datasets.totalsegmentator import IMAGE_FILE
-
+def is_totalsegmentator_root(path: Path) -> bool:
+    """Whether ``path`` is a folder with subject folders holding ``ct.nii.gz``."""
     return path.is_dir() and any((p / IMAGE_FILE).is_file() for p in path.iterdir() if p.is_dir())
 
 
@@ -77,9 +93,7 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
         if stem is None:
             raise DatasetError(f"{str(root)!r} is neither a folder nor a NIfTI file")
         return [(stem, lambda: load_volume(root, id=stem))]
-    if _is_totalsegmentator_root(root):
-        from cbirlib.datasets.totalsegmentator import TotalSegmentator
-
+    if is_totalsegmentator_root(root):
         ds = TotalSegmentator(root)
         return [(s, lambda s=s: ds.load(s, labels=False)) for s in ds.subjects]  # type: ignore[misc]
     found: list[tuple[str, Callable[[], Volume]]] = []
@@ -92,7 +106,7 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
                 vid = (here / stem).relative_to(root).as_posix()
                 found.append((vid, lambda p=here / name, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
         dicom = [here / n for n in sorted(files) if nifti_stem(n) is None]
-        dicom = [p for p in dicom if _is_dicom_file(p)]
+        dicom = [p for p in dicom if is_dicom_file(p)]
         if not dicom:
             continue
         vid = here.relative_to(root).as_posix() if here != root else root.name
@@ -118,19 +132,42 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
     return found
 
 
-def _load_query(path: Path, *, series_uid: str | None = None) -> Volume:
-    """A query volume: a TotalSegmentator subject folder (with labels) or any volume.
+def open_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volume:
+    """One volume from a path, as ``cbirlib query`` reads its query.
 
-    A TotalSegmentator image file (``<subject>/ct.nii.gz``) is named after its subject.
+    ``path`` is a NIfTI file, a DICOM series folder (``series_uid`` picks one series of
+    a folder holding several), or a subject folder of a TotalSegmentator-layout data set
+    (read with its labels). A TotalSegmentator image file (``<subject>/ct.nii.gz``) is
+    named after its subject, any other file after its name.
+
+    Raises
+    ------
+    DatasetError
+        ``path`` is a folder of several volumes (a data folder), not one volume.
+    VolumeNotFoundError, VolumeReadError
+        As :func:`cbirlib.io.load_volume`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from cbirlib.datasets import make_phantoms
+    >>> root = tempfile.mkdtemp()
+    >>> _ = make_phantoms(root, 1, shape=(32, 32))
+    >>> volume = open_volume(f"{root}/s0000")
+    >>> volume.id, volume.labels is not None
+    ('s0000', True)
+    >>> open_volume(f"{root}/s0000/ct.nii.gz").id
+    's0000'
     """
-    from cbirlib.datasets.totalsegmentator import IMAGE_FILE, TotalSegmentator
     from cbirlib.io import load_volume
+
+    path = Path(path)
 
     if path.is_dir() and (path / IMAGE_FILE).is_file():
         return TotalSegmentator(path.parent).load(path.name)
     entries = list(path.iterdir()) if path.is_dir() else []
-    if entries and not any(p.is_file() and _is_dicom_file(p) for p in entries):
-        raise CliError(
+    if entries and not any(p.is_file() and is_dicom_file(p) for p in entries):
+        raise DatasetError(
             f"{str(path)!r} is a data folder (NIfTI files or sub-folders), not one volume; "
             "pass one volume: a NIfTI file, a DICOM series folder or a subject folder "
             "(<subject>/ct.nii.gz)"
@@ -140,9 +177,26 @@ def _load_query(path: Path, *, series_uid: str | None = None) -> Volume:
     return load_volume(path, series_uid=series_uid)
 
 
-def _check_evaluation_root(data_dir: Path) -> None:
-    """Refuse early what :func:`~cbirlib.benchmarking.benchmark` cannot use."""
-    from cbirlib.datasets.totalsegmentator import IMAGE_FILE, META_FILE, TotalSegmentator
+def check_split_root(data_dir: str | os.PathLike[str]) -> None:
+    """Refuse early a folder that :func:`~cbirlib.benchmarking.benchmark` cannot use.
+
+    Raises
+    ------
+    VolumeNotFoundError
+        ``data_dir`` does not exist.
+    DatasetError
+        ``data_dir`` is not a TotalSegmentator-layout root, or has no ``meta.csv`` with
+        a ``split`` column.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from cbirlib.datasets import make_phantoms
+    >>> root = tempfile.mkdtemp()
+    >>> _ = make_phantoms(root, 3, shape=(32, 32))
+    >>> check_split_root(root)
+    """
+    data_dir = Path(data_dir)
 
     layout = (
         f"a TotalSegmentator-layout root: <subject>/{IMAGE_FILE} with "
@@ -151,12 +205,12 @@ def _check_evaluation_root(data_dir: Path) -> None:
     )
     if not data_dir.exists():
         raise VolumeNotFoundError(f"data folder {str(data_dir)!r} does not exist")
-    if not _is_totalsegmentator_root(data_dir):
-        raise CliError(f"{str(data_dir)!r} is not {layout}")
+    if not is_totalsegmentator_root(data_dir):
+        raise DatasetError(f"{str(data_dir)!r} is not {layout}")
     if not (data_dir / META_FILE).is_file():
-        raise CliError(f"{str(data_dir)!r} has no {META_FILE}; benchmark needs {layout}")
+        raise DatasetError(f"{str(data_dir)!r} has no {META_FILE}; benchmark needs {layout}")
     dataset = TotalSegmentator(data_dir)
     if all(dataset.split_of(s) is None for s in dataset.subjects):
-        raise CliError(
+        raise DatasetError(
             f"{str(data_dir / META_FILE)!r} has no split column; benchmark needs {layout}"
         )
