@@ -55,12 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="debug log and traceback"
     )
+    common.add_argument(
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Content-based retrieval of 3D medical images (CT/MR).",
         epilog="run `cbirlib COMMAND --help` for the options and examples of a command",
     )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (they are also off when stderr is not a terminal, or "
+        "TQDM_DISABLE is set)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:

@@ -25,7 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.pipeline import Pipeline
 
 __all__ = [
+    "MODALITIES",
     "add_extractor_options",
+    "add_modality_option",
     "canonical_structure",
     "chain",
     "create_extractor",
@@ -57,6 +59,20 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+#: The values of ``--modality``.
+MODALITIES = ("CT", "MR")
+
+
+def add_modality_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--modality {CT,MR}``: the modality of the volumes read (``modality=``)."""
+    parser.add_argument(
+        "--modality",
+        choices=MODALITIES,
+        type=str.upper,
+        help="modality of the volumes read (default: the DICOM Modality tag; see the docs "
+        "for NIfTI files)",
+    )
 
 
 def parse_extractor_opt(text: str) -> tuple[str, Any]:

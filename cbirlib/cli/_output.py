@@ -11,13 +11,25 @@ Examples
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
+import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.hits import Hits
 
-__all__ = ["MM_DIGITS", "PROG", "SCORE_DIGITS", "plural", "print_results", "result_rows", "write"]
+__all__ = [
+    "MM_DIGITS",
+    "PROG",
+    "SCORE_DIGITS",
+    "plural",
+    "print_results",
+    "result_rows",
+    "show_progress",
+    "write",
+]
 
 PROG = "cbirlib"
 #: Decimals of the scores and of the mm values in ``cbirlib query --json``.
@@ -29,6 +41,24 @@ def write(out: TextIO, text: str = "") -> None:
     """Write one line to ``out`` and flush it (progress bars write to stderr meanwhile)."""
     out.write(text + "\n")
     out.flush()
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether the command draws progress bars, following tqdm's conventions.
+
+    No bars with ``--quiet``, when ``TQDM_DISABLE`` is set to a non-empty value (as
+    tqdm reads it), or when stderr is not a terminal (tqdm's ``disable=None``: a log
+    file or a SLURM output gets no cursor codes).
+
+    Examples
+    --------
+    >>> show_progress(argparse.Namespace(quiet=True))
+    False
+    """
+    if getattr(args, "quiet", False) or os.environ.get("TQDM_DISABLE"):
+        return False
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty is not None and isatty())
 
 
 def plural(n: int, word: str) -> str:

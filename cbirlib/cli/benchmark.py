@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TextIO
 
 from cbirlib.cli._command import Command
-from cbirlib.cli._options import add_extractor_options, extractor_options
-from cbirlib.cli._output import PROG, write
+from cbirlib.cli._options import add_extractor_options, add_modality_option, extractor_options
+from cbirlib.cli._output import PROG, show_progress, write
 from cbirlib.datasets.folders import check_split_root
 
 __all__ = ["COMMAND", "MODES", "run"]
@@ -35,6 +35,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         modes=args.modes,
         out_dir=args.out,
         extractor_options=options,
+        modality=args.modality,
+        verbose=show_progress(args),
     )
     write(out, "mean ± SD over structures (structures without a query left out):")
     write(out, summary_table(result).to_string())
@@ -58,6 +60,7 @@ def add_arguments(evaluate: argparse.ArgumentParser) -> None:
     )
     evaluate.add_argument("--out", help="folder for the indexes and tables (CSV and Markdown)")
     add_extractor_options(evaluate)
+    add_modality_option(evaluate)
 
 
 COMMAND = Command(

@@ -19,7 +19,7 @@ from cbirlib.cli._options import (
     non_negative_int,
     positive_int,
 )
-from cbirlib.cli._output import print_results, result_rows, write
+from cbirlib.cli._output import print_results, result_rows, show_progress, write
 from cbirlib.errors import CliError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,7 +120,8 @@ def _demo_data(root: Path, args: argparse.Namespace, out: TextIO) -> TotalSegmen
             f"{str(data_dir)!r} exists and was not written by `cbirlib demo`; "
             "choose another --out folder"
         )
-    data = make_phantoms(data_dir, args.subjects, seed=args.seed, shape=shape, verbose=True)
+    progress = show_progress(args)
+    data = make_phantoms(data_dir, args.subjects, seed=args.seed, shape=shape, verbose=progress)
     marker.write_text(json.dumps(settings), encoding="utf-8")
     return data
 
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(f"--size must be >= 16 pixels, got {args.size}")
     structure = canonical_structure(args.structure)
     started = time.perf_counter()
+    progress = show_progress(args)
     root = Path(args.out)
     extractor = _pick_demo_extractor(args.extractor, extractor_options(args))
     write(out, f"cbirlib demo: {args.subjects} phantom subjects (seed {args.seed}) in {root}")
@@ -178,12 +180,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         [(s, lambda s=s: data.load(s, labels=False)) for s in database_ids],  # type: ignore[misc]
         extractor,
         root / "index",
-        verbose=True,
+        verbose=progress,
     )
     pipeline = chain(extractor, index, top=args.top)
     write(out, f"pipeline: {pipeline!r}\n")
 
-    hits = pipeline.retrieve(query, verbose=True)
+    hits = pipeline.retrieve(query, verbose=progress)
     print_results(out, f"volume query {query.id}:", result_rows(hits, query.id))
     region = region_query(query, structure)
     first = region.first_slice
@@ -193,7 +195,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         f"\nregion query {region.id}: query slices {first}-{last} "
         f"(z {region.z_positions[0]:.0f} to {region.z_positions[-1]:.0f} mm)",
     )
-    region_hits = pipeline.retrieve(region, verbose=True)
+    region_hits = pipeline.retrieve(region, verbose=progress)
     print_results(out, "retrieved volumes, predicted span:", result_rows(region_hits, region.id))
 
     cache: dict[str, Volume] = {}
@@ -211,7 +213,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     queries = [data.load(s) for s in test]
     database = {s: load(s).labels for s in database_ids}
-    table = _recall_table(pipeline, queries, database, verbose=True)
+    table = _recall_table(pipeline, queries, database, verbose=progress)
     write(out, "\nper-structure recall on the held-out subjects (coarse regions):")
     write(out, format_table(table).to_string())
     write(out, f"\nmontage: {png}")

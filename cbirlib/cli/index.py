@@ -8,8 +8,13 @@ from pathlib import Path
 from typing import TextIO
 
 from cbirlib.cli._command import Command
-from cbirlib.cli._options import add_extractor_options, create_extractor, extractor_options
-from cbirlib.cli._output import PROG, plural, write
+from cbirlib.cli._options import (
+    add_extractor_options,
+    add_modality_option,
+    create_extractor,
+    extractor_options,
+)
+from cbirlib.cli._output import PROG, plural, show_progress, write
 from cbirlib.datasets.folders import discover_volumes
 
 __all__ = ["COMMAND", "run"]
@@ -31,7 +36,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.index import build_index
 
     index_dir = Path(args.index_dir)
-    items = discover_volumes(args.data_dir)
+    items = discover_volumes(args.data_dir, modality=args.modality)
     extractor = create_extractor(args.extractor, extractor_options(args))
     from cbirlib.index import check_resumable
 
@@ -47,7 +52,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             "keeps its old embeddings; --no-resume rebuilds)",
         )
     try:
-        index = build_index(items, extractor, index_dir, verbose=True, resume=args.resume)
+        index = build_index(
+            items, extractor, index_dir, verbose=show_progress(args), resume=args.resume
+        )
     except BaseException:
         saved = _indexed_count(index_dir)
         if saved > before:  # a resume would skip work; otherwise there is nothing to resume
@@ -80,6 +87,7 @@ def add_arguments(index: argparse.ArgumentParser) -> None:
         help="continue an existing index (default); --no-resume rebuilds from scratch",
     )
     add_extractor_options(index)
+    add_modality_option(index)
 
 
 COMMAND = Command(

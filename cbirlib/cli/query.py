@@ -8,8 +8,14 @@ from pathlib import Path
 from typing import TextIO
 
 from cbirlib.cli._command import Command
-from cbirlib.cli._options import canonical_structure, chain, load_index, positive_int
-from cbirlib.cli._output import print_results, result_rows, write
+from cbirlib.cli._options import (
+    add_modality_option,
+    canonical_structure,
+    chain,
+    load_index,
+    positive_int,
+)
+from cbirlib.cli._output import print_results, result_rows, show_progress, write
 from cbirlib.datasets.folders import open_volume
 from cbirlib.errors import CliError
 
@@ -26,7 +32,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if not config or "name" not in config:
         raise CliError(f"index {args.index_dir!r} does not record the extractor it was built with")
     extractor = create_extractor(**config)
-    query = open_volume(args.query, series_uid=args.series_uid)
+    query = open_volume(args.query, series_uid=args.series_uid, modality=args.modality)
     span = None
     structure = None
     if args.structure is not None:
@@ -39,7 +45,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         region = region_query(query, structure)
         span = (region.first_slice, region.first_slice + region.n_slices - 1)
         query = region
-    hits = chain(extractor, index, top=args.top).retrieve(query, verbose=not args.json)
+    hits = chain(extractor, index, top=args.top).retrieve(
+        query, verbose=show_progress(args) and not args.json
+    )
     rows = result_rows(hits, query.id)
     if args.json:
         payload = {
@@ -68,6 +76,7 @@ def add_arguments(query: argparse.ArgumentParser) -> None:
     )
     query.add_argument("--top", type=positive_int, default=10, help="volumes to return (10)")
     query.add_argument("--json", action="store_true", help="print JSON")
+    add_modality_option(query)
 
 
 COMMAND = Command(

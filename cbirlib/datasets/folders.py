@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,9 @@ def is_totalsegmentator_root(path: Path) -> bool:
     return path.is_dir() and any((p / IMAGE_FILE).is_file() for p in path.iterdir() if p.is_dir())
 
 
-def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callable[[], Volume]]]:
+def discover_volumes(
+    data_dir: str | os.PathLike[str], *, modality: str | None = None
+) -> list[tuple[str, Callable[[], Volume]]]:
     """The volumes under ``data_dir`` as ``(volume_id, loader)`` pairs, read lazily.
 
     ``data_dir`` is a TotalSegmentator-layout root (subject folders with ``ct.nii.gz``;
@@ -67,6 +70,10 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
     folders (ids are the folder paths), or a single NIfTI file. A DICOM folder holding
     several series gives one volume per series, with ids ``<folder>/series-<i>``
     (``i`` = 1, 2, ... in the order of the series' SeriesNumber).
+
+    ``modality`` (``"CT"``, ``"MR"``) is passed to :func:`cbirlib.io.load_volume` for
+    every volume (``None``: its default); a TotalSegmentator root records ``"CT"``
+    unless ``modality`` is given.
 
     Raises
     ------
@@ -85,6 +92,9 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
     """
     from cbirlib.io import dicom_series, load_volume, nifti_stem
 
+    def loader(path: Path, vid: str, series_uid: str | None = None) -> Callable[[], Volume]:
+        return partial(load_volume, path, series_uid=series_uid, id=vid, modality=modality)
+
     root = Path(data_dir)
     if not root.exists():
         raise VolumeNotFoundError(f"data folder {str(root)!r} does not exist")
@@ -92,10 +102,14 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
         stem = nifti_stem(root.name)
         if stem is None:
             raise DatasetError(f"{str(root)!r} is neither a folder nor a NIfTI file")
-        return [(stem, lambda: load_volume(root, id=stem))]
+        return [(stem, loader(root, stem))]
     if is_totalsegmentator_root(root):
-        ds = TotalSegmentator(root)
-        return [(s, lambda s=s: ds.load(s, labels=False)) for s in ds.subjects]  # type: ignore[misc]
+        ds = (
+            TotalSegmentator(root)
+            if modality is None
+            else TotalSegmentator(root, modality=modality)
+        )
+        return [(s, partial(ds.load, s, labels=False)) for s in ds.subjects]
     found: list[tuple[str, Callable[[], Volume]]] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -104,7 +118,7 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
             stem = nifti_stem(name)
             if stem is not None:
                 vid = (here / stem).relative_to(root).as_posix()
-                found.append((vid, lambda p=here / name, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
+                found.append((vid, loader(here / name, vid)))
         dicom = [here / n for n in sorted(files) if nifti_stem(n) is None]
         dicom = [p for p in dicom if is_dicom_file(p)]
         if not dicom:
@@ -115,15 +129,13 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
         except CbirError:  # no readable series: load_volume reports why, when it is read
             series = []
         if len(series) <= 1:
-            found.append((vid, lambda p=here, v=vid: load_volume(p, id=v)))  # type: ignore[misc]
+            found.append((vid, loader(here, vid)))
             continue
         logger.info("%s: %d DICOM series, indexed as separate volumes", here, len(series))
         for i, info in enumerate(series, start=1):
-            sid, uid = f"{vid}/series-{i}", info.uid
-            logger.debug("%s: series %s (%d slices) -> %s", here, uid, info.n_slices, sid)
-            found.append(
-                (sid, lambda p=here, u=uid, v=sid: load_volume(p, series_uid=u, id=v))  # type: ignore[misc]
-            )
+            sid = f"{vid}/series-{i}"
+            logger.debug("%s: series %s (%d slices) -> %s", here, info.uid, info.n_slices, sid)
+            found.append((sid, loader(here, sid, info.uid)))
     if not found:
         raise DatasetError(
             f"no volumes found in {str(root)!r}; expected NIfTI files (.nii, .nii.gz), "
@@ -132,13 +144,16 @@ def discover_volumes(data_dir: str | os.PathLike[str]) -> list[tuple[str, Callab
     return found
 
 
-def open_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volume:
+def open_volume(
+    path: str | os.PathLike[str], *, series_uid: str | None = None, modality: str | None = None
+) -> Volume:
     """One volume from a path, as ``cbirlib query`` reads its query.
 
     ``path`` is a NIfTI file, a DICOM series folder (``series_uid`` picks one series of
     a folder holding several), or a subject folder of a TotalSegmentator-layout data set
     (read with its labels). A TotalSegmentator image file (``<subject>/ct.nii.gz``) is
-    named after its subject, any other file after its name.
+    named after its subject, any other file after its name. ``modality`` is passed to
+    :func:`cbirlib.io.load_volume` (``None``: its default; ``"CT"`` for a subject folder).
 
     Raises
     ------
@@ -164,7 +179,8 @@ def open_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
     path = Path(path)
 
     if path.is_dir() and (path / IMAGE_FILE).is_file():
-        return TotalSegmentator(path.parent).load(path.name)
+        dataset = TotalSegmentator(path.parent, modality=modality or "CT")
+        return dataset.load(path.name)
     entries = list(path.iterdir()) if path.is_dir() else []
     if entries and not any(p.is_file() and is_dicom_file(p) for p in entries):
         raise DatasetError(
@@ -173,8 +189,8 @@ def open_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
             "(<subject>/ct.nii.gz)"
         )
     if path.is_file() and path.name == IMAGE_FILE and path.parent.name:
-        return load_volume(path, id=path.parent.name)
-    return load_volume(path, series_uid=series_uid)
+        return load_volume(path, id=path.parent.name, modality=modality)
+    return load_volume(path, series_uid=series_uid, modality=modality)
 
 
 def check_split_root(data_dir: str | os.PathLike[str]) -> None:

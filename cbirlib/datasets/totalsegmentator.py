@@ -128,6 +128,9 @@ class TotalSegmentator(Mapping[str, Volume]):
     classes
         Label columns: v1 fine class names and/or coarse region names (expanded to their
         members); default all 104 v1 classes.
+    modality
+        The modality recorded on every volume read (``"CT"``, as the layout's
+        ``ct.nii.gz`` images are).
 
     Raises
     ------
@@ -150,8 +153,10 @@ class TotalSegmentator(Mapping[str, Volume]):
         split: str | None = None,
         min_pixels: int = 1,
         classes: Sequence[str] | None = None,
+        modality: str = "CT",
     ) -> None:
         self.root = Path(root)
+        self.modality = modality
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: not a folder; expected a TotalSegmentator root")
         if min_pixels < 1:
@@ -272,7 +277,7 @@ class TotalSegmentator(Mapping[str, Volume]):
         """
         from cbirlib.io import load_volume
 
-        volume = load_volume(self.image_path(subject_id), id=subject_id, modality="CT")
+        volume = load_volume(self.image_path(subject_id), id=subject_id, modality=self.modality)
         if not labels:
             return volume
         return volume.with_labels(self._labels(subject_id, like=volume))
