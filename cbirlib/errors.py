@@ -182,6 +182,10 @@ class CliError(CbirError, ValueError):
     """A command-line request that cannot be carried out (missing input, bad combination)."""
 
 
+class UsageError(CliError):
+    """Command-line arguments that do not go together: the command exits with status 2."""
+
+
 __all__ = [
     "CbirError",
     "VolumeReadError",
@@ -216,6 +220,7 @@ __all__ = [
     "HitsError",
     "UnknownColumnError",
     "CliError",
+    "UsageError",
     "ExtractorMismatchWarning",
 ]
 

@@ -178,7 +178,7 @@ def test_version_and_subcommand_help_with_examples(capsys) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"cbirlib {cbirlib.__version__}"
-    for command in ("demo", "index", "query", "benchmark", "evaluate", "extractors"):
+    for command in ("demo", "index", "query", "info", "rm", "benchmark", "evaluate", "extractors"):
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out
         assert "examples:" in text or "example:" in text
@@ -224,14 +224,14 @@ def test_extractor_options_reach_the_extractor_and_resume_checks_them(demo, tmp_
     assert capsys.readouterr().err.splitlines() == [
         f"cbirlib: error: index {str(index_dir)!r}: index built with 'baseline' "
         f"(dim {small.dim}), vectors come from 'baseline' (dim {default.dim}); pass another "
-        "index folder, or resume=False (CLI: --no-resume) to replace it"
+        "index folder, or --no-resume to replace it"
     ]
     # an option that keeps the dimension (size): refused, naming the option and both values
     assert main([*argv, "--extractor-opt", "bins=8", "--extractor-opt", "size=32"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"cbirlib: error: index {str(index_dir)!r}: extractor config differs from the one "
         "the index was built with (size: index has 64, given 32); pass another index "
-        "folder, or resume=False (CLI: --no-resume) to replace it"
+        "folder, or --no-resume to replace it"
     ]
     assert main([*argv, "--no-resume"]) == 0
     assert json.loads((index_dir / "meta.json").read_text())["extractor_config"]["bins"] != 8

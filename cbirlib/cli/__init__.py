@@ -1,10 +1,12 @@
-"""The ``cbirlib`` command: ``demo``, ``index``, ``query``, ``benchmark``, ``extractors``.
+"""The ``cbirlib`` command: ``demo``, ``index``, ``query``, ``info``, ``rm``, ``benchmark``, ...
 
 This package holds :func:`main` and :func:`build_parser`; each sub-command is a module
 (:mod:`~cbirlib.cli.demo`, :mod:`~cbirlib.cli.index`, :mod:`~cbirlib.cli.query`,
-:mod:`~cbirlib.cli.benchmark`, :mod:`~cbirlib.cli.extractors`) that parses its options,
-calls the library and prints. Every long step shows a progress bar (log messages are
-written above it, never into it). Errors are one line on stderr (``cbirlib: error: ...``)
+:mod:`~cbirlib.cli.info`, :mod:`~cbirlib.cli.rm`, :mod:`~cbirlib.cli.benchmark`,
+:mod:`~cbirlib.cli.extractors`) that parses its options, calls the library and prints.
+Progress bars follow tqdm's conventions (``--quiet``, ``TQDM_DISABLE``, off when stderr
+is not a terminal); log messages are written above them, never into them. Errors are
+one line on stderr (``cbirlib: error: ...``), in the command line's spelling of options,
 and a non-zero exit status (1 for a failed command, 2 for bad arguments, 130 when
 interrupted); ``--debug`` (before or after the sub-command) shows debug logging and the
 traceback.
@@ -27,12 +29,12 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from cbirlib.cli import benchmark, demo, extractors, index, query
+from cbirlib.cli import benchmark, demo, extractors, index, info, query, rm
 from cbirlib.cli._command import Command
 from cbirlib.cli._options import parse_extractor_opt
-from cbirlib.cli._output import PROG
+from cbirlib.cli._output import PROG, cli_syntax
 from cbirlib.datasets.folders import discover_volumes
-from cbirlib.errors import CbirError, CliError
+from cbirlib.errors import CbirError, CliError, UsageError
 
 __all__ = ["CliError", "build_parser", "discover_volumes", "main", "parse_extractor_opt"]
 
@@ -41,6 +43,8 @@ COMMANDS: tuple[Command, ...] = (
     demo.COMMAND,
     index.COMMAND,
     query.COMMAND,
+    info.COMMAND,
+    rm.COMMAND,
     benchmark.COMMAND,
     extractors.COMMAND,
 )
@@ -110,8 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 on success, 1 on an error, 2 on bad arguments, 130 when
-        interrupted.
+        The exit status: 0 on success, 1 on an error, 2 on bad arguments (argparse's
+        or a :class:`~cbirlib.errors.UsageError`), 130 when interrupted. Error messages
+        name options as the command line spells them (``--weights PATH``, not
+        ``weights="..."``; :func:`~cbirlib.cli._output.cli_syntax`).
     """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -137,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
         message = " ".join(message.split())  # one line, whatever a dependency wrote
-        sys.stderr.write(f"{PROG}: error: {message}\n")
-        return 1
+        sys.stderr.write(f"{PROG}: error: {cli_syntax(message)}\n")
+        return 2 if isinstance(exc, UsageError) else 1
     finally:
         restore_logging()

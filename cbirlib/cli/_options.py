@@ -32,6 +32,7 @@ __all__ = [
     "chain",
     "create_extractor",
     "extractor_options",
+    "fraction",
     "int_at_least",
     "load_index",
     "non_negative_int",
@@ -133,12 +134,50 @@ def create_extractor(name: str, options: dict[str, Any]) -> Extractor:
     return create(name, **options)
 
 
-def chain(extractor: Extractor, index: BaseIndex, *, top: int, k: int = 100) -> Pipeline:
-    """The default retrieval chain (:func:`cbirlib.presets.default_chain`)."""
+def chain(
+    extractor: Extractor,
+    index: BaseIndex,
+    *,
+    top: int,
+    k: int = 100,
+    rerank: bool = True,
+    localize: bool = True,
+    candidates: int | None = None,
+    trim: float = 0.0,
+) -> Pipeline:
+    """The default retrieval chain (:func:`cbirlib.presets.default_chain`) on ``index``.
+
+    ``k`` neighbours per query slice; the other arguments are those of
+    :func:`~cbirlib.presets.default_chain`.
+    """
     from cbirlib.presets import default_chain
     from cbirlib.search import SliceSearch
 
-    return default_chain(SliceSearch(extractor, index, k=k), top=top)
+    return default_chain(
+        SliceSearch(extractor, index, k=k),
+        top=top,
+        rerank=rerank,
+        localize=localize,
+        candidates=candidates,
+        trim=trim,
+    )
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 0.5).
+
+    Examples
+    --------
+    >>> fraction("0.1")
+    0.1
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5), got {text!r}") from None
+    if not 0.0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5), got {value}")
+    return value
 
 
 def load_index(path: Path) -> BaseIndex:

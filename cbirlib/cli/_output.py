@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -24,6 +25,8 @@ __all__ = [
     "MM_DIGITS",
     "PROG",
     "SCORE_DIGITS",
+    "SCORE_MEANINGS",
+    "cli_syntax",
     "plural",
     "print_results",
     "result_rows",
@@ -35,12 +38,44 @@ PROG = "cbirlib"
 #: Decimals of the scores and of the mm values in ``cbirlib query --json``.
 SCORE_DIGITS = 6
 MM_DIGITS = 1
+#: What a volume's score means, by the chain's last ranking stage.
+SCORE_MEANINGS = {
+    "maxsim": "mean over the query slices of the best cosine similarity in the volume (MaxSim)",
+    "votes": "number of the query slices' nearest-neighbour slices that lie in the volume",
+}
 
 
 def write(out: TextIO, text: str = "") -> None:
     """Write one line to ``out`` and flush it (progress bars write to stderr meanwhile)."""
     out.write(text + "\n")
     out.flush()
+
+
+#: Library spellings of options in error messages -> their command-line spelling.
+_CLI_SPELLINGS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"""create_extractor\("[^"]*", weights="[^"]*"\)"""), "--weights PATH"),
+    (re.compile(r"""\bweights=(["'])https?://[^"']*\1"""), "--weights URL"),
+    (re.compile(r"""\bweights=(["'])[^"']*\1"""), "--weights PATH"),
+    (re.compile(r"\bweights= path or URL"), "--weights PATH or URL"),
+    (re.compile(r"\bresume=False \(CLI: --no-resume\)"), "--no-resume"),
+    (re.compile(r" \(or build_index call\)"), ""),
+    (re.compile(r"\boptionally sha256=\.\.\."), "optionally --extractor-opt sha256=..."),
+)
+
+
+def cli_syntax(message: str) -> str:
+    """``message`` with the library's spelling of options replaced by the CLI's.
+
+    Examples
+    --------
+    >>> cli_syntax('or pass a local file with weights="path/to/file"')
+    'or pass a local file with --weights PATH'
+    >>> cli_syntax("pass another index folder, or resume=False (CLI: --no-resume) to replace it")
+    'pass another index folder, or --no-resume to replace it'
+    """
+    for pattern, spelling in _CLI_SPELLINGS:
+        message = pattern.sub(spelling, message)
+    return message
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -70,11 +105,12 @@ def _fmt_float(value: float, spec: str = ".0f") -> str:
     return "-" if not math.isfinite(value) else format(value, spec)
 
 
-def result_rows(hits: Hits, query_id: str) -> list[dict[str, Any]]:
+def result_rows(hits: Hits, query_id: str, *, votes: bool = False) -> list[dict[str, Any]]:
     """One query's ranked volumes as plain dicts, rounded for display and JSON.
 
-    Scores are clipped to [-1, 1] (float32 sums can exceed 1 in the last digits) and
-    rounded to :data:`SCORE_DIGITS` decimals; ``span`` is the predicted slice span
+    Cosine scores are clipped to [-1, 1] (float32 sums can exceed 1 in the last digits)
+    and rounded to :data:`SCORE_DIGITS` decimals; vote counts (``votes=True``) are
+    integers; ``span`` is the predicted slice span
     ``[first, last]`` and ``span_mm`` the z positions of the centres of those two
     slices, rounded to :data:`MM_DIGITS` decimals.
     """
@@ -82,11 +118,12 @@ def result_rows(hits: Hits, query_id: str) -> list[dict[str, Any]]:
     extra = rows.extra
     out: list[dict[str, Any]] = []
     for i in range(len(rows)):
-        score = min(1.0, max(-1.0, float(rows.score[i])))
+        raw = float(rows.score[i])
+        score = round(raw) if votes else round(min(1.0, max(-1.0, raw)), SCORE_DIGITS)
         row: dict[str, Any] = {
             "rank": int(rows.rank[i]),
             "volume_id": str(rows.volume_id[i]),
-            "score": round(score, SCORE_DIGITS),
+            "score": score,
         }
         if "loc_first" in extra and int(extra["loc_first"][i]) >= 0:
             row["span"] = [int(extra["loc_first"][i]), int(extra["loc_last"][i])]
@@ -99,8 +136,14 @@ def result_rows(hits: Hits, query_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def print_results(out: TextIO, title: str, rows: list[dict[str, Any]]) -> None:
-    """The rows of :func:`result_rows` as a table: rank, volume, score, slices, z (mm)."""
+def print_results(
+    out: TextIO, title: str, rows: list[dict[str, Any]], *, score: str = "maxsim"
+) -> None:
+    """The rows of :func:`result_rows` as a table: rank, volume, score, slices, z (mm).
+
+    ``score`` (a key of :data:`SCORE_MEANINGS`) names what the scores mean in the
+    table's footnote.
+    """
     write(out, title)
     write(out, f"  {'rank':>4}  {'volume':<24} {'score':>8}  {'slices':>11}  {'z (mm)':>15}")
     for row in rows:
@@ -112,10 +155,15 @@ def print_results(out: TextIO, title: str, rows: list[dict[str, Any]]) -> None:
         )
         write(
             out,
-            f"  {row['rank']:>4}  {row['volume_id']:<24} {row['score']:>8.4f}"
+            f"  {row['rank']:>4}  {row['volume_id']:<24} {_fmt_score(row['score']):>8}"
             f"  {span:>11}  {mm:>15}",
         )
     if not rows:
         write(out, "  (no results)")
     else:
-        write(out, "  (z: positions of the centres of the first and last slice of the span)")
+        write(out, f"  (score: {SCORE_MEANINGS[score]};")
+        write(out, "   z: positions of the centres of the first and last slice of the span)")
+
+
+def _fmt_score(score: float) -> str:
+    return str(score) if isinstance(score, int) else f"{score:.4f}"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from cbirlib.cli._command import Command
 from cbirlib.cli._options import (
@@ -16,6 +17,9 @@ from cbirlib.cli._options import (
 )
 from cbirlib.cli._output import PROG, plural, show_progress, write
 from cbirlib.datasets.folders import discover_volumes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cbirlib.extractor import Extractor
 
 __all__ = ["COMMAND", "run"]
 
@@ -31,6 +35,19 @@ def _indexed_count(path: Path) -> int:
         return 0
 
 
+def _drop_build_stopped(record: logging.LogRecord) -> bool:
+    """A log filter: the library's "build stopped" warning, which this command says itself."""
+    return not str(record.msg).startswith("build %s")
+
+
+def _load_weights(extractor: Extractor) -> None:
+    """Build the model (and so load its weights) before any volume is read."""
+    from cbirlib.extractor import SliceExtractor
+
+    if isinstance(extractor, SliceExtractor):
+        extractor.model  # noqa: B018 - built on first access: a missing file fails here
+
+
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib index``: embed the volumes under ``args.data_dir`` into an index."""
     from cbirlib.index import build_index
@@ -42,6 +59,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     saved_meta = check_resumable(index_dir, extractor) if args.resume else None
     before = saved_meta.n_volumes if saved_meta is not None else 0
+    _load_weights(extractor)
     write(out, f"indexing {plural(len(items), 'volume')} from {args.data_dir} with {extractor!r}")
     if before:
         ids = {vid for vid, _ in items}
@@ -51,6 +69,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             f"the {len(ids)} found here are skipped (matched by id only: a changed file "
             "keeps its old embeddings; --no-resume rebuilds)",
         )
+    build_log = logging.getLogger("cbirlib.index.build")
+    build_log.addFilter(_drop_build_stopped)
     try:
         index = build_index(
             items, extractor, index_dir, verbose=show_progress(args), resume=args.resume
@@ -63,6 +83,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                 "run the same command to resume\n"
             )
         raise
+    finally:
+        build_log.removeFilter(_drop_build_stopped)
     added = max(0, index.n_volumes - before)
     skipped = len(items) - added
     write(
