@@ -241,3 +241,31 @@ def test_resume_advice_names_the_cli_option(indexed, tmp_path, capsys) -> None:
     assert main(argv) == 1
     err = _one_line_error(capsys)
     assert "--no-resume" in err and "resume=False" not in err
+
+
+# --- extractors ------------------------------------------------------------------------------
+
+
+def test_extractors_filters_by_pattern_and_prints_dim_and_input_as_json(capsys) -> None:
+    from cbirlib import create_extractor
+
+    assert main(["extractors", "resnet", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["fractaldb-resnet50", "radimagenet-resnet50"]
+    assert all(r["dim"] == 2048 and r["input"] == {"size": [224, 224], "channels": 3} for r in rows)
+    assert main(["extractors", "classical", "--json"]) == 0  # an alias matches too
+    (row,) = json.loads(capsys.readouterr().out)
+    baseline = create_extractor("baseline")
+    assert row["name"] == "baseline" and row["weights"] is True
+    assert row["dim"] == baseline.dim
+    assert row["input"]["size"] == list(baseline.input_config.size)
+    assert main(["extractors", "no-such-model"]) == 0
+    assert "no extractor matches 'no-such-model'" in capsys.readouterr().out
+
+
+def test_extractors_table_shows_dim_and_cli_syntax(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CBIRLIB_CACHE", str(tmp_path))  # no weights file found there
+    assert main(["extractors", "radimagenet-resnet50"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("radim"))
+    assert line.split()[1:4] == ["no", "2048", "3x224x224"]
+    assert "--weights PATH or URL" in line and "weights=" not in line
