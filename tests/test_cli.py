@@ -178,7 +178,17 @@ def test_version_and_subcommand_help_with_examples(capsys) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"cbirlib {cbirlib.__version__}"
-    for command in ("demo", "index", "query", "info", "rm", "benchmark", "evaluate", "extractors"):
+    for command in (
+        "demo",
+        "index",
+        "query",
+        "info",
+        "rm",
+        "benchmark",
+        "evaluate",
+        "extractors",
+        "plugins",
+    ):
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out
         assert "examples:" in text or "example:" in text

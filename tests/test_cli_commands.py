@@ -269,3 +269,41 @@ def test_extractors_table_shows_dim_and_cli_syntax(tmp_path, monkeypatch, capsys
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("radim"))
     assert line.split()[1:4] == ["no", "2048", "3x224x224"]
     assert "--weights PATH or URL" in line and "weights=" not in line
+
+
+# --- plugins ---------------------------------------------------------------------------------
+
+
+def test_plugins_lists_each_plugin_with_its_version_and_extractors(capsys) -> None:
+    import cbirlib
+    from cbirlib.plugins import list_extractors
+
+    assert main(["plugins", "--json"]) == 0
+    plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert plugins["baseline"]["module"] == "cbirlib.extractors.baseline"
+    assert plugins["baseline"]["version"] == cbirlib.__version__
+    # every registered extractor is listed under the plugin that registered it
+    for info in list_extractors():
+        assert info.name in plugins[info.plugin]["extractors"]
+    assert main(["plugins"]) == 0
+    rows = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["timm"][1] == cbirlib.__version__ and "radimagenet-resnet50," in rows["timm"]
+
+
+def test_plugins_lists_a_hook_object_registered_directly(capsys) -> None:
+    from cbirlib import hookimpl, plugins
+
+    class Mine:
+        @hookimpl
+        def register_extractors(self, register):  # type: ignore[no-untyped-def]
+            register("mine-test", lambda: None, description="test")
+
+    plugins.pm.register(Mine(), name="mine")
+    assert main(["plugins", "--json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert listed["mine"] == {
+        "name": "mine",
+        "version": None,
+        "module": __name__,
+        "extractors": ["mine-test"],
+    }

@@ -1,9 +1,10 @@
-"""The ``cbirlib`` command: ``demo``, ``index``, ``query``, ``info``, ``rm``, ``benchmark``, ...
+"""The ``cbirlib`` command and its sub-commands (``demo``, ``index``, ``query``, ``info``, ...).
 
 This package holds :func:`main` and :func:`build_parser`; each sub-command is a module
 (:mod:`~cbirlib.cli.demo`, :mod:`~cbirlib.cli.index`, :mod:`~cbirlib.cli.query`,
 :mod:`~cbirlib.cli.info`, :mod:`~cbirlib.cli.rm`, :mod:`~cbirlib.cli.benchmark`,
-:mod:`~cbirlib.cli.extractors`) that parses its options, calls the library and prints.
+:mod:`~cbirlib.cli.extractors`, :mod:`~cbirlib.cli.plugins`) that parses its options,
+calls the library and prints.
 Progress bars follow tqdm's conventions (``--quiet``, ``TQDM_DISABLE``, off when stderr
 is not a terminal); log messages are written above them, never into them. Errors are
 one line on stderr (``cbirlib: error: ...``), in the command line's spelling of options,
@@ -29,7 +30,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from cbirlib.cli import benchmark, demo, extractors, index, info, query, rm
+from cbirlib.cli import benchmark, demo, extractors, index, info, plugins, query, rm
 from cbirlib.cli._command import Command
 from cbirlib.cli._options import parse_extractor_opt
 from cbirlib.cli._output import PROG, cli_syntax
@@ -47,6 +48,7 @@ COMMANDS: tuple[Command, ...] = (
     rm.COMMAND,
     benchmark.COMMAND,
     extractors.COMMAND,
+    plugins.COMMAND,
 )
 
 
