@@ -50,13 +50,11 @@ def _load_weights(extractor: Extractor) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib index``: embed the volumes under ``args.data_dir`` into an index."""
-    from cbirlib.index import build_index
+    from cbirlib.index import build_index, check_resumable
 
     index_dir = Path(args.index_dir)
     items = discover_volumes(args.data_dir, modality=args.modality)
     extractor = create_extractor(args.extractor, extractor_options(args))
-    from cbirlib.index import check_resumable
-
     saved_meta = check_resumable(index_dir, extractor) if args.resume else None
     before = saved_meta.n_volumes if saved_meta is not None else 0
     _load_weights(extractor)
