@@ -26,6 +26,10 @@ sum(1 - s_hnsw) / sum(1 - s_exact) over the 10 results (1.0 = as close as exact)
 Run small for a smoke test::
 
     python benchmarks/index_scale.py --n 20000 --dims 384
+
+``--backend milvus`` also builds a :class:`~cbirlib.index.milvus.MilvusIndex` (a Milvus
+Lite file in a temporary folder, or ``--uri http://host:19530``) from the same vectors in
+the same run, and prints its insert rate, recall and query latency beside SliceIndex's.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbirlib.index import ExactIndex, HnswConfig, SliceIndex
+from cbirlib.index import ExactIndex, HnswConfig, MilvusIndex, SliceIndex
 
 Volumes = list[tuple[str, np.ndarray]]
 
@@ -167,7 +171,11 @@ def dir_bytes(path: Path) -> int:
 
 
 def evaluate(
-    hnsw: SliceIndex, exact: ExactIndex, queries: np.ndarray, efs: list[int], k: int = 10
+    hnsw: SliceIndex | MilvusIndex,
+    exact: ExactIndex,
+    queries: np.ndarray,
+    efs: list[int],
+    k: int = 10,
 ) -> None:
     t = time.perf_counter()
     ref = exact.search(queries, k=k)
@@ -208,7 +216,44 @@ def evaluate(
         )
 
 
-def run(kind: str, n: int, dim: int, config: HnswConfig, n_queries: int, efs: list[int]) -> None:
+def run_milvus(
+    vols: Volumes,
+    exact: ExactIndex,
+    queries: np.ndarray,
+    config: HnswConfig,
+    efs: list[int],
+    uri: str | None,
+) -> None:
+    """Insert rate, recall and latency of a MilvusIndex holding the same vectors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = uri or str(Path(tmp) / "bench.db")
+        name = f"bench_{os.getpid()}"
+        index = MilvusIndex(target, vols[0][1].shape[1], collection=name, config=config)
+        try:
+            n = sum(len(x) for _, x in vols)
+            t = time.perf_counter()
+            for vid, x in vols:
+                index.add(vid, x)
+            build = time.perf_counter() - t
+            print(f"Milvus ({target}) insert: {build:.1f} s ({n / build:,.0f} vectors/s)")
+            t = time.perf_counter()
+            index.search(queries[:1], k=10)  # the first search builds the index
+            print(f"  first search (index build): {time.perf_counter() - t:.1f} s", flush=True)
+            evaluate(index, exact, queries, efs)
+        finally:
+            index.drop()
+
+
+def run(
+    kind: str,
+    n: int,
+    dim: int,
+    config: HnswConfig,
+    n_queries: int,
+    efs: list[int],
+    backend: str = "hnsw",
+    uri: str | None = None,
+) -> None:
     vols = anatomy_volumes(n, dim) if kind == "anatomy" else walk_volumes(n, dim)
     raw = sum(x.nbytes for _, x in vols)
     n = sum(len(x) for _, x in vols)
@@ -235,8 +280,11 @@ def run(kind: str, n: int, dim: int, config: HnswConfig, n_queries: int, efs: li
     exact = ExactIndex(dim)
     for vid, x in vols:
         exact.add(vid, x)
-    evaluate(hnsw, exact, make_queries(kind, n, dim, n_queries, vols), efs)
+    queries = make_queries(kind, n, dim, n_queries, vols)
+    evaluate(hnsw, exact, queries, efs)
     hnsw.ef = config.ef_search
+    if backend == "milvus":
+        run_milvus(vols, exact, queries, config, efs, uri)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "hnsw"
@@ -287,11 +335,18 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, default=HnswConfig().ef_construction)
     parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument(
+        "--backend",
+        choices=["hnsw", "milvus"],
+        default="hnsw",
+        help="milvus: also measure a MilvusIndex on the same vectors, in the same run",
+    )
+    parser.add_argument("--uri", help="Milvus server URL (default: a temporary Milvus Lite file)")
     args = parser.parse_args()
     for dim in args.dims:
         for m in args.M:
             cfg = HnswConfig(M=m, ef_construction=args.ef_construction)
-            run(args.data, args.n, dim, cfg, args.queries, args.ef)
+            run(args.data, args.n, dim, cfg, args.queries, args.ef, args.backend, args.uri)
 
 
 if __name__ == "__main__":

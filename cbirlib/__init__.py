@@ -27,7 +27,9 @@ _LAZY: dict[str, str] = {
     "SliceLabels": "cbirlib.labels",
     "load_volume": "cbirlib.io",
     "load_mask": "cbirlib.io",
+    "guess_modality": "cbirlib.modality",
     "CbirError": "cbirlib.errors",
+    "ModalityMismatchWarning": "cbirlib.errors",
     "Extractor": "cbirlib.extractor",
     "SliceExtractor": "cbirlib.extractor",
     "InputConfig": "cbirlib.preprocess",
@@ -39,6 +41,7 @@ _LAZY: dict[str, str] = {
     "HnswConfig": "cbirlib.index",
     "SliceIndex": "cbirlib.index",
     "ExactIndex": "cbirlib.index",
+    "MilvusIndex": "cbirlib.index",
     "SliceMatches": "cbirlib.index",
     "ExtractorMismatchWarning": "cbirlib.index",
     "build_index": "cbirlib.index",
@@ -73,6 +76,8 @@ __all__ = [
     "InputConfig",
     "Localize",
     "MaxSimRerank",
+    "MilvusIndex",
+    "ModalityMismatchWarning",
     "Pipeline",
     "Retriever",
     "SliceExtractor",
@@ -87,6 +92,7 @@ __all__ = [
     "build_index",
     "create_extractor",
     "evaluate",
+    "guess_modality",
     "hookimpl",
     "list_extractors",
     "load_mask",
@@ -115,7 +121,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
     from cbirlib.benchmarking import benchmark
-    from cbirlib.errors import CbirError
+    from cbirlib.errors import CbirError, ModalityMismatchWarning
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
     from cbirlib.hits import Hits
@@ -124,6 +130,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ExactIndex,
         ExtractorMismatchWarning,
         HnswConfig,
+        MilvusIndex,
         SliceIndex,
         SliceMatches,
         build_index,
@@ -131,6 +138,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.io import load_mask, load_volume
     from cbirlib.labels import SliceLabels
     from cbirlib.localize import Localize
+    from cbirlib.modality import guess_modality
     from cbirlib.pipeline import Cutoff, Pipeline, Retriever, stage
     from cbirlib.plugins import ExtractorInfo, create_extractor, list_extractors, load_plugins
     from cbirlib.preprocess import InputConfig

@@ -148,6 +148,14 @@ class IndexStorageError(SliceIndexError, OSError):
         return f"{self.strerror} ({self.filename!r}, errno {self.errno})"
 
 
+class IndexInUseError(SliceIndexError, RuntimeError):
+    """An index that another process holds open (a Milvus Lite file admits one process)."""
+
+
+class BackendUnavailableError(CbirError, ImportError):
+    """An optional index backend whose packages are not installed (``cbirlib[milvus]``)."""
+
+
 class ExtractorMismatchError(SliceIndexError):
     """Vectors from an extractor whose config differs from the one the index was built with."""
 
@@ -213,6 +221,8 @@ __all__ = [
     "VolumeNotInIndexError",
     "IndexFormatError",
     "IndexStorageError",
+    "IndexInUseError",
+    "BackendUnavailableError",
     "ExtractorMismatchError",
     "PipelineError",
     "EvaluationError",
@@ -222,8 +232,13 @@ __all__ = [
     "CliError",
     "UsageError",
     "ExtractorMismatchWarning",
+    "ModalityMismatchWarning",
 ]
 
 
 class ExtractorMismatchWarning(UserWarning):
     """Vectors come from an extractor whose config differs from the index's one."""
+
+
+class ModalityMismatchWarning(UserWarning):
+    """A query's modality (e.g. MR) is not among the modalities of the indexed volumes."""

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cbirlib.errors import ExtractorError
+from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
 from cbirlib.preprocess import PERCENTILE_WINDOW, InputConfig, prepare_slices, window_bounds
 from cbirlib.volume import Volume
@@ -426,7 +427,10 @@ class SliceExtractor(Extractor):
         return emb
 
     def _window(self, volume: Volume) -> str | tuple[float, float]:
-        return PERCENTILE_WINDOW if volume.modality == "MR" else self.input_config.window
+        """The input window for a CT, the volume's percentiles for any other modality."""
+        if effective_modality(volume.modality, volume.array) == "CT":
+            return self.input_config.window
+        return PERCENTILE_WINDOW
 
     def _embed_stream(
         self, volumes: Iterator[Volume]

@@ -21,6 +21,14 @@ raises :class:`~cbirlib.errors.MissingSliceError`; smaller spacing irregularitie
 positions are kept in ``z_positions``. Only the files directly inside the folder are
 read (no recursion); files that are not DICOM are skipped.
 
+The modality is never assumed silently: the caller's ``modality=``, else DICOM's
+``Modality`` tag, else (NIfTI) the ``"Modality"`` of a dcm2niix/BIDS JSON sidecar, else
+:func:`guess_modality` from the intensities, with a logged warning that states the guess.
+
+A gantry-tilted or oblique acquisition keeps its true slice positions; ``spacing[0]``
+is the distance between the slice planes along their normal, and a ``UserWarning``
+states the tilt and that spacing.
+
 No patient identifier (name, ID, birth date, ...) is copied into the volume or logged.
 
 Examples
@@ -29,9 +37,9 @@ Examples
 >>> tmp = pathlib.Path(tempfile.mkdtemp())
 >>> data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)   # (i, j, k) = (R, A, S)
 >>> nib.save(nib.Nifti1Image(data, np.diag([1.0, 2.0, 3.0, 1.0])), tmp / "case1.nii.gz")
->>> vol = load_volume(tmp / "case1.nii.gz")
+>>> vol = load_volume(tmp / "case1.nii.gz", modality="MR")
 >>> vol
-Volume('case1', shape=(4, 3, 2), spacing=3x2x1 mm, CT)
+Volume('case1', shape=(4, 3, 2), spacing=3x2x1 mm, MR)
 >>> vol.z_positions.tolist()
 [0.0, 3.0, 6.0, 9.0]
 >>> bool((vol.array == data.transpose(2, 1, 0)).all())
@@ -40,6 +48,7 @@ True
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -56,13 +65,16 @@ from cbirlib.errors import (
     InvalidVolumeError,
     MaskShapeError,
     MissingSliceError,
+    SettingError,
     VolumeNotFoundError,
     VolumeReadError,
 )
+from cbirlib.modality import UNKNOWN, guess_modality, guess_modality_reason, normalize_modality
 from cbirlib.volume import Volume
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "guess_modality",
     "nifti_stem",
     "DicomSeries",
     "dicom_series",
@@ -402,6 +414,15 @@ def dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
     return [info for info, _ in _group_series(_scan_dicom_folder(p))]
 
 
+def _tag_modality(value: Any, path: Path) -> str:
+    """The Modality tag's code, or ``"unknown"`` when it is absent or malformed."""
+    try:
+        return normalize_modality(str(value or ""))
+    except SettingError:
+        logger.debug("%s: unusable Modality tag %r; ignored", path, value)
+        return UNKNOWN
+
+
 def _floats(value: Any) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -440,7 +461,7 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
                 path=f,
                 series_uid=str(uid),
                 series_number=_series_number(ds.get("SeriesNumber")),
-                modality=str(ds.get("Modality", "") or "unknown"),
+                modality=_tag_modality(ds.get("Modality", ""), f),
                 orientation=_floats(ds.get("ImageOrientationPatient")),
                 position=_floats(ds.get("ImagePositionPatient")),
                 pixel_spacing=_floats(ds.get("PixelSpacing")),
@@ -739,8 +760,12 @@ def load_volume(
         ``DOE^JOHN/``), pass an explicit pseudonymous ``id=`` (a study code, a counter,
         a hash you keep the key of).
     modality
-        ``"CT"``, ``"MR"``, ...; defaults to the DICOM ``Modality`` tag (``"unknown"``
-        when absent), and to ``"CT"`` for NIfTI.
+        ``"CT"``, ``"MR"``, ... (it decides the window: an HU window for CT,
+        percentiles for the others). Without it: the DICOM ``Modality`` tag; for a
+        NIfTI file the ``"Modality"`` of its dcm2niix/BIDS JSON sidecar
+        (``<name>.json`` beside it); failing both, :func:`guess_modality` decides from
+        the intensities and a warning is logged (logger ``cbirlib.io``) that states
+        the guess. ``"unknown"`` is the same as None.
 
     Returns
     -------
@@ -760,11 +785,16 @@ def load_volume(
     InvalidVolumeError
         Not a 3D image (2D, 4D), NaN or infinite voxels.
 
+    SettingError
+        ``modality`` is not a DICOM modality code.
+
     Warns
     -----
     UserWarning
         A NIfTI file whose ``qform_code`` and ``sform_code`` are both 0: its orientation
-        is unknown, and nibabel's default (LAS) is assumed.
+        is unknown, and nibabel's default (LAS) is assumed. A gantry-tilted or oblique
+        acquisition: the warning states the tilt and the true slice spacing (the
+        distance between slice planes, which ``spacing[0]`` holds).
 
     Examples
     --------
@@ -779,16 +809,51 @@ def load_volume(
     """
     p = Path(path)
     _check_exists(p)
+    given = None if modality is None else normalize_modality(modality)
     if p.is_dir():
-        canon, dicom_modality = _read_dicom_series(p, series_uid=series_uid)
-        return _make_volume(
-            str(p), canon, id=id or p.resolve().name, modality=modality or dicom_modality
+        canon, tag = _read_dicom_series(p, series_uid=series_uid)
+        vid = id or p.resolve().name
+        found = given if given not in (None, UNKNOWN) else (tag if tag != UNKNOWN else None)
+        where = "the DICOM series has no Modality tag"
+    else:
+        stem = nifti_stem(p)
+        if stem is None:
+            raise _unsupported(p)
+        canon = _read_nifti(p)
+        vid = id or stem
+        found = given if given not in (None, UNKNOWN) else _sidecar_modality(p, stem)
+        where = "a NIfTI file does not record it"
+    if found is None:
+        found, reason = guess_modality_reason(canon.array)
+        logger.warning(
+            "%s: modality not given (%s); guessed %s: %s. If that is wrong, pass "
+            "modality='CT' or 'MR' to load_volume (or --modality on the command line)",
+            p,
+            where,
+            found,
+            reason,
         )
-    stem = nifti_stem(p)
-    if stem is None:
-        raise _unsupported(p)
-    canon = _read_nifti(p)
-    return _make_volume(str(p), canon, id=id or stem, modality=modality or "CT")
+    return _make_volume(str(p), canon, id=vid, modality=found)
+
+
+def _sidecar_modality(path: Path, stem: str) -> str | None:
+    """The ``"Modality"`` of a dcm2niix/BIDS JSON sidecar (``<stem>.json``), if any.
+
+    Nothing else is read from the sidecar (it may hold acquisition dates and more).
+    """
+    sidecar = path.with_name(stem + ".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        value = json.loads(sidecar.read_text(encoding="utf-8")).get("Modality")
+        code = normalize_modality(str(value)) if value is not None else UNKNOWN
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, SettingError) as exc:
+        logger.warning("%s: unreadable JSON sidecar, its Modality is ignored (%s)", sidecar, exc)
+        return None
+    if code == UNKNOWN:
+        return None
+    logger.debug("%s: modality %s from its JSON sidecar", path, code)
+    return code
 
 
 def load_mask(path: str | os.PathLike[str], *, like: Volume | None = None) -> npt.NDArray[np.bool_]:

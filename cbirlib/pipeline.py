@@ -56,7 +56,11 @@ Queries: TypeAlias = Volume | Iterable[Volume]
 
 
 class SliceStore(Protocol):
-    """What the retrieval stages need from a slice index (``SliceIndex``, ``ExactIndex``)."""
+    """What the retrieval stages need from a slice index.
+
+    :class:`~cbirlib.index.SliceIndex`, :class:`~cbirlib.index.ExactIndex` and
+    :class:`~cbirlib.index.MilvusIndex` implement it.
+    """
 
     def search(self, queries: npt.NDArray[np.float32], k: int) -> Any:
         """``SliceMatches`` with ``volume_ids``, ``slice_indices``, ``scores``, ``z_mm``."""

@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
@@ -34,11 +35,13 @@ from cbirlib.errors import (
     DimensionMismatchError,
     EvaluationError,
     ExtractorError,
+    ModalityMismatchWarning,
     PipelineError,
     StructureNotPresentError,
     UnknownStructureError,
 )
 from cbirlib.hits import Hits
+from cbirlib.modality import UNKNOWN, effective_modality
 from cbirlib.pipeline import SearchContext, SliceStore, Stage, StageLevel
 from cbirlib.volume import Volume
 
@@ -222,7 +225,7 @@ class SliceSearch(Stage):
         another extractor name or dimension raises
         :class:`~cbirlib.errors.ExtractorMismatchError`, other config differences warn.
     index
-        The slice index (``SliceIndex`` or ``ExactIndex``).
+        The slice index (``SliceIndex``, ``ExactIndex`` or ``MilvusIndex``).
     k
         Neighbours per query slice (fewer when the index holds fewer slices).
     query_stride
@@ -241,6 +244,13 @@ class SliceSearch(Stage):
     index in the query volume. The query embeddings (L2-normalised here, whether
     extracted or passed precomputed), their slice indices and the index are left in the
     :class:`~cbirlib.pipeline.SearchContext` for later stages.
+
+    Warns
+    -----
+    ModalityMismatchWarning
+        A query's modality (as windowed: :func:`cbirlib.modality.effective_modality`)
+        is none of the modalities the index recorded for its volumes (volumes recorded
+        as ``"unknown"`` are not counted).
     """
 
     extractor: QueryEmbedder
@@ -314,6 +324,7 @@ class SliceSearch(Stage):
             self._checked.append(True)
         context.index = self.index
         vols = list(context.queries.values())
+        _warn_modality(vols, self.index)
         blocks, qids, qslices, owns = [], [], [], []
         n_extra = 0
         n_total = sum(len(range(0, v.n_slices, self.query_stride)) for v in vols)
@@ -369,6 +380,28 @@ class SliceSearch(Stage):
         stride = f", query_stride={self.query_stride}" if self.query_stride != 1 else ""
         loo = ", exclude_source=True" if self.exclude_source else ""
         return f"SliceSearch(k={self.k}{stride}{loo})"
+
+
+def _warn_modality(vols: list[Volume], index: SliceStore) -> None:
+    """Warn when queries are of a modality that none of the indexed volumes has."""
+    recorded = getattr(index, "modalities", None)
+    known = {m for m in recorded.values() if m != UNKNOWN} if recorded else set()
+    if not known:
+        return
+    odd: dict[str, list[str]] = {}
+    for vol in vols:
+        modality = effective_modality(vol.modality, vol.array)
+        if modality not in known:
+            odd.setdefault(modality, []).append(vol.id)
+    for modality, ids in odd.items():
+        warnings.warn(
+            f"{len(ids)} {'query is' if len(ids) == 1 else 'queries are'} {modality} "
+            f"(e.g. {ids[0]!r}) but the index holds {', '.join(sorted(known))} volumes only: "
+            "similarities across modalities mean little. If the modality is wrong, pass "
+            "modality= to load_volume (or --modality)",
+            ModalityMismatchWarning,
+            stacklevel=3,
+        )
 
 
 def _unit_rows(emb: npt.NDArray[np.float32], query_id: str) -> npt.NDArray[np.float32]:

@@ -74,10 +74,12 @@ def _check_plane(plane: str) -> None:
 
 
 def _bounds(volume: Volume, window: str | tuple[float, float]) -> tuple[float, float]:
-    """Display window of a volume: the named CT window, or percentiles for MR."""
+    """Display window of a volume: the named CT window, or percentiles for other modalities."""
+    from cbirlib.modality import effective_modality
     from cbirlib.preprocess import window_bounds
 
-    return window_bounds(volume.array, "percentile" if volume.modality == "MR" else window)
+    is_ct = effective_modality(volume.modality, volume.array) == "CT"
+    return window_bounds(volume.array, window if is_ct else "percentile")
 
 
 def _z_edges(volume: Volume) -> npt.NDArray[np.float64]:

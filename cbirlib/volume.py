@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.errors import InvalidVolumeError, MaskShapeError
+from cbirlib.errors import InvalidVolumeError, MaskShapeError, SettingError
 from cbirlib.labels import SliceLabels
+from cbirlib.modality import UNKNOWN, normalize_modality
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,15 +42,19 @@ class Volume:
     labels
         Optional per-slice structure labels (ground truth for evaluation only).
     modality
-        ``"CT"``, ``"MR"`` or ``"unknown"``.
+        ``"CT"``, ``"MR"`` (any DICOM modality code, case-insensitive; ``"MRI"`` is
+        ``"MR"``) or ``"unknown"`` (the default). It decides the window: CT volumes get
+        an HU window, others a percentile window, and an ``"unknown"`` one is windowed
+        as :func:`cbirlib.modality.guess_modality` says from its intensities. The
+        readers (:func:`cbirlib.load_volume`) always set it.
     affine
         Optional 4x4 voxel-to-world (RAS, mm) matrix of the array indexed ``(x, y, z)``.
 
     Raises
     ------
     InvalidVolumeError
-        Not a finite real 3D array, bad spacing, or z positions that are not finite
-        and strictly increasing.
+        Not a finite real 3D array, bad spacing, z positions that are not finite
+        and strictly increasing, or an invalid modality.
     MaskShapeError
         Labels that do not cover the slices.
     """
@@ -59,7 +64,7 @@ class Volume:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     z_positions: npt.NDArray[np.float64] = field(default=None)  # type: ignore[arg-type]
     labels: SliceLabels | None = None
-    modality: str = "CT"
+    modality: str = UNKNOWN
     affine: npt.NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
@@ -108,8 +113,13 @@ class Volume:
                 f"volume {self.id!r}: labels cover {len(self.labels)} slices, "
                 f"the image has {array.shape[0]}"
             )
+        try:
+            modality = normalize_modality(self.modality)
+        except SettingError as exc:
+            raise InvalidVolumeError(f"volume {self.id!r}: {exc}") from None
         object.__setattr__(self, "array", array)
         object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "modality", modality)
         object.__setattr__(self, "z_positions", z)
 
     @property

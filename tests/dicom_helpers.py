@@ -66,6 +66,8 @@ def write_dicom_series(
     skip: Sequence[int] = (),
     seed: int = 0,
     prefix: str = "img",
+    tilt_degrees: float = 0.0,
+    write_modality: bool = True,
 ) -> str:
     """Write ``array`` (``(Z, Y, X)`` = (S, A, R)) as a DICOM series; return its series UID.
 
@@ -83,6 +85,12 @@ def write_dicom_series(
         Give files random names and InstanceNumbers unrelated to position.
     skip
         Slice indices not written (to make gaps).
+    tilt_degrees
+        Gantry tilt: the slice planes are rotated by this angle about the left-right
+        axis (ImageOrientationPatient's column direction gets a z component) while the
+        slice positions still advance along z by ``dz``, as on a tilted CT gantry.
+    write_modality
+        Write the Modality tag (False: leave it out).
     """
     arr = np.asarray(array, dtype=np.float64)
     n_z, n_y, n_x = arr.shape
@@ -114,12 +122,15 @@ def write_dicom_series(
         ds.PatientName = PATIENT_NAME
         ds.PatientID = PATIENT_ID
         ds.PatientBirthDate = PATIENT_BIRTH_DATE
-        ds.Modality = modality
+        if write_modality:
+            ds.Modality = modality
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.SeriesDescription = description
         ds.InstanceNumber = int(numbers[k])
-        ds.ImageOrientationPatient = [-1, 0, 0, 0, 1, 0] if mirror_x else [1, 0, 0, 0, 1, 0]
+        tilt = np.radians(tilt_degrees)
+        col_dir = [0, 1, 0] if tilt == 0 else [0.0, float(np.cos(tilt)), float(np.sin(tilt))]
+        ds.ImageOrientationPatient = [-1 if mirror_x else 1, 0, 0, *col_dir]
         ds.ImagePositionPatient = [-x0, -y0, oz + k * dz]  # RAS -> LPS
         ds.PixelSpacing = [dy, dx]  # (between rows, between columns)
         ds.SliceThickness = dz

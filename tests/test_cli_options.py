@@ -70,7 +70,7 @@ def test_quiet_goes_before_or_after_the_command() -> None:
 def test_modality_reaches_the_extractor_through_index_and_query(tmp_path, capsys) -> None:
     data = _mr_folder(tmp_path)
     as_ct, as_mr = tmp_path / "ct-idx", tmp_path / "mr-idx"
-    assert main(["index", str(data), str(as_ct), "--quiet"]) == 0
+    assert main(["index", str(data), str(as_ct), "--quiet", "--modality", "CT"]) == 0
     assert main(["index", str(data), str(as_mr), "--quiet", "--modality", "mr"]) == 0
     capsys.readouterr()
     # the baseline normalizes MR by percentiles and CT by a HU window: other vectors
@@ -87,14 +87,45 @@ def test_modality_reaches_the_extractor_through_index_and_query(tmp_path, capsys
 
     # read as MR, the query embeds as the index did: the same vectors, score 1
     assert top_score(["--modality", "MR"]) == pytest.approx(1.0, abs=1e-5)
-    assert top_score([]) < 1.0 - 1e-4
+    assert top_score(["--modality", "CT"]) < 1.0 - 1e-4
 
 
-def test_modality_is_a_usage_error_outside_ct_and_mr(capsys) -> None:
-    assert main(["index", "d", "i", "--modality", "PET"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
+@pytest.mark.parametrize("value", ["CTT", "=MR"])
+def test_a_bad_modality_is_a_usage_error_before_any_work(value, tmp_path, capsys) -> None:
+    data = _mr_folder(tmp_path)
+    assert main(["index", str(data), str(tmp_path / "idx"), "--modality", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cbirlib: error: ") and "--modality" in err
+    assert not (tmp_path / "idx").exists()
     args = build_parser().parse_args(["benchmark", "d", "--modality", "MR"])
-    assert args.modality == "MR"
+    assert args.modality == ["MR"]
+
+
+def test_modality_per_folder(tmp_path) -> None:
+    data = _mr_folder(tmp_path)
+    (data / "ct").mkdir()
+    write_nifti(data / "ct" / "c.nii.gz", np.full((3, 16, 16), -1000.0, np.float32))
+    assert main(["index", str(data), str(tmp_path / "idx"), "--quiet",
+                 "--modality", "MR", "--modality", "ct=CT"]) == 0  # fmt: skip
+    found = dict(discover_volumes(data, modality={"*": "MR", "ct": "CT"}))
+    assert {vid: load().modality for vid, load in found.items()} == {
+        "a": "MR",
+        "b": "MR",
+        "ct/c": "CT",
+    }
+
+
+def test_python_warnings_are_one_line_in_cli_syntax(tmp_path, capsys) -> None:
+    data = _mr_folder(tmp_path)
+    index = tmp_path / "idx"
+    assert main(["index", str(data), str(index), "--quiet", "--modality", "MR"]) == 0
+    capsys.readouterr()
+    # a CT query against an MR index: a ModalityMismatchWarning, shown as one log line
+    assert main(["query", str(index), str(data / "a.nii.gz"), "--modality", "CT"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    (line,) = [ln for ln in err if "Mismatch" in ln]
+    assert line.startswith("cbirlib: WARNING: ") and "pass --modality" in line
+    assert "load_volume" not in line
 
 
 def test_library_functions_take_the_modality(tmp_path) -> None:

@@ -526,7 +526,8 @@ def test_dicom_float_noise_in_positions_is_not_uneven(tmp_path: Path, zyx: np.nd
 def test_mask_with_other_geometry_logs_a_warning(
     tmp_path: Path, zyx: np.ndarray, caplog: pytest.LogCaptureFixture
 ) -> None:
-    vol = load_volume(write_nifti(tmp_path / "ct.nii.gz", zyx, spacing=SPACING, origin=ORIGIN))
+    ct = write_nifti(tmp_path / "ct.nii.gz", zyx, spacing=SPACING, origin=ORIGIN)
+    vol = load_volume(ct, modality="CT")
     write_nifti(tmp_path / "aligned.nii.gz", zyx > 0, spacing=SPACING, origin=ORIGIN)
     write_nifti(tmp_path / "shifted.nii.gz", zyx > 0, spacing=SPACING)
     with caplog.at_level(logging.WARNING, logger="cbirlib.io"):

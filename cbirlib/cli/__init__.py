@@ -28,6 +28,7 @@ import argparse
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 
 from cbirlib.cli import benchmark, demo, extractors, index, info, plugins, query, rm
@@ -110,6 +111,19 @@ def _setup_logging(debug: bool) -> Callable[[], None]:
     return restore
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A Python warning as one ``cbirlib: WARNING: ...`` line, in the CLI's spelling."""
+    text = cli_syntax(" ".join(str(message).split()))
+    logging.getLogger("cbirlib").warning("%s (%s)", text, category.__name__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cbirlib`` command with ``argv`` (default: ``sys.argv[1:]``).
 
@@ -130,8 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else 2
     restore_logging = _setup_logging(args.debug)
     try:
-        # log records go through tqdm.write: above the progress bars, never inside them
-        with logging_redirect_tqdm(loggers=[logging.getLogger("cbirlib")]):
+        # log records go through tqdm.write: above the progress bars, never inside them;
+        # Python warnings become one-line log records too
+        with (
+            logging_redirect_tqdm(loggers=[logging.getLogger("cbirlib")]),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             status: int = args.func(args, sys.stdout)
         return status
     except KeyboardInterrupt:

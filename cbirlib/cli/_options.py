@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cbirlib._text import close_matches
-from cbirlib.errors import CliError, VolumeNotFoundError
+from cbirlib.errors import CliError, SettingError, UsageError, VolumeNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.extractor import Extractor
     from cbirlib.index import BaseIndex
+    from cbirlib.modality import ModalitySetting
     from cbirlib.pipeline import Pipeline
 
 __all__ = [
-    "MODALITIES",
     "add_extractor_options",
     "add_modality_option",
     "canonical_structure",
@@ -35,6 +35,7 @@ __all__ = [
     "fraction",
     "int_at_least",
     "load_index",
+    "modality_setting",
     "non_negative_int",
     "parse_extractor_opt",
     "positive_int",
@@ -61,19 +62,41 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
-#: The values of ``--modality``.
-MODALITIES = ("CT", "MR")
-
 
 def add_modality_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--modality {CT,MR}``: the modality of the volumes read (``modality=``)."""
+    """Add ``--modality MODALITY|FOLDER=MODALITY`` (repeatable): see :func:`modality_setting`."""
     parser.add_argument(
         "--modality",
-        choices=MODALITIES,
-        type=str.upper,
-        help="modality of the volumes read (default: the DICOM Modality tag; see the docs "
-        "for NIfTI files)",
+        action="append",
+        metavar="[FOLDER=]MODALITY",
+        help="modality (CT, MR, ...) of the volumes read, or of those under FOLDER; "
+        "repeatable (default: the DICOM Modality tag, a NIfTI file's JSON sidecar, or a "
+        "guess from the intensities, with a warning)",
     )
+
+
+def modality_setting(args: argparse.Namespace) -> ModalitySetting:
+    """``--modality`` values as a :data:`~cbirlib.modality.ModalitySetting` (None: none given).
+
+    Raises
+    ------
+    UsageError
+        A malformed value or an unknown modality code.
+
+    Examples
+    --------
+    >>> modality_setting(argparse.Namespace(modality=["mr"]))
+    'MR'
+    >>> modality_setting(argparse.Namespace(modality=["CT", "brains=MR"]))
+    {'*': 'CT', 'brains': 'MR'}
+    """
+    from cbirlib.modality import parse_modality_setting
+
+    try:
+        return parse_modality_setting(getattr(args, "modality", None))
+    except SettingError as exc:
+        message = str(exc)
+        raise UsageError(message if "--modality" in message else f"--modality: {message}") from None
 
 
 def parse_extractor_opt(text: str) -> tuple[str, Any]:

@@ -60,6 +60,11 @@ _CLI_SPELLINGS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bresume=False \(CLI: --no-resume\)"), "--no-resume"),
     (re.compile(r" \(or build_index call\)"), ""),
     (re.compile(r"\boptionally sha256=\.\.\."), "optionally --extractor-opt sha256=..."),
+    (
+        re.compile(r"modality='CT' or 'MR' to load_volume \(or --modality on the command line\)"),
+        "--modality CT or --modality MR",
+    ),
+    (re.compile(r"modality= to load_volume \(or --modality\)"), "--modality"),
 )
 
 
@@ -72,6 +77,8 @@ def cli_syntax(message: str) -> str:
     'or pass a local file with --weights PATH'
     >>> cli_syntax("pass another index folder, or resume=False (CLI: --no-resume) to replace it")
     'pass another index folder, or --no-resume to replace it'
+    >>> cli_syntax("pass modality= to load_volume (or --modality)")
+    'pass --modality'
     """
     for pattern, spelling in _CLI_SPELLINGS:
         message = pattern.sub(spelling, message)

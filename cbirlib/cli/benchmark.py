@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import TextIO
 
 from cbirlib.cli._command import Command
-from cbirlib.cli._options import add_extractor_options, add_modality_option, extractor_options
+from cbirlib.cli._options import (
+    add_extractor_options,
+    add_modality_option,
+    extractor_options,
+    modality_setting,
+)
 from cbirlib.cli._output import PROG, show_progress, write
 from cbirlib.datasets.folders import check_split_root
 
@@ -27,6 +32,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             f"{PROG}: note: `{PROG} evaluate` is now `{PROG} benchmark`; the old name "
             "will be removed in the next release\n"
         )
+    setting = modality_setting(args)
     check_split_root(args.data_dir)
     options = extractor_options(args)
     result = benchmark(
@@ -35,7 +41,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         modes=args.modes,
         out_dir=args.out,
         extractor_options=options,
-        modality=args.modality,
+        modality=setting,
         verbose=show_progress(args),
     )
     write(out, "mean ± SD over structures (structures without a query left out):")

@@ -14,6 +14,7 @@ from cbirlib.cli._options import (
     add_modality_option,
     create_extractor,
     extractor_options,
+    modality_setting,
 )
 from cbirlib.cli._output import PROG, plural, show_progress, write
 from cbirlib.datasets.folders import discover_volumes
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.index import build_index, check_resumable
 
     index_dir = Path(args.index_dir)
-    items = discover_volumes(args.data_dir, modality=args.modality)
+    items = discover_volumes(args.data_dir, modality=modality_setting(args))
     extractor = create_extractor(args.extractor, extractor_options(args))
     saved_meta = check_resumable(index_dir, extractor) if args.resume else None
     before = saved_meta.n_volumes if saved_meta is not None else 0

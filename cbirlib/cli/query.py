@@ -14,6 +14,7 @@ from cbirlib.cli._options import (
     chain,
     fraction,
     load_index,
+    modality_setting,
     positive_int,
 )
 from cbirlib.cli._output import print_results, result_rows, show_progress, write
@@ -39,9 +40,11 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _query_volume(args: argparse.Namespace, path: str) -> tuple[Volume, str | None, Any]:
     """The query read from ``path``: the volume (or its region), structure and span."""
+    from cbirlib.modality import modality_for
     from cbirlib.search import region_query
 
-    query = open_volume(path, series_uid=args.series_uid, modality=args.modality)
+    modality = modality_for(path, modality_setting(args))
+    query = open_volume(path, series_uid=args.series_uid, modality=modality)
     if args.structure is None:
         return query, None, None
     structure = canonical_structure(args.structure)
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.plugins import create_extractor
 
     _check_options(args)
+    modality_setting(args)  # a malformed --modality fails before anything is loaded
     index = load_index(Path(args.index_dir))
     config = index.extractor_config
     if not config or "name" not in config:

@@ -25,8 +25,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cbirlib.datasets.totalsegmentator import IMAGE_FILE, META_FILE, TotalSegmentator
+from cbirlib.datasets.totalsegmentator import IMAGE_FILE, IMAGE_FILES, META_FILE, TotalSegmentator
 from cbirlib.errors import CbirError, DatasetError, VolumeNotFoundError
+from cbirlib.modality import ModalitySetting, modality_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.volume import Volume
@@ -55,25 +56,36 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def is_totalsegmentator_root(path: Path) -> bool:
-    """Whether ``path`` is a folder with subject folders holding ``ct.nii.gz``."""
-    return path.is_dir() and any((p / IMAGE_FILE).is_file() for p in path.iterdir() if p.is_dir())
+    """Whether ``path`` is a folder with subject folders holding ``ct.nii.gz`` or ``mri.nii.gz``."""
+    return path.is_dir() and any(_is_subject(p) for p in path.iterdir() if p.is_dir())
+
+
+def _is_subject(path: Path) -> bool:
+    """Whether ``path`` is a subject folder of the TotalSegmentator (CT or MRI) layout."""
+    return any((path / name).is_file() for name in IMAGE_FILES)
 
 
 def discover_volumes(
-    data_dir: str | os.PathLike[str], *, modality: str | None = None
+    data_dir: str | os.PathLike[str], *, modality: ModalitySetting = None
 ) -> list[tuple[str, Callable[[], Volume]]]:
     """The volumes under ``data_dir`` as ``(volume_id, loader)`` pairs, read lazily.
 
-    ``data_dir`` is a TotalSegmentator-layout root (subject folders with ``ct.nii.gz``;
-    ids are the subject names), or any folder tree of NIfTI files (``.nii``, ``.nii.gz``;
-    ids are their paths relative to ``data_dir`` without the suffix) and DICOM series
-    folders (ids are the folder paths), or a single NIfTI file. A DICOM folder holding
+    ``data_dir`` is a TotalSegmentator-layout root (subject folders with ``ct.nii.gz``,
+    or ``mri.nii.gz`` in the MRI layout; ids are the subject names), or any folder tree
+    of NIfTI files (``.nii``, ``.nii.gz``; ids are their paths relative to ``data_dir``
+    without the suffix) and DICOM series folders (ids are the folder paths), or a single
+    NIfTI file. A DICOM folder holding
     several series gives one volume per series, with ids ``<folder>/series-<i>``
     (``i`` = 1, 2, ... in the order of the series' SeriesNumber).
 
-    ``modality`` (``"CT"``, ``"MR"``) is passed to :func:`cbirlib.io.load_volume` for
-    every volume (``None``: its default); a TotalSegmentator root records ``"CT"``
-    unless ``modality`` is given.
+    ``modality`` is a :data:`~cbirlib.modality.ModalitySetting`: one modality for every
+    volume (``"CT"``, ``"MR"``), a mapping from a folder (relative to ``data_dir``; for
+    a TotalSegmentator root, a subject id) to a modality with ``"*"`` for the others, or
+    None. Each volume's modality (:func:`~cbirlib.modality.modality_for` of its relative
+    path) is passed to :func:`cbirlib.io.load_volume`; where the setting gives none,
+    load_volume decides (a DICOM tag, a sidecar, or a guess with a warning), and a
+    TotalSegmentator root's volumes have the layout's modality (``"CT"`` for
+    ``ct.nii.gz``, ``"MR"`` for ``mri.nii.gz``).
 
     Raises
     ------
@@ -93,7 +105,9 @@ def discover_volumes(
     from cbirlib.io import dicom_series, load_volume, nifti_stem
 
     def loader(path: Path, vid: str, series_uid: str | None = None) -> Callable[[], Volume]:
-        return partial(load_volume, path, series_uid=series_uid, id=vid, modality=modality)
+        relative = path.name if path == root else path.relative_to(root).as_posix()
+        code = modality_for(relative, modality)
+        return partial(load_volume, path, series_uid=series_uid, id=vid, modality=code)
 
     root = Path(data_dir)
     if not root.exists():
@@ -104,11 +118,7 @@ def discover_volumes(
             raise DatasetError(f"{str(root)!r} is neither a folder nor a NIfTI file")
         return [(stem, loader(root, stem))]
     if is_totalsegmentator_root(root):
-        ds = (
-            TotalSegmentator(root)
-            if modality is None
-            else TotalSegmentator(root, modality=modality)
-        )
+        ds = TotalSegmentator(root, modality=modality)
         return [(s, partial(ds.load, s, labels=False)) for s in ds.subjects]
     found: list[tuple[str, Callable[[], Volume]]] = []
     for folder, dirs, files in os.walk(root):
@@ -151,9 +161,10 @@ def open_volume(
 
     ``path`` is a NIfTI file, a DICOM series folder (``series_uid`` picks one series of
     a folder holding several), or a subject folder of a TotalSegmentator-layout data set
-    (read with its labels). A TotalSegmentator image file (``<subject>/ct.nii.gz``) is
-    named after its subject, any other file after its name. ``modality`` is passed to
-    :func:`cbirlib.io.load_volume` (``None``: its default; ``"CT"`` for a subject folder).
+    (read with its labels). A TotalSegmentator image file (``<subject>/ct.nii.gz`` or
+    ``<subject>/mri.nii.gz``) is named after its subject, any other file after its name.
+    ``modality`` is passed to :func:`cbirlib.io.load_volume` (``None``: its default, or
+    the layout's modality for a subject folder or image file).
 
     Raises
     ------
@@ -178,8 +189,8 @@ def open_volume(
 
     path = Path(path)
 
-    if path.is_dir() and (path / IMAGE_FILE).is_file():
-        dataset = TotalSegmentator(path.parent, modality=modality or "CT")
+    if path.is_dir() and _is_subject(path):
+        dataset = TotalSegmentator(path.parent, modality=modality)
         return dataset.load(path.name)
     entries = list(path.iterdir()) if path.is_dir() else []
     if entries and not any(p.is_file() and is_dicom_file(p) for p in entries):
@@ -188,8 +199,8 @@ def open_volume(
             "pass one volume: a NIfTI file, a DICOM series folder or a subject folder "
             "(<subject>/ct.nii.gz)"
         )
-    if path.is_file() and path.name == IMAGE_FILE and path.parent.name:
-        return load_volume(path, id=path.parent.name, modality=modality)
+    if path.is_file() and path.name in IMAGE_FILES and path.parent.name:
+        return load_volume(path, id=path.parent.name, modality=modality or IMAGE_FILES[path.name])
     return load_volume(path, series_uid=series_uid, modality=modality)
 
 

@@ -6,20 +6,24 @@ Layout (as distributed on Zenodo)::
       meta.csv                      # optional; ';'- or ','-separated, columns
                                     # image_id;age;gender;institute;study_type;split;...
       s0000/
-        ct.nii.gz
+        ct.nii.gz                   # or mri.nii.gz (TotalSegmentator MRI)
         segmentations/
           spleen.nii.gz             # one binary mask per structure
           kidney_right.nii.gz
           ...
 
 A :class:`TotalSegmentator` is a ``Mapping[str, Volume]``: iterating it yields the
-subject ids (sorted) and reads no image; ``ds[subject_id]`` reads the CT and its masks.
+subject ids (sorted) and reads no image; ``ds[subject_id]`` reads the image and its masks.
 Only ``image_id`` and ``split`` are read from ``meta.csv``: demographic columns (age,
 gender, ...) are never read into anything.
 
 Labels have one column per requested v1 class (all 104 by default); a mask file that
 is absent gives an all-False column, v2 names are mapped onto v1 classes through
 :data:`cbirlib.structures.V2_TO_V1`, and mask files of other names are ignored.
+
+The modality is the layout's, stated rather than assumed: ``"CT"`` for a subject's
+``ct.nii.gz``, ``"MR"`` for its ``mri.nii.gz`` (the TotalSegmentator MRI layout);
+``modality=`` sets it for every subject or per subject.
 
 Examples
 --------
@@ -40,13 +44,15 @@ import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from cbirlib._text import did_you_mean
-from cbirlib.errors import DatasetError, UnknownSubjectError
+from cbirlib.errors import DatasetError, SettingError, UnknownSubjectError
 from cbirlib.labels import SliceLabels, slice_counts
+from cbirlib.modality import normalize_modality
 from cbirlib.structures import TOTALSEG_V1_CLASSES, V2_TO_V1, resolve_structure
 from cbirlib.volume import Volume
 
@@ -55,6 +61,14 @@ logger = logging.getLogger(__name__)
 #: Valid values of the ``split`` column of ``meta.csv``.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_FILE = "ct.nii.gz"
+#: The image of a subject in the TotalSegmentator MRI layout (read when ``ct.nii.gz`` is absent).
+MRI_IMAGE_FILE = "mri.nii.gz"
+#: Image file name -> the modality the layout states for it.
+IMAGE_FILES: dict[str, str] = {IMAGE_FILE: "CT", MRI_IMAGE_FILE: "MR"}
+#: ``modality=`` of :class:`TotalSegmentator`: None (the layout's), one modality for
+#: every subject, or a mapping subject id -> modality (key ``"*"``: the others).
+#: ``"unknown"`` guesses from the intensities (with a logged warning).
+DatasetModality: TypeAlias = str | Mapping[str, str] | None
 MASK_FOLDER = "segmentations"
 META_FILE = "meta.csv"
 _MASK_SUFFIX = ".nii.gz"
@@ -100,6 +114,30 @@ def _read_meta(path: Path) -> dict[str, str | None]:
     return meta
 
 
+def _check_modality(
+    modality: DatasetModality, folders: Sequence[str], root: Path
+) -> str | dict[str, str]:
+    """``modality=`` normalised: a modality code, or subject id -> code."""
+    if modality is None:
+        return {}
+    if isinstance(modality, str):
+        return normalize_modality(modality)
+    if not isinstance(modality, Mapping):
+        raise SettingError(
+            f"modality must be None, a string or a mapping subject id -> modality, "
+            f"got {type(modality).__name__}"
+        )
+    out = {str(k): normalize_modality(v) for k, v in modality.items()}
+    unknown = sorted(set(out) - set(folders) - {"*"})
+    if unknown:
+        hint = did_you_mean(unknown[0], folders)
+        raise DatasetError(
+            f"{root}: modality= names {len(unknown)} subject(s) that are not in the data "
+            f"set: {', '.join(map(repr, unknown[:5]))}{hint}"
+        )
+    return out
+
+
 def _resolve_classes(classes: Sequence[str] | None) -> tuple[str, ...]:
     if classes is None:
         return TOTALSEG_V1_CLASSES
@@ -129,14 +167,21 @@ class TotalSegmentator(Mapping[str, Volume]):
         Label columns: v1 fine class names and/or coarse region names (expanded to their
         members); default all 104 v1 classes.
     modality
-        The modality recorded on every volume read (``"CT"``, as the layout's
-        ``ct.nii.gz`` images are).
+        The volumes' modality. None (default): the layout's, ``"CT"`` for
+        ``ct.nii.gz`` (the TotalSegmentator CT layout) and ``"MR"`` for
+        ``mri.nii.gz``. A string (``"CT"``, ``"MR"``, ...) for every subject, or a
+        mapping subject id -> modality (the key ``"*"`` for the unlisted subjects, who
+        otherwise keep the layout's). ``"unknown"`` guesses each volume's modality from
+        its intensities (:func:`cbirlib.modality.guess_modality`, with a logged warning).
 
     Raises
     ------
     DatasetError
-        ``root`` is not a folder, holds no subject, a subject folder lacks ``ct.nii.gz``,
-        ``meta.csv`` is malformed, or ``split`` is invalid.
+        ``root`` is not a folder, holds no subject, a subject folder lacks ``ct.nii.gz``
+        (or ``mri.nii.gz``), ``meta.csv`` is malformed, ``split`` is invalid, or
+        ``modality`` names a subject that is not in the data set.
+    SettingError
+        A modality that is not a DICOM modality code.
     UnknownStructureError
         A name in ``classes`` is not a v1 class or coarse region.
 
@@ -153,10 +198,9 @@ class TotalSegmentator(Mapping[str, Volume]):
         split: str | None = None,
         min_pixels: int = 1,
         classes: Sequence[str] | None = None,
-        modality: str = "CT",
+        modality: DatasetModality = None,
     ) -> None:
         self.root = Path(root)
-        self.modality = modality
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: not a folder; expected a TotalSegmentator root")
         if min_pixels < 1:
@@ -171,16 +215,22 @@ class TotalSegmentator(Mapping[str, Volume]):
         if not folders:
             raise DatasetError(
                 f"{self.root}: not a TotalSegmentator-layout root: no subject folders found "
-                f"(expected <root>/<subject>/{IMAGE_FILE})"
+                f"(expected <root>/<subject>/{IMAGE_FILE} or {MRI_IMAGE_FILE})"
             )
-        missing = [f for f in folders if not (self.root / f / IMAGE_FILE).is_file()]
+        self._image: dict[str, str] = {}
+        for f in folders:
+            name = next((n for n in IMAGE_FILES if (self.root / f / n).is_file()), None)
+            if name is not None:
+                self._image[f] = name
+        missing = [f for f in folders if f not in self._image]
         if len(missing) == len(folders):
             loose = sorted(p.name for p in self.root.glob("*.nii*") if p.is_file())
             seen = f"; it holds image files itself ({', '.join(loose[:3])}...)" if loose else ""
             raise DatasetError(
                 f"{self.root}: not a TotalSegmentator-layout root: none of its "
                 f"{len(folders)} subfolder(s) ({', '.join(folders[:3])}"
-                f"{', ...' if len(folders) > 3 else ''}) holds {IMAGE_FILE}{seen}; expected "
+                f"{', ...' if len(folders) > 3 else ''}) holds {IMAGE_FILE} or "
+                f"{MRI_IMAGE_FILE}{seen}; expected "
                 f"<root>/<subject>/{IMAGE_FILE} and <root>/<subject>/segmentations/*.nii.gz"
             )
         if missing:
@@ -188,7 +238,7 @@ class TotalSegmentator(Mapping[str, Volume]):
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise DatasetError(
                 f"{self.root}: TotalSegmentator root with subject folder(s) lacking "
-                f"{IMAGE_FILE}: missing image file(s): {shown}{more}"
+                f"{IMAGE_FILE} or {MRI_IMAGE_FILE}: missing image file(s): {shown}{more}"
             )
         meta_path = self.root / META_FILE
         meta = _read_meta(meta_path) if meta_path.is_file() else {}
@@ -209,6 +259,7 @@ class TotalSegmentator(Mapping[str, Volume]):
             self._split = {f: s for f, s in self._split.items() if s == split}
         self.split = split
         self._subjects = tuple(self._split)
+        self._modality = _check_modality(modality, folders, self.root)
 
     # -- listing (no image is read) --------------------------------------------------------
 
@@ -247,9 +298,29 @@ class TotalSegmentator(Mapping[str, Volume]):
         return tuple(s for s in self._subjects if self._split[s] == split)
 
     def image_path(self, subject_id: str) -> Path:
-        """Path of a subject's ``ct.nii.gz``."""
+        """Path of a subject's ``ct.nii.gz`` (or ``mri.nii.gz``)."""
         self._check(subject_id)
-        return self.root / subject_id / IMAGE_FILE
+        return self.root / subject_id / self._image[subject_id]
+
+    def modality_of(self, subject_id: str) -> str:
+        """The modality a subject's volume is read with (``"unknown"``: guessed when read).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from cbirlib.datasets import make_phantoms
+        >>> root = make_phantoms(tempfile.mkdtemp(), 2, shape=(32, 32)).root
+        >>> TotalSegmentator(root).modality_of("s0000")
+        'CT'
+        >>> TotalSegmentator(root, modality={"s0001": "MR"}).modality_of("s0001")
+        'MR'
+        """
+        self._check(subject_id)
+        setting = self._modality
+        if isinstance(setting, str):
+            return setting
+        chosen = setting.get(subject_id, setting.get("*"))
+        return chosen if chosen is not None else IMAGE_FILES[self._image[subject_id]]
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -257,7 +328,7 @@ class TotalSegmentator(Mapping[str, Volume]):
         return self.load(subject_id)
 
     def load(self, subject_id: str, *, labels: bool = True) -> Volume:
-        """Read a subject's CT (and, by default, its per-slice labels).
+        """Read a subject's image (and, by default, its per-slice labels).
 
         Parameters
         ----------
@@ -277,13 +348,15 @@ class TotalSegmentator(Mapping[str, Volume]):
         """
         from cbirlib.io import load_volume
 
-        volume = load_volume(self.image_path(subject_id), id=subject_id, modality=self.modality)
+        volume = load_volume(
+            self.image_path(subject_id), id=subject_id, modality=self.modality_of(subject_id)
+        )
         if not labels:
             return volume
         return volume.with_labels(self._labels(subject_id, like=volume))
 
     def labels(self, subject_id: str) -> SliceLabels:
-        """Per-slice labels of a subject, reading its masks only (not the CT)."""
+        """Per-slice labels of a subject, reading its masks only (not the image)."""
         self._check(subject_id)
         return self._labels(subject_id, like=None)
 
@@ -355,9 +428,9 @@ class TotalSegmentator(Mapping[str, Volume]):
         )
 
     def _image_shape(self, subject_id: str) -> tuple[int, int, int]:
-        from cbirlib.io import load_volume
+        from cbirlib.io import nifti_shape
 
-        return load_volume(self.image_path(subject_id), id=subject_id).shape
+        return nifti_shape(self.image_path(subject_id))
 
     # Mapping would compare (and so load) every volume; a data set equals only itself.
     def __eq__(self, other: object) -> bool:

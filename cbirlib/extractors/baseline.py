@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from cbirlib.errors import ExtractorError
 from cbirlib.extractor import Extractor
 from cbirlib.hookspecs import Register, hookimpl
+from cbirlib.modality import effective_modality
 from cbirlib.preprocess import PERCENTILE_WINDOW, WINDOW_PRESETS, InputConfig, window_bounds
 from cbirlib.volume import Volume
 
@@ -156,7 +157,7 @@ class BaselineExtractor(Extractor):
         """Embed the slices of one volume (see :meth:`cbirlib.Extractor.extract`)."""
         idx = self._slice_indices(volume, slices)
         scale = None
-        if volume.modality == "MR":
+        if effective_modality(volume.modality, volume.array) != "CT":
             low, high = window_bounds(volume.array, PERCENTILE_WINDOW)
             scale = (low, high)
         _, ny, nx = volume.shape

@@ -1,7 +1,9 @@
 """Slice indexes and their on-disk format: the one owner of everything an index stores.
 
 - :class:`SliceIndex` (HNSW, hnswlib) and :class:`ExactIndex` (brute force) share one
-  API (add, search, vectors, slice metadata, remove, save, load);
+  API (add, search, vectors, slice metadata, remove, save, load); :class:`MilvusIndex`
+  offers the same API on a Milvus collection (Milvus Lite file or server; the
+  ``cbirlib[milvus]`` extra, imported only when used);
 - :func:`load_index` opens either from its directory, :func:`read_meta` reads what a
   directory holds without a vector, and :func:`check_compatible` is the one check that
   an extractor's vectors fit an index;
@@ -28,8 +30,9 @@ from cbirlib.index.build import build_index, check_resumable
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.exact import ExactIndex
 from cbirlib.index.hnsw import SliceIndex
-from cbirlib.index.load import load_index
+from cbirlib.index.load import load_index, open_index
 from cbirlib.index.meta import FORMAT_VERSION, IndexMeta, check_compatible, read_meta
+from cbirlib.index.milvus import MilvusIndex
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,11 +41,13 @@ __all__ = [
     "ExtractorMismatchWarning",
     "HnswConfig",
     "IndexMeta",
+    "MilvusIndex",
     "SliceIndex",
     "SliceMatches",
     "build_index",
     "check_compatible",
     "check_resumable",
     "load_index",
+    "open_index",
     "read_meta",
 ]

@@ -30,6 +30,7 @@ from cbirlib.errors import (
     DuplicateVolumeError,
     IndexFormatError,
     InvalidVolumeError,
+    SettingError,
     SliceIndexError,
     VolumeNotInIndexError,
 )
@@ -52,13 +53,16 @@ from cbirlib.index.meta import (
     normalise_config,
     parse_meta,
 )
+from cbirlib.modality import UNKNOWN, normalize_modality
 
 logger = logging.getLogger(__name__)
 
 _LOAD_ATTEMPTS = 40  # reads of an index that saves keep replacing, before giving up
 META_KEYS = ("slice_index", "z_mm")
+#: Per-volume modality codes, aligned with ``volumes.npy``; absent in older indexes.
+MODALITY_FILE = "modalities.npy"
 
-__all__ = ["BaseIndex", "SliceMatches", "exact_search"]
+__all__ = ["BaseIndex", "SliceMatches", "exact_search", "parse_slice_meta"]
 
 _T = TypeVar("_T", bound="BaseIndex")
 
@@ -124,6 +128,34 @@ def exact_search(
     return best_l, best_s
 
 
+def parse_slice_meta(
+    volume_id: str, n: int, slice_meta: Mapping[str, npt.ArrayLike] | None
+) -> tuple[I64, npt.NDArray[np.float64]]:
+    """Validate the ``slice_meta`` given to ``add``: ``(slice_index int64, z_mm float64)``.
+
+    Missing keys default to ``0..n-1`` and NaN (unknown position); unknown keys, wrong
+    shapes and negative or non-integer slice numbers raise
+    :class:`~cbirlib.errors.SliceIndexError`.
+    """
+    meta = dict(slice_meta or {})
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise SliceIndexError(
+            f"volume {volume_id!r}: unknown slice_meta keys {unknown}; "
+            f"valid keys: {', '.join(META_KEYS)}"
+        )
+    z = np.asarray(meta.get("z_mm", np.full(n, np.nan)), dtype=np.float64)
+    idx_raw = np.asarray(meta.get("slice_index", np.arange(n)))
+    if z.shape != (n,) or idx_raw.shape != (n,):
+        raise SliceIndexError(
+            f"volume {volume_id!r}: slice_meta arrays must have shape ({n},), got "
+            f"z_mm {z.shape} and slice_index {idx_raw.shape}"
+        )
+    if not np.issubdtype(idx_raw.dtype, np.integer) or (idx_raw < 0).any():
+        raise SliceIndexError(f"volume {volume_id!r}: slice_index must hold non-negative integers")
+    return idx_raw.astype(np.int64), z
+
+
 class BaseIndex(ABC):
     """Keys, slice metadata, vector access and persistence shared by the indexes.
 
@@ -149,6 +181,7 @@ class BaseIndex(ABC):
         self._extractor_config = normalise_config(extractor_config)
         self._ef = config.ef_search
         self._spans: dict[str, tuple[int, int]] = {}  # id -> (first label, n), insertion order
+        self._modality: dict[str, str] = {}  # id -> modality code ("unknown": not recorded)
         self._removed: set[str] = set()  # ids removed since creation, for clearer errors
         self._next_label = 0
         self._n_entries = 0
@@ -214,6 +247,27 @@ class BaseIndex(ABC):
     def n_volumes(self) -> int:
         """Number of indexed volumes."""
         return len(self._spans)
+
+    @property
+    def modalities(self) -> dict[str, str]:
+        """Volume id -> modality (``"CT"``, ``"MR"``, ...; ``"unknown"``: not recorded).
+
+        Indexes saved before modalities were recorded load with ``"unknown"`` for every
+        volume.
+        """
+        with self._lock:
+            return {vid: self._modality.get(vid, UNKNOWN) for vid in self._spans}
+
+    def modality(self, volume_id: str) -> str:
+        """The modality recorded for one volume (``"unknown"`` when none was).
+
+        Raises
+        ------
+        VolumeNotInIndexError
+            ``volume_id`` is not in the index.
+        """
+        self._span(volume_id)
+        return self._modality.get(volume_id, UNKNOWN)
 
     @property
     def extractor_config(self) -> dict[str, Any] | None:
@@ -282,25 +336,7 @@ class BaseIndex(ABC):
     def _parse_meta(
         self, volume_id: str, n: int, slice_meta: dict[str, npt.ArrayLike] | None
     ) -> tuple[I64, npt.NDArray[np.float64]]:
-        meta = dict(slice_meta or {})
-        unknown = sorted(set(meta) - set(META_KEYS))
-        if unknown:
-            raise SliceIndexError(
-                f"volume {volume_id!r}: unknown slice_meta keys {unknown}; "
-                f"valid keys: {', '.join(META_KEYS)}"
-            )
-        z = np.asarray(meta.get("z_mm", np.full(n, np.nan)), dtype=np.float64)
-        idx_raw = np.asarray(meta.get("slice_index", np.arange(n)))
-        if z.shape != (n,) or idx_raw.shape != (n,):
-            raise SliceIndexError(
-                f"volume {volume_id!r}: slice_meta arrays must have shape ({n},), got "
-                f"z_mm {z.shape} and slice_index {idx_raw.shape}"
-            )
-        if not np.issubdtype(idx_raw.dtype, np.integer) or (idx_raw < 0).any():
-            raise SliceIndexError(
-                f"volume {volume_id!r}: slice_index must hold non-negative integers"
-            )
-        return idx_raw.astype(np.int64), z
+        return parse_slice_meta(volume_id, n, slice_meta)
 
     def add(
         self,
@@ -308,6 +344,7 @@ class BaseIndex(ABC):
         embeddings: npt.ArrayLike,
         *,
         slice_meta: dict[str, npt.ArrayLike] | None = None,
+        modality: str = UNKNOWN,
     ) -> None:
         """Add the slice embeddings of one volume.
 
@@ -322,9 +359,16 @@ class BaseIndex(ABC):
             Optional ``"z_mm"`` (n,) slice positions in mm (default NaN: unknown) and
             ``"slice_index"`` (n,) slice numbers within the volume (default
             ``0..n-1``; give them when only some slices are stored).
+        modality
+            The volume's modality (``"CT"``, ``"MR"``, ...), recorded so that a query of
+            another modality can be told (:attr:`modalities`); default ``"unknown"``.
         """
         if not isinstance(volume_id, str) or not volume_id:
             raise SliceIndexError(f"volume id must be a non-empty string, got {volume_id!r}")
+        try:
+            code = normalize_modality(modality)
+        except SettingError as exc:
+            raise SliceIndexError(f"volume {volume_id!r}: {exc}") from None
         vectors = as_unit_rows(embeddings, self.dim, f"volume {volume_id!r}")
         n = len(vectors)
         if n == 0:
@@ -343,6 +387,7 @@ class BaseIndex(ABC):
             self._z_mm[start : start + n] = z
             self._alive[start : start + n] = True
             self._spans[volume_id] = (start, n)
+            self._modality[volume_id] = code
             self._removed.discard(volume_id)
             self._next_label += n
             self._n_entries += n
@@ -355,6 +400,7 @@ class BaseIndex(ABC):
             self._backend_remove(np.arange(start, start + n, dtype=np.int64))
             self._alive[start : start + n] = False
             del self._spans[volume_id]
+            self._modality.pop(volume_id, None)
             self._removed.add(volume_id)
             self._n_entries -= n
             self._table = None
@@ -456,6 +502,8 @@ class BaseIndex(ABC):
                 save_npy(directory / "volumes.npy", np.array(list(self._spans), dtype=np.str_))
                 spans = np.array(list(self._spans.values()), np.int64).reshape(-1, 2)
                 save_npy(directory / "spans.npy", spans)
+                codes = [self._modality.get(v, UNKNOWN) for v in self._spans]
+                save_npy(directory / MODALITY_FILE, np.array(codes, dtype=np.str_))
                 save_npy(directory / "slice_index.npy", self._slice_index[:n_labels])
                 save_npy(directory / "z_mm.npy", self._z_mm[:n_labels])
                 self._backend_save(directory)
@@ -588,6 +636,17 @@ class BaseIndex(ABC):
         index._apply_ef()
         return index
 
+    def _load_modalities(self, directory: Path, meta: IndexMeta) -> list[str]:
+        """Per-volume modalities; ``"unknown"`` for each volume of an older index."""
+        if MODALITY_FILE not in meta.files:
+            return [UNKNOWN] * meta.n_volumes
+        codes = _modality_codes(load_npy(directory / MODALITY_FILE), meta.n_volumes)
+        if codes is None:
+            raise IndexFormatError(
+                f"index file {str(directory / MODALITY_FILE)!r} does not match meta.json counts"
+            )
+        return codes
+
     def _load_keys(self, directory: Path, meta: IndexMeta) -> None:
         n_labels, n_vol = meta.n_labels, meta.n_volumes
         volumes = load_npy(directory / "volumes.npy")
@@ -620,11 +679,23 @@ class BaseIndex(ABC):
         self._reserve(n_labels)
         self._slice_index[:n_labels] = slice_index
         self._z_mm[:n_labels] = z_mm
-        for vid, (start, n) in zip(volumes.tolist(), spans.tolist(), strict=True):
+        codes = self._load_modalities(directory, meta)
+        for vid, (start, n), code in zip(volumes.tolist(), spans.tolist(), codes, strict=True):
             self._spans[vid] = (start, n)
+            self._modality[vid] = code
             self._alive[start : start + n] = True
         self._next_label = n_labels
         self._n_entries = int(spans[:, 1].sum()) if n_vol else 0
+
+
+def _modality_codes(raw: npt.NDArray[Any], n_vol: int) -> list[str] | None:
+    """``modalities.npy`` as codes, or None when it does not fit ``n_vol`` volumes."""
+    if raw.dtype.kind != "U" or raw.shape != (n_vol,):
+        return None
+    try:
+        return [normalize_modality(str(c)) for c in raw.tolist()]
+    except SettingError:
+        return None
 
 
 def _named(exc: Exception, pinned: Path, directory: Path) -> SliceIndexError:

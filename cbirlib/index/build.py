@@ -54,6 +54,7 @@ from cbirlib.index.exact import ExactIndex
 from cbirlib.index.files import META_NAME, check_target, resolve_dir
 from cbirlib.index.hnsw import SliceIndex
 from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
+from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
 from cbirlib.volume import Volume
 
@@ -246,7 +247,9 @@ def build_index(
         Volumes, ``(volume_id, loader)`` pairs, a ``{volume_id: loader}`` mapping, bare
         zero-argument loaders (read even when the volume is indexed already, since only
         reading tells their id), or a data set with ``.subjects`` and
-        ``.load(subject_id, labels=False)``.
+        ``.load(subject_id, labels=False)``. Each volume's modality is recorded in the
+        index (an ``"unknown"`` one as :func:`cbirlib.modality.effective_modality`
+        guesses it: the modality the extractor windowed it as).
     extractor
         Slice embedder: ``name``, ``dim``, ``extract(volume)`` and ``to_config()``.
     path
@@ -331,7 +334,12 @@ def build_index(
                     bar.update()
                     continue
                 emb = _embed(extractor, volume)
-                index.add(volume.id, emb, slice_meta={"z_mm": volume.z_positions})
+                index.add(
+                    volume.id,
+                    emb,
+                    slice_meta={"z_mm": volume.z_positions},
+                    modality=effective_modality(volume.modality, volume.array),
+                )
                 added += 1
                 unsaved += 1
                 bar.update()

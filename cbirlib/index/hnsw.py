@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import numpy.typing as npt
 from cbirlib._typing import F32, I64
 from cbirlib.errors import IndexFormatError
 from cbirlib.index.base import BaseIndex
+from cbirlib.index.files import load_npy, save_npy
 from cbirlib.index.meta import IndexMeta
 from cbirlib.index.store import VectorStore, check_hnsw_layout, hnsw_file_vectors, load_store
 
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["SliceIndex"]
 
 _GRAPH_FILE = "hnsw.bin"
+_DUPLICATES_FILE = "duplicate_of.npy"  # label -> the label whose graph element it shares
 _MIN_CAPACITY = 1024
 _SPACE = "ip"  # on unit vectors: distance 1 - cosine similarity
 
@@ -67,6 +70,14 @@ class SliceIndex(BaseIndex):
     -----
     The graph grows automatically (its capacity doubles). Removed volumes are marked
     deleted in the graph; their labels are never reused. ``ef`` is saved and restored.
+
+    Exact duplicate vectors (blank or padding slices, copies of a volume) enter the graph
+    once: a slice whose vector equals, bit for bit, one already in the graph shares that
+    graph element, and a search expands each element back into all its live slices
+    (equal scores, ordered by label). Many identical vectors otherwise wreck an HNSW
+    graph: with 25 % exact duplicates recall@10 fell to 0.91, with some queries at 0,
+    at the default ``ef``. The element stays in the graph while any of its slices is
+    indexed. An index with duplicates saves ``duplicate_of.npy`` beside the graph.
     """
 
     KIND = "hnsw"
@@ -83,6 +94,13 @@ class SliceIndex(BaseIndex):
         self._base = 0
         self._fresh = VectorStore(self.dim, "float32")
         self._mmap = True
+        # exact duplicates: _rep[label] is the label of its graph element (itself when the
+        # vector is unique); _groups maps an element shared by several labels to them all.
+        self._rep = np.zeros(0, np.int64)
+        self._groups: dict[int, list[int]] = {}
+        self._by_hash: dict[bytes, int] | None = {}  # vector digest -> element label
+        self._file_elements: tuple[F32, npt.NDArray[np.uint64]] | None = None
+        self._n_live_elements = 0
 
     def _new_graph(self, capacity: int) -> Any:
         # Vectors are unit-normalised on add, so inner product is cosine; space "ip"
@@ -102,20 +120,77 @@ class SliceIndex(BaseIndex):
         self._graph.set_ef(self._ef)
 
     def _backend_add(self, labels: I64, vectors: F32) -> None:
-        need = int(labels[-1]) + 1  # every label ever added is a graph element
+        reps, new = self._share_duplicates(labels, vectors)
+        need = int(labels[-1]) + 1  # an upper bound on the graph elements
         capacity = int(self._graph.get_max_elements())
         if need > capacity:
             self._graph.resize_index(max(need, 2 * capacity))
-        threads = 1 if self.config.deterministic else -1
-        self._graph.add_items(vectors, labels, num_threads=threads)
+        if new.any():
+            threads = 1 if self.config.deterministic else -1
+            self._graph.add_items(vectors[new], labels[new], num_threads=threads)
+        self._n_live_elements += int(new.sum())
+        if len(self._rep) < need:
+            grown = np.arange(max(need, 2 * len(self._rep)), dtype=np.int64)
+            grown[: len(self._rep)] = self._rep
+            self._rep = grown
+        self._rep[labels] = reps
         if self._store is not None:
             self._store.put(int(labels[0]), vectors)
         else:
             self._fresh.put(int(labels[0]) - self._base, vectors)
 
+    def _digests(self) -> dict[bytes, int]:
+        """Digest of every graph element's vector -> its label (rebuilt after a load)."""
+        if self._by_hash is None:
+            by_hash: dict[bytes, int] = {}
+            if self._file_elements is not None:  # the graph file holds every element
+                vectors, labels = self._file_elements
+                for first in range(0, len(labels), 4096):
+                    block = np.asarray(vectors[first : first + 4096])
+                    for row, label in zip(
+                        block, labels[first : first + 4096].tolist(), strict=True
+                    ):
+                        by_hash.setdefault(_digest(row), int(label))
+            self._by_hash = by_hash
+            self._file_elements = None
+        return self._by_hash
+
+    def _share_duplicates(self, labels: I64, vectors: F32) -> tuple[I64, npt.NDArray[np.bool_]]:
+        """For each new vector, the graph element it shares (itself if none), and which are new.
+
+        Vectors are matched by a 128-bit digest of their float32 bytes (the graph's
+        exact vectors, whatever ``store_dtype``).
+        """
+        by_hash = self._digests()
+        reps = labels.copy()
+        new = np.ones(len(labels), bool)
+        first = int(labels[0])
+        revived: set[int] = set()
+        for i, label in enumerate(labels.tolist()):
+            key = _digest(vectors[i])
+            rep = by_hash.setdefault(key, label)
+            if rep == label:
+                continue
+            reps[i], new[i] = rep, False
+            group = self._groups.setdefault(rep, [rep])
+            if rep < first and rep not in revived and not self._any_alive(group):
+                self._graph.unmark_deleted(rep)  # every slice of it had been removed
+                self._n_live_elements += 1
+                revived.add(rep)
+            group.append(label)
+        return reps, new
+
+    def _any_alive(self, group: list[int]) -> bool:
+        members = np.asarray(group, np.int64)
+        return bool(self._alive[members[members < self._next_label]].any())
+
     def _backend_remove(self, labels: I64) -> None:
-        for label in labels.tolist():
-            self._graph.mark_deleted(label)
+        gone = set(labels.tolist())
+        for rep in dict.fromkeys(self._rep[labels].tolist()):
+            group = self._groups.get(rep, [rep])
+            if all(m in gone or not self._alive[m] for m in group):
+                self._graph.mark_deleted(rep)
+                self._n_live_elements -= 1
 
     def _rows(self, start: int, n: int) -> F32:
         if self._store is not None:
@@ -132,10 +207,11 @@ class SliceIndex(BaseIndex):
 
     def _backend_search(self, queries: F32, k: int) -> tuple[I64, F32]:
         ef = self._ef
+        k_graph = min(k, self._n_live_elements)  # elements; each has >= 1 live slice
         try:
             while True:
                 try:
-                    labels, distances = self._graph.knn_query(queries, k=k, num_threads=-1)
+                    labels, distances = self._graph.knn_query(queries, k=k_graph, num_threads=-1)
                 except RuntimeError as exc:
                     # With deletions hnswlib may find fewer than k live items at this ef.
                     if ef >= self._next_label:
@@ -152,7 +228,8 @@ class SliceIndex(BaseIndex):
                     ef = wider
                     self._graph.set_ef(ef)
                     continue
-                return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+                scores = (1.0 - distances).astype(np.float32)
+                return self._expand(labels.astype(np.int64), scores, k)
         finally:
             if ef != self._ef:
                 self._graph.set_ef(self._ef)
@@ -161,20 +238,59 @@ class SliceIndex(BaseIndex):
         )
         return self._exact_fallback(queries, k)
 
+    def _expand(self, labels: I64, scores: F32, k: int) -> tuple[I64, F32]:
+        """Graph elements -> their live slices; the ``k`` best per row (score, then label)."""
+        if not self._groups:
+            return labels, scores
+        shared = np.isin(labels, np.fromiter(self._groups, np.int64, len(self._groups)))
+        if not shared.any():
+            return labels, scores
+        out_l = np.empty((len(labels), k), np.int64)
+        out_s = np.empty((len(labels), k), np.float32)
+        for row in range(len(labels)):
+            row_l, row_s = labels[row], scores[row]
+            if not shared[row].any():
+                out_l[row], out_s[row] = row_l[:k], row_s[:k]
+                continue
+            parts_l, parts_s = [], []
+            for label, score in zip(row_l.tolist(), row_s.tolist(), strict=True):
+                group = self._groups.get(label)
+                if group is None:
+                    parts_l.append(np.array([label], np.int64))
+                else:
+                    members = np.asarray(group, np.int64)
+                    parts_l.append(members[self._alive[members]])
+                parts_s.append(np.full(len(parts_l[-1]), score, np.float32))
+            cand_l, cand_s = np.concatenate(parts_l), np.concatenate(parts_s)
+            order = np.lexsort((cand_l, -cand_s))[:k]
+            out_l[row], out_s[row] = cand_l[order], cand_s[order]
+        return out_l, out_s
+
     def _backend_save(self, directory: Path) -> None:
         self._graph.save_index(str(directory / _GRAPH_FILE))
         if self._store is not None:
             self._store.save_in(directory)
+        if self._groups:
+            save_npy(directory / _DUPLICATES_FILE, self._rep[: self._next_label])
+
+    def _elements(self) -> int:
+        """Number of graph elements (labels that do not share another's element)."""
+        n = self._next_label
+        return int((self._rep[:n] == np.arange(n)).sum())
 
     def _backend_load(self, directory: Path, meta: IndexMeta, *, mmap: bool) -> None:
         path = directory / _GRAPH_FILE
+        self._load_duplicates(directory, meta)
         vectors, labels = hnsw_file_vectors(path, self.dim, mmap=mmap)  # validates layout
-        if len(labels) != self._next_label or (
-            len(labels) and int(labels.max()) >= self._next_label
+        n_elements = self._elements()
+        if (
+            len(labels) != n_elements
+            or (len(labels) and int(labels.max()) >= self._next_label)
+            or not (self._rep[labels.astype(np.int64)] == labels.astype(np.int64)).all()
         ):
             raise IndexFormatError(
                 f"index file {str(path)!r} holds {len(labels)} elements, "
-                f"meta.json says {self._next_label}"
+                f"meta.json and {_DUPLICATES_FILE} say {n_elements}"
             )
         graph = hnswlib.Index(space=_SPACE, dim=self.dim)
         try:
@@ -182,6 +298,7 @@ class SliceIndex(BaseIndex):
         except (RuntimeError, ValueError, OSError) as exc:
             raise IndexFormatError(f"index file {str(path)!r} is unreadable: {exc}") from None
         self._graph = graph
+        self._file_elements = (vectors, labels)  # digests are computed on the next add
         if self._store is not None:
             self._store = load_store(directory, self.dim, "float16", mmap=mmap)
         else:
@@ -189,12 +306,37 @@ class SliceIndex(BaseIndex):
             self._map_file(vectors, labels)
         self._mmap = mmap
 
+    def _load_duplicates(self, directory: Path, meta: IndexMeta) -> None:
+        n = self._next_label
+        self._rep = np.arange(n, dtype=np.int64)
+        self._groups = {}
+        self._by_hash = None  # rebuilt on the next add
+        if _DUPLICATES_FILE in meta.files:
+            rep = load_npy(directory / _DUPLICATES_FILE)
+            if (
+                rep.dtype != np.int64
+                or rep.shape != (n,)
+                or (rep < 0).any()
+                or (rep > np.arange(n)).any()
+                or (rep[rep] != rep).any()
+            ):
+                raise IndexFormatError(
+                    f"index file {str(directory / _DUPLICATES_FILE)!r} is malformed"
+                )
+            self._rep = rep.copy()
+            for label in np.flatnonzero(rep != np.arange(n)).tolist():
+                self._groups.setdefault(int(rep[label]), [int(rep[label])]).append(label)
+        live = self._rep[np.flatnonzero(self._alive[:n])]
+        self._n_live_elements = len(np.unique(live))
+
     def _map_file(self, vectors: F32, labels: npt.NDArray[np.uint64]) -> None:
         """Read the vectors of every label so far from a saved graph file."""
-        row_of = np.empty(len(labels), np.int64)
+        n = self._next_label
+        row_of = np.full(n, -1, np.int64)
         row_of[labels.astype(np.int64)] = np.arange(len(labels))
+        row_of = row_of[self._rep[:n]]  # a duplicate reads its graph element's row
         self._mapped = (vectors, row_of)
-        self._base = len(labels)
+        self._base = n
         self._fresh = VectorStore(self.dim, "float32")
 
     def _after_save(self, directory: Path) -> None:
@@ -202,5 +344,10 @@ class SliceIndex(BaseIndex):
             return
         # Serve the vectors from the file just written and free the in-memory copy.
         vectors, labels = hnsw_file_vectors(directory / _GRAPH_FILE, self.dim, mmap=True)
-        if len(labels) == self._next_label:
+        if len(labels) == self._elements():
             self._map_file(vectors, labels)
+
+
+def _digest(vector: F32) -> bytes:
+    """A 16-byte digest of a vector's bytes (equal vectors, equal digests)."""
+    return hashlib.blake2b(np.ascontiguousarray(vector).tobytes(), digest_size=16).digest()
