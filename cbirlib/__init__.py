@@ -52,6 +52,7 @@ _LAZY: dict[str, str] = {
     "Cutoff": "cbirlib.pipeline",
     "SliceSearch": "cbirlib.search",
     "region_query": "cbirlib.search",
+    "informative_slices": "cbirlib.informative",
     "TopSlice": "cbirlib.aggregate",
     "CountVotes": "cbirlib.aggregate",
     "MaxSimRerank": "cbirlib.rerank",
@@ -94,6 +95,7 @@ __all__ = [
     "evaluate",
     "guess_modality",
     "hookimpl",
+    "informative_slices",
     "list_extractors",
     "load_mask",
     "load_plugins",
@@ -135,6 +137,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         SliceMatches,
         build_index,
     )
+    from cbirlib.informative import informative_slices
     from cbirlib.io import load_mask, load_volume
     from cbirlib.labels import SliceLabels
     from cbirlib.localize import Localize

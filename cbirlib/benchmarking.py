@@ -116,21 +116,36 @@ class _CachedEmbedder:
 
     extractor: Any
     cache: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    flags: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
 
     def to_config(self) -> dict[str, Any]:
         return dict(self.extractor.to_config())
 
     def add(self, volume: Volume) -> None:
         if volume.id not in self.cache:
+            from cbirlib.informative import slice_flags
+
             self.cache[volume.id] = np.asarray(self.extractor.extract(volume), np.float32)
+            self.flags[volume.id] = slice_flags(self.extractor, volume)
+
+    def _rows(self, volume: Volume) -> tuple[str, int]:
+        source = str(getattr(volume, "source_id", "") or volume.id)
+        if source not in self.cache:
+            raise EvaluationError(f"query {source!r} was not embedded before the search")
+        return source, int(getattr(volume, "first_slice", 0)) if source != volume.id else 0
+
+    def informative_slices(
+        self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.bool_]:
+        """The blank-slice flags computed by :meth:`add` (stand-ins carry no voxels)."""
+        source, start = self._rows(volume)
+        flags = self.flags[source][start : start + volume.n_slices]
+        return flags if slices is None else flags[slices]
 
     def extract(
         self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
     ) -> npt.NDArray[np.float32]:
-        source = str(getattr(volume, "source_id", "") or volume.id)
-        if source not in self.cache:
-            raise EvaluationError(f"query {source!r} was not embedded before the search")
-        start = int(getattr(volume, "first_slice", 0)) if source != volume.id else 0
+        source, start = self._rows(volume)
         emb = self.cache[source][start : start + volume.n_slices]
         return emb if slices is None else emb[slices]
 

@@ -267,7 +267,8 @@ class SliceRecall:
     Needs slice-level hits with ``query_slice``. ``value`` is the per-query fraction
     and ``weight`` the number of the query's slices that contain ``c``, so the
     weighted mean over queries pools all query slices. Only the query slices that
-    were searched count (query sampling with ``query_stride``); a query without any
+    were searched count (query sampling with ``query_stride``; blank slices, which
+    :class:`~cbirlib.search.SliceSearch` leaves out by default); a query without any
     hit counts as a miss on all its slices. Region queries are skipped.
 
     Examples

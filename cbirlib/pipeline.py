@@ -71,7 +71,11 @@ class SliceStore(Protocol):
         """Concatenated stored vectors of ``volume_ids`` and their offsets."""
 
     def slice_meta(self, volume_id: str) -> Mapping[str, npt.NDArray[Any]]:
-        """``{"slice_index": (n,) int64, "z_mm": (n,) float64}`` of one volume."""
+        """``{"slice_index": (n,) int64, "z_mm": (n,) float64}`` of one volume.
+
+        May also hold ``"informative"`` (n,) bool (``False`` for blank slices); a store
+        without it counts every slice as informative.
+        """
 
     def check_extractor(
         self, extractor_config: Mapping[str, Any], *, dim: int | None = None
@@ -96,6 +100,10 @@ class SearchContext:
     query_slices
         Indices (in the query volume) of the slices whose embeddings are in
         ``embeddings``.
+    informative
+        Per query id, one bool per row of ``embeddings``: ``False`` for blank query
+        slices (:mod:`cbirlib.informative`). Set by the source; a query without an entry
+        counts as all informative.
     evidence
         Matched database slices per stage kind and ``(query_id, volume_id)``:
         ``evidence["votes"]`` (from :class:`~cbirlib.aggregate.CountVotes`) and
@@ -109,6 +117,7 @@ class SearchContext:
     index: SliceStore | None = None
     embeddings: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     query_slices: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
+    informative: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
     evidence: dict[str, Mapping[tuple[str, str], npt.NDArray[np.int64]]] = field(
         default_factory=dict
     )

@@ -39,16 +39,18 @@ Examples
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-import torch.nn.functional as F
 
 from cbirlib.errors import InputConfigError
+
+if TYPE_CHECKING:  # torch is imported where slices are prepared: windows need only numpy
+    import torch
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -203,7 +205,8 @@ def window_bounds(
         return WINDOW_PRESETS[window]
     if volume_array is None:
         raise InputConfigError("the 'percentile' window needs the volume's voxels")
-    if isinstance(volume_array, torch.Tensor):
+    torch_module = sys.modules.get("torch")  # a tensor implies torch is imported
+    if torch_module is not None and isinstance(volume_array, torch_module.Tensor):
         values = volume_array.detach().reshape(-1)
         step = max(1, values.numel() // _MAX_PERCENTILE_SAMPLES)
         flat = values[::step].float().cpu().numpy()
@@ -245,6 +248,9 @@ def prepare_slices(
     >>> prepare_slices(torch.full((1, 2, 2), 50.0), cfg, bounds=(0.0, 100.0)).flatten().tolist()
     [0.0, 0.0, 0.0, 0.0]
     """
+    import torch
+    import torch.nn.functional as F
+
     if slices.ndim != 3:
         raise InputConfigError(f"slices must have shape (n, Y, X), got {tuple(slices.shape)}")
     low, high = float(bounds[0]), float(bounds[1])

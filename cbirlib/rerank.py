@@ -91,16 +91,24 @@ class MaxSimRerank(Stage):
         Number of candidates per query to re-rank (by their current rank).
         **Candidates beyond ``top`` are dropped**: their first-stage scores (vote counts)
         are not comparable with MaxSim scores. Use a larger ``top`` to keep more.
+    keep_blank
+        ``False`` (default): blank slices take no part, neither query slices (the
+        flags :class:`~cbirlib.search.SliceSearch` leaves in the context) nor candidate
+        slices (the index's ``slice_meta(...)["informative"]``), so ``m`` counts the
+        informative query slices only. A query or candidate with no informative slice
+        at all is scored on all its slices. ``True``: every slice takes part.
 
     Notes
     -----
     Output: volume-level hits ordered by MaxSim score (ties: earlier rank first) with extra
     column ``prior_rank`` (rank before re-ranking); other extra columns are carried along.
     For each ``(query_id, volume_id)`` the database slice that best matches each query
-    slice goes to ``context.evidence["maxsim"]`` (slice indices, one per query slice).
+    slice goes to ``context.evidence["maxsim"]`` (slice indices in the candidate's own
+    numbering, one per query slice taking part).
     """
 
     top: int = 20
+    keep_blank: bool = False
 
     input_level: ClassVar[StageLevel] = "volume"
     output_level: ClassVar[StageLevel] = "volume"
@@ -129,10 +137,21 @@ class MaxSimRerank(Stage):
             q = context.require_embeddings(qid, self)
             vids = [str(v) for v in cand.volume_id]
             vectors, offsets = index.vectors_for(vids)
-            scores, argmax = maxsim_scores(q, vectors, offsets)
+            metas = [index.slice_meta(vid) for vid in vids]
+            slice_ids = [np.asarray(m["slice_index"], dtype=np.int64) for m in metas]
+            if not self.keep_blank:
+                q = q[_usable(context.informative.get(qid), len(q))]
+                rows = [
+                    _usable(m.get("informative"), len(i))
+                    for m, i in zip(metas, slice_ids, strict=True)
+                ]
+                if not all(r.all() for r in rows):  # copy the rows only when some drop
+                    vectors = vectors[np.concatenate(rows)]
+                    slice_ids = [i[r] for i, r in zip(slice_ids, rows, strict=True)]
+                    offsets = np.concatenate([[0], np.cumsum([len(i) for i in slice_ids])])
+            scores, argmax = maxsim_scores(q, vectors, offsets.astype(np.int64))
             for j, vid in enumerate(vids):
-                slice_ids = np.asarray(index.slice_meta(vid)["slice_index"], dtype=np.int64)
-                evidence[(qid, vid)] = slice_ids[argmax[:, j]]
+                evidence[(qid, vid)] = slice_ids[j][argmax[:, j]]
             order = np.argsort(-scores, kind="stable")
             parts.append(
                 Hits(
@@ -154,4 +173,15 @@ class MaxSimRerank(Stage):
         return Hits.concat(parts)
 
     def __repr__(self) -> str:
-        return f"MaxSimRerank(top={self.top})"
+        blank = ", keep_blank=True" if self.keep_blank else ""
+        return f"MaxSimRerank(top={self.top}{blank})"
+
+
+def _usable(flags: npt.ArrayLike | None, n: int) -> npt.NDArray[np.bool_]:
+    """The rows that take part: the informative ones, or all when none (or no flags)."""
+    if flags is None:
+        return np.ones(n, dtype=bool)
+    mask = np.asarray(flags, dtype=bool)
+    if mask.shape != (n,):
+        raise PipelineError(f"informative flags of shape {mask.shape} for {n} slices")
+    return mask if mask.any() else np.ones(n, dtype=bool)

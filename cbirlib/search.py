@@ -61,6 +61,10 @@ class QueryEmbedder(Protocol):
     def to_config(self) -> dict[str, Any]:
         """The extractor's JSON-able config."""
 
+    # Optional: ``informative_slices(volume, *, slices) -> (n,) bool`` replaces
+    # cbirlib.informative.informative_slices for the query slices (an embedder whose
+    # query volumes carry no voxels defines it).
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class RegionVolume(Volume):
@@ -237,13 +241,22 @@ class SliceSearch(Stage):
         so each query slice still gets ``k`` hits (fewer only when the index holds fewer
         other slices). Use it to evaluate on an index that also holds the queries; the
         study's protocol keeps queries out of the database instead.
+    keep_blank
+        ``False`` (default): blank query slices (constant, or almost no body in the
+        extractor's window; :func:`cbirlib.informative.informative_slices`) are not
+        searched and cast no vote, and hits on database slices flagged blank in the
+        index are dropped; rows left with fewer than ``k`` hits are searched again
+        with more neighbours, so each query slice still gets ``k`` hits. ``True``:
+        every slice takes part, as before blank slices were detected.
 
     Notes
     -----
     Output: slice-level hits, one group per query slice, ``query_slice`` being the slice
-    index in the query volume. The query embeddings (L2-normalised here, whether
-    extracted or passed precomputed), their slice indices and the index are left in the
-    :class:`~cbirlib.pipeline.SearchContext` for later stages.
+    index in the query volume (blank query slices have no group unless
+    ``keep_blank``). The query embeddings (L2-normalised here, whether extracted or
+    passed precomputed; blank slices included), their slice indices, their informative
+    flags and the index are left in the :class:`~cbirlib.pipeline.SearchContext` for
+    later stages.
 
     Warns
     -----
@@ -258,6 +271,7 @@ class SliceSearch(Stage):
     k: int = 100
     query_stride: int = 1
     exclude_source: bool = False
+    keep_blank: bool = False
     _checked: list[bool] = field(default_factory=list, init=False, compare=False)
 
     input_level: ClassVar[StageLevel] = "any"
@@ -317,6 +331,12 @@ class SliceSearch(Stage):
             self.extractor.to_config(), dim=int(dim) if dim is not None else None
         )
 
+    def _query_flags(self, vol: Volume, slices: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Informative flags of the query slices (see :mod:`cbirlib.informative`)."""
+        from cbirlib.informative import slice_flags
+
+        return slice_flags(self.extractor, vol, slices=slices)
+
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Search the index for every query slice of every query in ``context``."""
         if not self._checked:
@@ -326,7 +346,7 @@ class SliceSearch(Stage):
         vols = list(context.queries.values())
         _warn_modality(vols, self.index)
         blocks, qids, qslices, owns = [], [], [], []
-        n_extra = 0
+        n_extra = n_blank = 0
         n_total = sum(len(range(0, v.n_slices, self.query_stride)) for v in vols)
         from tqdm.auto import tqdm
 
@@ -335,36 +355,38 @@ class SliceSearch(Stage):
         ) as bar:
             for vol in vols:
                 emb, slices = self._query_embeddings(vol, context)
+                flags = self._query_flags(vol, slices)
                 context.embeddings[vol.id] = emb
                 context.query_slices[vol.id] = slices
+                context.informative[vol.id] = flags
+                if not self.keep_blank:
+                    n_blank += int(np.count_nonzero(~flags))
+                    if not flags.any():
+                        logger.warning(
+                            "query %r: all %d query slices are blank (constant or almost "
+                            "no body); it gets no hits (SliceSearch(keep_blank=True) "
+                            "searches them)",
+                            vol.id,
+                            len(slices),
+                        )
+                    emb, slices = emb[flags], slices[flags]
                 blocks.append(emb)
                 qids.append(np.full(len(slices), vol.id, dtype=object))
                 qslices.append(slices)
                 own, n_own = self._excluded(vol)
-                owns.append(own)
+                owns.extend([own] * len(slices))
                 n_extra = max(n_extra, n_own)
-                bar.update(len(slices))
+                bar.update(len(flags))
         dims = {b.shape[1] for b in blocks}
         if len(dims) > 1:
             raise DimensionMismatchError(f"query embeddings of different dimensions {dims}")
         queries = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
-        k_fetch = int(self.k) + n_extra
-        logger.debug("slice search: %d query slices, k=%d", len(queries), k_fetch)
-        matches = self.index.search(queries, k_fetch)
-        vol_ids = np.asarray(matches.volume_ids, dtype=object)
-        n_q, n_k = vol_ids.shape
-        columns = {
-            "query_id": np.repeat(np.concatenate(qids), n_k),
-            "volume_id": vol_ids.reshape(-1),
-            "slice_index": np.asarray(matches.slice_indices, dtype=np.int64).reshape(-1),
-            "query_slice": np.repeat(np.concatenate(qslices), n_k),
-            "score": np.asarray(matches.scores, dtype=np.float64).reshape(-1),
-            "rank": np.tile(np.arange(1, n_k + 1, dtype=np.int64), n_q),
-        }
-        if getattr(matches, "z_mm", None) is not None:
-            columns["z_mm"] = np.asarray(matches.z_mm, dtype=np.float64).reshape(-1)
-        if self.exclude_source:
-            columns = _leave_one_out(columns, owns, [len(q) for q in qslices], n_k, int(self.k))
+        if n_blank:
+            logger.debug("slice search: %d blank query slices do not vote", n_blank)
+        columns = self._search(queries, owns, n_extra)
+        row = columns.pop("row")
+        columns["query_id"] = np.concatenate(qids)[row]
+        columns["query_slice"] = np.concatenate(qslices)[row]
         return Hits(
             query_id=columns.pop("query_id"),
             volume_id=columns.pop("volume_id"),
@@ -376,10 +398,66 @@ class SliceSearch(Stage):
             extra=columns,
         )
 
+    def _search(
+        self, queries: npt.NDArray[np.float32], owns: list[frozenset[str]], n_extra: int
+    ) -> dict[str, npt.NDArray[Any]]:
+        """The ``k`` best kept hits of every query row, with ``row`` and ``rank`` columns.
+
+        A hit is dropped when it lies in the row's own volume (``exclude_source``) or,
+        unless ``keep_blank``, on a blank database slice. Rows left with fewer than ``k``
+        hits are searched again with twice as many neighbours, until they have ``k`` or
+        the index has no more slices.
+        """
+        k = int(self.k)
+        names = ("volume_id", "slice_index", "score", "z_mm")
+        parts: list[dict[str, npt.NDArray[Any]]] = []
+        rows = np.arange(len(queries), dtype=np.int64)
+        width = k + n_extra
+        dropped = 0
+        while not parts or len(rows):  # one search even without rows: the same columns
+            logger.debug("slice search: %d query slices, k=%d", len(rows), width)
+            matches = self.index.search(queries[rows], width)
+            found: dict[str, npt.NDArray[Any]] = {
+                "volume_id": np.asarray(matches.volume_ids, dtype=object),
+                "slice_index": np.asarray(matches.slice_indices, dtype=np.int64),
+                "score": np.asarray(matches.scores, dtype=np.float64),
+            }
+            if getattr(matches, "z_mm", None) is not None:
+                found["z_mm"] = np.asarray(matches.z_mm, dtype=np.float64)
+            n_k = found["score"].shape[1]
+            keep = np.ones((len(rows), n_k), dtype=bool)
+            if n_extra:
+                vol = found["volume_id"]
+                keep &= np.array(
+                    [[v not in owns[r] for v in vol[i]] for i, r in enumerate(rows.tolist())],
+                    dtype=bool,
+                ).reshape(keep.shape)
+            flags = getattr(matches, "informative", None)
+            if not self.keep_blank and flags is not None:
+                keep &= np.asarray(flags, dtype=bool)
+            rank = np.cumsum(keep, axis=1)
+            done = np.ones(len(rows), dtype=bool)
+            if n_k == width:  # the index may hold more slices: refetch rows left short
+                done = rank[:, -1] >= k
+            dropped += int(np.count_nonzero(~keep[done]))
+            take = keep & (rank <= k) & done[:, None]
+            part = {name: found[name][take] for name in names if name in found}
+            part["row"] = np.broadcast_to(rows[:, None], take.shape)[take]
+            part["rank"] = rank[take].astype(np.int64)
+            parts.append(part)
+            rows = rows[~done]
+            width *= 2
+        if dropped:
+            logger.debug("slice search: dropped %d hits (own volume or blank slices)", dropped)
+        out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        order = np.lexsort((out["rank"], out["row"]))
+        return {name: col[order] for name, col in out.items()}
+
     def __repr__(self) -> str:
         stride = f", query_stride={self.query_stride}" if self.query_stride != 1 else ""
         loo = ", exclude_source=True" if self.exclude_source else ""
-        return f"SliceSearch(k={self.k}{stride}{loo})"
+        blank = ", keep_blank=True" if self.keep_blank else ""
+        return f"SliceSearch(k={self.k}{stride}{loo}{blank})"
 
 
 def _warn_modality(vols: list[Volume], index: SliceStore) -> None:
@@ -413,27 +491,3 @@ def _unit_rows(emb: npt.NDArray[np.float32], query_id: str) -> npt.NDArray[np.fl
             f"got shape {arr.shape}"
         )
     return as_unit_rows(arr, arr.shape[1], f"embeddings of query {query_id!r}")
-
-
-def _leave_one_out(
-    columns: dict[str, npt.NDArray[Any]],
-    owns: list[frozenset[str]],
-    n_slices: list[int],
-    n_k: int,
-    k: int,
-) -> dict[str, npt.NDArray[Any]]:
-    """Drop hits in each query's own volume; keep the ``k`` best of the rest, re-ranked."""
-    own_per_row = [own for own, n in zip(owns, n_slices, strict=True) for _ in range(n)]
-    vol = columns["volume_id"].reshape(len(own_per_row), n_k)
-    keep = np.array(
-        [[v not in own for v in row] for row, own in zip(vol, own_per_row, strict=True)],
-        dtype=bool,
-    ).reshape(vol.shape)
-    rank = np.cumsum(keep, axis=1)
-    keep &= rank <= k
-    flat = keep.reshape(-1)
-    out = {name: col[flat] for name, col in columns.items()}
-    out["rank"] = rank.reshape(-1)[flat].astype(np.int64)
-    dropped = int((~flat).sum())
-    logger.debug("leave-one-out: dropped %d hits in the queries' own volumes", dropped)
-    return out

@@ -148,6 +148,12 @@ class PositionExtractor:
     def to_config(self) -> dict[str, Any]:
         return {"name": "position", "dim": DIM}
 
+    def informative_slices(
+        self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.bool_]:
+        """Every slice: a constant slice here stands for a body position, not for padding."""
+        return np.ones(volume.n_slices if slices is None else len(slices), dtype=bool)
+
 
 def body_volume(vid: str, lo: float, hi: float, n: int, *, dz: float = 2.0) -> Volume:
     """A volume whose slices cover body positions lo..hi; 'liver' at 0.55-0.7,

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.extractor": 4,
     "cbirlib.plugins": 5,
     "cbirlib.extractors": 6,
+    "cbirlib.informative": 4,
     "cbirlib.index": 4,
     "cbirlib.pipeline": 4,
     "cbirlib.search": 5,

@@ -22,6 +22,7 @@ from cbirlib.errors import (
 )
 from cbirlib.index import ExactIndex, SliceIndex, load_index, open_index
 from cbirlib.index.milvus import MilvusIndex
+from cbirlib.informative import slice_flags
 from cbirlib.plugins import create_extractor
 from cbirlib.presets import default_chain
 from cbirlib.search import SliceSearch, region_query
@@ -54,11 +55,27 @@ def test_chain_gives_the_same_results_as_slice_index(db: str, phantom_set: Any) 
     milvus = MilvusIndex(
         db, extractor.dim, collection="chain", extractor_config=extractor.to_config()
     )
-    for vol in database:
+    first = database[0]  # padded with blank air slices below, as real scans are
+    air = np.full((6, *first.shape[1:]), -1000.0, np.float32)
+    padded = Volume(
+        first.id,
+        np.concatenate([air, first.array]),
+        first.spacing,
+        z_positions=np.concatenate(
+            [first.z_positions[0] - first.spacing[0] * np.arange(6, 0, -1), first.z_positions]
+        ),
+        modality="CT",
+    )
+    for vol in [padded, *database[1:]]:
         emb = extractor.extract(vol)
-        meta = {"z_mm": vol.z_positions}
-        hnsw.add(vol.id, emb, slice_meta=meta)
-        milvus.add(vol.id, emb, slice_meta=meta)
+        meta = {"z_mm": vol.z_positions, "informative": slice_flags(extractor, vol)}
+        hnsw.add(vol.id, emb, slice_meta=meta, modality="CT")
+        milvus.add(vol.id, emb, slice_meta=meta, modality="CT")
+    assert not milvus.slice_meta(first.id)["informative"][:6].any()
+    np.testing.assert_array_equal(
+        milvus.slice_meta(first.id)["informative"], hnsw.slice_meta(first.id)["informative"]
+    )
+    assert milvus.modalities == hnsw.modalities == {v.id: "CT" for v in database}
     region = region_query(queries[0], next(iter(queries[0].labels.volume_structures())))
     asked = [*queries, region]
     results = []
@@ -214,6 +231,8 @@ def test_an_add_cut_short_is_never_listed_and_is_swept(
                 "n_slices": 3,
                 "slice_index": i,
                 "z_mm": 0.0,
+                "informative": True,
+                "modality": "unknown",
                 "vector": x[i] / np.linalg.norm(x[i]),
             }
             for i in (1, 2)

@@ -41,7 +41,9 @@ def search() -> SliceSearch:
 
 
 def vol(vid: str, n: int = 4) -> Volume:
-    return Volume(vid, np.zeros((n, 2, 2), np.float32))
+    """A query of ``n`` slices of noisy soft tissue (not blank, so every slice searches)."""
+    rng = np.random.default_rng(len(vid))
+    return Volume(vid, rng.normal(0.0, 200.0, (n, 4, 4)).astype(np.float32))
 
 
 def test_typical_chain_repr_is_flat(search: SliceSearch) -> None:

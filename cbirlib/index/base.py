@@ -58,9 +58,10 @@ from cbirlib.modality import UNKNOWN, normalize_modality
 logger = logging.getLogger(__name__)
 
 _LOAD_ATTEMPTS = 40  # reads of an index that saves keep replacing, before giving up
-META_KEYS = ("slice_index", "z_mm")
+META_KEYS = ("slice_index", "z_mm", "informative")
 #: Per-volume modality codes, aligned with ``volumes.npy``; absent in older indexes.
 MODALITY_FILE = "modalities.npy"
+INFORMATIVE_FILE = "informative.npy"  # absent in indexes written before the flags
 
 __all__ = ["BaseIndex", "SliceMatches", "exact_search", "parse_slice_meta"]
 
@@ -72,12 +73,16 @@ class SliceMatches:
     """Result of :meth:`SliceIndex.search`: ``k`` nearest slices for each query row.
 
     All arrays have shape ``(n_queries, k)``; rows are sorted by descending score.
+    ``informative`` says whether each matched slice is informative (see
+    :mod:`cbirlib.informative`); ``None`` (a backend that does not store the flags)
+    means all are.
     """
 
     volume_ids: npt.NDArray[np.object_]
     slice_indices: I64
     scores: F32
     z_mm: npt.NDArray[np.float64]
+    informative: npt.NDArray[np.bool_] | None = None
 
     @property
     def k(self) -> int:
@@ -130,9 +135,10 @@ def exact_search(
 
 def parse_slice_meta(
     volume_id: str, n: int, slice_meta: Mapping[str, npt.ArrayLike] | None
-) -> tuple[I64, npt.NDArray[np.float64]]:
+) -> tuple[I64, npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
     """Validate the ``slice_meta`` given to ``add``: ``(slice_index int64, z_mm float64)``.
 
+    Also ``informative`` (bool, default all ``True``) as a third element.
     Missing keys default to ``0..n-1`` and NaN (unknown position); unknown keys, wrong
     shapes and negative or non-integer slice numbers raise
     :class:`~cbirlib.errors.SliceIndexError`.
@@ -153,7 +159,13 @@ def parse_slice_meta(
         )
     if not np.issubdtype(idx_raw.dtype, np.integer) or (idx_raw < 0).any():
         raise SliceIndexError(f"volume {volume_id!r}: slice_index must hold non-negative integers")
-    return idx_raw.astype(np.int64), z
+    flags = np.asarray(meta.get("informative", np.ones(n, bool)))
+    if flags.shape != (n,) or flags.dtype != np.bool_:
+        raise SliceIndexError(
+            f"volume {volume_id!r}: slice_meta 'informative' must be a bool array of "
+            f"shape ({n},), got {flags.dtype} {flags.shape}"
+        )
+    return idx_raw.astype(np.int64), z, flags
 
 
 class BaseIndex(ABC):
@@ -187,6 +199,7 @@ class BaseIndex(ABC):
         self._n_entries = 0
         self._slice_index = np.zeros(0, np.int64)  # per label
         self._z_mm = np.zeros(0, np.float64)  # per label
+        self._informative = np.zeros(0, bool)  # per label
         self._alive = np.zeros(0, bool)  # per label
         self._table: tuple[I64, npt.NDArray[np.object_]] | None = None
         self._lock = threading.RLock()
@@ -327,7 +340,12 @@ class BaseIndex(ABC):
         if n <= len(self._alive):
             return
         cap = max(n, 2 * len(self._alive), 1024)
-        for name, fill in (("_slice_index", 0), ("_z_mm", np.nan), ("_alive", False)):
+        for name, fill in (
+            ("_slice_index", 0),
+            ("_z_mm", np.nan),
+            ("_informative", True),
+            ("_alive", False),
+        ):
             old = getattr(self, name)
             new = np.full(cap, fill, old.dtype)
             new[: len(old)] = old
@@ -335,7 +353,7 @@ class BaseIndex(ABC):
 
     def _parse_meta(
         self, volume_id: str, n: int, slice_meta: dict[str, npt.ArrayLike] | None
-    ) -> tuple[I64, npt.NDArray[np.float64]]:
+    ) -> tuple[I64, npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
         return parse_slice_meta(volume_id, n, slice_meta)
 
     def add(
@@ -358,7 +376,9 @@ class BaseIndex(ABC):
         slice_meta
             Optional ``"z_mm"`` (n,) slice positions in mm (default NaN: unknown) and
             ``"slice_index"`` (n,) slice numbers within the volume (default
-            ``0..n-1``; give them when only some slices are stored).
+            ``0..n-1``; give them when only some slices are stored), and
+            ``"informative"`` (n,) bool, ``False`` for blank slices
+            (:func:`cbirlib.informative.informative_slices`; default all ``True``).
         modality
             The volume's modality (``"CT"``, ``"MR"``, ...), recorded so that a query of
             another modality can be told (:attr:`modalities`); default ``"unknown"``.
@@ -373,7 +393,7 @@ class BaseIndex(ABC):
         n = len(vectors)
         if n == 0:
             raise InvalidVolumeError(f"volume {volume_id!r}: no slice embeddings to add")
-        slice_index, z = self._parse_meta(volume_id, n, slice_meta)
+        slice_index, z, flags = self._parse_meta(volume_id, n, slice_meta)
         with self._lock:
             if volume_id in self._spans:
                 raise DuplicateVolumeError(
@@ -385,6 +405,7 @@ class BaseIndex(ABC):
             self._backend_add(labels, vectors)
             self._slice_index[start : start + n] = slice_index
             self._z_mm[start : start + n] = z
+            self._informative[start : start + n] = flags
             self._alive[start : start + n] = True
             self._spans[volume_id] = (start, n)
             self._modality[volume_id] = code
@@ -426,12 +447,23 @@ class BaseIndex(ABC):
         return np.concatenate([self._rows(s, n) for s, n in spans]), offsets
 
     def slice_meta(self, volume_id: str) -> dict[str, npt.NDArray[Any]]:
-        """``{"slice_index": int64 (n,), "z_mm": float64 (n,)}`` of one volume (copies)."""
+        """``{"slice_index": int64 (n,), "z_mm": float64 (n,), "informative": bool (n,)}``.
+
+        Copies, for one volume. ``informative`` is ``False`` for blank slices (all
+        ``True`` in an index built before the flags existed).
+        """
         start, n = self._span(volume_id)
         return {
             "slice_index": self._slice_index[start : start + n].copy(),
             "z_mm": self._z_mm[start : start + n].copy(),
+            "informative": self._informative[start : start + n].copy(),
         }
+
+    @property
+    def n_uninformative(self) -> int:
+        """Number of indexed slices flagged uninformative (blank)."""
+        n = self._next_label
+        return int(np.count_nonzero(self._alive[:n] & ~self._informative[:n]))
 
     # -- search --------------------------------------------------------------------------------
 
@@ -477,6 +509,7 @@ class BaseIndex(ABC):
                 slice_indices=self._slice_index[labels],
                 scores=scores.astype(np.float32, copy=False),
                 z_mm=self._z_mm[labels],
+                informative=self._informative[labels],
             )
 
     def _exact_fallback(self, queries: F32, k: int) -> tuple[I64, F32]:
@@ -506,6 +539,7 @@ class BaseIndex(ABC):
                 save_npy(directory / MODALITY_FILE, np.array(codes, dtype=np.str_))
                 save_npy(directory / "slice_index.npy", self._slice_index[:n_labels])
                 save_npy(directory / "z_mm.npy", self._z_mm[:n_labels])
+                save_npy(directory / INFORMATIVE_FILE, self._informative[:n_labels])
                 self._backend_save(directory)
                 files = {
                     f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
@@ -653,11 +687,18 @@ class BaseIndex(ABC):
         spans = load_npy(directory / "spans.npy")
         slice_index = load_npy(directory / "slice_index.npy")
         z_mm = load_npy(directory / "z_mm.npy")
+        # indexes written before the flags existed: every slice is informative
+        flags = (
+            load_npy(directory / INFORMATIVE_FILE)
+            if INFORMATIVE_FILE in meta.files
+            else np.ones(n_labels, bool)
+        )
         checks = [
             ("volumes.npy", volumes.dtype.kind == "U" and volumes.shape == (n_vol,)),
             ("spans.npy", spans.dtype == np.int64 and spans.shape == (n_vol, 2)),
             ("slice_index.npy", slice_index.dtype == np.int64 and slice_index.shape == (n_labels,)),
             ("z_mm.npy", z_mm.dtype == np.float64 and z_mm.shape == (n_labels,)),
+            (INFORMATIVE_FILE, flags.dtype == np.bool_ and flags.shape == (n_labels,)),
         ]
         if n_vol and ((spans[:, 0] < 0).any() or (spans.sum(axis=1) > n_labels).any()):
             checks.append(("spans.npy", False))
@@ -679,6 +720,7 @@ class BaseIndex(ABC):
         self._reserve(n_labels)
         self._slice_index[:n_labels] = slice_index
         self._z_mm[:n_labels] = z_mm
+        self._informative[:n_labels] = flags
         codes = self._load_modalities(directory, meta)
         for vid, (start, n), code in zip(volumes.tolist(), spans.tolist(), codes, strict=True):
             self._spans[vid] = (start, n)

@@ -54,6 +54,7 @@ from cbirlib.index.exact import ExactIndex
 from cbirlib.index.files import META_NAME, check_target, resolve_dir
 from cbirlib.index.hnsw import SliceIndex
 from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
+from cbirlib.informative import slice_flags
 from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
 from cbirlib.volume import Volume
@@ -252,6 +253,8 @@ def build_index(
         guesses it: the modality the extractor windowed it as).
     extractor
         Slice embedder: ``name``, ``dim``, ``extract(volume)`` and ``to_config()``.
+        Each slice is also flagged informative or blank in the extractor's window
+        (:func:`cbirlib.informative.slice_flags`), and the flags are stored with it.
     path
         Index directory, written atomically at every checkpoint.
     config
@@ -303,7 +306,7 @@ def build_index(
     index = _open_index(path, extractor, config=config, exact=exact, resume=resume)
     fresh = not (path / "meta.json").is_file() or index.n_volumes == 0
     unsaved = 0
-    added = skipped = 0
+    added = skipped = blank = 0
     total = _count(volumes)
     if index.n_volumes:
         logger.info(
@@ -334,12 +337,14 @@ def build_index(
                     bar.update()
                     continue
                 emb = _embed(extractor, volume)
+                flags = slice_flags(extractor, volume)
                 index.add(
                     volume.id,
                     emb,
-                    slice_meta={"z_mm": volume.z_positions},
+                    slice_meta={"z_mm": volume.z_positions, "informative": flags},
                     modality=effective_modality(volume.modality, volume.array),
                 )
+                blank += int(np.count_nonzero(~flags))
                 added += 1
                 unsaved += 1
                 bar.update()
@@ -371,4 +376,10 @@ def build_index(
         path,
         f"; {skipped} already indexed, skipped (matched by volume id)" if skipped else "",
     )
+    if blank:
+        logger.info(
+            "%s of the new volumes flagged uninformative (blank: constant or almost no "
+            "body); queries leave them out by default",
+            _plural(blank, "slice"),
+        )
     return index

@@ -60,6 +60,7 @@ from cbirlib.index.base import SliceMatches, parse_slice_meta
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.files import META_NAME, read_json, write_json
 from cbirlib.index.meta import check_compatible, normalise_config
+from cbirlib.modality import UNKNOWN, normalize_modality
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,19 @@ _META_KEY = "cbirlib.meta"
 _MAX_ROWS = 16384  # Milvus caps a search's limit and a query's offset + limit here
 _MAX_QUERIES = 1024  # query vectors per search request
 _MAX_ID_BYTES = 4096
+_MAX_MODALITY = 64  # bytes of a modality code ("CT", "MR", ...)
 _INSERT_BYTES = 16 << 20  # payload of one insert request
-_FIELDS = ("label", "volume_id", "pos", "n_slices", "slice_index", "z_mm", "vector")
+_FIELDS = (
+    "label",
+    "volume_id",
+    "pos",
+    "n_slices",
+    "slice_index",
+    "z_mm",
+    "informative",
+    "modality",
+    "vector",
+)
 _REMOTE = ("http://", "https://", "tcp://", "grpc://", "unix:")
 #: Milvus Lite paths opened by this process, and how many open indexes use each.
 _LITE_USERS: dict[str, int] = {}
@@ -242,6 +254,7 @@ class MilvusIndex:
         self.collection = collection
         self._lock = threading.RLock()
         self._spans: dict[str, tuple[int, int]] = {}
+        self._modality: dict[str, str] = {}
         self._next_label = 0
         self._n_entries = 0
         self._swept = False  # rows of an add that a crash cut short were deleted
@@ -311,6 +324,8 @@ class MilvusIndex:
         schema.add_field("n_slices", types.INT32)
         schema.add_field("slice_index", types.INT64)
         schema.add_field("z_mm", types.DOUBLE)
+        schema.add_field("informative", types.BOOL)
+        schema.add_field("modality", types.VARCHAR, max_length=_MAX_MODALITY)
         schema.add_field("vector", types.FLOAT_VECTOR, dim=dim)
         params = self._client.prepare_index_params()
         params.add_index(
@@ -364,10 +379,11 @@ class MilvusIndex:
 
     def _read_volumes(self) -> None:
         """Rebuild the volume table from the first row of every volume."""
-        fields = ["label", "volume_id", "n_slices"]
+        fields = ["label", "volume_id", "n_slices", "modality"]
         heads = self._query("pos == 0", fields, self._count("pos == 0"))
         heads.sort(key=lambda r: int(r["label"]))
         self._spans = {str(r["volume_id"]): (int(r["label"]), int(r["n_slices"])) for r in heads}
+        self._modality = {str(r["volume_id"]): str(r["modality"]) for r in heads}
         self._n_entries = sum(n for _, n in self._spans.values())
         self._next_label = max((s + n for s, n in self._spans.values()), default=0)
 
@@ -494,6 +510,7 @@ class MilvusIndex:
         embeddings: npt.ArrayLike,
         *,
         slice_meta: Mapping[str, npt.ArrayLike] | None = None,
+        modality: str = UNKNOWN,
     ) -> None:
         """Add the slice embeddings of one volume (see :meth:`SliceIndex.add`)."""
         if not isinstance(volume_id, str) or not volume_id:
@@ -504,7 +521,8 @@ class MilvusIndex:
         n = len(vectors)
         if n == 0:
             raise InvalidVolumeError(f"volume {volume_id!r}: no slice embeddings to add")
-        slice_index, z = parse_slice_meta(volume_id, n, slice_meta)
+        slice_index, z, flags = parse_slice_meta(volume_id, n, slice_meta)
+        code = normalize_modality(modality)
         with self._lock:
             client = self._live()
             if volume_id in self._spans:
@@ -522,6 +540,8 @@ class MilvusIndex:
                     "n_slices": n,
                     "slice_index": int(slice_index[i]),
                     "z_mm": float(z[i]),
+                    "informative": bool(flags[i]),
+                    "modality": code,
                     "vector": vectors[i],
                 }
                 for i in range(n)
@@ -536,6 +556,7 @@ class MilvusIndex:
                 client.delete(self.collection, filter=_label_range(start, n))
                 raise
             self._spans[volume_id] = (start, n)
+            self._modality[volume_id] = code
             self._next_label += n
             self._n_entries += n
 
@@ -559,6 +580,7 @@ class MilvusIndex:
             start, n = self._span(volume_id)
             self._live().delete(self.collection, filter=_label_range(start, n))
             del self._spans[volume_id]
+            self._modality.pop(volume_id, None)
             self._n_entries -= n
 
     # -- vectors ----------------------------------------------------------------------------
@@ -615,13 +637,29 @@ class MilvusIndex:
         return matrix[picks], offsets
 
     def slice_meta(self, volume_id: str) -> dict[str, npt.NDArray[Any]]:
-        """``{"slice_index": int64 (n,), "z_mm": float64 (n,)}`` of one volume."""
+        """``{"slice_index": int64, "z_mm": float64, "informative": bool}``, each (n,).
+
+        Of one volume, as :meth:`SliceIndex.slice_meta`.
+        """
         with self._lock:
-            rows = self._fetch([self._span(volume_id)], ["slice_index", "z_mm"])
+            fields = ["slice_index", "z_mm", "informative"]
+            rows = self._fetch([self._span(volume_id)], fields)
         return {
             "slice_index": np.array([r["slice_index"] for r in rows], np.int64),
             "z_mm": np.array([r["z_mm"] for r in rows], np.float64),
+            "informative": np.array([r["informative"] for r in rows], bool),
         }
+
+    @property
+    def modalities(self) -> dict[str, str]:
+        """Volume id -> recorded modality (``"unknown"``: not recorded)."""
+        with self._lock:
+            return {vid: self._modality.get(vid, UNKNOWN) for vid in self._spans}
+
+    def modality(self, volume_id: str) -> str:
+        """The modality recorded for one volume (``"unknown"`` when none was)."""
+        self._span(volume_id)
+        return self._modality.get(volume_id, UNKNOWN)
 
     # -- search -----------------------------------------------------------------------------
 
@@ -645,8 +683,9 @@ class MilvusIndex:
             ids = np.empty(shape, object)
             slices = np.zeros(shape, np.int64)
             z_mm = np.zeros(shape, np.float64)
+            flags = np.ones(shape, bool)
             if k_eff == 0 or len(q) == 0:
-                return SliceMatches(ids, slices, scores, z_mm)
+                return SliceMatches(ids, slices, scores, z_mm, informative=flags)
             for first in range(0, len(q), _MAX_QUERIES):
                 block = q[first : first + _MAX_QUERIES]
                 for row, hits in enumerate(self._search_block(client, block, k_eff), first):
@@ -657,12 +696,15 @@ class MilvusIndex:
                         ids[row, col] = entity["volume_id"]
                         slices[row, col] = entity["slice_index"]
                         z_mm[row, col] = entity["z_mm"]
+                        flags[row, col] = entity["informative"]
         order = np.lexsort((labels, -scores), axis=-1)
 
         def take(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
             return np.take_along_axis(a, order, axis=1)
 
-        return SliceMatches(take(ids), take(slices), take(scores), take(z_mm))
+        return SliceMatches(
+            take(ids), take(slices), take(scores), take(z_mm), informative=take(flags)
+        )
 
     def _search_block(self, client: Any, block: F32, k: int) -> Any:
         ef = max(self._ef, k)
@@ -672,7 +714,7 @@ class MilvusIndex:
                 data=block,
                 limit=k,
                 filter=f"label < {self._next_label}",  # the volumes this object lists
-                output_fields=["volume_id", "slice_index", "z_mm"],
+                output_fields=["volume_id", "slice_index", "z_mm", "informative"],
                 search_params={"metric_type": "IP", "params": {"ef": ef}},
             )
             short = min(len(hits) for hits in result)
