@@ -161,6 +161,9 @@ def test_info_reports_what_meta_json_records(indexed, capsys) -> None:
     assert main(["info", str(index), "--volumes", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["volume_slices"] == SLICES
+    # the fixture's volumes are CT-like NIfTI files without a sidecar: guessed CT
+    assert info["modalities"] == {"CT": len(SLICES)}
+    assert info["volume_modality"] == load_index(index).modalities
     assert info["files"] == {k: v["bytes"] for k, v in meta.files.items()}
     assert info["bytes"] == sum(v["bytes"] for v in meta.files.values())
     assert info["extractor"] == meta.extractor_config

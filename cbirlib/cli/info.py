@@ -35,7 +35,7 @@ def describe(path: Path, *, volumes: bool = False) -> dict[str, Any]:
 
     Counts, settings and file sizes come from :func:`cbirlib.index.read_meta`; with
     ``volumes=True`` the index is opened (:func:`cbirlib.index.load_index`) to list each
-    volume's id and number of slices.
+    volume's id, number of slices and recorded modality, and to count the modalities.
     """
     from cbirlib.index import load_index, read_meta
 
@@ -62,6 +62,11 @@ def describe(path: Path, *, volumes: bool = False) -> dict[str, Any]:
         info["volume_slices"] = {
             vid: len(index.slice_meta(vid)["slice_index"]) for vid in index.volume_ids
         }
+        info["volume_modality"] = index.modalities
+        counts: dict[str, int] = {}
+        for code in info["volume_modality"].values():
+            counts[code] = counts.get(code, 0) + 1
+        info["modalities"] = dict(sorted(counts.items()))
     return info
 
 
@@ -82,9 +87,11 @@ def _print(out: TextIO, info: dict[str, Any]) -> None:
     for file, n_bytes in info["files"].items():
         write(out, f"  {file:<20} {_size(n_bytes):>10}")
     if "volume_slices" in info:
-        write(out, "volume slices:")
+        counts = ", ".join(f"{code} {n}" for code, n in info["modalities"].items())
+        write(out, f"modalities: {counts or '-'}")
+        write(out, f"  {'volume':<30} {'slices':>6}  modality")
         for vid, n in info["volume_slices"].items():
-            write(out, f"  {vid:<30} {n:>6}")
+            write(out, f"  {vid:<30} {n:>6}  {info['volume_modality'][vid]}")
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -101,7 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``cbirlib info``."""
     parser.add_argument("index_dir", help="index folder written by `cbirlib index`")
     parser.add_argument(
-        "--volumes", action="store_true", help="also list every volume and its slices"
+        "--volumes",
+        action="store_true",
+        help="also list every volume with its slices and modality, and count the modalities",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
 
