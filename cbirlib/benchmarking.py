@@ -232,6 +232,7 @@ def benchmark(
     vote_trim: float = VOTE_TRIM,
     vote_normalize: str | None = None,
     extractor_options: Mapping[str, Any] | None = None,
+    modality: str | Mapping[str, str] | None = None,
     verbose: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Run the study's retrieval protocol and return its per-class tables.
@@ -277,6 +278,10 @@ def benchmark(
     extractor_options
         Keyword arguments passed to every :func:`~cbirlib.create_extractor` call (for
         example ``{"weights": "path/to/checkpoint.pth"}``).
+    modality
+        The modality of the data set's volumes: one for all, or subject id -> modality
+        (``"*"``: the others); default the layout's, ``"CT"`` for ``ct.nii.gz``, ``"MR"``
+        for ``mri.nii.gz`` (see :class:`~cbirlib.datasets.TotalSegmentator`).
     verbose
         Progress bars and log messages.
 
@@ -305,7 +310,7 @@ def benchmark(
     reranks = tuple(dict.fromkeys(bool(r) for r in rerank))
     if not reranks:
         raise EvaluationError("rerank must list at least one of False, True")
-    dataset = TotalSegmentator(root)
+    dataset = TotalSegmentator(root, modality=modality)
     query_ids = tuple(dataset.subjects_in(split))
     database_ids = tuple(s for s in dataset.subjects if s not in set(query_ids))
     meta_path = Path(root) / "meta.csv"

@@ -194,6 +194,17 @@ class UnknownColumnError(HitsError, KeyError):
     """A column name that the table does not have."""
 
 
+# --- the command line --------------------------------------------------------------
+
+
+class CliError(CbirError, ValueError):
+    """A command-line request that cannot be carried out (missing input, bad combination)."""
+
+
+class UsageError(CliError):
+    """Command-line arguments that do not go together: the command exits with status 2."""
+
+
 __all__ = [
     "CbirError",
     "VolumeReadError",
@@ -231,6 +242,8 @@ __all__ = [
     "StructureNotPresentError",
     "HitsError",
     "UnknownColumnError",
+    "CliError",
+    "UsageError",
     "ExtractorMismatchWarning",
     "ModalityMismatchWarning",
 ]

@@ -391,10 +391,63 @@ __all__ = [
     "ENV_PLUGINS",
     "ENV_STRICT",
     "ExtractorInfo",
+    "PluginInfo",
     "PluginWarning",
     "create_extractor",
     "list_extractors",
+    "list_plugins",
     "load_plugins",
     "pm",
     "reset_plugins",
 ]
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One loaded plugin, as listed by :func:`list_plugins`.
+
+    Attributes
+    ----------
+    name
+        Its name: the entry-point name, or the name it was registered with.
+    version
+        The version of the distribution that advertises it (None for a hook object
+        registered directly, or a distribution without metadata).
+    module
+        The entry point's target (``package.module``), or the hook object's module.
+    extractors
+        The extractor names it registered (aliases left out), sorted.
+    """
+
+    name: str
+    version: str | None
+    module: str
+    extractors: tuple[str, ...]
+
+
+def list_plugins() -> list[PluginInfo]:
+    """The loaded plugins with their versions and the extractors each registered.
+
+    Examples
+    --------
+    >>> builtin = {p.name: p for p in list_plugins()}["baseline"]
+    >>> builtin.module, builtin.extractors
+    ('cbirlib.extractors.baseline', ('baseline',))
+    """
+    by_plugin: dict[str, set[str]] = {}
+    for entry in _registry().values():
+        by_plugin.setdefault(entry.plugin, set()).add(entry.name)
+    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        if name is None:  # pragma: no cover - pluggy names every registered plugin
+            continue
+        ep = eps.get(name) if name in _entry_point_plugins else None
+        dist = getattr(ep, "dist", None)
+        version = str(dist.version) if dist is not None else None
+        if ep is not None:
+            module = str(ep.value)
+        else:
+            module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
+        infos.append(PluginInfo(name, version, module, tuple(sorted(by_plugin.get(name, ())))))
+    return sorted(infos, key=lambda info: info.name)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from cbirlib import create_extractor
-from cbirlib.cli import build_parser, discover_volumes, main
-from cbirlib.errors import DatasetError, VolumeNotFoundError
-from tests.dicom_helpers import write_dicom_series, write_nifti
+from cbirlib.cli import build_parser, main
+from tests.dicom_helpers import write_nifti
 
 DEMO_ARGS = ["--subjects", "8", "--size", "48", "--seed", "0", "--top", "3"]
 
@@ -179,7 +178,17 @@ def test_version_and_subcommand_help_with_examples(capsys) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"cbirlib {cbirlib.__version__}"
-    for command in ("demo", "index", "query", "benchmark", "evaluate", "extractors"):
+    for command in (
+        "demo",
+        "index",
+        "query",
+        "info",
+        "rm",
+        "benchmark",
+        "evaluate",
+        "extractors",
+        "plugins",
+    ):
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out
         assert "examples:" in text or "example:" in text
@@ -225,14 +234,14 @@ def test_extractor_options_reach_the_extractor_and_resume_checks_them(demo, tmp_
     assert capsys.readouterr().err.splitlines() == [
         f"cbirlib: error: index {str(index_dir)!r}: index built with 'baseline' "
         f"(dim {small.dim}), vectors come from 'baseline' (dim {default.dim}); pass another "
-        "index folder, or resume=False (CLI: --no-resume) to replace it"
+        "index folder, or --no-resume to replace it"
     ]
     # an option that keeps the dimension (size): refused, naming the option and both values
     assert main([*argv, "--extractor-opt", "bins=8", "--extractor-opt", "size=32"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"cbirlib: error: index {str(index_dir)!r}: extractor config differs from the one "
         "the index was built with (size: index has 64, given 32); pass another index "
-        "folder, or resume=False (CLI: --no-resume) to replace it"
+        "folder, or --no-resume to replace it"
     ]
     assert main([*argv, "--no-resume"]) == 0
     assert json.loads((index_dir / "meta.json").read_text())["extractor_config"]["bins"] != 8
@@ -342,43 +351,6 @@ def test_parser_defaults() -> None:
         ["evaluate", "d", "--extractor", "a", "b", "--modes", "region"]
     )
     assert args.extractor == ["a", "b"] and args.modes == ["region"]
-
-
-def test_discover_volumes_finds_nifti_files_and_dicom_series(tmp_path) -> None:
-    rng = np.random.default_rng(0)
-    array = rng.integers(-1000, 1000, size=(4, 6, 5)).astype(np.float32)
-    (tmp_path / "nifti" / "deep").mkdir(parents=True)
-    write_nifti(tmp_path / "nifti" / "a.nii.gz", array)
-    write_nifti(tmp_path / "nifti" / "deep" / "b.nii", array)
-    write_dicom_series(tmp_path / "dicom" / "series1", array, spacing=(2.0, 1.0, 1.0))
-    (tmp_path / "notes.txt").write_text("not a volume")
-    found = dict(discover_volumes(tmp_path))
-    assert sorted(found) == ["dicom/series1", "nifti/a", "nifti/deep/b"]
-    for vid, load in found.items():
-        volume = load()
-        assert volume.id == vid
-        np.testing.assert_array_equal(volume.array, array)
-    assert found["dicom/series1"]().spacing[0] == pytest.approx(2.0)
-
-
-def test_discover_volumes_splits_a_multi_series_dicom_folder(tmp_path) -> None:
-    rng = np.random.default_rng(1)
-    first = rng.integers(-1000, 1000, size=(3, 6, 5)).astype(np.float32)
-    second = rng.integers(-1000, 1000, size=(5, 6, 5)).astype(np.float32)
-    write_dicom_series(tmp_path / "study", first, prefix="a", description="DOE JOHN abdomen")
-    write_dicom_series(tmp_path / "study", second, prefix="b", seed=1)
-    found = dict(discover_volumes(tmp_path))
-    assert sorted(found) == ["study/series-1", "study/series-2"]
-    shapes = sorted(found[v]().array.shape[0] for v in found)
-    assert shapes == [3, 5]
-    assert all(found[v]().id == v for v in found)
-
-
-def test_discover_volumes_errors(tmp_path) -> None:
-    with pytest.raises(VolumeNotFoundError, match="does not exist"):
-        discover_volumes(tmp_path / "nope")
-    with pytest.raises(DatasetError, match=r"no volumes found .* expected NIfTI files"):
-        discover_volumes(tmp_path)
 
 
 def test_the_installed_command_reports_errors_in_one_line(tmp_path) -> None:

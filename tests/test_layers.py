@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.distributed": 6,
     "cbirlib.metrics": 6,
     "cbirlib.evaluation": 7,
+    "cbirlib.tables": 7,
     "cbirlib.viz": 7,
     "cbirlib.benchmarking": 8,
     "cbirlib.cli": 9,

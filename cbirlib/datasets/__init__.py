@@ -1,4 +1,4 @@
-"""Data sets: the TotalSegmentator layout and synthetic phantoms written in it.
+"""Data sets: the TotalSegmentator layout, synthetic phantoms written in it, volumes in folders.
 
 Examples
 --------
@@ -9,6 +9,7 @@ Examples
 
 from __future__ import annotations
 
+from cbirlib.datasets.folders import check_split_root, discover_volumes, open_volume
 from cbirlib.datasets.phantom import (
     FIELDS_OF_VIEW,
     REALISM_PRESETS,
@@ -26,6 +27,9 @@ __all__ = [
     "PhantomFacts",
     "PhantomRealism",
     "TotalSegmentator",
+    "check_split_root",
+    "discover_volumes",
     "make_phantoms",
+    "open_volume",
     "phantom_facts",
 ]

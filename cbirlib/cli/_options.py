@@ -1,0 +1,236 @@
+"""Command-line options turned into library objects: numbers, extractors, structures, chains.
+
+Examples
+--------
+>>> parse_extractor_opt("bins=8"), parse_extractor_opt("device=cuda")
+(('bins', 8), ('device', 'cuda'))
+>>> positive_int("3")
+3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cbirlib._text import close_matches
+from cbirlib.errors import CliError, SettingError, UsageError, VolumeNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cbirlib.extractor import Extractor
+    from cbirlib.index import BaseIndex
+    from cbirlib.modality import ModalitySetting
+    from cbirlib.pipeline import Pipeline
+
+__all__ = [
+    "add_extractor_options",
+    "add_modality_option",
+    "canonical_structure",
+    "chain",
+    "create_extractor",
+    "extractor_options",
+    "fraction",
+    "int_at_least",
+    "load_index",
+    "modality_setting",
+    "non_negative_int",
+    "parse_extractor_opt",
+    "positive_int",
+]
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {minimum}, got {text!r}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def add_modality_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--modality MODALITY|FOLDER=MODALITY`` (repeatable): see :func:`modality_setting`."""
+    parser.add_argument(
+        "--modality",
+        action="append",
+        metavar="[FOLDER=]MODALITY",
+        help="modality (CT, MR, ...) of the volumes read, or of those under FOLDER; "
+        "repeatable (default: the DICOM Modality tag, a NIfTI file's JSON sidecar, or a "
+        "guess from the intensities, with a warning)",
+    )
+
+
+def modality_setting(args: argparse.Namespace) -> ModalitySetting:
+    """``--modality`` values as a :data:`~cbirlib.modality.ModalitySetting` (None: none given).
+
+    Raises
+    ------
+    UsageError
+        A malformed value or an unknown modality code.
+
+    Examples
+    --------
+    >>> modality_setting(argparse.Namespace(modality=["mr"]))
+    'MR'
+    >>> modality_setting(argparse.Namespace(modality=["CT", "brains=MR"]))
+    {'*': 'CT', 'brains': 'MR'}
+    """
+    from cbirlib.modality import parse_modality_setting
+
+    try:
+        return parse_modality_setting(getattr(args, "modality", None))
+    except SettingError as exc:
+        message = str(exc)
+        raise UsageError(message if "--modality" in message else f"--modality: {message}") from None
+
+
+def parse_extractor_opt(text: str) -> tuple[str, Any]:
+    """Parse one ``--extractor-opt KEY=VALUE``; the value is JSON when it parses as JSON.
+
+    Examples
+    --------
+    >>> parse_extractor_opt("mean=[0.5, 0.5, 0.5]")
+    ('mean', [0.5, 0.5, 0.5])
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with a Python identifier as KEY (e.g. batch_size=16), got {text!r}"
+        )
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def add_extractor_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--weights PATH`` and ``--extractor-opt KEY=VALUE`` to ``parser``."""
+    parser.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="local weights file (safetensors or PyTorch checkpoint) for the extractor",
+    )
+    parser.add_argument(
+        "--extractor-opt",
+        metavar="KEY=VALUE",
+        type=parse_extractor_opt,
+        action="append",
+        help="extractor option, repeatable; VALUE is read as JSON when it parses "
+        "(e.g. batch_size=16, device=cuda)",
+    )
+
+
+def extractor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--extractor-opt`` and ``--weights`` as keyword arguments of ``create_extractor``."""
+    options: dict[str, Any] = dict(getattr(args, "extractor_opt", None) or [])
+    weights = getattr(args, "weights", None)
+    if weights is not None:
+        if "weights" in options:
+            raise CliError("pass the weights once: --weights PATH or --extractor-opt weights=...")
+        # an index records its extractor config: store an absolute path, so that
+        # `cbirlib query` finds the file from any working directory
+        options["weights"] = weights if "://" in weights else str(Path(weights).resolve())
+    return options
+
+
+def create_extractor(name: str, options: dict[str, Any]) -> Extractor:
+    """The extractor ``name`` built with ``options`` (:func:`cbirlib.create_extractor`)."""
+    from cbirlib.plugins import create_extractor as create
+
+    return create(name, **options)
+
+
+def chain(
+    extractor: Extractor,
+    index: BaseIndex,
+    *,
+    top: int,
+    k: int = 100,
+    rerank: bool = True,
+    localize: bool = True,
+    candidates: int | None = None,
+    trim: float = 0.0,
+) -> Pipeline:
+    """The default retrieval chain (:func:`cbirlib.presets.default_chain`) on ``index``.
+
+    ``k`` neighbours per query slice; the other arguments are those of
+    :func:`~cbirlib.presets.default_chain`.
+    """
+    from cbirlib.presets import default_chain
+    from cbirlib.search import SliceSearch
+
+    return default_chain(
+        SliceSearch(extractor, index, k=k),
+        top=top,
+        rerank=rerank,
+        localize=localize,
+        candidates=candidates,
+        trim=trim,
+    )
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 0.5).
+
+    Examples
+    --------
+    >>> fraction("0.1")
+    0.1
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5), got {text!r}") from None
+    if not 0.0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5), got {value}")
+    return value
+
+
+def load_index(path: Path) -> BaseIndex:
+    """Load a :class:`SliceIndex` or :class:`ExactIndex`, whichever ``path`` holds."""
+    from cbirlib.index import load_index as load
+
+    if not path.exists():
+        raise VolumeNotFoundError(f"index folder {str(path)!r} does not exist")
+    return load(path)
+
+
+def canonical_structure(name: str) -> str:
+    """A fine class or coarse region name, matched case-insensitively; close matches.
+
+    Examples
+    --------
+    >>> canonical_structure("Liver")
+    'liver'
+    """
+    from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
+
+    coarse = coarse_regions()
+    known = {n.lower(): n for n in (*TOTALSEG_V1_CLASSES, *coarse)}
+    key = name.strip().lower()
+    if key in known:
+        return known[key]
+    close = close_matches(key, known.values())
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    raise CliError(
+        f"unknown structure {name!r}; {hint}valid: a TotalSegmentator v1 class (liver, "
+        f"kidney_left, ...) or a coarse region ({', '.join(coarse[:8])}, ...; see "
+        "cbirlib.structures.coarse_regions())"
+    )

@@ -1,0 +1,189 @@
+"""``cbirlib query``: the volumes of an index most similar to one or more queries, with spans."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from cbirlib.cli._command import Command
+from cbirlib.cli._options import (
+    add_modality_option,
+    canonical_structure,
+    chain,
+    fraction,
+    load_index,
+    modality_setting,
+    positive_int,
+)
+from cbirlib.cli._output import print_results, result_rows, show_progress, write
+from cbirlib.datasets.folders import open_volume
+from cbirlib.errors import CliError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cbirlib.pipeline import Pipeline
+    from cbirlib.volume import Volume
+
+__all__ = ["COMMAND", "run"]
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse option combinations that make no sense, before anything is read."""
+    if args.series_uid is not None and len(args.query) > 1:
+        raise UsageError("--series-uid picks a series of one DICOM folder: pass one QUERY with it")
+    if args.rerank and args.vote_trim:
+        raise UsageError("--vote-trim applies to vote-based spans: use it with --no-rerank")
+    if not args.rerank and args.candidates is not None:
+        raise UsageError("--candidates is the number of volumes MaxSim re-ranks: drop --no-rerank")
+
+
+def _query_volume(args: argparse.Namespace, path: str) -> tuple[Volume, str | None, Any]:
+    """The query read from ``path``: the volume (or its region), structure and span."""
+    from cbirlib.modality import modality_for
+    from cbirlib.search import region_query
+
+    modality = modality_for(path, modality_setting(args))
+    query = open_volume(path, series_uid=args.series_uid, modality=modality)
+    if args.structure is None:
+        return query, None, None
+    structure = canonical_structure(args.structure)
+    if query.labels is None:
+        raise CliError(
+            f"--structure needs segmentation masks for {path!r}; pass a subject "
+            "folder of a TotalSegmentator-layout data set (<subject>/segmentations/)"
+        )
+    region = region_query(query, structure)
+    span = [region.first_slice, region.first_slice + region.n_slices - 1]
+    return region, structure, span
+
+
+def _answer(
+    args: argparse.Namespace, pipeline: Pipeline, path: str, extractor: str, progress: bool
+) -> dict[str, Any]:
+    query, structure, span = _query_volume(args, path)
+    hits = pipeline.retrieve(query, verbose=progress)
+    return {
+        "query": query.id,
+        "source": path,
+        "structure": structure,
+        "query_span": span,
+        "extractor": extractor,
+        "score": "maxsim" if args.rerank else "votes",
+        "results": result_rows(hits, query.id, votes=not args.rerank),
+    }
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``cbirlib query``: print the volumes most similar to each of ``args.query``.
+
+    The index and the extractor are loaded once, then every query is read, retrieved
+    and printed in turn (``--jsonl``: one JSON line per query, as soon as it is done).
+    """
+    from cbirlib.plugins import create_extractor
+
+    _check_options(args)
+    modality_setting(args)  # a malformed --modality fails before anything is loaded
+    index = load_index(Path(args.index_dir))
+    config = index.extractor_config
+    if not config or "name" not in config:
+        raise CliError(f"index {args.index_dir!r} does not record the extractor it was built with")
+    extractor = create_extractor(**config)
+    pipeline = chain(
+        extractor,
+        index,
+        top=args.top,
+        k=args.k,
+        rerank=args.rerank,
+        localize=args.localize,
+        candidates=args.candidates,
+        trim=args.vote_trim,
+    )
+    progress = show_progress(args) and not (args.json or args.jsonl)
+    answers = []
+    for n, path in enumerate(args.query):
+        answer = _answer(args, pipeline, path, str(config["name"]), progress)
+        if args.jsonl:
+            write(out, json.dumps(answer, separators=(",", ":")))
+        elif args.json:
+            answers.append(answer)
+        else:
+            span = answer["query_span"]
+            where = f" (query slices {span[0]}-{span[1]})" if span else ""
+            if n:
+                write(out)
+            print_results(
+                out, f"query {answer['query']}{where}:", answer["results"], score=answer["score"]
+            )
+    if args.json:
+        write(out, json.dumps(answers[0] if len(answers) == 1 else answers, indent=2))
+    return 0
+
+
+def add_arguments(query: argparse.ArgumentParser) -> None:
+    """The arguments of ``cbirlib query``."""
+    query.add_argument("index_dir", help="index folder written by `cbirlib index`")
+    query.add_argument(
+        "query",
+        nargs="+",
+        help="one or more NIfTI files, DICOM folders or TotalSegmentator subject folders",
+    )
+    query.add_argument(
+        "--structure", help="region query around this structure (needs a subject folder)"
+    )
+    query.add_argument(
+        "--series-uid", help="SeriesInstanceUID to read from a DICOM folder with several series"
+    )
+    query.add_argument("--top", type=positive_int, default=10, help="volumes to return (10)")
+    query.add_argument(
+        "-k", type=positive_int, default=100, help="nearest slices per query slice (100)"
+    )
+    query.add_argument(
+        "--rerank",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="re-rank the count-vote candidates with MaxSim (default); --no-rerank: count "
+        "votes only, spans from the voting slices",
+    )
+    query.add_argument(
+        "--candidates",
+        type=positive_int,
+        help="count-vote candidates that MaxSim re-ranks (default: max(20, --top))",
+    )
+    query.add_argument(
+        "--localize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="predict the span of the query's anatomy in each volume (default)",
+    )
+    query.add_argument(
+        "--vote-trim",
+        type=fraction,
+        default=0.0,
+        help="fraction of outlying voting slices left out of a span (--no-rerank only; 0)",
+    )
+    add_modality_option(query)
+    formats = query.add_mutually_exclusive_group()
+    formats.add_argument(
+        "--json", action="store_true", help="print JSON (a list for several queries)"
+    )
+    formats.add_argument("--jsonl", action="store_true", help="print one JSON line per query")
+
+
+COMMAND = Command(
+    name="query",
+    help="retrieve the volumes most similar to one or more queries",
+    description="Retrieve the volumes of an index most similar to each QUERY, with the "
+    "predicted span of the query's anatomy in each. The index and its extractor are loaded "
+    "once for all queries.",
+    epilog="""examples:
+  cbirlib query idx scan.nii.gz --top 5
+  cbirlib query idx /data/Totalsegmentator_dataset/s0011 --structure liver --json
+  cbirlib query idx a.nii.gz b.nii.gz c.nii.gz --jsonl --quiet > results.jsonl
+  cbirlib query idx scan.nii.gz --no-rerank -k 50 --vote-trim 0.1
+
+The extractor is re-created from the config the index recorded. Scores: mean MaxSim
+cosine with re-ranking (the default), vote counts with --no-rerank.""",
+    add_arguments=add_arguments,
+    run=run,
+)

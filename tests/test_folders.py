@@ -1,0 +1,80 @@
+"""Volumes in folders (cbirlib.datasets.folders): discovery, one volume, split roots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cbirlib.datasets import check_split_root, discover_volumes, make_phantoms, open_volume
+from cbirlib.errors import DatasetError, VolumeNotFoundError
+from tests.dicom_helpers import write_dicom_series, write_nifti
+
+
+def test_discover_volumes_finds_nifti_files_and_dicom_series(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 1000, size=(4, 6, 5)).astype(np.float32)
+    (tmp_path / "nifti" / "deep").mkdir(parents=True)
+    write_nifti(tmp_path / "nifti" / "a.nii.gz", array)
+    write_nifti(tmp_path / "nifti" / "deep" / "b.nii", array)
+    write_dicom_series(tmp_path / "dicom" / "series1", array, spacing=(2.0, 1.0, 1.0))
+    (tmp_path / "notes.txt").write_text("not a volume")
+    found = dict(discover_volumes(tmp_path))
+    assert sorted(found) == ["dicom/series1", "nifti/a", "nifti/deep/b"]
+    for vid, load in found.items():
+        volume = load()
+        assert volume.id == vid
+        np.testing.assert_array_equal(volume.array, array)
+    assert found["dicom/series1"]().spacing[0] == pytest.approx(2.0)
+
+
+def test_discover_volumes_splits_a_multi_series_dicom_folder(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    first = rng.integers(-1000, 1000, size=(3, 6, 5)).astype(np.float32)
+    second = rng.integers(-1000, 1000, size=(5, 6, 5)).astype(np.float32)
+    write_dicom_series(tmp_path / "study", first, prefix="a", description="DOE JOHN abdomen")
+    write_dicom_series(tmp_path / "study", second, prefix="b", seed=1)
+    found = dict(discover_volumes(tmp_path))
+    assert sorted(found) == ["study/series-1", "study/series-2"]
+    shapes = sorted(found[v]().array.shape[0] for v in found)
+    assert shapes == [3, 5]
+    assert all(found[v]().id == v for v in found)
+
+
+def test_discover_volumes_errors(tmp_path) -> None:
+    with pytest.raises(VolumeNotFoundError, match="does not exist"):
+        discover_volumes(tmp_path / "nope")
+    with pytest.raises(DatasetError, match=r"no volumes found .* expected NIfTI files"):
+        discover_volumes(tmp_path)
+
+
+def test_the_cli_exports_the_library_function() -> None:
+    import cbirlib.cli
+
+    assert cbirlib.cli.discover_volumes is discover_volumes
+
+
+def test_open_volume_reads_subject_folders_with_labels_and_refuses_data_folders(tmp_path) -> None:
+    data = make_phantoms(tmp_path / "data", 3, shape=(32, 32))
+    subject = data.subjects[0]
+    volume = open_volume(tmp_path / "data" / subject)
+    assert volume.id == subject and volume.labels is not None
+    assert volume.labels.contains("liver") == data.labels(subject).contains("liver")
+    plain = open_volume(tmp_path / "data" / subject / "ct.nii.gz")
+    assert plain.id == subject and plain.labels is None
+    np.testing.assert_array_equal(plain.array, volume.array)
+    with pytest.raises(DatasetError, match="is a data folder"):
+        open_volume(tmp_path / "data")
+
+
+def test_check_split_root_accepts_a_split_root_and_names_what_is_missing(tmp_path) -> None:
+    make_phantoms(tmp_path / "data", 3, shape=(32, 32))
+    check_split_root(tmp_path / "data")
+    with pytest.raises(VolumeNotFoundError, match="does not exist"):
+        check_split_root(tmp_path / "nope")
+    (tmp_path / "nii" / "sub").mkdir(parents=True)
+    write_nifti(tmp_path / "nii" / "sub" / "scan.nii.gz", np.zeros((3, 4, 4), np.float32))
+    with pytest.raises(DatasetError, match="is not a TotalSegmentator-layout root"):
+        check_split_root(tmp_path / "nii")
+    (tmp_path / "data" / "meta.csv").unlink()
+    with pytest.raises(DatasetError, match=r"has no meta\.csv"):
+        check_split_root(tmp_path / "data")
