@@ -22,6 +22,7 @@ from cbirlib.errors import CliError, SettingError, UsageError, VolumeNotFoundErr
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.extractor import Extractor
     from cbirlib.index import BaseIndex
+    from cbirlib.index.milvus import MilvusIndex
     from cbirlib.modality import ModalitySetting
     from cbirlib.pipeline import Pipeline
 
@@ -35,6 +36,7 @@ __all__ = [
     "fraction",
     "int_at_least",
     "load_index",
+    "open_search_index",
     "modality_setting",
     "non_negative_int",
     "parse_extractor_opt",
@@ -159,7 +161,7 @@ def create_extractor(name: str, options: dict[str, Any]) -> Extractor:
 
 def chain(
     extractor: Extractor,
-    index: BaseIndex,
+    index: BaseIndex | MilvusIndex,
     *,
     top: int,
     k: int = 100,
@@ -210,6 +212,15 @@ def load_index(path: Path) -> BaseIndex:
     if not path.exists():
         raise VolumeNotFoundError(f"index folder {str(path)!r} does not exist")
     return load(path)
+
+
+def open_search_index(path: Path) -> BaseIndex | MilvusIndex:
+    """:func:`load_index`, or the Milvus collection that a pointer folder names."""
+    from cbirlib.index import open_index
+
+    if not path.exists():
+        raise VolumeNotFoundError(f"index folder {str(path)!r} does not exist")
+    return open_index(path)
 
 
 def canonical_structure(name: str) -> str:

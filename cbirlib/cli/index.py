@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -18,9 +19,13 @@ from cbirlib.cli._options import (
 )
 from cbirlib.cli._output import PROG, plural, show_progress, write
 from cbirlib.datasets.folders import discover_volumes
+from cbirlib.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.extractor import Extractor
+    from cbirlib.index import BaseIndex
+    from cbirlib.index.milvus import MilvusIndex
+    from cbirlib.volume import Volume
 
 __all__ = ["COMMAND", "run"]
 
@@ -49,14 +54,65 @@ def _load_weights(extractor: Extractor) -> None:
         extractor.model  # noqa: B018 - built on first access: a missing file fails here
 
 
+def _check_backend(args: argparse.Namespace) -> None:
+    """Option clashes of ``--backend``, ``--uri`` and ``--ray``, before any work."""
+    if args.uri is not None and args.backend != "milvus":
+        raise UsageError("--uri needs --backend milvus")
+    if args.collection is not None and args.backend != "milvus":
+        raise UsageError("--collection needs --backend milvus")
+    if args.ray is not None and args.backend == "milvus":
+        raise UsageError("--ray builds a SliceIndex or ExactIndex; use --backend hnsw or exact")
+
+
+def _build(
+    args: argparse.Namespace,
+    items: list[tuple[str, Callable[[], Volume]]],
+    extractor: Extractor,
+    index_dir: Path,
+) -> BaseIndex | MilvusIndex:
+    """Build with the backend and engine the options name."""
+    from cbirlib.index import build_index, build_milvus_index
+
+    verbose = show_progress(args)
+    if args.backend == "milvus":
+        return build_milvus_index(
+            items,
+            extractor,
+            index_dir,
+            uri=args.uri,
+            collection=args.collection or "cbirlib",
+            verbose=verbose,
+            resume=args.resume,
+        )
+    exact = args.backend == "exact"
+    if args.ray is not None:
+        from cbirlib.distributed import build_index_ray
+
+        return build_index_ray(
+            items,
+            args.extractor,
+            index_dir,
+            extractor_options=extractor_options(args),
+            address=args.ray or None,
+            exact=exact,
+            resume=args.resume,
+            verbose=verbose,
+        )
+    return build_index(
+        items, extractor, index_dir, exact=exact, verbose=verbose, resume=args.resume
+    )
+
+
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib index``: embed the volumes under ``args.data_dir`` into an index."""
-    from cbirlib.index import build_index, check_resumable
+    from cbirlib.index import check_resumable
 
+    _check_backend(args)
     index_dir = Path(args.index_dir)
     items = discover_volumes(args.data_dir, modality=modality_setting(args))
     extractor = create_extractor(args.extractor, extractor_options(args))
-    saved_meta = check_resumable(index_dir, extractor) if args.resume else None
+    milvus = args.backend == "milvus"
+    saved_meta = check_resumable(index_dir, extractor) if args.resume and not milvus else None
     before = saved_meta.n_volumes if saved_meta is not None else 0
     _load_weights(extractor)
     write(out, f"indexing {plural(len(items), 'volume')} from {args.data_dir} with {extractor!r}")
@@ -71,9 +127,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     build_log = logging.getLogger("cbirlib.index.build")
     build_log.addFilter(_drop_build_stopped)
     try:
-        index = build_index(
-            items, extractor, index_dir, verbose=show_progress(args), resume=args.resume
-        )
+        index = _build(args, items, extractor, index_dir)
     except BaseException:
         saved = _indexed_count(index_dir)
         if saved > before:  # a resume would skip work; otherwise there is nothing to resume
@@ -84,6 +138,16 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         raise
     finally:
         build_log.removeFilter(_drop_build_stopped)
+    from cbirlib.index.milvus import MilvusIndex
+
+    if isinstance(index, MilvusIndex):
+        write(
+            out,
+            f"index: {index_dir} -> Milvus collection {index.collection!r} at {index.uri} "
+            f"({plural(index.n_volumes, 'volume')}, {plural(len(index), 'slice')})",
+        )
+        index.close()
+        return 0
     added = max(0, index.n_volumes - before)
     skipped = len(items) - added
     write(
@@ -107,6 +171,28 @@ def add_arguments(index: argparse.ArgumentParser) -> None:
         default=True,
         help="continue an existing index (default); --no-resume rebuilds from scratch",
     )
+    index.add_argument(
+        "--backend",
+        choices=("hnsw", "exact", "milvus"),
+        default="hnsw",
+        help="hnsw: SliceIndex (default); exact: brute force; milvus: a Milvus collection "
+        "(Milvus Lite file INDEX_DIR/slices.db, or --uri)",
+    )
+    index.add_argument(
+        "--uri",
+        help="with --backend milvus: a Milvus Lite file or a server (http://host:19530; "
+        "token from $CBIRLIB_MILVUS_TOKEN)",
+    )
+    index.add_argument("--collection", help="with --backend milvus: collection name (cbirlib)")
+    index.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="embed on a Ray cluster: no ADDRESS starts a local one, 'auto' joins the "
+        "running one (needs the cbirlib[ray] extra)",
+    )
     add_extractor_options(index)
     add_modality_option(index)
 
@@ -120,6 +206,8 @@ COMMAND = Command(
   cbirlib index /data/Totalsegmentator_dataset idx
   cbirlib index scans/ idx --extractor radimagenet-resnet50 --weights /models/rin-r50.pt
   cbirlib index scans/ idx --extractor baseline --extractor-opt bins=8 --no-resume
+  cbirlib index scans/ idx --ray auto              # embed on the running Ray cluster
+  cbirlib index scans/ idx --backend milvus --uri http://milvus:19530
 
 An existing INDEX_DIR is resumed: volumes whose id is already in it are skipped (matched
 by id only, so a changed file keeps its old embeddings; --no-resume rebuilds). A DICOM

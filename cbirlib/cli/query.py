@@ -13,8 +13,8 @@ from cbirlib.cli._options import (
     canonical_structure,
     chain,
     fraction,
-    load_index,
     modality_setting,
+    open_search_index,
     positive_int,
 )
 from cbirlib.cli._output import print_results, result_rows, show_progress, write
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     _check_options(args)
     modality_setting(args)  # a malformed --modality fails before anything is loaded
-    index = load_index(Path(args.index_dir))
+    index = open_search_index(Path(args.index_dir))
     config = index.extractor_config
     if not config or "name" not in config:
         raise CliError(f"index {args.index_dir!r} does not record the extractor it was built with")

@@ -7,7 +7,8 @@
 - :func:`load_index` opens either from its directory, :func:`read_meta` reads what a
   directory holds without a vector, and :func:`check_compatible` is the one check that
   an extractor's vectors fit an index;
-- :func:`build_index` embeds volumes into an index with crash-safe checkpoints.
+- :func:`build_index` embeds volumes into an index with crash-safe checkpoints, and
+  :func:`build_milvus_index` into a Milvus collection.
 
 Nothing outside this package reads or writes an index's files.
 
@@ -26,7 +27,7 @@ Examples
 
 from cbirlib.errors import ExtractorMismatchWarning
 from cbirlib.index.base import BaseIndex, SliceMatches
-from cbirlib.index.build import build_index, check_resumable
+from cbirlib.index.build import build_index, build_milvus_index, check_resumable
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.exact import ExactIndex
 from cbirlib.index.hnsw import SliceIndex
@@ -45,6 +46,7 @@ __all__ = [
     "SliceIndex",
     "SliceMatches",
     "build_index",
+    "build_milvus_index",
     "check_compatible",
     "check_resumable",
     "load_index",

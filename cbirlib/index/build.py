@@ -54,6 +54,7 @@ from cbirlib.index.exact import ExactIndex
 from cbirlib.index.files import META_NAME, check_target, resolve_dir
 from cbirlib.index.hnsw import SliceIndex
 from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
+from cbirlib.index.milvus import MilvusIndex
 from cbirlib.informative import slice_flags
 from cbirlib.ingest import read_volumes
 from cbirlib.modality import effective_modality
@@ -62,7 +63,15 @@ from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexableExtractor", "SubjectSource", "VolumeSource", "build_index", "check_resumable"]
+__all__ = [
+    "IndexableExtractor",
+    "SubjectSource",
+    "VolumeSource",
+    "WritableIndex",
+    "build_index",
+    "build_milvus_index",
+    "check_resumable",
+]
 
 
 @runtime_checkable
@@ -310,6 +319,59 @@ def build_index(
     path = Path(path)
     check_target(path)  # before any work: a foreign folder is refused, not overwritten
     index = _open_index(path, extractor, config=config, exact=exact, resume=resume)
+    _fill(
+        index,
+        volumes,
+        extractor,
+        path,
+        verbose=verbose,
+        checkpoint_every=checkpoint_every,
+        workers=workers,
+        processes=processes,
+    )
+    return index
+
+
+class WritableIndex(Protocol):
+    """What :func:`build_index`'s loop writes into: a SliceIndex, ExactIndex or MilvusIndex."""
+
+    @property
+    def n_volumes(self) -> int:
+        """Number of indexed volumes."""
+        ...
+
+    def __contains__(self, volume_id: object) -> bool:
+        """Whether a volume id is indexed."""
+        ...
+
+    def add(
+        self,
+        volume_id: str,
+        embeddings: npt.ArrayLike,
+        *,
+        slice_meta: dict[str, npt.ArrayLike] | None = None,
+        modality: str = ...,
+    ) -> None:
+        """Add one volume's slice embeddings."""
+        ...
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save (or, for a server-side index, write its pointer) at ``path``."""
+        ...
+
+
+def _fill(
+    index: WritableIndex,
+    volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
+    extractor: IndexableExtractor,
+    path: Path,
+    *,
+    verbose: bool,
+    checkpoint_every: int,
+    workers: int,
+    processes: bool,
+) -> None:
+    """Embed the volumes not yet in ``index`` into it, saving at ``path`` as it goes."""
     fresh = not (path / "meta.json").is_file() or index.n_volumes == 0
     unsaved = 0
     added = skipped = blank = 0
@@ -393,4 +455,79 @@ def build_index(
             "body); queries leave them out by default",
             _plural(blank, "slice"),
         )
+
+
+def build_milvus_index(
+    volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
+    extractor: IndexableExtractor,
+    path: str | os.PathLike[str],
+    *,
+    uri: str | os.PathLike[str] | None = None,
+    collection: str = "cbirlib",
+    token: str | None = None,
+    config: HnswConfig = HnswConfig(),  # noqa: B008 - frozen dataclass
+    verbose: bool = True,
+    resume: bool = True,
+    workers: int = 2,
+    processes: bool = False,
+) -> MilvusIndex:
+    """Embed ``volumes`` into a :class:`~cbirlib.index.milvus.MilvusIndex`, as :func:`build_index`.
+
+    Every volume is stored in Milvus as it is added, so an interrupted build loses
+    nothing and a rerun skips the volumes already there. ``path`` receives a pointer
+    directory (``meta.json`` naming the URI and collection, never a token) that
+    :func:`cbirlib.index.open_index` and ``cbirlib query`` open.
+
+    Parameters
+    ----------
+    volumes, extractor, verbose, workers, processes
+        As :func:`build_index`.
+    path
+        The pointer directory to write.
+    uri
+        A Milvus Lite file (default ``path/slices.db``) or a server address
+        (``http://host:19530``).
+    collection
+        The collection holding the index.
+    token
+        A server's access token (default: ``$CBIRLIB_MILVUS_TOKEN``).
+    config
+        HNSW settings of a new collection (float32 storage only).
+    resume
+        Continue the collection (its extractor must match,
+        :class:`~cbirlib.errors.ExtractorMismatchError` otherwise); ``False`` drops it
+        first.
+
+    Returns
+    -------
+    MilvusIndex
+        The open index (call ``close()`` to free a Milvus Lite file).
+    """
+    path = Path(path)
+    check_target(path)
+    target = os.fspath(uri) if uri is not None else os.fspath(path / "slices.db")
+    if uri is None:
+        path.mkdir(parents=True, exist_ok=True)
+    token = token if token is not None else os.environ.get("CBIRLIB_MILVUS_TOKEN")
+    options: dict[str, Any] = {"collection": collection, "token": token}
+    if not resume:
+        MilvusIndex(target, extractor.dim, config=config, **options).drop()
+    index = MilvusIndex(
+        target, extractor.dim, config=config, extractor_config=extractor.to_config(), **options
+    )
+    try:
+        index.save(path)  # the pointer first: the folder is an index folder from now on
+        _fill(
+            index,
+            volumes,
+            extractor,
+            path,
+            verbose=verbose,
+            checkpoint_every=1,
+            workers=workers,
+            processes=processes,
+        )
+    except BaseException:
+        index.close()
+        raise
     return index
