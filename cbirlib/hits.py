@@ -35,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -322,6 +323,44 @@ class Hits:
             level=self.level,
             extra={**self.extra, **{k: np.asarray(v) for k, v in columns.items()}},
         )
+
+    def with_paths(self, index: Any, *, root: str | os.PathLike[str] | None = None) -> Hits:
+        """A copy with a ``path`` column: the file or folder each hit volume was read from.
+
+        Taken from the index's recorded sources (``index.sources``, see
+        :func:`cbirlib.build_index`): the recorded path under ``root`` (default: the
+        data root recorded with it), ``""`` where the index has no source for a volume
+        (an index saved before sources were recorded, or a volume added without one).
+        :func:`cbirlib.viz.montage` loads the hit volumes from this column when it is
+        given no loader.
+
+        Parameters
+        ----------
+        index
+            The index that was searched (anything with a ``sources`` mapping of volume
+            id -> :class:`~cbirlib.provenance.Source` or ``None``).
+        root
+            The data root to resolve relative paths against, when the data moved.
+
+        Examples
+        --------
+        >>> from cbirlib.provenance import Source
+        >>> class Index:
+        ...     sources = {"a": Source(path="a/ct.nii.gz", root="/data"), "b": None}
+        >>> h = Hits(query_id=["q", "q"], volume_id=["a", "b"], score=[0.9, 0.5], level="volume")
+        >>> h.with_paths(Index()).extra["path"].tolist()
+        ['/data/a/ct.nii.gz', '']
+        >>> h.with_paths(Index(), root="/mnt").extra["path"].tolist()
+        ['/mnt/a/ct.nii.gz', '']
+        """
+        sources: Mapping[str, Any] = getattr(index, "sources", None) or {}
+        cache: dict[str, str] = {}
+        for vid in dict.fromkeys(self.volume_id.tolist()):
+            src = sources.get(vid)
+            where = src.resolve(root) if src is not None else None
+            cache[vid] = "" if where is None else where.as_posix()
+        paths = np.array([cache[v] for v in self.volume_id.tolist()], dtype=object)
+        return self.with_columns(path=paths)
 
     def for_query(self, query_id: str) -> Hits:
         """The rows of one query."""

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from cbirlib.errors import InvalidVolumeError, MaskShapeError, SettingError
 from cbirlib.labels import SliceLabels
 from cbirlib.modality import UNKNOWN, normalize_modality
+from cbirlib.provenance import Source
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +50,10 @@ class Volume:
         readers (:func:`cbirlib.load_volume`) always set it.
     affine
         Optional 4x4 voxel-to-world (RAS, mm) matrix of the array indexed ``(x, y, z)``.
+    source
+        Where the volume was read from (:class:`cbirlib.provenance.Source`: a path, a
+        subject id, a DICOM series; never patient data). The readers set it; indexes
+        record it, so results can be opened again.
 
     Raises
     ------
@@ -66,6 +71,7 @@ class Volume:
     labels: SliceLabels | None = None
     modality: str = UNKNOWN
     affine: npt.NDArray[np.float64] | None = None
+    source: Source | None = None
 
     def __post_init__(self) -> None:
         array = np.asarray(self.array)

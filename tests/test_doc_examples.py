@@ -25,7 +25,7 @@ NOT_RUN = {
     ("plugins.md", 1): ("needs an installed plugin package", "import cbirlib_myextractor"),
 }
 #: fragments that run after the getting-started example, in its namespace
-AFTER_GETTING_STARTED = {("concepts.md", 0), ("index.md", 0)}
+AFTER_GETTING_STARTED = {("concepts.md", 0), ("concepts.md", 1), ("index.md", 0)}
 
 
 def _blocks(page: Path) -> list[str]:

@@ -43,6 +43,7 @@ import csv
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeAlias
 
@@ -53,6 +54,7 @@ from cbirlib._text import did_you_mean
 from cbirlib.errors import DatasetError, SettingError, UnknownSubjectError
 from cbirlib.labels import SliceLabels, slice_counts
 from cbirlib.modality import normalize_modality
+from cbirlib.provenance import Source
 from cbirlib.structures import TOTALSEG_V1_CLASSES, V2_TO_V1, resolve_structure
 from cbirlib.volume import Volume
 
@@ -348,9 +350,10 @@ class TotalSegmentator(Mapping[str, Volume]):
         """
         from cbirlib.io import load_volume
 
-        volume = load_volume(
-            self.image_path(subject_id), id=subject_id, modality=self.modality_of(subject_id)
-        )
+        path = self.image_path(subject_id)
+        volume = load_volume(path, id=subject_id, modality=self.modality_of(subject_id))
+        # provenance: the image relative to the data root, and the subject id
+        volume = replace(volume, source=Source.from_file(path, root=self.root, subject=subject_id))
         if not labels:
             return volume
         return volume.with_labels(self._labels(subject_id, like=volume))

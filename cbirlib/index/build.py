@@ -57,6 +57,7 @@ from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
 from cbirlib.informative import slice_flags
 from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
+from cbirlib.provenance import Source
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,14 @@ def _embed(extractor: IndexableExtractor, volume: Volume) -> npt.NDArray[np.floa
     return emb
 
 
+def _source(volume: Volume, root: str | os.PathLike[str] | None) -> Source | None:
+    """The volume's source, its path relative to ``root`` when it lies under it."""
+    source = getattr(volume, "source", None)
+    if not isinstance(source, Source):
+        return None
+    return source.relative_to(root) if root is not None else source
+
+
 def build_index(
     volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
     extractor: IndexableExtractor,
@@ -239,6 +248,7 @@ def build_index(
     resume: bool = True,
     checkpoint_every: int = 10,
     workers: int = 2,
+    root: str | os.PathLike[str] | None = None,
 ) -> BaseIndex:
     """Embed every slice of ``volumes`` and index them, with crash-safe checkpoints.
 
@@ -278,6 +288,13 @@ def build_index(
         error interrupts the build).
     workers
         Threads that read volumes ahead of the extractor (``0``: read in this thread).
+    root
+        The data root: each volume's :attr:`~cbirlib.Volume.source` (set by the
+        readers) is recorded in the index with its path relative to ``root``
+        (:attr:`BaseIndex.sources <cbirlib.index.SliceIndex.sources>`), so that results
+        can be opened again after the data moves. Default: the ``root`` of a data set
+        given as ``volumes`` (a :class:`~cbirlib.datasets.TotalSegmentator`), else the
+        root each source already has (paths stay absolute when it has none).
 
     Returns
     -------
@@ -301,6 +318,8 @@ def build_index(
     """
     if checkpoint_every < 1:
         raise SettingError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
+    if root is None and isinstance(getattr(volumes, "root", None), str | os.PathLike):
+        root = volumes.root  # type: ignore[union-attr]
     path = Path(path)
     check_target(path)  # before any work: a foreign folder is refused, not overwritten
     index = _open_index(path, extractor, config=config, exact=exact, resume=resume)
@@ -343,6 +362,7 @@ def build_index(
                     emb,
                     slice_meta={"z_mm": volume.z_positions, "informative": flags},
                     modality=effective_modality(volume.modality, volume.array),
+                    source=_source(volume, root),
                 )
                 blank += int(np.count_nonzero(~flags))
                 added += 1
