@@ -225,6 +225,7 @@ def benchmark(
     weights: Mapping[str, str | os.PathLike[str]] | None = None,
     sha256: Mapping[str, str] | None = None,
     force: bool = False,
+    labels_cache: str | os.PathLike[str] | None = None,
     verbose: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Run the study's retrieval protocol and return its per-class tables.
@@ -282,6 +283,12 @@ def benchmark(
         Allow one weights file for several extractors (normally a
         :class:`~cbirlib.errors.SharedWeightsError`: the comparison would report one
         model under two names).
+    labels_cache
+        A folder that keeps the per-slice labels read from the masks (one ``.npy`` per
+        subject, keyed by the mask files' names, sizes and modification times; see
+        :class:`~cbirlib.datasets.label_cache.LabelCache`), so that a second run reads
+        no unchanged mask. Default: ``<out_dir>/labels-cache`` when ``out_dir`` is
+        given, else none.
     verbose
         Progress bars and log messages.
 
@@ -315,7 +322,9 @@ def benchmark(
     reranks = tuple(dict.fromkeys(bool(r) for r in rerank))
     if not reranks:
         raise EvaluationError("rerank must list at least one of False, True")
-    dataset = TotalSegmentator(root)
+    if labels_cache is None and out_dir is not None:
+        labels_cache = Path(out_dir) / "labels-cache"
+    dataset = TotalSegmentator(root, labels_cache=labels_cache)
     query_ids = tuple(dataset.subjects_in(split))
     database_ids = tuple(s for s in dataset.subjects if s not in set(query_ids))
     meta_path = Path(root) / "meta.csv"
