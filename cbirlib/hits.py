@@ -362,6 +362,34 @@ class Hits:
         paths = np.array([cache[v] for v in self.volume_id.tolist()], dtype=object)
         return self.with_columns(path=paths)
 
+    def to_records(self) -> list[dict[str, Any]]:
+        """The rows as JSON-ready dicts, under the same column names as everywhere else.
+
+        Core columns first, then the extra columns (``loc_first``, ``loc_last``,
+        ``loc_z_first``, ``loc_z_last``, ``path``, ...), as Python ``int``, ``float`` and
+        ``str``; a NaN or infinite float becomes ``None`` (JSON has no NaN), as does a
+        localization slice of ``-1`` (no span). Rows keep their order (call
+        :meth:`ranked` first for rank order).
+
+        Examples
+        --------
+        >>> h = Hits(query_id=["q"], volume_id=["a"], score=[0.5], level="volume",
+        ...          extra={"loc_first": [2], "loc_last": [4], "loc_z_first": [float("nan")]})
+        >>> h.to_records()[0]["loc_first"], h.to_records()[0]["loc_z_first"]
+        (2, None)
+        """
+        names = [*CORE_COLUMNS, *self.extra]
+        columns = [getattr(self, n) if n in CORE_COLUMNS else self.extra[n] for n in names]
+        records: list[dict[str, Any]] = []
+        for values in zip(*(c.tolist() for c in columns), strict=True):
+            row: dict[str, Any] = {}
+            for name, value in zip(names, values, strict=True):
+                nan = isinstance(value, float) and not np.isfinite(value)
+                no_span = name in ("loc_first", "loc_last") and value == -1
+                row[name] = None if nan or no_span else value
+            records.append(row)
+        return records
+
     def for_query(self, query_id: str) -> Hits:
         """The rows of one query."""
         return self.take(self.query_id == query_id)

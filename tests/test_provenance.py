@@ -200,3 +200,25 @@ def test_no_patient_identifier_reaches_any_index_file(
     for identifier in (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE, "Doe", "Jane"):
         for blob in blobs:
             assert identifier.encode() not in blob
+
+
+def test_records_use_the_column_names_of_python(data: Path, tmp_path: Path) -> None:
+    ds = TotalSegmentator(data)
+    index = build_index(
+        [(s, lambda s=s: ds.load(s, labels=False)) for s in ds.subjects[:-1]],
+        _extractor(),
+        tmp_path / "idx",
+        exact=True,
+        verbose=False,
+    )
+    query = ds.load(ds.subjects[-1], labels=False)
+    hits = default_chain(SliceSearch(_extractor(), index, k=10), top=3, localize=True)
+    result = hits.retrieve([query]).with_paths(index).ranked()
+    records = result.to_records()
+    json.dumps(records, allow_nan=False)  # JSON-ready: no NaN, no numpy scalars
+    frame = result.to_pandas()
+    assert list(records[0]) == list(frame.columns)
+    for row, (_, expected) in zip(records, frame.iterrows(), strict=True):
+        assert row["volume_id"] == expected["volume_id"]
+        assert row["loc_first"] == expected["loc_first"] and row["loc_last"] == expected["loc_last"]
+        assert Path(row["path"]) == ds.image_path(row["volume_id"]).absolute()
