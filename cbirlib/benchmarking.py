@@ -357,12 +357,16 @@ def benchmark(
         grouping = COARSE_GROUPS if groups is None else dict(groups)
         stand_ins: dict[str, Volume] = {}
         results = []
-        for name, model in models.items():
+        # extractors build their models lazily; each one is let go once it has run, so
+        # that at most one model is in memory at a time
+        for name in list(models):
+            model = models.pop(name)
             results += _run_extractor(
                 name, model, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
                 reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
                 vote_trim=vote_trim, verbose=verbose,
             )  # fmt: skip
+            del model
         coarse_rows = coarse_regions() if groups is None else tuple(sorted(set(groups.values())))
         rows = {"coarse": coarse_rows, "fine": TOTALSEG_V1_CLASSES}
         tables: dict[str, pd.DataFrame] = {}

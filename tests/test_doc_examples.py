@@ -22,6 +22,7 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[ \t]*\n(?P<body>.*?)^(?P=inden
 #: (page, block number) -> why it does not run here, and a string the block contains
 NOT_RUN = {
     ("weights.md", 0): ("needs a local RadImageNet weights file", "weights="),
+    ("weights.md", 1): ("needs the TotalSegmentator data and two weights files", "sha256="),
     ("plugins.md", 1): ("needs an installed plugin package", "import cbirlib_myextractor"),
 }
 #: fragments that run after the getting-started example, in its namespace

@@ -169,3 +169,36 @@ def test_benchmark_passes_each_extractor_its_own_weights(
         "weights": str(b.resolve()),
         "sha256": hashlib.sha256(b"b").hexdigest(),
     }
+
+
+def test_one_model_in_memory_at_a_time(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All extractors are created up front (to check weights), but each is let go once
+    it has run, so two large models are never held together."""
+    import gc
+    import weakref
+
+    import cbirlib.plugins as plugins_module
+    from cbirlib.extractors.baseline import BaselineExtractor
+
+    made: list[weakref.ref[BaselineExtractor]] = []
+    alive_at_second: list[bool] = []
+
+    class Tracked(BaselineExtractor):
+        def extract(self, volume, **kwargs):  # type: ignore[no-untyped-def]
+            if made and made[-1]() is self and len(made) == 2 and not alive_at_second:
+                gc.collect()
+                alive_at_second.append(made[0]() is not None)
+            return super().extract(volume, **kwargs)
+
+    def factory(name, **kwargs):  # type: ignore[no-untyped-def]
+        ex = Tracked(bins=8)
+        made.append(weakref.ref(ex))
+        return ex
+
+    monkeypatch.setattr(plugins_module, "create_extractor", factory)
+    benchmark(
+        data, ["one", "two"], modes=("volume",), rerank=(False,), level="coarse", verbose=False
+    )
+    assert alive_at_second == [False]
