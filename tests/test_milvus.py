@@ -65,6 +65,7 @@ def test_chain_gives_the_same_results_as_slice_index(db: str, phantom_set: Any) 
             [first.z_positions[0] - first.spacing[0] * np.arange(6, 0, -1), first.z_positions]
         ),
         modality="CT",
+        source=first.source,
     )
     for vol in [padded, *database[1:]]:
         emb = extractor.extract(vol)
