@@ -112,13 +112,13 @@ def test_index_then_query_recreates_the_extractor_from_the_index(demo, tmp_path,
     assert results[0]["volume_id"] == subject
     span = data.labels(subject).span("liver")
     assert payload["query_span"] == list(span)
-    first, last = results[0]["span"]
+    first, last = results[0]["loc_first"], results[0]["loc_last"]
     assert first <= span[1] and last >= span[0]
-    assert results[0]["span_mm"][0] <= results[0]["span_mm"][1]
+    assert results[0]["loc_z_first"] <= results[0]["loc_z_last"]
     # JSON values are rounded (6 decimals for scores, 0.1 mm) and scores clipped to [-1, 1]
     for r in results:
         assert -1.0 <= r["score"] <= 1.0 and r["score"] == round(r["score"], 6)
-        assert all(v == round(v, 1) for v in r["span_mm"])
+        assert all(v == round(v, 1) for v in (r["loc_z_first"], r["loc_z_last"]))
 
     # a plain NIfTI file as the query, human-readable output
     assert main(["query", str(index_dir), str(data_dir / subject / "ct.nii.gz"), "--top", "2"]) == 0

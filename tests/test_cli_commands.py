@@ -103,10 +103,12 @@ def test_count_votes_only_scores_are_votes_of_k_neighbours(indexed, capsys) -> N
     assert all(isinstance(s, int) for s in scores) and sum(scores) == SLICES["b"]
     assert main([*argv, "-k", "3"]) == 0
     scores = [r["score"] for r in json.loads(capsys.readouterr().out)["results"]]
-    assert sum(scores) == 3 * SLICES["b"]
+    # fair votes (the default): a query slice votes at most once per volume
+    assert all(s <= SLICES["b"] for s in scores)
+    assert SLICES["b"] <= sum(scores) <= 3 * SLICES["b"]
     # vote-based spans lie inside the retrieved volume
     for r in answer["results"]:
-        first, last = r["span"]
+        first, last = r["loc_first"], r["loc_last"]
         assert 0 <= first <= last < SLICES[r["volume_id"]]
 
 
@@ -115,10 +117,10 @@ def test_top_and_no_localize(indexed, capsys) -> None:
     argv = ["query", str(index), str(data / "a.nii.gz"), "--json", "--top", "2"]
     assert main([*argv, "--no-localize"]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
-    assert len(results) == 2 and all(r["span"] is None for r in results)
+    assert len(results) == 2 and all(r["loc_first"] is None for r in results)
     assert main(argv) == 0
     results = json.loads(capsys.readouterr().out)["results"]
-    assert all(r["span"] is not None for r in results)
+    assert all(r["loc_first"] is not None for r in results)
 
 
 @pytest.mark.parametrize(
@@ -310,3 +312,45 @@ def test_plugins_lists_a_hook_object_registered_directly(capsys) -> None:
         "module": __name__,
         "extractors": ["mine-test"],
     }
+
+
+# --- benchmark -----------------------------------------------------------------------------
+
+
+def test_benchmark_takes_weights_per_extractor_and_refuses_one_file_for_two(
+    tmp_path, capsys
+) -> None:
+    from cbirlib.datasets import make_phantoms
+
+    data = make_phantoms(tmp_path / "ds", 4, shape=(16, 16)).root
+    shared = tmp_path / "r50.pt"
+    shared.write_bytes(b"not read: the check comes first")
+    two = ["--extractor", "radimagenet-resnet50", "fractaldb-resnet50"]
+    argv = ["benchmark", str(data), *two, "--quiet"]
+    argv += [
+        "--weights",
+        f"radimagenet-resnet50={shared}",
+        "--weights",
+        f"fractaldb-resnet50={shared}",
+    ]
+    assert main(argv) != 0
+    err = _one_line_error(capsys)
+    assert "radimagenet-resnet50" in err and "fractaldb-resnet50" in err
+    # a weights name that is not among the extractors is named before any work
+    argv = ["benchmark", str(data), "--quiet", "--weights", f"dinov2={shared}"]
+    assert main(argv) != 0
+    assert "dinov2" in _one_line_error(capsys)
+
+
+def test_results_lead_back_to_the_files_and_a_montage(indexed, tmp_path, capsys) -> None:
+    data, index = indexed
+    query = str(data / "b.nii.gz")
+    png = tmp_path / "m.png"
+    assert main(["query", str(index), query, "--json", "--top", "2", "--montage", str(png)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    paths = [r["path"] for r in answer["results"]]
+    assert paths[0] == str((data / "b.nii.gz").resolve())
+    assert all(Path(p).is_file() for p in paths)
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    two = [str(data / "a.nii.gz"), query]
+    assert main(["query", str(index), *two, "--montage", str(png)]) == 2

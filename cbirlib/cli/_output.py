@@ -112,33 +112,39 @@ def _fmt_float(value: float, spec: str = ".0f") -> str:
     return "-" if not math.isfinite(value) else format(value, spec)
 
 
-def result_rows(hits: Hits, query_id: str, *, votes: bool = False) -> list[dict[str, Any]]:
+def result_rows(
+    hits: Hits, query_id: str, *, votes: bool = False, index: object = None
+) -> list[dict[str, Any]]:
     """One query's ranked volumes as plain dicts, rounded for display and JSON.
 
     Cosine scores are clipped to [-1, 1] (float32 sums can exceed 1 in the last digits)
     and rounded to :data:`SCORE_DIGITS` decimals; vote counts (``votes=True``) are
-    integers; ``span`` is the predicted slice span
-    ``[first, last]`` and ``span_mm`` the z positions of the centres of those two
-    slices, rounded to :data:`MM_DIGITS` decimals.
+    integers. The span keys are the :class:`~cbirlib.Hits` column names: ``loc_first``
+    and ``loc_last`` (slices), ``loc_z_first`` and ``loc_z_last`` (z of those slices'
+    centres, rounded to :data:`MM_DIGITS` decimals); ``None`` without a span. ``path``
+    is the file the volume was read from, when ``index`` recorded it.
     """
     rows = hits.for_query(query_id).ranked()
     extra = rows.extra
+    sources = getattr(index, "sources", None) or {}
     out: list[dict[str, Any]] = []
     for i in range(len(rows)):
         raw = float(rows.score[i])
         score = round(raw) if votes else round(min(1.0, max(-1.0, raw)), SCORE_DIGITS)
-        row: dict[str, Any] = {
-            "rank": int(rows.rank[i]),
-            "volume_id": str(rows.volume_id[i]),
-            "score": score,
-        }
+        volume_id = str(rows.volume_id[i])
+        row: dict[str, Any] = {"rank": int(rows.rank[i]), "volume_id": volume_id, "score": score}
+        row.update(dict.fromkeys(("loc_first", "loc_last", "loc_z_first", "loc_z_last")))
         if "loc_first" in extra and int(extra["loc_first"][i]) >= 0:
-            row["span"] = [int(extra["loc_first"][i]), int(extra["loc_last"][i])]
+            row["loc_first"], row["loc_last"] = (
+                int(extra["loc_first"][i]),
+                int(extra["loc_last"][i]),
+            )
             z = [float(extra["loc_z_first"][i]), float(extra["loc_z_last"][i])]
-            finite = all(math.isfinite(v) for v in z)
-            row["span_mm"] = [round(v, MM_DIGITS) for v in z] if finite else None
-        else:
-            row["span"] = row["span_mm"] = None
+            if all(math.isfinite(v) for v in z):
+                row["loc_z_first"], row["loc_z_last"] = (round(v, MM_DIGITS) for v in z)
+        source = sources.get(volume_id)
+        where = source.resolve() if source is not None else None
+        row["path"] = None if where is None else str(where)
         out.append(row)
     return out
 
@@ -152,18 +158,20 @@ def print_results(
     table's footnote.
     """
     write(out, title)
-    write(out, f"  {'rank':>4}  {'volume':<24} {'score':>8}  {'slices':>11}  {'z (mm)':>15}")
+    write(
+        out, f"  {'rank':>4}  {'volume':<24} {'score':>8}  {'loc (slices)':>12}  {'loc_z (mm)':>15}"
+    )
     for row in rows:
-        span = f"{row['span'][0]}-{row['span'][1]}" if row["span"] else "-"
+        span = f"{row['loc_first']}-{row['loc_last']}" if row["loc_first"] is not None else "-"
         mm = (
-            f"{_fmt_float(row['span_mm'][0])} to {_fmt_float(row['span_mm'][1])}"
-            if row["span_mm"]
+            f"{_fmt_float(row['loc_z_first'])} to {_fmt_float(row['loc_z_last'])}"
+            if row["loc_z_first"] is not None
             else "-"
         )
         write(
             out,
             f"  {row['rank']:>4}  {row['volume_id']:<24} {_fmt_score(row['score']):>8}"
-            f"  {span:>11}  {mm:>15}",
+            f"  {span:>12}  {mm:>15}",
         )
     if not rows:
         write(out, "  (no results)")

@@ -22,6 +22,7 @@ from cbirlib.datasets.folders import open_volume
 from cbirlib.errors import CliError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cbirlib.hits import Hits
     from cbirlib.pipeline import Pipeline
     from cbirlib.volume import Volume
 
@@ -34,6 +35,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--series-uid picks a series of one DICOM folder: pass one QUERY with it")
     if args.rerank and args.vote_trim:
         raise UsageError("--vote-trim applies to vote-based spans: use it with --no-rerank")
+    if args.montage is not None and len(args.query) > 1:
+        raise UsageError("--montage draws one query's results: pass one QUERY with it")
     if not args.rerank and args.candidates is not None:
         raise UsageError("--candidates is the number of volumes MaxSim re-ranks: drop --no-rerank")
 
@@ -59,10 +62,17 @@ def _query_volume(args: argparse.Namespace, path: str) -> tuple[Volume, str | No
 
 
 def _answer(
-    args: argparse.Namespace, pipeline: Pipeline, path: str, extractor: str, progress: bool
+    args: argparse.Namespace,
+    pipeline: Pipeline,
+    path: str,
+    extractor: str,
+    progress: bool,
+    index: object,
 ) -> dict[str, Any]:
     query, structure, span = _query_volume(args, path)
     hits = pipeline.retrieve(query, verbose=progress)
+    if args.montage is not None:
+        _save_montage(args.montage, query, hits, index, top=args.top)
     return {
         "query": query.id,
         "source": path,
@@ -70,8 +80,29 @@ def _answer(
         "query_span": span,
         "extractor": extractor,
         "score": "maxsim" if args.rerank else "votes",
-        "results": result_rows(hits, query.id, votes=not args.rerank),
+        "results": result_rows(hits, query.id, votes=not args.rerank, index=index),
     }
+
+
+def _save_montage(path: str, query: Volume, hits: Hits, index: object, *, top: int) -> None:
+    """The query beside its best volumes, read from the paths the index recorded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cbirlib.viz import montage
+
+    located = hits.with_paths(index)
+    missing = [v for v, p in zip(located.volume_id, located.extra["path"], strict=True) if not p]
+    if missing:
+        raise CliError(
+            f"--montage: the index records no file for {missing[0]!r} (built before "
+            "sources were recorded?); rebuild it with `cbirlib index`"
+        )
+    figure = montage(query, located, top=top)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -102,7 +133,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     progress = show_progress(args) and not (args.json or args.jsonl)
     answers = []
     for n, path in enumerate(args.query):
-        answer = _answer(args, pipeline, path, str(config["name"]), progress)
+        answer = _answer(args, pipeline, path, str(config["name"]), progress, index)
         if args.jsonl:
             write(out, json.dumps(answer, separators=(",", ":")))
         elif args.json:
@@ -135,6 +166,12 @@ def add_arguments(query: argparse.ArgumentParser) -> None:
         "--series-uid", help="SeriesInstanceUID to read from a DICOM folder with several series"
     )
     query.add_argument("--top", type=positive_int, default=10, help="volumes to return (10)")
+    query.add_argument(
+        "--montage",
+        metavar="PNG",
+        help="write a picture of the query beside its best volumes (read from the files "
+        "the index recorded)",
+    )
     query.add_argument(
         "-k", type=positive_int, default=100, help="nearest slices per query slice (100)"
     )
