@@ -157,3 +157,17 @@ def test_evaluation_tables_leave_custom_names_out(tmp_path) -> None:
             names |= {str(s) for s in table["structure"]}
         assert LESION not in names, key
         pd.testing.assert_frame_equal(table, plain[key])
+
+
+def test_a_v2_only_class_is_a_custom_structure_without_a_warning(lesion_set) -> None:
+    root, _ = lesion_set
+    path = _write_lesion(root, "s0001", name="sternum")  # TotalSegmentator v2, not v1
+    ds = TotalSegmentator(root)
+    assert ds.custom_structures("s0001") == ("sternum",)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        volume = ds.load("s0001", custom=False)
+    assert volume.labels is not None and "sternum" not in volume.labels.names
+    region = region_query(ds.load("s0001", custom=["sternum"]), "sternum")
+    first, last = _extent(path, ds, "s0001")
+    assert (region.first_slice, region.first_slice + region.n_slices - 1) == (first, last)

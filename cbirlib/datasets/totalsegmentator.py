@@ -66,7 +66,12 @@ from cbirlib.errors import (
 )
 from cbirlib.labels import SliceLabels, slice_counts
 from cbirlib.modality import normalize_modality
-from cbirlib.structures import TOTALSEG_V1_CLASSES, V2_TO_V1, resolve_structure
+from cbirlib.structures import (
+    TOTALSEG_V1_CLASSES,
+    TOTALSEG_V2_CLASSES,
+    V2_TO_V1,
+    resolve_structure,
+)
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -409,8 +414,9 @@ class TotalSegmentator(Mapping[str, Volume]):
         """Names (file stems) of a subject's custom masks, sorted.
 
         A custom mask is a ``segmentations/*.nii.gz`` file whose name is neither a
-        TotalSegmentator v1 class nor a v2 name mapped onto one (a lesion or user mask).
-        Reads no image.
+        TotalSegmentator v1 class nor a v2 name mapped onto one: a lesion or user mask,
+        or a v2-only class without a v1 counterpart (``skull``, ``sternum``, ...; these
+        are not warned about). Reads no image.
 
         Raises
         ------
@@ -470,8 +476,12 @@ class TotalSegmentator(Mapping[str, Volume]):
                     )
                 chosen[name] = found[name]
         for name, path in found.items():
-            if name not in chosen and name not in self._warned:
-                self._warned.add(name)
+            if name in chosen or name in self._warned:
+                continue
+            self._warned.add(name)
+            if name in TOTALSEG_V2_CLASSES:  # a v2-only class: known, no v1 column
+                logger.debug("%s: v2 class without a v1 counterpart; a custom structure", path)
+            else:
                 warnings.warn(
                     CustomStructureWarning(
                         f"{path}: {name!r} is not a TotalSegmentator class; it is left out "
