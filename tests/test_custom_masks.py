@@ -117,6 +117,11 @@ def test_cli_query_with_a_custom_structure(lesion_set, tmp_path, capsys) -> None
     # the name is the mask's, case-insensitively
     assert main([*argv[:4], "LESION_1", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["structure"] == LESION
+    # a whole-volume query of the subject says that the mask is there to use
+    assert main([*argv[:3], "--json", "--top", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["query"] == "s0000"
+    assert f"--structure {LESION}" in err and "CustomStructureWarning" in err
 
 
 def test_cli_query_with_a_misspelt_structure_suggests_the_mask(lesion_set, tmp_path, capsys):

@@ -186,6 +186,7 @@ COMMAND = Command(
     epilog="""examples:
   cbirlib query idx scan.nii.gz --top 5
   cbirlib query idx /data/Totalsegmentator_dataset/s0011 --structure liver --json
+  cbirlib query idx /data/Totalsegmentator_dataset/s0011 --structure lesion_1  # a custom mask
   cbirlib query idx a.nii.gz b.nii.gz c.nii.gz --jsonl --quiet > results.jsonl
   cbirlib query idx scan.nii.gz --no-rerank -k 50 --vote-trim 0.1
 
