@@ -98,6 +98,12 @@ def test_a_misspelt_custom_name_suggests_the_mask(lesion_set) -> None:
     volume = ds.load("s0000", custom=True)
     with pytest.raises(UnknownStructureError, match=f"did you mean '{LESION}'"):
         region_query(volume, "lesoin_1")
+    # labels loaded without the mask say how to load it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CustomStructureWarning)
+        plain = ds.load("s0000")
+    with pytest.raises(UnknownStructureError, match=rf"custom=\['{LESION}'\]"):
+        region_query(plain, LESION)
 
 
 def test_cli_query_with_a_custom_structure(lesion_set, tmp_path, capsys) -> None:
