@@ -18,7 +18,7 @@ import pytest
 
 from cbirlib.cli import main
 from cbirlib.datasets import TotalSegmentator, make_phantoms
-from cbirlib.errors import CustomStructureWarning, UnknownStructureError
+from cbirlib.errors import CustomStructureWarning, MaskShapeError, UnknownStructureError
 from cbirlib.io import load_mask
 from cbirlib.labels import slice_counts
 from cbirlib.search import region_query
@@ -182,3 +182,12 @@ def test_a_v2_only_class_is_a_custom_structure_without_a_warning(lesion_set) -> 
     region = region_query(ds.load("s0001", custom=["sternum"]), "sternum")
     first, last = _extent(path, ds, "s0001")
     assert (region.first_slice, region.first_slice + region.n_slices - 1) == (first, last)
+
+
+def test_a_custom_mask_of_another_shape_is_refused(lesion_set) -> None:
+    root, _ = lesion_set
+    image = nib.load(root / "s0001" / "ct.nii.gz")
+    small = np.ones(tuple(n - 1 for n in image.shape), dtype=np.uint8)
+    nib.save(nib.Nifti1Image(small, image.affine), root / "s0001/segmentations/cut.nii.gz")
+    with pytest.raises(MaskShapeError, match="cut"):
+        TotalSegmentator(root).load("s0001", custom=["cut"])
