@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "Volume": "cbirlib.volume",
+    "Source": "cbirlib.provenance",
     "SliceLabels": "cbirlib.labels",
     "load_volume": "cbirlib.io",
     "load_mask": "cbirlib.io",
@@ -89,6 +90,7 @@ __all__ = [
     "SliceLabels",
     "SliceMatches",
     "SliceSearch",
+    "Source",
     "TopSlice",
     "Volume",
     "__version__",
@@ -150,6 +152,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.pipeline import Cutoff, Pipeline, Retriever, stage
     from cbirlib.plugins import ExtractorInfo, create_extractor, list_extractors, load_plugins
     from cbirlib.preprocess import InputConfig
+    from cbirlib.provenance import Source
     from cbirlib.rerank import MaxSimRerank
     from cbirlib.search import SliceSearch, region_query
     from cbirlib.volume import Volume

@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from cbirlib.errors import EvaluationError
+from cbirlib.errors import CbirError, EvaluationError
 from cbirlib.evaluation import MEAN_ROW, evaluate, per_class_table, to_csv, to_markdown
 from cbirlib.metrics import Metric, Truth, default_metrics
 from cbirlib.volume import Volume
@@ -233,6 +233,10 @@ def benchmark(
     vote_normalize: str | None = None,
     extractor_options: Mapping[str, Any] | None = None,
     modality: str | Mapping[str, str] | None = None,
+    weights: Mapping[str, str | os.PathLike[str]] | None = None,
+    sha256: Mapping[str, str] | None = None,
+    force: bool = False,
+    labels_cache: str | os.PathLike[str] | None = None,
     verbose: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Run the study's retrieval protocol and return its per-class tables.
@@ -277,11 +281,32 @@ def benchmark(
         (``"once-per-query-slice"``); ``"none"``: the study's raw count.
     extractor_options
         Keyword arguments passed to every :func:`~cbirlib.create_extractor` call (for
-        example ``{"weights": "path/to/checkpoint.pth"}``).
+        example ``{"batch_size": 64}``). Weights go in ``weights``: a ``"weights"`` entry
+        here would give one file to every extractor, an error with several extractors
+        unless ``force=True``.
     modality
         The modality of the data set's volumes: one for all, or subject id -> modality
         (``"*"``: the others); default the layout's, ``"CT"`` for ``ct.nii.gz``, ``"MR"``
         for ``mri.nii.gz`` (see :class:`~cbirlib.datasets.TotalSegmentator`).
+    weights
+        Extractor name -> weights file (or URL) of that extractor, e.g.
+        ``{"radimagenet-resnet50": "rin-r50.pt", "fractaldb-resnet50": "fdb.pth"}``;
+        extractors not named use their default weights. Checked for all extractors
+        before any work starts (:func:`cbirlib.weights.check_weights`: each file exists,
+        is readable and matches ``sha256``), as are extractors whose default weights are
+        not on this machine and cannot be downloaded.
+    sha256
+        Extractor name -> expected sha256 of its ``weights`` file.
+    force
+        Allow one weights file for several extractors (normally a
+        :class:`~cbirlib.errors.SharedWeightsError`: the comparison would report one
+        model under two names).
+    labels_cache
+        A folder that keeps the per-slice labels read from the masks (one ``.npy`` per
+        subject, keyed by the mask files' names, sizes and modification times; see
+        :class:`~cbirlib.datasets.label_cache.LabelCache`), so that a second run reads
+        no unchanged mask. Default: ``<out_dir>/labels-cache`` when ``out_dir`` is
+        given, else none.
     verbose
         Progress bars and log messages.
 
@@ -299,6 +324,11 @@ def benchmark(
         Unknown modes/levels or an empty query or database split.
     DatasetError
         ``root`` is not a TotalSegmentator folder.
+    WeightsError
+        Weights that are missing, unreadable or fail their sha256
+        (:class:`~cbirlib.errors.ChecksumError`), a file shared by two extractors
+        (:class:`~cbirlib.errors.SharedWeightsError`), or an extractor that takes no
+        weights given some; raised before any volume is read.
     """
     from tqdm.auto import tqdm
 
@@ -310,7 +340,9 @@ def benchmark(
     reranks = tuple(dict.fromkeys(bool(r) for r in rerank))
     if not reranks:
         raise EvaluationError("rerank must list at least one of False, True")
-    dataset = TotalSegmentator(root, modality=modality)
+    if labels_cache is None and out_dir is not None:
+        labels_cache = Path(out_dir) / "labels-cache"
+    dataset = TotalSegmentator(root, modality=modality, labels_cache=labels_cache)
     query_ids = tuple(dataset.subjects_in(split))
     database_ids = tuple(s for s in dataset.subjects if s not in set(query_ids))
     meta_path = Path(root) / "meta.csv"
@@ -328,6 +360,9 @@ def benchmark(
             f"subjects in {str(root)!r}; both must be non-empty (the 'split' column of "
             f"{str(meta_path)!r} holds: {', '.join(splits)})"
         )
+    models = _create_extractors(
+        extractors, dict(extractor_options or {}), weights or {}, sha256 or {}, force=force
+    )
     logger.info("benchmark: %d query / %d database subjects", len(query_ids), len(database_ids))
 
     with tempfile.TemporaryDirectory(prefix="cbirlib-bench-") as tmp:
@@ -340,13 +375,16 @@ def benchmark(
         grouping = COARSE_GROUPS if groups is None else dict(groups)
         stand_ins: dict[str, Volume] = {}
         results = []
-        for name in extractors:
+        # extractors build their models lazily; each one is let go once it has run, so
+        # that at most one model is in memory at a time
+        for name in list(models):
+            model = models.pop(name)
             results += _run_extractor(
-                name, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
+                name, model, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
                 reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
-                vote_trim=vote_trim, vote_normalize=vote_normalize,
-                extractor_options=dict(extractor_options or {}), verbose=verbose,
+                vote_trim=vote_trim, vote_normalize=vote_normalize, verbose=verbose,
             )  # fmt: skip
+            del model
         coarse_rows = coarse_regions() if groups is None else tuple(sorted(set(groups.values())))
         rows = {"coarse": coarse_rows, "fine": TOTALSEG_V1_CLASSES}
         tables: dict[str, pd.DataFrame] = {}
@@ -378,8 +416,63 @@ def benchmark(
     return tables
 
 
+def _create_extractors(
+    names: Sequence[str],
+    options: dict[str, Any],
+    weights: Mapping[str, str | os.PathLike[str]],
+    sha256: Mapping[str, str],
+    *,
+    force: bool,
+) -> dict[str, Any]:
+    """Every requested extractor, its weights checked, before any volume is read."""
+    from cbirlib.errors import SharedWeightsError, WeightsError
+    from cbirlib.plugins import create_extractor
+    from cbirlib.weights import check_weights, hub_offline
+
+    names = list(dict.fromkeys(names))
+    if "weights" in options:
+        if len(names) > 1 and not force:
+            raise SharedWeightsError(
+                f"extractor_options gives one weights file ({options['weights']!r}) to every "
+                f"extractor ({', '.join(map(repr, names))}); give each its own with "
+                f"weights={{name: path}} (--weights NAME=PATH), or pass force=True"
+            )
+        weights = {**{n: options["weights"] for n in names}, **dict(weights)}
+        options = {k: v for k, v in options.items() if k != "weights"}
+    sums = {**({n: options["sha256"] for n in names} if "sha256" in options else {}), **sha256}
+    options = {k: v for k, v in options.items() if k != "sha256"}
+    checked = check_weights(weights, names, sha256=sums, force=force)
+    models: dict[str, Any] = {}
+    for name in names:
+        kwargs = dict(options)
+        if name in checked:
+            kwargs["weights"] = checked[name]
+            if name in sums:
+                kwargs["sha256"] = sums[name]
+        try:
+            models[name] = create_extractor(name, **kwargs)
+        except CbirError as exc:
+            if name in checked and "weights" in str(exc):
+                raise WeightsError(
+                    f"weights were given for extractor {name!r}, which takes none ({exc})"
+                ) from None
+            raise
+        available = getattr(models[name], "weights_available", None)
+        hub = getattr(models[name], "hub_repo", None)
+        missing = name not in checked and callable(available) and not available()
+        if missing and (hub_offline() or not callable(hub) or hub() is None):
+            raise WeightsError(
+                f"extractor {name!r} has no weights on this machine"
+                + (" and downloads are switched off" if hub_offline() else "")
+                + f"; pass them with weights={{{name!r}: 'path/to/file'}} "
+                f"(--weights {name}=PATH); see the docs on weights"
+            )
+    return models
+
+
 def _run_extractor(
     name: str,
+    extractor: Any,
     dataset: Any,
     database_ids: Sequence[str],
     query_ids: Sequence[str],
@@ -396,16 +489,13 @@ def _run_extractor(
     groups: Mapping[str, str],
     vote_trim: float,
     vote_normalize: str | None,
-    extractor_options: Mapping[str, Any],
     verbose: bool,
 ) -> list[pd.DataFrame]:
     """Index the database with one extractor and evaluate every requested mode."""
     from cbirlib.aggregate import TopSlice
     from cbirlib.index.build import build_index
-    from cbirlib.plugins import create_extractor
     from cbirlib.search import SliceSearch
 
-    extractor: Any = create_extractor(name, **extractor_options)
     path = work / f"index-{_slug(name)}"
     sources = [(s, partial(dataset.load, s, labels=False)) for s in database_ids]
     index = build_index(sources, extractor, path, exact=exact, verbose=verbose)

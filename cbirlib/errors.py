@@ -97,6 +97,14 @@ class ChecksumError(WeightsError, ValueError):
     """A downloaded or local file does not match its expected sha256."""
 
 
+class WeightsSpecError(WeightsError, ValueError):
+    """A weights mapping or ``NAME=PATH`` option that is malformed or names no extractor."""
+
+
+class SharedWeightsError(WeightsSpecError):
+    """One weights file given to two extractors (a mislabelled comparison) without ``force``."""
+
+
 class PluginError(CbirError, RuntimeError):
     """A plugin failed to load or registered something invalid."""
 
@@ -223,6 +231,8 @@ __all__ = [
     "ExtractorError",
     "WeightsError",
     "ChecksumError",
+    "WeightsSpecError",
+    "SharedWeightsError",
     "PluginError",
     "SettingError",
     "VolumeSourceError",

@@ -52,6 +52,7 @@ __all__ = [
     "MEAN_ROW",
     "evaluate",
     "format_table",
+    "numeric_table",
     "per_class_table",
     "to_csv",
     "to_markdown",
@@ -264,6 +265,9 @@ def per_class_table(
         classes skipped) and ``table.attrs["sd"]`` the matching **sample** standard
         deviations over the classes (``ddof=1``, as papers usually report; NaN with
         fewer than two classes); :func:`format_table` renders both.
+        ``table.attrs["n"]``: structure -> the number of queries behind its values (the
+        largest over the systems; query slices for slice recall), where ``results``
+        has an ``n`` column.
     """
     if "query_id" in results.columns:
         parts = []
@@ -291,6 +295,9 @@ def per_class_table(
     table.columns.name = None
     table.attrs["metric"] = metric
     table.attrs["sd"] = {str(k): float(v) for k, v in sd.items()}
+    if "n" in chosen.columns:
+        counts = chosen.groupby("structure")["n"].max()
+        table.attrs["n"] = {str(k): int(v) for k, v in counts.items() if pd.notna(v)}
     return table
 
 
@@ -333,11 +340,57 @@ def to_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def to_csv(table: pd.DataFrame, path: str | Path, *, digits: int = 3) -> Path:
-    """Write :func:`format_table` output as CSV (UTF-8) and return the path."""
+def numeric_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`per_class_table` output as plain numbers, ready for CSV and plotting.
+
+    One row per structure with each system's value (float, NaN where no query contains
+    the structure) and ``n_queries`` (the number of queries behind the values; query
+    slices for slice recall; 0 where none), then a ``"mean"`` and an ``"sd"`` row (the
+    mean and sample SD over the classes, ``n_queries`` empty).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> res = pd.DataFrame({"system": ["a", "a"], "metric": ["m", "m"],
+    ...                     "structure": ["liver", "spleen"], "value": [1.0, 0.5], "n": [4, 2]})
+    >>> t = numeric_table(per_class_table(res, "m"))
+    >>> t.index.tolist(), t["a"].round(3).tolist(), t["n_queries"].tolist()[:2]
+    (['liver', 'spleen', 'mean', 'sd'], [1.0, 0.5, 0.75, 0.354], [4.0, 2.0])
+    """
+    classes = table.drop(index=MEAN_ROW, errors="ignore").astype(float)
+    counts = table.attrs.get("n", {})
+    out = classes.copy()
+    out["n_queries"] = [float(counts.get(str(s), 0)) for s in classes.index]
+    mean = classes.mean(axis=0, skipna=True)
+    sd = classes.std(axis=0, skipna=True, ddof=SD_DDOF)
+    out.loc["mean"] = [*mean.tolist(), math.nan]
+    out.loc["sd"] = [*sd.tolist(), math.nan]
+    out.index.name = "structure"
+    return out
+
+
+def to_csv(
+    table: pd.DataFrame, path: str | Path, *, formatted: bool = False, digits: int = 3
+) -> Path:
+    """Write a :func:`per_class_table` as CSV (UTF-8) and return the path.
+
+    Parameters
+    ----------
+    table
+        Output of :func:`per_class_table`.
+    path
+        The file to write.
+    formatted
+        ``False`` (default): numbers, as :func:`numeric_table` lays them out (floats at
+        full precision, a ``n_queries`` column, ``mean`` and ``sd`` rows).
+        ``True``: the strings of :func:`format_table` (``.863``, ``.863 ± .107``).
+    digits
+        Decimals of the formatted strings.
+    """
     path = Path(path)
     try:
-        format_table(table, digits=digits).to_csv(path, encoding="utf-8")
+        frame = format_table(table, digits=digits) if formatted else numeric_table(table)
+        frame.to_csv(path, encoding="utf-8")
     except OSError as exc:
         raise EvaluationError(f"cannot write table to {str(path)!r}: {exc}") from None
     return path

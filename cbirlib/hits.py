@@ -35,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -322,6 +323,72 @@ class Hits:
             level=self.level,
             extra={**self.extra, **{k: np.asarray(v) for k, v in columns.items()}},
         )
+
+    def with_paths(self, index: Any, *, root: str | os.PathLike[str] | None = None) -> Hits:
+        """A copy with a ``path`` column: the file or folder each hit volume was read from.
+
+        Taken from the index's recorded sources (``index.sources``, see
+        :func:`cbirlib.build_index`): the recorded path under ``root`` (default: the
+        data root recorded with it), ``""`` where the index has no source for a volume
+        (an index saved before sources were recorded, or a volume added without one).
+        :func:`cbirlib.viz.montage` loads the hit volumes from this column when it is
+        given no loader.
+
+        Parameters
+        ----------
+        index
+            The index that was searched (anything with a ``sources`` mapping of volume
+            id -> :class:`~cbirlib.provenance.Source` or ``None``).
+        root
+            The data root to resolve relative paths against, when the data moved.
+
+        Examples
+        --------
+        >>> from cbirlib.provenance import Source
+        >>> class Index:
+        ...     sources = {"a": Source(path="a/ct.nii.gz", root="/data"), "b": None}
+        >>> h = Hits(query_id=["q", "q"], volume_id=["a", "b"], score=[0.9, 0.5], level="volume")
+        >>> h.with_paths(Index()).extra["path"].tolist()
+        ['/data/a/ct.nii.gz', '']
+        >>> h.with_paths(Index(), root="/mnt").extra["path"].tolist()
+        ['/mnt/a/ct.nii.gz', '']
+        """
+        sources: Mapping[str, Any] = getattr(index, "sources", None) or {}
+        cache: dict[str, str] = {}
+        for vid in dict.fromkeys(self.volume_id.tolist()):
+            src = sources.get(vid)
+            where = src.resolve(root) if src is not None else None
+            cache[vid] = "" if where is None else where.as_posix()
+        paths = np.array([cache[v] for v in self.volume_id.tolist()], dtype=object)
+        return self.with_columns(path=paths)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The rows as JSON-ready dicts, under the same column names as everywhere else.
+
+        Core columns first, then the extra columns (``loc_first``, ``loc_last``,
+        ``loc_z_first``, ``loc_z_last``, ``path``, ...), as Python ``int``, ``float`` and
+        ``str``; a NaN or infinite float becomes ``None`` (JSON has no NaN), as does a
+        localization slice of ``-1`` (no span). Rows keep their order (call
+        :meth:`ranked` first for rank order).
+
+        Examples
+        --------
+        >>> h = Hits(query_id=["q"], volume_id=["a"], score=[0.5], level="volume",
+        ...          extra={"loc_first": [2], "loc_last": [4], "loc_z_first": [float("nan")]})
+        >>> h.to_records()[0]["loc_first"], h.to_records()[0]["loc_z_first"]
+        (2, None)
+        """
+        names = [*CORE_COLUMNS, *self.extra]
+        columns = [getattr(self, n) if n in CORE_COLUMNS else self.extra[n] for n in names]
+        records: list[dict[str, Any]] = []
+        for values in zip(*(c.tolist() for c in columns), strict=True):
+            row: dict[str, Any] = {}
+            for name, value in zip(names, values, strict=True):
+                nan = isinstance(value, float) and not np.isfinite(value)
+                no_span = name in ("loc_first", "loc_last") and value == -1
+                row[name] = None if nan or no_span else value
+            records.append(row)
+        return records
 
     def for_query(self, query_id: str) -> Hits:
         """The rows of one query."""

@@ -72,10 +72,12 @@ from cbirlib.errors import (
     VolumeReadError,
 )
 from cbirlib.modality import UNKNOWN, guess_modality, guess_modality_reason, normalize_modality
+from cbirlib.provenance import Source
 from cbirlib.volume import Volume
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "TOTALSEG_IMAGE_NAMES",
     "guess_modality",
     "nifti_stem",
     "DicomSeries",
@@ -201,7 +203,9 @@ def _mask_data(img: Any, source: str) -> npt.NDArray[np.bool_]:
     return present
 
 
-def _make_volume(source: str, canon: _Canonical, *, id: str, modality: str) -> Volume:
+def _make_volume(
+    source: str, canon: _Canonical, *, id: str, modality: str, origin: Source | None = None
+) -> Volume:
     """Build the Volume, making sure validation errors name the source file."""
     try:
         return Volume(
@@ -211,6 +215,7 @@ def _make_volume(source: str, canon: _Canonical, *, id: str, modality: str) -> V
             z_positions=canon.z_positions,
             modality=modality,
             affine=canon.affine,
+            source=origin,
         )
     except InvalidVolumeError as exc:
         raise type(exc)(f"{source}: {exc}") from None
@@ -713,8 +718,14 @@ def _read_pixels(path: Path) -> npt.NDArray[np.float32]:
     return np.asarray(values, dtype=np.float32)
 
 
-def _read_dicom_series(folder: Path, *, series_uid: str | int | None) -> tuple[_Canonical, str]:
-    """Read one DICOM series folder into the canonical layout; also return its modality."""
+def _read_dicom_series(
+    folder: Path, *, series_uid: str | int | None
+) -> tuple[_Canonical, str, Source]:
+    """Read one DICOM series folder into the canonical layout, with its modality and source.
+
+    The source holds the folder, ``SeriesNumber`` and the short form of the series UID,
+    nothing else of the headers.
+    """
     series = _pick_series(folder, _scan_dicom_folder(folder), series_uid)
     _check_series(folder, series)
     first = series[0]
@@ -752,7 +763,10 @@ def _read_dicom_series(folder: Path, *, series_uid: str | int | None) -> tuple[_
         z_true = np.sort(positions[:, 2])
         offset = canon.z_positions[0] - z_true[0]
         canon = replace(canon, z_positions=z_true + offset)
-    return canon, first.modality
+    source = Source.from_file(
+        folder, series_number=first.series_number, series_uid=_short_uid(first.series_uid)
+    )
+    return canon, first.modality, source
 
 
 # --- public API ---------------------------------------------------------------------------
@@ -778,7 +792,11 @@ def load_volume(
         distinct ones).
     id
         Volume id; defaults to the file name without ``.nii``/``.nii.gz``, or the
-        folder name for DICOM. Never taken from patient data (no DICOM tag is used).
+        folder name for DICOM; for a file named like a TotalSegmentator image
+        (``ct.nii.gz``, ``mri.nii.gz``, see :data:`TOTALSEG_IMAGE_NAMES`) it is the
+        name of the folder holding it (``s0011/ct.nii.gz`` is ``"s0011"``, as
+        :class:`~cbirlib.datasets.TotalSegmentator` and the command line name it).
+        Never taken from patient data (no DICOM tag is used).
         **The default is only as anonymous as the path**: the id ends up in indexes,
         results and logs, so when a file or folder is named after a patient (e.g.
         ``DOE^JOHN/``), pass an explicit pseudonymous ``id=`` (a study code, a counter,
@@ -795,7 +813,9 @@ def load_volume(
     -------
     Volume
         float32 array ``(Z, Y, X)`` in RAS+ orientation, slices inferior -> superior,
-        with spacing, z positions and affine set (see the module docstring).
+        with spacing, z positions and affine set (see the module docstring), and its
+        :attr:`~cbirlib.Volume.source`: the absolute path read and, for DICOM, the
+        series number and short UID (no other header field is read).
 
     Raises
     ------
@@ -835,7 +855,7 @@ def load_volume(
     _check_exists(p)
     given = None if modality is None else normalize_modality(modality)
     if p.is_dir():
-        canon, tag = _read_dicom_series(p, series_uid=series_uid)
+        canon, tag, origin = _read_dicom_series(p, series_uid=series_uid)
         vid = id or p.resolve().name
         found = given if given not in (None, UNKNOWN) else (tag if tag != UNKNOWN else None)
         where = "the DICOM series has no Modality tag"
@@ -844,7 +864,8 @@ def load_volume(
         if stem is None:
             raise _unsupported(p)
         canon = _read_nifti(p)
-        vid = id or stem
+        origin = Source.from_file(p)
+        vid = id or _default_nifti_id(p, stem)
         found = given if given not in (None, UNKNOWN) else _sidecar_modality(p, stem)
         where = "a NIfTI file does not record it"
     if found is None:
@@ -857,7 +878,20 @@ def load_volume(
             found,
             reason,
         )
-    return _make_volume(str(p), canon, id=vid, modality=found)
+    return _make_volume(str(p), canon, id=vid, modality=found, origin=origin)
+
+
+#: File names of TotalSegmentator images: their volume id is their folder's name.
+TOTALSEG_IMAGE_NAMES = ("ct.nii.gz", "mri.nii.gz")
+
+
+def _default_nifti_id(path: Path, stem: str) -> str:
+    """The folder name for a TotalSegmentator image (``s0011/ct.nii.gz``), else the stem."""
+    if path.name in TOTALSEG_IMAGE_NAMES:
+        folder = path.absolute().parent.name
+        if folder:
+            return folder
+    return stem
 
 
 def _sidecar_modality(path: Path, stem: str) -> str | None:

@@ -26,6 +26,7 @@ Examples
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -283,16 +284,47 @@ def _load(volumes: VolumeSource, volume_id: str) -> Volume:
     return volumes(volume_id)
 
 
+def _path_loader(hits: Hits, root: str | os.PathLike[str] | None) -> VolumeSource:
+    """Load hit volumes from the ``path`` column (:meth:`Hits.with_paths`)."""
+    paths = hits.extra.get("path")
+    if paths is None:
+        raise VizError(
+            "montage() needs the retrieved volumes: pass volumes= (a mapping or a loader "
+            "such as dataset.load), or hits.with_paths(index) so that they are read from "
+            "the paths recorded in the index"
+        )
+    where = {str(v): str(p) for v, p in zip(hits.volume_id.tolist(), paths.tolist(), strict=True)}
+
+    def load(volume_id: str) -> Volume:
+        from pathlib import Path
+
+        from cbirlib.io import load_volume
+
+        path = where.get(volume_id, "")
+        if not path:
+            raise VizError(
+                f"the index records no path for volume {volume_id!r} (an index built "
+                "before sources were recorded?); pass volumes= to montage()"
+            )
+        full = Path(path)
+        if root is not None and not full.is_absolute():
+            full = Path(root) / full
+        return load_volume(full, id=volume_id)
+
+    return load
+
+
 def montage(
     query: Volume,
     hits: Hits,
-    volumes: VolumeSource,
+    volumes: VolumeSource | None = None,
     *,
     top: int = 5,
     window: str | tuple[float, float] = "soft_tissue",
     plane: Plane | None = "coronal",
     query_id: str | None = None,
     query_span: tuple[int, int] | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> Figure:
     """The query next to its best retrieved volumes, with scores and localized spans.
 
@@ -312,7 +344,8 @@ def montage(
         represented by its best-scoring slice hit).
     volumes
         The database volumes by id: a mapping, or a function ``id -> Volume`` such as
-        ``dataset.load``.
+        ``dataset.load``. ``None``: read each volume from the ``path`` column of
+        ``hits`` (``hits.with_paths(index)``: the paths recorded in the index).
     top
         How many retrieved volumes to show.
     window
@@ -324,6 +357,10 @@ def montage(
     query_span
         A band to draw on the query's reformat (e.g. the region a region query covers);
         the query's axial panel then shows the span's central slice.
+    root
+        With ``volumes=None``: the data root for paths of the ``path`` column that are
+        relative (paths made by :meth:`Hits.with_paths` are absolute already; give its
+        ``root=`` there when the data moved).
 
     Returns
     -------
@@ -333,8 +370,9 @@ def montage(
     Raises
     ------
     VizError
-        On ``top < 1``, an unknown plane or query id, or a retrieved volume that
-        ``volumes`` does not hold.
+        On ``top < 1``, an unknown plane or query id, a retrieved volume that
+        ``volumes`` does not hold, or, without ``volumes``, hits without a ``path`` for
+        a retrieved volume.
 
     Examples
     --------
@@ -352,6 +390,8 @@ def montage(
         raise VizError(f"top must be >= 1, got {top}")
     if plane is not None:
         _check_plane(plane)
+    if volumes is None:
+        volumes = _path_loader(hits, root)
     matches = _matches(_select_query(hits, query, query_id), top)
     n_cols = 1 + max(1, len(matches))
     fig, axes = _new_figure(1 if plane is None else 2, n_cols)

@@ -13,7 +13,12 @@ Examples
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,11 +26,12 @@ import numpy.typing as npt
 from cbirlib.errors import InvalidVolumeError, MaskShapeError, SettingError
 from cbirlib.labels import SliceLabels
 from cbirlib.modality import UNKNOWN, normalize_modality
+from cbirlib.provenance import Source
 
 
 @dataclass(frozen=True, eq=False)
 class Volume:
-    """A 3D scan resampled to canonical (RAS+) orientation.
+    """A 3D scan reoriented (not resampled) to canonical (RAS+) orientation.
 
     Parameters
     ----------
@@ -49,6 +55,10 @@ class Volume:
         readers (:func:`cbirlib.load_volume`) always set it.
     affine
         Optional 4x4 voxel-to-world (RAS, mm) matrix of the array indexed ``(x, y, z)``.
+    source
+        Where the volume was read from (:class:`cbirlib.provenance.Source`: a path, a
+        subject id, a DICOM series; never patient data). The readers set it; indexes
+        record it, so results can be opened again.
 
     Raises
     ------
@@ -66,6 +76,7 @@ class Volume:
     labels: SliceLabels | None = None
     modality: str = UNKNOWN
     affine: npt.NDArray[np.float64] | None = None
+    source: Source | None = None
 
     def __post_init__(self) -> None:
         array = np.asarray(self.array)
@@ -139,13 +150,111 @@ class Volume:
             raise InvalidVolumeError(
                 f"volume {self.id!r}: slab [{start}, {stop}) outside 0..{self.n_slices}"
             )
+        affine = self.affine
+        if affine is not None and start:
+            affine = np.array(affine, dtype=np.float64)
+            affine[:3, 3] += affine[:3, 2] * start  # voxel (0, 0, 0) is now slice `start`
         return replace(
             self,
             id=id if id is not None else self.id,
             array=self.array[start:stop],
             z_positions=self.z_positions[start:stop],
             labels=self.labels.slab(start, stop) if self.labels is not None else None,
+            affine=affine,
         )
+
+    # -- NIfTI -------------------------------------------------------------------------
+
+    def nifti_affine(self) -> npt.NDArray[np.float64]:
+        """The 4x4 voxel ``(x, y, z)`` -> RAS mm matrix that :meth:`to_nibabel` writes.
+
+        :attr:`affine` when set; else ``diag(dx, dy, dz)`` with the first slice at
+        ``z_positions[0]``.
+        """
+        if self.affine is not None:
+            return np.array(self.affine, dtype=np.float64)
+        dz, dy, dx = self.spacing
+        affine = np.diag([dx, dy, dz, 1.0])
+        affine[2, 3] = float(self.z_positions[0])
+        return affine
+
+    def to_nibabel(self) -> Any:
+        """The volume as a ``nibabel.Nifti1Image`` (float32 data indexed ``(x, y, z)``).
+
+        The data is the canonical (RAS+) array transposed to NIfTI's ``(x, y, z)`` order,
+        with :meth:`nifti_affine` as both qform and sform (code 1, scanner), so that
+        :func:`cbirlib.load_volume` gives back the same array, spacing, z positions and
+        affine. Labels, the id and the source are not part of the image; see
+        :meth:`save` for the modality.
+
+        Warns
+        -----
+        UserWarning
+            Unevenly spaced z positions (from some DICOM series), which a NIfTI affine
+            cannot hold: the file has evenly spaced slices.
+        """
+        import nibabel as nib
+
+        affine = self.nifti_affine()
+        expected = affine[2, 2] * np.arange(self.n_slices) + affine[2, 3]
+        if not np.allclose(expected, self.z_positions, rtol=0.0, atol=1e-3):
+            warnings.warn(
+                f"volume {self.id!r}: its z positions are not evenly spaced; NIfTI stores "
+                f"evenly spaced slices, so the file's z positions differ (by up to "
+                f"{float(np.abs(expected - self.z_positions).max()):.3g} mm)",
+                UserWarning,
+                stacklevel=2,
+            )
+        data = np.ascontiguousarray(self.array.transpose(2, 1, 0))
+        img = nib.Nifti1Image(data, affine)  # type: ignore[no-untyped-call]
+        img.set_qform(affine, code=1)  # type: ignore[no-untyped-call]
+        img.set_sform(affine, code=1)  # type: ignore[no-untyped-call]
+        return img
+
+    def save(self, path: str | os.PathLike[str], *, sidecar: bool = True) -> Path:
+        """Write the volume as a NIfTI file (``.nii`` or ``.nii.gz``), see :meth:`to_nibabel`.
+
+        Parameters
+        ----------
+        path
+            The file to write; its name must end in ``.nii`` or ``.nii.gz``.
+        sidecar
+            Also write the modality (when known) to a BIDS-style JSON sidecar
+            ``<name>.json`` beside it (``{"Modality": "CT"}``, nothing else), which
+            :func:`cbirlib.load_volume` reads back.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Raises
+        ------
+        SettingError
+            A file name without a NIfTI suffix.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> from cbirlib.io import load_volume
+        >>> v = Volume("a", np.arange(24, dtype=np.float32).reshape(2, 3, 4), modality="MR")
+        >>> path = v.save(pathlib.Path(tempfile.mkdtemp()) / "a.nii.gz")
+        >>> back = load_volume(path)
+        >>> bool((back.array == v.array).all()), back.spacing, back.modality
+        (True, (1.0, 1.0, 1.0), 'MR')
+        """
+        import nibabel as nib
+
+        target = Path(path)
+        name = target.name.lower()
+        stem = next((target.name[: -len(s)] for s in (".nii.gz", ".nii") if name.endswith(s)), None)
+        if stem is None:
+            raise SettingError(f"{str(target)!r}: a volume is saved as .nii or .nii.gz")
+        nib.save(self.to_nibabel(), target)
+        if sidecar and self.modality != UNKNOWN:
+            side = target.with_name(stem + ".json")
+            side.write_text(json.dumps({"Modality": self.modality}) + "\n", encoding="utf-8")
+        return target
 
     def with_labels(self, labels: SliceLabels | None) -> Volume:
         """A copy of this volume with other labels."""

@@ -336,3 +336,36 @@ def test_extractor_options_reach_every_extractor(tmp_path, monkeypatch) -> None:
         verbose=False,
     )
     assert seen == [{"bins": 8}]
+
+
+def test_a_second_run_reads_no_mask(tmp_path, monkeypatch) -> None:
+    import cbirlib.io as io_module
+
+    make_phantoms(tmp_path / "data", 6, shape=(32, 32), seed=4)
+    kwargs: dict[str, Any] = dict(modes=("volume",), rerank=(False,), level="coarse", verbose=False)
+    first = benchmark(tmp_path / "data", out_dir=tmp_path / "out", **kwargs)
+    cache = tmp_path / "out" / "labels-cache"
+    assert len(list(cache.glob("*.npy"))) == 6  # one file per subject
+    reads: list[str] = []
+    real = io_module.load_mask
+
+    def spy(path, **kw):  # type: ignore[no-untyped-def]
+        reads.append(str(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(io_module, "load_mask", spy)
+    again = benchmark(tmp_path / "data", out_dir=tmp_path / "out", **kwargs)
+    assert reads == []
+    pd.testing.assert_frame_equal(first["summary"], again["summary"])
+    # a changed mask is read again (its size and mtime are part of the key)
+    subject = TotalSegmentator(tmp_path / "data").subjects[0]
+    mask = sorted((tmp_path / "data" / subject / "segmentations").glob("*.nii.gz"))[0]
+    os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))
+    benchmark(tmp_path / "data", out_dir=tmp_path / "out", **kwargs)
+    assert reads and all(f"/{subject}/" in r for r in reads)
+    # the tables are numeric and carry the number of queries per structure
+    table = pd.read_csv(
+        tmp_path / "out" / "tables" / "coarse_volume_volume_recall_at_1.csv", index_col=0
+    )
+    assert table["baseline"].dtype == np.float64 and "n_queries" in table.columns
+    assert table["n_queries"].drop(["mean", "sd"]).sum() > 0

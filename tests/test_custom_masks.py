@@ -191,3 +191,17 @@ def test_a_custom_mask_of_another_shape_is_refused(lesion_set) -> None:
     nib.save(nib.Nifti1Image(small, image.affine), root / "s0001/segmentations/cut.nii.gz")
     with pytest.raises(MaskShapeError, match="cut"):
         TotalSegmentator(root).load("s0001", custom=["cut"])
+
+
+def test_custom_masks_stay_out_of_the_label_cache(lesion_set, tmp_path) -> None:
+    root, path = lesion_set
+    ds = TotalSegmentator(root, labels_cache=tmp_path / "cache")
+    first = ds.load("s0000", custom=[LESION]).labels  # fills the cache
+    again = TotalSegmentator(root, labels_cache=tmp_path / "cache")
+    with pytest.warns(CustomStructureWarning):
+        plain = again.labels("s0000")  # from the cache: the class columns only
+    assert plain.names == TOTALSEG_V1_CLASSES
+    cached = again.labels("s0000", custom=[LESION])
+    assert first is not None and cached.names == first.names
+    np.testing.assert_array_equal(cached.present, first.present)
+    assert cached.span(LESION) == _extent(path, ds, "s0000")

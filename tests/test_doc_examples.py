@@ -22,12 +22,13 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[ \t]*\n(?P<body>.*?)^(?P=inden
 #: (page, block number) -> why it does not run here, and a string the block contains
 NOT_RUN = {
     ("weights.md", 0): ("needs a local RadImageNet weights file", "weights="),
+    ("weights.md", 1): ("needs the TotalSegmentator data and two weights files", "sha256="),
     ("plugins.md", 1): ("needs an installed plugin package", "import cbirlib_myextractor"),
     ("scaling.md", 2): ("needs a Ray cluster with GPUs and a data set", 'address="auto"'),
     ("scaling.md", 3): ("needs a Ray cluster", "ray://head-node:10001"),
 }
 #: fragments that run after the getting-started example, in its namespace
-AFTER_GETTING_STARTED = {("concepts.md", 0), ("index.md", 0)}
+AFTER_GETTING_STARTED = {("concepts.md", 0), ("concepts.md", 1), ("index.md", 0)}
 
 
 def _blocks(page: Path) -> list[str]:

@@ -166,10 +166,25 @@ def test_markdown_and_csv(tmp_path: Path) -> None:
     assert md[1] == "|---|---|---|"
     assert md[-1] == "| mean ± SD | 1.000 ± .000 | .250 ± .500 |"
     assert len(md) == 2 + 4 + 1
-    path = to_csv(table, tmp_path / "t.csv")
+    path = to_csv(table, tmp_path / "t.csv", formatted=True)
     back = pd.read_csv(path, index_col=0, dtype=str)
     assert back.loc[MEAN_ROW, "bad"] == ".250 ± .500"
     assert float(back.loc["liver", "bad"]) == 1.0
+
+
+def test_csv_is_numeric_with_the_number_of_queries(tmp_path: Path) -> None:
+    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    table = per_class_table(res, "volume_recall@1", structures=[*NAMES, "kidney"])
+    back = pd.read_csv(to_csv(table, tmp_path / "t.csv"), index_col=0)
+    assert list(back.columns) == ["good", "bad", "n_queries"]
+    assert all(back[c].dtype == np.float64 for c in back.columns)  # numbers, not strings
+    expected_n = res[res["system"] == "good"].set_index("structure")["n"]
+    for structure, n in expected_n.items():
+        assert back.loc[structure, "n_queries"] == n
+    assert back.loc["kidney", "n_queries"] == 0 and np.isnan(back.loc["kidney", "bad"])
+    assert back.loc["mean", "bad"] == pytest.approx(0.25)
+    assert back.loc["sd", "bad"] == pytest.approx(0.5)
+    assert np.isnan(back.loc["mean", "n_queries"])
 
 
 def test_errors_name_the_bad_value() -> None:

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.weights": 1,
     "cbirlib.preprocess": 1,
     "cbirlib.modality": 1,
+    "cbirlib.provenance": 1,
     "cbirlib.hits": 1,
     "cbirlib.io": 4,
     "cbirlib.ingest": 4,

@@ -65,17 +65,20 @@ def test_chain_gives_the_same_results_as_slice_index(db: str, phantom_set: Any) 
             [first.z_positions[0] - first.spacing[0] * np.arange(6, 0, -1), first.z_positions]
         ),
         modality="CT",
+        source=first.source,
     )
     for vol in [padded, *database[1:]]:
         emb = extractor.extract(vol)
         meta = {"z_mm": vol.z_positions, "informative": slice_flags(extractor, vol)}
-        hnsw.add(vol.id, emb, slice_meta=meta, modality="CT")
-        milvus.add(vol.id, emb, slice_meta=meta, modality="CT")
+        hnsw.add(vol.id, emb, slice_meta=meta, modality="CT", source=vol.source)
+        milvus.add(vol.id, emb, slice_meta=meta, modality="CT", source=vol.source)
     assert not milvus.slice_meta(first.id)["informative"][:6].any()
     np.testing.assert_array_equal(
         milvus.slice_meta(first.id)["informative"], hnsw.slice_meta(first.id)["informative"]
     )
     assert milvus.modalities == hnsw.modalities == {v.id: "CT" for v in database}
+    assert milvus.sources == hnsw.sources and milvus.source(first.id) == first.source
+    assert first.source is not None and first.source.subject == first.id
     region = region_query(queries[0], next(iter(queries[0].labels.volume_structures())))
     asked = [*queries, region]
     results = []
@@ -233,6 +236,7 @@ def test_an_add_cut_short_is_never_listed_and_is_swept(
                 "z_mm": 0.0,
                 "informative": True,
                 "modality": "unknown",
+                "source": "",
                 "vector": x[i] / np.linalg.norm(x[i]),
             }
             for i in (1, 2)

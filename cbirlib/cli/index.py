@@ -83,6 +83,7 @@ def _build(
             collection=args.collection or "cbirlib",
             verbose=verbose,
             resume=args.resume,
+            root=args.data_dir,
         )
     exact = args.backend == "exact"
     if args.ray is not None:

@@ -50,6 +50,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeAlias
 
@@ -57,6 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cbirlib._text import did_you_mean
+from cbirlib.datasets.label_cache import LabelCache
 from cbirlib.errors import (
     CustomStructureWarning,
     DatasetError,
@@ -66,6 +68,7 @@ from cbirlib.errors import (
 )
 from cbirlib.labels import SliceLabels, slice_counts
 from cbirlib.modality import normalize_modality
+from cbirlib.provenance import Source
 from cbirlib.structures import (
     TOTALSEG_V1_CLASSES,
     TOTALSEG_V2_CLASSES,
@@ -194,6 +197,11 @@ class TotalSegmentator(Mapping[str, Volume]):
         mapping subject id -> modality (the key ``"*"`` for the unlisted subjects, who
         otherwise keep the layout's). ``"unknown"`` guesses each volume's modality from
         its intensities (:func:`cbirlib.modality.guess_modality`, with a logged warning).
+    labels_cache
+        A folder that keeps the per-slice pixel counts read from each subject's masks
+        (one ``.npy`` per subject, :class:`~cbirlib.datasets.label_cache.LabelCache`),
+        so that later runs read no mask whose files are unchanged (same names, sizes
+        and modification times). Default: no cache.
 
     Raises
     ------
@@ -220,8 +228,10 @@ class TotalSegmentator(Mapping[str, Volume]):
         min_pixels: int = 1,
         classes: Sequence[str] | None = None,
         modality: DatasetModality = None,
+        labels_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.labels_cache = None if labels_cache is None else LabelCache(labels_cache)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: not a folder; expected a TotalSegmentator root")
         if min_pixels < 1:
@@ -395,9 +405,10 @@ class TotalSegmentator(Mapping[str, Volume]):
         """
         from cbirlib.io import load_volume
 
-        volume = load_volume(
-            self.image_path(subject_id), id=subject_id, modality=self.modality_of(subject_id)
-        )
+        path = self.image_path(subject_id)
+        volume = load_volume(path, id=subject_id, modality=self.modality_of(subject_id))
+        # provenance: the image relative to the data root, and the subject id
+        volume = replace(volume, source=Source.from_file(path, root=self.root, subject=subject_id))
         if not labels:
             return volume
         return volume.with_labels(self._labels(subject_id, like=volume, custom=custom))
@@ -516,11 +527,22 @@ class TotalSegmentator(Mapping[str, Volume]):
                 raise MaskShapeError(f"mask {str(path)!r} has shape {mask.shape}, others {shape}")
             return mask
 
+        files, found = self._scan(subject_id)
+        extra = self._custom_files(subject_id, found, custom)
+        cache, key = self.labels_cache, ""
+        if cache is not None:  # the cache holds the class columns only, never custom ones
+            paths = [p for ps in files.values() for p in ps] + [self.image_path(subject_id)]
+            key = cache.key(subject_id, self.classes, paths)
+            cached = cache.get(subject_id, key, len(self.classes))
+            if cached is not None and (like is None or cached.shape[1] == like.n_slices):
+                logger.debug("labels of %s from the cache", subject_id)
+                columns = dict(zip(self.classes, cached, strict=True))
+                columns.update({name: slice_counts(read(path)) for name, path in extra.items()})
+                return SliceLabels.from_counts(columns, min_pixels=self.min_pixels)
+
         single: dict[Path, npt.NDArray[np.int64]] = {}
         counts: dict[str, npt.NDArray[np.int64]] = {}
-        sources, found = self._scan(subject_id)
-        extra = self._custom_files(subject_id, found, custom)
-        for name, paths in sources.items():
+        for name, paths in files.items():
             if len(paths) == 1:
                 if paths[0] not in single:
                     single[paths[0]] = slice_counts(read(paths[0]))
@@ -535,9 +557,10 @@ class TotalSegmentator(Mapping[str, Volume]):
         if shape is None:  # no mask at all and no image: the slice count is in the header
             shape = self._image_shape(subject_id)
         empty = np.zeros(shape[0], dtype=np.int64)
-        columns = {name: counts.get(name, empty) for name in self.classes}
-        columns.update(custom_counts)
-        return SliceLabels.from_counts(columns, min_pixels=self.min_pixels)
+        per_class = {name: counts.get(name, empty) for name in self.classes}
+        if cache is not None and self.classes:
+            cache.put(subject_id, key, np.stack([per_class[n] for n in self.classes]))
+        return SliceLabels.from_counts({**per_class, **custom_counts}, min_pixels=self.min_pixels)
 
     def _image_shape(self, subject_id: str) -> tuple[int, int, int]:
         from cbirlib.io import nifti_shape

@@ -40,6 +40,7 @@ from cbirlib.index.files import (
     atomic_write_dir,
     load_npy,
     pinned_dir,
+    read_json,
     resolve_dir,
     save_in_progress,
     save_npy,
@@ -54,6 +55,7 @@ from cbirlib.index.meta import (
     parse_meta,
 )
 from cbirlib.modality import UNKNOWN, normalize_modality
+from cbirlib.provenance import Source
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ META_KEYS = ("slice_index", "z_mm", "informative")
 #: Per-volume modality codes, aligned with ``volumes.npy``; absent in older indexes.
 MODALITY_FILE = "modalities.npy"
 INFORMATIVE_FILE = "informative.npy"  # absent in indexes written before the flags
+#: Per-volume provenance (:class:`~cbirlib.provenance.Source` as JSON, ``null``:
+#: unknown), aligned with ``volumes.npy``; absent in older indexes.
+SOURCES_FILE = "sources.json"
 
 __all__ = ["BaseIndex", "SliceMatches", "exact_search", "parse_slice_meta"]
 
@@ -194,6 +199,7 @@ class BaseIndex(ABC):
         self._ef = config.ef_search
         self._spans: dict[str, tuple[int, int]] = {}  # id -> (first label, n), insertion order
         self._modality: dict[str, str] = {}  # id -> modality code ("unknown": not recorded)
+        self._source: dict[str, Source] = {}  # id -> provenance (absent: unknown)
         self._removed: set[str] = set()  # ids removed since creation, for clearer errors
         self._next_label = 0
         self._n_entries = 0
@@ -282,6 +288,29 @@ class BaseIndex(ABC):
         self._span(volume_id)
         return self._modality.get(volume_id, UNKNOWN)
 
+    # -- provenance (sources.json) ---------------------------------------------------------
+
+    @property
+    def sources(self) -> dict[str, Source | None]:
+        """Volume id -> where it was read from (:class:`~cbirlib.provenance.Source`).
+
+        ``None`` for a volume added without a source, and for every volume of an index
+        saved before sources were recorded.
+        """
+        with self._lock:
+            return {vid: self._source.get(vid) for vid in self._spans}
+
+    def source(self, volume_id: str) -> Source | None:
+        """The source recorded for one volume (``None``: unknown).
+
+        Raises
+        ------
+        VolumeNotInIndexError
+            ``volume_id`` is not in the index.
+        """
+        self._span(volume_id)
+        return self._source.get(volume_id)
+
     @property
     def extractor_config(self) -> dict[str, Any] | None:
         """Config of the extractor that made the vectors (None when not recorded)."""
@@ -363,6 +392,7 @@ class BaseIndex(ABC):
         *,
         slice_meta: dict[str, npt.ArrayLike] | None = None,
         modality: str = UNKNOWN,
+        source: Source | None = None,
     ) -> None:
         """Add the slice embeddings of one volume.
 
@@ -382,7 +412,12 @@ class BaseIndex(ABC):
         modality
             The volume's modality (``"CT"``, ``"MR"``, ...), recorded so that a query of
             another modality can be told (:attr:`modalities`); default ``"unknown"``.
+        source
+            Where the volume was read from (:attr:`sources`; :attr:`Volume.source
+            <cbirlib.Volume.source>`); default unknown.
         """
+        if source is not None and not isinstance(source, Source):
+            raise SliceIndexError(f"volume {volume_id!r}: source must be a Source or None")
         if not isinstance(volume_id, str) or not volume_id:
             raise SliceIndexError(f"volume id must be a non-empty string, got {volume_id!r}")
         try:
@@ -409,6 +444,8 @@ class BaseIndex(ABC):
             self._alive[start : start + n] = True
             self._spans[volume_id] = (start, n)
             self._modality[volume_id] = code
+            if source is not None:
+                self._source[volume_id] = source
             self._removed.discard(volume_id)
             self._next_label += n
             self._n_entries += n
@@ -422,6 +459,7 @@ class BaseIndex(ABC):
             self._alive[start : start + n] = False
             del self._spans[volume_id]
             self._modality.pop(volume_id, None)
+            self._source.pop(volume_id, None)
             self._removed.add(volume_id)
             self._n_entries -= n
             self._table = None
@@ -537,6 +575,7 @@ class BaseIndex(ABC):
                 save_npy(directory / "spans.npy", spans)
                 codes = [self._modality.get(v, UNKNOWN) for v in self._spans]
                 save_npy(directory / MODALITY_FILE, np.array(codes, dtype=np.str_))
+                self._save_sources(directory)
                 save_npy(directory / "slice_index.npy", self._slice_index[:n_labels])
                 save_npy(directory / "z_mm.npy", self._z_mm[:n_labels])
                 save_npy(directory / INFORMATIVE_FILE, self._informative[:n_labels])
@@ -681,6 +720,28 @@ class BaseIndex(ABC):
             )
         return codes
 
+    def _save_sources(self, directory: Path) -> None:
+        """``sources.json``: one entry (or null) per volume, in ``volumes.npy`` order."""
+        entries = [
+            None if (src := self._source.get(v)) is None else src.to_dict() for v in self._spans
+        ]
+        write_json(directory / SOURCES_FILE, entries)
+
+    def _load_sources(self, directory: Path, meta: IndexMeta) -> list[Source | None]:
+        """Per-volume sources; ``None`` for each volume of an index without the file."""
+        if SOURCES_FILE not in meta.files:
+            return [None] * meta.n_volumes
+        raw = read_json(directory / SOURCES_FILE)
+        try:
+            if not isinstance(raw, list) or len(raw) != meta.n_volumes:
+                raise TypeError("not one entry per volume")
+            return [None if e is None else Source.from_dict(e) for e in raw]
+        except (TypeError, AttributeError) as exc:
+            raise IndexFormatError(
+                f"index file {str(directory / SOURCES_FILE)!r} does not match meta.json "
+                f"counts or is malformed: {exc}"
+            ) from None
+
     def _load_keys(self, directory: Path, meta: IndexMeta) -> None:
         n_labels, n_vol = meta.n_labels, meta.n_volumes
         volumes = load_npy(directory / "volumes.npy")
@@ -722,9 +783,14 @@ class BaseIndex(ABC):
         self._z_mm[:n_labels] = z_mm
         self._informative[:n_labels] = flags
         codes = self._load_modalities(directory, meta)
-        for vid, (start, n), code in zip(volumes.tolist(), spans.tolist(), codes, strict=True):
+        origins = self._load_sources(directory, meta)
+        for vid, (start, n), code, origin in zip(
+            volumes.tolist(), spans.tolist(), codes, origins, strict=True
+        ):
             self._spans[vid] = (start, n)
             self._modality[vid] = code
+            if origin is not None:
+                self._source[vid] = origin
             self._alive[start : start + n] = True
         self._next_label = n_labels
         self._n_entries = int(spans[:, 1].sum()) if n_vol else 0

@@ -59,6 +59,7 @@ from cbirlib.informative import slice_flags
 from cbirlib.ingest import read_volumes
 from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
+from cbirlib.provenance import Source
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -238,6 +239,14 @@ def _embed(extractor: IndexableExtractor, volume: Volume) -> npt.NDArray[np.floa
     return emb
 
 
+def _source(volume: Volume, root: str | os.PathLike[str] | None) -> Source | None:
+    """The volume's source, its path relative to ``root`` when it lies under it."""
+    source = getattr(volume, "source", None)
+    if not isinstance(source, Source):
+        return None
+    return source.relative_to(root) if root is not None else source
+
+
 def build_index(
     volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
     extractor: IndexableExtractor,
@@ -250,6 +259,7 @@ def build_index(
     checkpoint_every: int = 10,
     workers: int = 2,
     processes: bool = False,
+    root: str | os.PathLike[str] | None = None,
 ) -> BaseIndex:
     """Embed every slice of ``volumes`` and index them, with crash-safe checkpoints.
 
@@ -293,6 +303,13 @@ def build_index(
         Read in ``workers`` worker processes instead of threads
         (:func:`cbirlib.ingest.read_volumes`): faster from ``.nii.gz`` where cores are
         free; the loaders must then be picklable (functions, ``functools.partial``).
+    root
+        The data root: each volume's :attr:`~cbirlib.Volume.source` (set by the
+        readers) is recorded in the index with its path relative to ``root``
+        (:attr:`BaseIndex.sources <cbirlib.index.SliceIndex.sources>`), so that results
+        can be opened again after the data moves. Default: the ``root`` of a data set
+        given as ``volumes`` (a :class:`~cbirlib.datasets.TotalSegmentator`), else the
+        root each source already has (paths stay absolute when it has none).
 
     Returns
     -------
@@ -316,6 +333,8 @@ def build_index(
     """
     if checkpoint_every < 1:
         raise SettingError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
+    if root is None and isinstance(getattr(volumes, "root", None), str | os.PathLike):
+        root = volumes.root  # type: ignore[union-attr]
     path = Path(path)
     check_target(path)  # before any work: a foreign folder is refused, not overwritten
     index = _open_index(path, extractor, config=config, exact=exact, resume=resume)
@@ -328,6 +347,7 @@ def build_index(
         checkpoint_every=checkpoint_every,
         workers=workers,
         processes=processes,
+        root=root,
     )
     return index
 
@@ -351,6 +371,7 @@ class WritableIndex(Protocol):
         *,
         slice_meta: dict[str, npt.ArrayLike] | None = None,
         modality: str = ...,
+        source: Source | None = ...,
     ) -> None:
         """Add one volume's slice embeddings."""
         ...
@@ -370,6 +391,7 @@ def _fill(
     checkpoint_every: int,
     workers: int,
     processes: bool,
+    root: str | os.PathLike[str] | None,
 ) -> None:
     """Embed the volumes not yet in ``index`` into it, saving at ``path`` as it goes."""
     fresh = not (path / "meta.json").is_file() or index.n_volumes == 0
@@ -416,6 +438,7 @@ def _fill(
                     emb,
                     slice_meta={"z_mm": volume.z_positions, "informative": flags},
                     modality=effective_modality(volume.modality, volume.array),
+                    source=_source(volume, root),
                 )
                 blank += int(np.count_nonzero(~flags))
                 added += 1
@@ -470,6 +493,7 @@ def build_milvus_index(
     resume: bool = True,
     workers: int = 2,
     processes: bool = False,
+    root: str | os.PathLike[str] | None = None,
 ) -> MilvusIndex:
     """Embed ``volumes`` into a :class:`~cbirlib.index.milvus.MilvusIndex`, as :func:`build_index`.
 
@@ -480,7 +504,7 @@ def build_milvus_index(
 
     Parameters
     ----------
-    volumes, extractor, verbose, workers, processes
+    volumes, extractor, verbose, workers, processes, root
         As :func:`build_index`.
     path
         The pointer directory to write.
@@ -503,6 +527,8 @@ def build_milvus_index(
     MilvusIndex
         The open index (call ``close()`` to free a Milvus Lite file).
     """
+    if root is None and isinstance(getattr(volumes, "root", None), str | os.PathLike):
+        root = volumes.root  # type: ignore[union-attr]
     path = Path(path)
     check_target(path)
     target = os.fspath(uri) if uri is not None else os.fspath(path / "slices.db")
@@ -526,6 +552,7 @@ def build_milvus_index(
             checkpoint_every=1,
             workers=workers,
             processes=processes,
+            root=root,
         )
     except BaseException:
         index.close()

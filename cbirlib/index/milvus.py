@@ -61,6 +61,7 @@ from cbirlib.index.config import HnswConfig
 from cbirlib.index.files import META_NAME, read_json, write_json
 from cbirlib.index.meta import check_compatible, normalise_config
 from cbirlib.modality import UNKNOWN, normalize_modality
+from cbirlib.provenance import Source
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ _MAX_ROWS = 16384  # Milvus caps a search's limit and a query's offset + limit h
 _MAX_QUERIES = 1024  # query vectors per search request
 _MAX_ID_BYTES = 4096
 _MAX_MODALITY = 64  # bytes of a modality code ("CT", "MR", ...)
+_MAX_SOURCE = 8192  # bytes of a volume's source record (JSON; "" when unknown)
 _INSERT_BYTES = 16 << 20  # payload of one insert request
 _FIELDS = (
     "label",
@@ -84,6 +86,7 @@ _FIELDS = (
     "z_mm",
     "informative",
     "modality",
+    "source",
     "vector",
 )
 _REMOTE = ("http://", "https://", "tcp://", "grpc://", "unix:")
@@ -255,6 +258,7 @@ class MilvusIndex:
         self._lock = threading.RLock()
         self._spans: dict[str, tuple[int, int]] = {}
         self._modality: dict[str, str] = {}
+        self._source: dict[str, Source] = {}
         self._next_label = 0
         self._n_entries = 0
         self._swept = False  # rows of an add that a crash cut short were deleted
@@ -326,6 +330,7 @@ class MilvusIndex:
         schema.add_field("z_mm", types.DOUBLE)
         schema.add_field("informative", types.BOOL)
         schema.add_field("modality", types.VARCHAR, max_length=_MAX_MODALITY)
+        schema.add_field("source", types.VARCHAR, max_length=_MAX_SOURCE)
         schema.add_field("vector", types.FLOAT_VECTOR, dim=dim)
         params = self._client.prepare_index_params()
         params.add_index(
@@ -379,11 +384,16 @@ class MilvusIndex:
 
     def _read_volumes(self) -> None:
         """Rebuild the volume table from the first row of every volume."""
-        fields = ["label", "volume_id", "n_slices", "modality"]
+        fields = ["label", "volume_id", "n_slices", "modality", "source"]
         heads = self._query("pos == 0", fields, self._count("pos == 0"))
         heads.sort(key=lambda r: int(r["label"]))
         self._spans = {str(r["volume_id"]): (int(r["label"]), int(r["n_slices"])) for r in heads}
         self._modality = {str(r["volume_id"]): str(r["modality"]) for r in heads}
+        self._source = {
+            str(r["volume_id"]): Source.from_dict(json.loads(r["source"]))
+            for r in heads
+            if r["source"]
+        }
         self._n_entries = sum(n for _, n in self._spans.values())
         self._next_label = max((s + n for s, n in self._spans.values()), default=0)
 
@@ -511,6 +521,7 @@ class MilvusIndex:
         *,
         slice_meta: Mapping[str, npt.ArrayLike] | None = None,
         modality: str = UNKNOWN,
+        source: Source | None = None,
     ) -> None:
         """Add the slice embeddings of one volume (see :meth:`SliceIndex.add`)."""
         if not isinstance(volume_id, str) or not volume_id:
@@ -523,6 +534,9 @@ class MilvusIndex:
             raise InvalidVolumeError(f"volume {volume_id!r}: no slice embeddings to add")
         slice_index, z, flags = parse_slice_meta(volume_id, n, slice_meta)
         code = normalize_modality(modality)
+        origin = "" if source is None else json.dumps(source.to_dict(), sort_keys=True)
+        if len(origin.encode("utf-8")) > _MAX_SOURCE:
+            raise SliceIndexError(f"volume {volume_id!r}: source record over {_MAX_SOURCE} bytes")
         with self._lock:
             client = self._live()
             if volume_id in self._spans:
@@ -542,6 +556,7 @@ class MilvusIndex:
                     "z_mm": float(z[i]),
                     "informative": bool(flags[i]),
                     "modality": code,
+                    "source": origin if i == 0 else "",
                     "vector": vectors[i],
                 }
                 for i in range(n)
@@ -557,6 +572,8 @@ class MilvusIndex:
                 raise
             self._spans[volume_id] = (start, n)
             self._modality[volume_id] = code
+            if source is not None:
+                self._source[volume_id] = source
             self._next_label += n
             self._n_entries += n
 
@@ -581,6 +598,7 @@ class MilvusIndex:
             self._live().delete(self.collection, filter=_label_range(start, n))
             del self._spans[volume_id]
             self._modality.pop(volume_id, None)
+            self._source.pop(volume_id, None)
             self._n_entries -= n
 
     # -- vectors ----------------------------------------------------------------------------
@@ -660,6 +678,17 @@ class MilvusIndex:
         """The modality recorded for one volume (``"unknown"`` when none was)."""
         self._span(volume_id)
         return self._modality.get(volume_id, UNKNOWN)
+
+    @property
+    def sources(self) -> dict[str, Source | None]:
+        """Volume id -> where it was read from (``None``: unknown); see ``SliceIndex.sources``."""
+        with self._lock:
+            return {vid: self._source.get(vid) for vid in self._spans}
+
+    def source(self, volume_id: str) -> Source | None:
+        """The source recorded for one volume (``None``: unknown)."""
+        self._span(volume_id)
+        return self._source.get(volume_id)
 
     # -- search -----------------------------------------------------------------------------
 
