@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "load_mask": "cbirlib.io",
     "guess_modality": "cbirlib.modality",
     "CbirError": "cbirlib.errors",
+    "CustomStructureWarning": "cbirlib.errors",
     "ModalityMismatchWarning": "cbirlib.errors",
     "Extractor": "cbirlib.extractor",
     "SliceExtractor": "cbirlib.extractor",
@@ -69,6 +70,7 @@ _SUBMODULES = ("datasets", "distributed", "errors", "evaluation", "metrics", "st
 __all__ = [
     "CbirError",
     "CountVotes",
+    "CustomStructureWarning",
     "Cutoff",
     "ExactIndex",
     "Extractor",
@@ -128,7 +130,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
     from cbirlib.benchmarking import benchmark
     from cbirlib.distributed import build_index_ray
-    from cbirlib.errors import CbirError, ModalityMismatchWarning
+    from cbirlib.errors import CbirError, CustomStructureWarning, ModalityMismatchWarning
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
     from cbirlib.hits import Hits

@@ -256,6 +256,7 @@ __all__ = [
     "UsageError",
     "ExtractorMismatchWarning",
     "ModalityMismatchWarning",
+    "CustomStructureWarning",
 ]
 
 
@@ -265,3 +266,12 @@ class ExtractorMismatchWarning(UserWarning):
 
 class ModalityMismatchWarning(UserWarning):
     """A query's modality (e.g. MR) is not among the modalities of the indexed volumes."""
+
+
+class CustomStructureWarning(UserWarning):
+    """A mask file whose name is not a TotalSegmentator class: a custom structure left out.
+
+    Such a mask (a lesion or user mask, ``segmentations/lesion_1.nii.gz``) is usable in
+    region queries as a custom structure named after its file stem (see
+    :meth:`cbirlib.datasets.TotalSegmentator.load`'s ``custom=``).
+    """

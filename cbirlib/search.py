@@ -145,6 +145,12 @@ def _structure_mask(
             f"volume {volume.id!r}: unknown structure {structure!r}"
             f"{did_you_mean(structure, candidates)}; {listed}; {coarse_hint(grouping)}"
             + (f" (members of {structure!r}: {', '.join(members)})" if members else "")
+            + (
+                ""
+                if members
+                else f"; a custom mask (segmentations/{structure}.nii.gz) is in the labels "
+                f"only when loaded with TotalSegmentator.load(subject, custom=[{structure!r}])"
+            )
         )
     return np.asarray(labels.present[:, cols].any(axis=1), dtype=bool)
 
@@ -165,7 +171,10 @@ def region_query(
     structure
         A structure name of the volume's labels, or a coarse region name (present where
         any member is): a value of ``groups`` when given, else a region of the default
-        grouping :data:`cbirlib.structures.COARSE_GROUPS`.
+        grouping :data:`cbirlib.structures.COARSE_GROUPS`. A custom structure (a lesion
+        or user mask of a subject's ``segmentations/`` folder) is a name of the labels
+        when the volume was loaded with
+        ``TotalSegmentator.load(subject, custom=[name])``.
     min_pixels
         Presence threshold. ``None`` uses the labels as built; the labels store presence
         only, so another threshold means rebuilding them with

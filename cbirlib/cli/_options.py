@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,25 +223,34 @@ def open_search_index(path: Path) -> BaseIndex | MilvusIndex:
     return open_index(path)
 
 
-def canonical_structure(name: str) -> str:
-    """A fine class or coarse region name, matched case-insensitively; close matches.
+def canonical_structure(name: str, custom: Sequence[str] = ()) -> str:
+    """A fine class, coarse region or custom mask name, matched case-insensitively.
+
+    ``custom`` lists the custom structures the query holds (mask files of its
+    ``segmentations/`` folder whose name is not a TotalSegmentator class). An unknown
+    name raises :class:`~cbirlib.errors.CliError` with close matches among all of them.
 
     Examples
     --------
     >>> canonical_structure("Liver")
     'liver'
+    >>> canonical_structure("lesion_1", custom=["lesion_1"])
+    'lesion_1'
     """
     from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
 
     coarse = coarse_regions()
-    known = {n.lower(): n for n in (*TOTALSEG_V1_CLASSES, *coarse)}
+    known = {n.lower(): n for n in (*custom, *TOTALSEG_V1_CLASSES, *coarse)}
+    if name in custom:
+        return name
     key = name.strip().lower()
     if key in known:
         return known[key]
     close = close_matches(key, known.values())
     hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    masks = f", or a custom mask of the query ({', '.join(custom)})" if custom else ""
     raise CliError(
         f"unknown structure {name!r}; {hint}valid: a TotalSegmentator v1 class (liver, "
-        f"kidney_left, ...) or a coarse region ({', '.join(coarse[:8])}, ...; see "
-        "cbirlib.structures.coarse_regions())"
+        f"kidney_left, ...), a coarse region ({', '.join(coarse[:8])}, ...; see "
+        f"cbirlib.structures.coarse_regions()){masks}"
     )

@@ -45,12 +45,16 @@ def _query_volume(args: argparse.Namespace, path: str) -> tuple[Volume, str | No
     """The query read from ``path``: the volume (or its region), structure and span."""
     from cbirlib.modality import modality_for
     from cbirlib.search import region_query
+    from cbirlib.structures import TOTALSEG_V1_CLASSES
 
     modality = modality_for(path, modality_setting(args))
-    query = open_volume(path, series_uid=args.series_uid, modality=modality)
-    if args.structure is None:
+    wants_region = args.structure is not None
+    query = open_volume(path, series_uid=args.series_uid, modality=modality, custom=wants_region)
+    if not wants_region:
         return query, None, None
-    structure = canonical_structure(args.structure)
+    names = query.labels.names if query.labels is not None else ()
+    classes = set(TOTALSEG_V1_CLASSES)
+    structure = canonical_structure(args.structure, [n for n in names if n not in classes])
     if query.labels is None:
         raise CliError(
             f"--structure needs segmentation masks for {path!r}; pass a subject "
@@ -160,7 +164,10 @@ def add_arguments(query: argparse.ArgumentParser) -> None:
         help="one or more NIfTI files, DICOM folders or TotalSegmentator subject folders",
     )
     query.add_argument(
-        "--structure", help="region query around this structure (needs a subject folder)"
+        "--structure",
+        help="region query around this structure (needs a subject folder): a "
+        "TotalSegmentator class, a coarse region, or a custom mask of the subject's "
+        "segmentations/ folder (e.g. lesion_1)",
     )
     query.add_argument(
         "--series-uid", help="SeriesInstanceUID to read from a DICOM folder with several series"
@@ -216,6 +223,7 @@ COMMAND = Command(
     epilog="""examples:
   cbirlib query idx scan.nii.gz --top 5
   cbirlib query idx /data/Totalsegmentator_dataset/s0011 --structure liver --json
+  cbirlib query idx /data/Totalsegmentator_dataset/s0011 --structure lesion_1  # a custom mask
   cbirlib query idx a.nii.gz b.nii.gz c.nii.gz --jsonl --quiet > results.jsonl
   cbirlib query idx scan.nii.gz --no-rerank -k 50 --vote-trim 0.1
 

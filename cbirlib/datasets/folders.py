@@ -25,7 +25,13 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cbirlib.datasets.totalsegmentator import IMAGE_FILE, IMAGE_FILES, META_FILE, TotalSegmentator
+from cbirlib.datasets.totalsegmentator import (
+    IMAGE_FILE,
+    IMAGE_FILES,
+    META_FILE,
+    CustomMasks,
+    TotalSegmentator,
+)
 from cbirlib.errors import CbirError, DatasetError, VolumeNotFoundError
 from cbirlib.modality import ModalitySetting, modality_for
 
@@ -155,7 +161,11 @@ def discover_volumes(
 
 
 def open_volume(
-    path: str | os.PathLike[str], *, series_uid: str | None = None, modality: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    series_uid: str | None = None,
+    modality: str | None = None,
+    custom: CustomMasks = False,
 ) -> Volume:
     """One volume from a path, as ``cbirlib query`` reads its query.
 
@@ -164,7 +174,8 @@ def open_volume(
     (read with its labels). A TotalSegmentator image file (``<subject>/ct.nii.gz`` or
     ``<subject>/mri.nii.gz``) is named after its subject, any other file after its name.
     ``modality`` is passed to :func:`cbirlib.io.load_volume` (``None``: its default, or
-    the layout's modality for a subject folder or image file).
+    the layout's modality for a subject folder or image file). ``custom`` adds a subject
+    folder's custom masks to its labels, as :meth:`TotalSegmentator.load` does.
 
     Raises
     ------
@@ -191,7 +202,7 @@ def open_volume(
 
     if path.is_dir() and _is_subject(path):
         dataset = TotalSegmentator(path.parent, modality=modality)
-        return dataset.load(path.name)
+        return dataset.load(path.name, custom=custom)
     entries = list(path.iterdir()) if path.is_dir() else []
     if entries and not any(p.is_file() and is_dicom_file(p) for p in entries):
         raise DatasetError(

@@ -18,8 +18,14 @@ Only ``image_id`` and ``split`` are read from ``meta.csv``: demographic columns 
 gender, ...) are never read into anything.
 
 Labels have one column per requested v1 class (all 104 by default); a mask file that
-is absent gives an all-False column, v2 names are mapped onto v1 classes through
-:data:`cbirlib.structures.V2_TO_V1`, and mask files of other names are ignored.
+is absent gives an all-False column and v2 names are mapped onto v1 classes through
+:data:`cbirlib.structures.V2_TO_V1`. A mask file of any other name (a lesion or user
+mask, ``segmentations/lesion_1.nii.gz``) is a *custom structure* named after its file
+stem: ``load(subject, custom=["lesion_1"])`` (or ``custom=True``: all of them) adds its
+column after the class columns, so that :func:`cbirlib.search.region_query` can use it.
+Left out (the default), it is reported once per data set with a
+:class:`~cbirlib.errors.CustomStructureWarning`. Custom structures are for queries only:
+the default labels, which indexes and evaluations use, hold the class columns only.
 
 The modality is the layout's, stated rather than assumed: ``"CT"`` for a subject's
 ``ct.nii.gz``, ``"MR"`` for its ``mri.nii.gz`` (the TotalSegmentator MRI layout);
@@ -42,6 +48,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -52,11 +59,22 @@ import numpy.typing as npt
 
 from cbirlib._text import did_you_mean
 from cbirlib.datasets.label_cache import LabelCache
-from cbirlib.errors import DatasetError, SettingError, UnknownSubjectError
+from cbirlib.errors import (
+    CustomStructureWarning,
+    DatasetError,
+    SettingError,
+    UnknownStructureError,
+    UnknownSubjectError,
+)
 from cbirlib.labels import SliceLabels, slice_counts
 from cbirlib.modality import normalize_modality
 from cbirlib.provenance import Source
-from cbirlib.structures import TOTALSEG_V1_CLASSES, V2_TO_V1, resolve_structure
+from cbirlib.structures import (
+    TOTALSEG_V1_CLASSES,
+    TOTALSEG_V2_CLASSES,
+    V2_TO_V1,
+    resolve_structure,
+)
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -72,6 +90,9 @@ IMAGE_FILES: dict[str, str] = {IMAGE_FILE: "CT", MRI_IMAGE_FILE: "MR"}
 #: every subject, or a mapping subject id -> modality (key ``"*"``: the others).
 #: ``"unknown"`` guesses from the intensities (with a logged warning).
 DatasetModality: TypeAlias = str | Mapping[str, str] | None
+#: ``custom=`` of :meth:`TotalSegmentator.load`: False (no custom structure), True (every
+#: custom mask of the subject), or one or more custom mask names (file stems).
+CustomMasks: TypeAlias = bool | str | Sequence[str]
 MASK_FOLDER = "segmentations"
 META_FILE = "meta.csv"
 _MASK_SUFFIX = ".nii.gz"
@@ -270,6 +291,7 @@ class TotalSegmentator(Mapping[str, Volume]):
         self.split = split
         self._subjects = tuple(self._split)
         self._modality = _check_modality(modality, folders, self.root)
+        self._warned: set[str] = set()
 
     # -- listing (no image is read) --------------------------------------------------------
 
@@ -337,7 +359,7 @@ class TotalSegmentator(Mapping[str, Volume]):
     def __getitem__(self, subject_id: str) -> Volume:
         return self.load(subject_id)
 
-    def load(self, subject_id: str, *, labels: bool = True) -> Volume:
+    def load(self, subject_id: str, *, labels: bool = True, custom: CustomMasks = False) -> Volume:
         """Read a subject's image (and, by default, its per-slice labels).
 
         Parameters
@@ -346,15 +368,40 @@ class TotalSegmentator(Mapping[str, Volume]):
             A subject folder name.
         labels
             Attach :class:`~cbirlib.labels.SliceLabels` built from the masks.
+        custom
+            Custom structures (mask files whose name is not a TotalSegmentator class, see
+            :meth:`custom_structures`) to add as label columns after the class columns,
+            named after their file stem: a name, several names, or True for all of them.
+            Default False: class columns only, and a
+            :class:`~cbirlib.errors.CustomStructureWarning` (once per name and data set)
+            for each custom mask left out.
 
         Raises
         ------
         UnknownSubjectError
             For an id that is not in the data set.
+        UnknownStructureError
+            A name in ``custom`` that is not a custom mask of the subject (close matches
+            suggested).
         DatasetError
             The ``segmentations`` folder is missing (with ``labels=True``).
         VolumeReadError, MaskShapeError
             An unreadable image or mask, or a mask whose shape differs from the image.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> import numpy as np, nibabel as nib
+        >>> from cbirlib.datasets import make_phantoms
+        >>> ds = make_phantoms(tempfile.mkdtemp(), 1, shape=(32, 32))
+        >>> mask = np.zeros(nib.load(ds.image_path("s0000")).shape, np.uint8)
+        >>> mask[4:8, 4:8, 3:6] = 1  # x, y, z: slices 3..5
+        >>> img = nib.Nifti1Image(mask, nib.load(ds.image_path("s0000")).affine)
+        >>> nib.save(img, ds.root / "s0000" / "segmentations" / "lesion_1.nii.gz")
+        >>> ds.custom_structures("s0000")
+        ('lesion_1',)
+        >>> ds.load("s0000", custom=["lesion_1"]).labels.span("lesion_1")
+        (3, 5)
         """
         from cbirlib.io import load_volume
 
@@ -364,12 +411,33 @@ class TotalSegmentator(Mapping[str, Volume]):
         volume = replace(volume, source=Source.from_file(path, root=self.root, subject=subject_id))
         if not labels:
             return volume
-        return volume.with_labels(self._labels(subject_id, like=volume))
+        return volume.with_labels(self._labels(subject_id, like=volume, custom=custom))
 
-    def labels(self, subject_id: str) -> SliceLabels:
-        """Per-slice labels of a subject, reading its masks only (not the image)."""
+    def labels(self, subject_id: str, *, custom: CustomMasks = False) -> SliceLabels:
+        """Per-slice labels of a subject, reading its masks only (not the image).
+
+        ``custom`` is as in :meth:`load`.
+        """
         self._check(subject_id)
-        return self._labels(subject_id, like=None)
+        return self._labels(subject_id, like=None, custom=custom)
+
+    def custom_structures(self, subject_id: str) -> tuple[str, ...]:
+        """Names (file stems) of a subject's custom masks, sorted.
+
+        A custom mask is a ``segmentations/*.nii.gz`` file whose name is neither a
+        TotalSegmentator v1 class nor a v2 name mapped onto one: a lesion or user mask,
+        or a v2-only class without a v1 counterpart (``skull``, ``sternum``, ...; these
+        are not warned about). Reads no image.
+
+        Raises
+        ------
+        UnknownSubjectError
+            For an id that is not in the data set.
+        DatasetError
+            The ``segmentations`` folder is missing.
+        """
+        self._check(subject_id)
+        return tuple(self._scan(subject_id)[1])
 
     def volumes(self, *, labels: bool = True, verbose: bool = False) -> Iterator[Volume]:
         """Load every subject in order (a progress bar with ``verbose=True``)."""
@@ -378,47 +446,77 @@ class TotalSegmentator(Mapping[str, Volume]):
         for subject_id in tqdm(self._subjects, desc="loading", disable=not verbose):
             yield self.load(subject_id, labels=labels)
 
-    def _mask_files(self, subject_id: str) -> dict[str, list[Path]]:
-        """Requested v1 class -> the mask files that contribute to it."""
+    def _scan(self, subject_id: str) -> tuple[dict[str, list[Path]], dict[str, Path]]:
+        """Requested v1 class -> the mask files that make it; custom name -> its file."""
         folder = self.root / subject_id / MASK_FOLDER
         if not folder.is_dir():
             raise DatasetError(f"{folder}: missing segmentations folder of {subject_id!r}")
         wanted = set(self.classes)
         sources: dict[str, list[Path]] = {}
+        custom: dict[str, Path] = {}
         for path in sorted(folder.iterdir()):
-            if not path.name.endswith(_MASK_SUFFIX):
+            if not path.name.endswith(_MASK_SUFFIX) or path.name.startswith("."):
                 continue
             name = path.name[: -len(_MASK_SUFFIX)]
             targets = (name,) if name in TOTALSEG_V1_CLASSES else V2_TO_V1.get(name, ())
-            if not targets:
-                logger.debug("%s: no v1 class of that name; ignored", path)
+            if not targets and name:
+                custom[name] = path
             for target in targets:
                 if target in wanted:
                     sources.setdefault(target, []).append(path)
-        return sources
+        return sources, custom
 
-    def _labels(self, subject_id: str, *, like: Volume | None) -> SliceLabels:
+    def _custom_files(
+        self, subject_id: str, found: Mapping[str, Path], custom: CustomMasks
+    ) -> dict[str, Path]:
+        """The custom masks ``custom`` asks for; warn (once) about the ones left out."""
+        if custom is True:
+            chosen = dict(found)
+        elif custom is False:
+            chosen = {}
+        else:
+            names = [custom] if isinstance(custom, str) else list(custom)
+            chosen = {}
+            for name in names:
+                if name not in found:
+                    listed = ", ".join(found) if found else "none"
+                    raise UnknownStructureError(
+                        f"subject {subject_id!r}: no custom mask {name!r} in "
+                        f"{self.root / subject_id / MASK_FOLDER}"
+                        f"{did_you_mean(str(name), tuple(found))}; its custom masks: {listed}"
+                    )
+                chosen[name] = found[name]
+        for name, path in found.items():
+            if name in chosen or name in self._warned:
+                continue
+            self._warned.add(name)
+            if name in TOTALSEG_V2_CLASSES:  # a v2-only class: known, no v1 column
+                logger.debug("%s: v2 class without a v1 counterpart; a custom structure", path)
+            else:
+                warnings.warn(
+                    CustomStructureWarning(
+                        f"{path}: {name!r} is not a TotalSegmentator class; it is left out "
+                        f"of the labels but usable as a custom structure "
+                        f"(load(..., custom=[{name!r}]), cbirlib query --structure {name})"
+                    ),
+                    stacklevel=4,
+                )
+        return chosen
+
+    def _labels(
+        self, subject_id: str, *, like: Volume | None, custom: CustomMasks = False
+    ) -> SliceLabels:
         """Labels from the masks, each reduced to per-slice pixel counts once read.
 
         Only one full mask is in memory at a time, except for a v1 class that several
         mask files make up (v2 names merged onto one v1 class): those masks are OR-ed
-        voxel-wise (a pixel in two files counts once) and then reduced.
+        voxel-wise (a pixel in two files counts once) and then reduced. Custom masks
+        asked for by ``custom`` follow the class columns.
         """
         from cbirlib.errors import MaskShapeError
         from cbirlib.io import load_mask
 
         shape: tuple[int, ...] | None = like.shape if like is not None else None
-        files = self._mask_files(subject_id)
-        cache, key = self.labels_cache, ""
-        if cache is not None:
-            paths = [p for ps in files.values() for p in ps] + [self.image_path(subject_id)]
-            key = cache.key(subject_id, self.classes, paths)
-            cached = cache.get(subject_id, key, len(self.classes))
-            if cached is not None and (like is None or cached.shape[1] == like.n_slices):
-                logger.debug("labels of %s from the cache", subject_id)
-                return SliceLabels.from_counts(
-                    dict(zip(self.classes, cached, strict=True)), min_pixels=self.min_pixels
-                )
 
         def read(path: Path) -> npt.NDArray[np.bool_]:
             nonlocal shape
@@ -428,6 +526,19 @@ class TotalSegmentator(Mapping[str, Volume]):
             elif mask.shape != shape:
                 raise MaskShapeError(f"mask {str(path)!r} has shape {mask.shape}, others {shape}")
             return mask
+
+        files, found = self._scan(subject_id)
+        extra = self._custom_files(subject_id, found, custom)
+        cache, key = self.labels_cache, ""
+        if cache is not None:  # the cache holds the class columns only, never custom ones
+            paths = [p for ps in files.values() for p in ps] + [self.image_path(subject_id)]
+            key = cache.key(subject_id, self.classes, paths)
+            cached = cache.get(subject_id, key, len(self.classes))
+            if cached is not None and (like is None or cached.shape[1] == like.n_slices):
+                logger.debug("labels of %s from the cache", subject_id)
+                columns = dict(zip(self.classes, cached, strict=True))
+                columns.update({name: slice_counts(read(path)) for name, path in extra.items()})
+                return SliceLabels.from_counts(columns, min_pixels=self.min_pixels)
 
         single: dict[Path, npt.NDArray[np.int64]] = {}
         counts: dict[str, npt.NDArray[np.int64]] = {}
@@ -442,13 +553,14 @@ class TotalSegmentator(Mapping[str, Volume]):
                 merged |= read(path)
             counts[name] = slice_counts(merged)
             del merged
+        custom_counts = {name: slice_counts(read(path)) for name, path in extra.items()}
         if shape is None:  # no mask at all and no image: the slice count is in the header
             shape = self._image_shape(subject_id)
         empty = np.zeros(shape[0], dtype=np.int64)
         per_class = {name: counts.get(name, empty) for name in self.classes}
         if cache is not None and self.classes:
             cache.put(subject_id, key, np.stack([per_class[n] for n in self.classes]))
-        return SliceLabels.from_counts(per_class, min_pixels=self.min_pixels)
+        return SliceLabels.from_counts({**per_class, **custom_counts}, min_pixels=self.min_pixels)
 
     def _image_shape(self, subject_id: str) -> tuple[int, int, int]:
         from cbirlib.io import nifti_shape
