@@ -41,6 +41,7 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from cbirlib.errors import (
+    DatasetError,
     DimensionMismatchError,
     ExtractorError,
     ExtractorMismatchError,
@@ -55,8 +56,10 @@ from cbirlib.index.files import META_NAME, check_target, resolve_dir
 from cbirlib.index.hnsw import SliceIndex
 from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
 from cbirlib.informative import slice_flags
+from cbirlib.labels import SliceLabels
 from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
+from cbirlib.structures import TOTALSEG_V1_CLASSES
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -111,13 +114,27 @@ def _identity(volume: Volume) -> Volume:
     return volume
 
 
+def _load_labeled(source: SubjectSource, subject_id: str) -> Volume:
+    """A subject with its labels, or without them when the data set has none for it."""
+    try:
+        return source.load(subject_id, labels=True)
+    except DatasetError as exc:  # e.g. no segmentations folder: index it unlabeled
+        logger.info("%s: indexed without labels (%s)", subject_id, exc)
+        return source.load(subject_id, labels=False)
+
+
 def _lazy_items(
     volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
+    *,
+    labels: bool = False,
 ) -> Iterator[_Lazy]:
     """``(id or None, loader)`` pairs; the id is None when only loading can tell it."""
     if isinstance(volumes, SubjectSource):  # checked first: a data set may also be a Mapping
         for sid in volumes.subjects:
-            yield sid, partial(volumes.load, sid, labels=False)
+            if labels:
+                yield sid, partial(_load_labeled, volumes, sid)
+            else:
+                yield sid, partial(volumes.load, sid, labels=False)
         return
     if isinstance(volumes, Mapping):
         for vid, loader in volumes.items():
@@ -144,6 +161,7 @@ def _count(volumes: object) -> int | None:
     return len(volumes) if hasattr(volumes, "__len__") else None
 
 
+_V1 = frozenset(TOTALSEG_V1_CLASSES)
 _ADVICE = "pass another index folder, or resume=False (CLI: --no-resume) to replace it"
 
 
@@ -213,6 +231,20 @@ def _open_index(
     return cls(int(extractor.dim), config=config, extractor_config=extractor.to_config())
 
 
+def _v1_labels(volume: Volume) -> SliceLabels | None:
+    """The volume's labels restricted to the v1 classes (None: no labels, or none v1)."""
+    if volume.labels is None:
+        return None
+    names = [n for n in volume.labels.names if n in _V1]
+    if len(names) < len(volume.labels.names):
+        logger.info(
+            "volume %r: %d label column(s) are not TotalSegmentator v1 classes; not stored",
+            volume.id,
+            len(volume.labels.names) - len(names),
+        )
+    return volume.labels.select(names) if names else None
+
+
 def _embed(extractor: IndexableExtractor, volume: Volume) -> npt.NDArray[np.float32]:
     emb = np.asarray(extractor.extract(volume))
     if emb.ndim != 2 or emb.shape[0] != volume.n_slices:
@@ -239,6 +271,7 @@ def build_index(
     resume: bool = True,
     checkpoint_every: int = 10,
     workers: int = 2,
+    labels: bool = True,
 ) -> BaseIndex:
     """Embed every slice of ``volumes`` and index them, with crash-safe checkpoints.
 
@@ -278,6 +311,12 @@ def build_index(
         error interrupts the build).
     workers
         Threads that read volumes ahead of the extractor (``0``: read in this thread).
+    labels
+        Store each volume's per-slice structure sets with it when it has them (default):
+        a data set is loaded with ``labels=True`` (a subject without masks is indexed
+        unlabeled), a :class:`~cbirlib.volume.Volume` keeps its ``labels``. Columns
+        that are not TotalSegmentator v1 classes are left out (logged). ``False``:
+        no labels are read or stored. See :meth:`~cbirlib.index.SliceIndex.labels`.
 
     Returns
     -------
@@ -319,7 +358,7 @@ def build_index(
     def pending() -> Iterator[Callable[[], Volume]]:
         # runs in this thread, as read-ahead asks for the next loader
         nonlocal skipped
-        for vid, load in _lazy_items(volumes):
+        for vid, load in _lazy_items(volumes, labels=labels):
             if vid is not None and vid in index:
                 skipped += 1
                 bar.update()
@@ -343,6 +382,7 @@ def build_index(
                     emb,
                     slice_meta={"z_mm": volume.z_positions, "informative": flags},
                     modality=effective_modality(volume.modality, volume.array),
+                    labels=_v1_labels(volume) if labels else None,
                 )
                 blank += int(np.count_nonzero(~flags))
                 added += 1
