@@ -59,12 +59,16 @@ _LAZY: dict[str, str] = {
     "Localize": "cbirlib.localize",
     "evaluate": "cbirlib.evaluation",
     "benchmark": "cbirlib.benchmarking",
+    "annotate": "cbirlib.annotate",
+    "Annotation": "cbirlib.annotate",
+    "find": "cbirlib.find",
 }
 
 # submodules reachable as attributes (``cbirlib.datasets.make_phantoms``) without an import
 _SUBMODULES = ("datasets", "errors", "evaluation", "metrics", "structures", "viz")
 
 __all__ = [
+    "Annotation",
     "CbirError",
     "CountVotes",
     "Cutoff",
@@ -89,10 +93,12 @@ __all__ = [
     "TopSlice",
     "Volume",
     "__version__",
+    "annotate",
     "benchmark",
     "build_index",
     "create_extractor",
     "evaluate",
+    "find",
     "guess_modality",
     "hookimpl",
     "informative_slices",
@@ -122,10 +128,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
+    from cbirlib.annotate import Annotation, annotate
     from cbirlib.benchmarking import benchmark
     from cbirlib.errors import CbirError, ModalityMismatchWarning
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
+    from cbirlib.find import find
     from cbirlib.hits import Hits
     from cbirlib.hookspecs import hookimpl
     from cbirlib.index import (

@@ -121,3 +121,134 @@ def test_build_index_stores_the_data_sets_labels(phantoms, reference) -> None:  
     got = index.labels(sid)
     assert got is not None
     np.testing.assert_array_equal(got.select(truth.names).present, truth.present)
+
+
+# --- 2. annotate -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("granularity", ["coarse", "fine"])
+def test_annotate_beats_the_relative_z_baseline_on_held_out_phantoms(
+    phantoms,
+    reference,
+    granularity,  # type: ignore[no-untyped-def]
+) -> None:
+    from cbirlib import annotate
+    from cbirlib.annotate_eval import position_baseline, score_annotations, summarize
+
+    _, index, held = reference
+    queries = [phantoms.load(s) for s in held]
+    truths = {v.id: v.labels for v in queries}
+    anns = [annotate(v.with_labels(None), index, granularity=granularity) for v in queries]
+    base = [
+        position_baseline(
+            v.n_slices, index, volume_id=v.id, z_mm=v.z_positions, granularity=granularity
+        )
+        for v in queries
+    ]
+    got = summarize(score_annotations(anns, truths))
+    trivial = summarize(score_annotations(base, truths))
+    assert got["f1_mean"] > trivial["f1_mean"] + 0.3
+    assert got["f1_mean"] > (0.75 if granularity == "coarse" else 0.6)
+    assert got["boundary_mm_median"] < trivial["boundary_mm_median"] / 3
+    for ann in anns:
+        assert ann.probabilities.min() >= 0 and ann.probabilities.max() <= 1
+        assert list(ann.extents) == sorted(ann.extents, key=lambda s: ann.extents[s].first)
+
+
+def test_annotated_volume_flows_into_region_queries(phantoms, reference) -> None:  # type: ignore[no-untyped-def]
+    from cbirlib import annotate, region_query
+
+    ex, index, held = reference
+    vol = phantoms.load(held[0])
+    truth = vol.labels
+    ann = annotate(vol.with_labels(None), index, extractor=ex)
+    labeled = ann.to_volume(vol.with_labels(None))
+    assert labeled.labels is not None
+    name = next(n for n in ann.extents if truth.contains(n))
+    q = region_query(labeled, name)
+    ext = ann.extents[name]
+    assert q.source_slices[0] <= ext.first and q.source_slices[-1] >= ext.last
+    # the predicted span overlaps the true one, and the JSON summary names it
+    t_first, t_last = truth.span(name)
+    assert ext.first <= t_last and ext.last >= t_first
+    assert any(s["structure"] == name for s in json.loads(json.dumps(ann.to_dict()))["structures"])
+
+
+def test_annotate_needs_a_labeled_index(reference) -> None:  # type: ignore[no-untyped-def]
+    from cbirlib import annotate
+    from cbirlib.errors import SettingError
+
+    ex, _, _ = reference
+    plain = ExactIndex(ex.dim, extractor_config=ex.to_config())
+    vol = body = np.zeros((4, 48, 48), np.float32)
+    from cbirlib.volume import Volume
+
+    v = Volume("v", body)
+    plain.add("x", ex.extract(v))
+    with pytest.raises(LabelsError, match="no labeled volume"):
+        annotate(v, plain, extractor=ex)
+    with pytest.raises(SettingError, match="granularity"):
+        annotate(v, plain, extractor=ex, granularity="medium")  # type: ignore[arg-type]
+    del vol
+
+
+# --- 3. find -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def archive(phantoms, reference, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The held-out phantoms indexed with their labels hidden."""
+    ex, _, held = reference
+    sources = [(s, lambda s=s: phantoms.load(s, labels=False)) for s in held]
+    return build_index(
+        sources, ex, tmp_path_factory.mktemp("arc") / "idx", verbose=False, labels=False
+    )
+
+
+@pytest.mark.parametrize("method", ["annotate", "exemplar"])
+@pytest.mark.parametrize("structure", ["liver", "brain", "lung", "femur_left"])
+def test_find_returns_volumes_that_contain_the_structure(
+    phantoms,
+    reference,
+    archive,
+    method,
+    structure,  # type: ignore[no-untyped-def]
+) -> None:
+    from cbirlib import find
+    from cbirlib.annotate_eval import score_find
+    from cbirlib.structures import COARSE_GROUPS
+
+    _, ref, held = reference
+    assert archive.labeled_volumes == []
+    truths = {s: phantoms.labels(s) for s in held}
+    hits = find(archive, structure, reference=ref, top=None, method=method)
+    assert hits.level == "volume" and set(hits.query_id) <= {structure}
+    assert list(hits.score) == sorted(hits.score, reverse=True)
+    s = score_find(hits, truths, structure, k=5)
+    contains = {
+        v
+        for v, lab in truths.items()
+        if (lab if structure in lab.names else lab.grouped(COARSE_GROUPS)).contains(structure)
+    }
+    assert s["n_relevant"] == len(contains) > 0
+    top1 = str(hits.volume_id[0])
+    assert top1 in contains
+    if method == "annotate":  # the default route: finds them, few false hits, spans on them
+        assert s["recall"] >= 0.5
+        assert s["precision"] >= 0.75 and s["localization_ratio"] > 0.6
+    first, last = int(hits.extra["loc_first"][0]), int(hits.extra["loc_last"][0])
+    assert 0 <= first <= last < len(truths[top1])
+    assert len(find(archive, structure, reference=ref, top=1, method=method)) == 1
+
+
+def test_find_refuses_bad_input(reference, archive) -> None:  # type: ignore[no-untyped-def]
+    from cbirlib import find
+    from cbirlib.errors import SettingError, UnknownStructureError
+
+    _, ref, _ = reference
+    with pytest.raises(UnknownStructureError, match="unknown structure"):
+        find(archive, "livr", reference=ref)
+    with pytest.raises(SettingError, match="method"):
+        find(archive, "liver", reference=ref, method="magic")  # type: ignore[arg-type]
+    with pytest.raises(LabelsError, match="no labeled volume"):
+        find(archive, "liver", reference=archive)
