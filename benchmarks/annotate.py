@@ -6,7 +6,7 @@ predicts from the relative z position alone. Baseline extractor, CPU only.
 
 Usage::
 
-    python benchmarks/annotate.py [--n 24] [--size 96] [--k 20] [--seed 0]
+    python benchmarks/annotate.py [--n 36] [--size 96] [--held-out 7] [--k 5] [--seed 0]
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ def _row(name: str, s: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=24, help="phantom subjects")
+    parser.add_argument("--n", type=int, default=36, help="phantom subjects")
     parser.add_argument("--size", type=int, default=96, help="in-plane pixels")
     parser.add_argument("--k", type=int, default=5, help="voting neighbours")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--held-out", type=int, default=6, help="subjects annotated")
+    parser.add_argument("--held-out", type=int, default=7, help="subjects annotated")
     args = parser.parse_args()
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp())

@@ -7,7 +7,7 @@ mean ± SD over structures, for both routes of ``cbirlib.find``.
 
 Usage::
 
-    python benchmarks/find.py [--n 24] [--size 96] [--archive 12] [--k 5]
+    python benchmarks/find.py [--n 36] [--size 96] [--archive 12] [--k 5]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _ms(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=24, help="phantom subjects")
+    parser.add_argument("--n", type=int, default=36, help="phantom subjects")
     parser.add_argument("--size", type=int, default=96, help="in-plane pixels")
     parser.add_argument("--archive", type=int, default=12, help="archive volumes (unlabeled)")
     parser.add_argument("--k", type=int, default=5, help="recall@k and neighbours")

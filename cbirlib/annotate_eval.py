@@ -15,7 +15,7 @@ Examples
 >>> ann = Annotation("v", ("liver",), p, z, "fine", 0.5, extents_of(("liver",), p, z, 0.5))
 >>> truth = SliceLabels(("liver",), np.array([[0], [1], [1], [1]], bool))
 >>> row = score_annotations([ann], {"v": truth}).iloc[0]
->>> round(row.f1, 3), row.boundary_mm
+>>> round(float(row.f1), 3), float(row.boundary_mm)
 (0.8, 1.0)
 """
 

@@ -252,3 +252,26 @@ def test_find_refuses_bad_input(reference, archive) -> None:  # type: ignore[no-
         find(archive, "liver", reference=ref, method="magic")  # type: ignore[arg-type]
     with pytest.raises(LabelsError, match="no labeled volume"):
         find(archive, "liver", reference=archive)
+
+
+def test_annotation_figure_draws_one_band_per_structure(
+    phantoms, reference, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from cbirlib import annotate
+    from cbirlib.viz import VizError, annotation_figure
+
+    ex, index, held = reference
+    vol = phantoms.load(held[0], labels=False)
+    ann = annotate(vol, index, extractor=ex, granularity="coarse")
+    fig = annotation_figure(vol, ann)
+    bands = fig.axes[1].patches
+    assert len(bands) == len(ann.extents) > 0
+    for band, ext in zip(bands, ann.extents.values(), strict=True):
+        dz = vol.spacing[0]
+        assert band.get_y() == pytest.approx(ext.z_first_mm - dz / 2)
+        assert band.get_y() + band.get_height() == pytest.approx(ext.z_last_mm + dz / 2)
+    assert [t.get_text() for t in fig.axes[1].texts] == list(ann.extents)
+    fig.savefig(tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(VizError, match="covers"):
+        annotation_figure(vol.slab(0, 5), ann)
