@@ -275,3 +275,25 @@ def test_annotation_figure_draws_one_band_per_structure(
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(VizError, match="covers"):
         annotation_figure(vol.slab(0, 5), ann)
+
+
+def test_build_from_a_data_set_stores_labels_and_indexes_subjects_without_masks(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from cbirlib.datasets import TotalSegmentator, make_phantoms
+    from cbirlib.plugins import create_extractor
+
+    root = make_phantoms(tmp_path / "p", 3, shape=(32, 32), seed=1).root
+    shutil.rmtree(root / "s0001" / "segmentations")  # a subject without masks
+    ds = TotalSegmentator(root)
+    ex = create_extractor("baseline")
+    index = build_index(ds, ex, tmp_path / "idx", verbose=False)
+    assert index.labeled_volumes == ["s0000", "s0002"] and index.n_volumes == 3
+    assert index.labels("s0001") is None
+    got = index.labels("s0002")
+    assert got is not None
+    np.testing.assert_array_equal(got.present, ds.labels("s0002").present)
+    none = build_index(ds, ex, tmp_path / "idx2", verbose=False, labels=False)
+    assert none.labeled_volumes == []
