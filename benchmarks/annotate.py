@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cbirlib.annotate import annotate
-from cbirlib.annotate_eval import position_baseline, score_annotations, summarize
+from cbirlib.annotation import annotate
+from cbirlib.annotation_eval import position_baseline, score_annotations, summarize
 from cbirlib.datasets import make_phantoms
 from cbirlib.index import build_index
 from cbirlib.plugins import create_extractor

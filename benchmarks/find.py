@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cbirlib.annotate_eval import score_find
+from cbirlib.annotation_eval import score_find
 from cbirlib.datasets import make_phantoms
-from cbirlib.find import annotate_index, find
+from cbirlib.finder import annotate_index, find
 from cbirlib.index import build_index
 from cbirlib.plugins import create_extractor
 from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES

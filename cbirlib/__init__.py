@@ -59,9 +59,9 @@ _LAZY: dict[str, str] = {
     "Localize": "cbirlib.localize",
     "evaluate": "cbirlib.evaluation",
     "benchmark": "cbirlib.benchmarking",
-    "annotate": "cbirlib.annotate",
-    "Annotation": "cbirlib.annotate",
-    "find": "cbirlib.find",
+    "annotate": "cbirlib.annotation",
+    "Annotation": "cbirlib.annotation",
+    "find": "cbirlib.finder",
 }
 
 # submodules reachable as attributes (``cbirlib.datasets.make_phantoms``) without an import
@@ -128,12 +128,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
-    from cbirlib.annotate import Annotation, annotate
+    from cbirlib.annotation import Annotation, annotate
     from cbirlib.benchmarking import benchmark
     from cbirlib.errors import CbirError, ModalityMismatchWarning
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
-    from cbirlib.find import find
+    from cbirlib.finder import find
     from cbirlib.hits import Hits
     from cbirlib.hookspecs import hookimpl
     from cbirlib.index import (

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from cbirlib.annotate import Annotation
+    from cbirlib.annotation import Annotation
 
 __all__ = ["PLANES", "VizError", "annotation_figure", "montage", "reformat_with_span"]
 
@@ -245,7 +245,7 @@ def annotation_figure(
 ) -> Figure:
     """A reformat of ``volume`` beside one labeled band per structure of ``annotation``.
 
-    Each structure found (:attr:`cbirlib.annotate.Annotation.extents`) gets a column
+    Each structure found (:attr:`cbirlib.annotation.Annotation.extents`) gets a column
     whose band covers its predicted z extent (full slice thickness), shaded by its
     confidence and labeled with its name; the vertical axis is z in mm, shared with
     the reformat.
@@ -276,7 +276,7 @@ def annotation_figure(
     Examples
     --------
     >>> import numpy as np
-    >>> from cbirlib.annotate import Annotation, extents_of
+    >>> from cbirlib.annotation import Annotation, extents_of
     >>> from cbirlib.volume import Volume
     >>> vol = Volume("v", np.zeros((10, 8, 8), np.float32))
     >>> p = np.linspace(0, 1, 10)[:, None]

@@ -133,7 +133,7 @@ def test_annotate_beats_the_relative_z_baseline_on_held_out_phantoms(
     granularity,  # type: ignore[no-untyped-def]
 ) -> None:
     from cbirlib import annotate
-    from cbirlib.annotate_eval import position_baseline, score_annotations, summarize
+    from cbirlib.annotation_eval import position_baseline, score_annotations, summarize
 
     _, index, held = reference
     queries = [phantoms.load(s) for s in held]
@@ -215,7 +215,7 @@ def test_find_returns_volumes_that_contain_the_structure(
     structure,  # type: ignore[no-untyped-def]
 ) -> None:
     from cbirlib import find
-    from cbirlib.annotate_eval import score_find
+    from cbirlib.annotation_eval import score_find
     from cbirlib.structures import COARSE_GROUPS
 
     _, ref, held = reference
@@ -297,3 +297,14 @@ def test_build_from_a_data_set_stores_labels_and_indexes_subjects_without_masks(
     np.testing.assert_array_equal(got.present, ds.labels("s0002").present)
     none = build_index(ds, ex, tmp_path / "idx2", verbose=False, labels=False)
     assert none.labeled_volumes == []
+
+
+def test_find_refuses_an_archive_of_another_extractor(reference) -> None:  # type: ignore[no-untyped-def]
+    from cbirlib import find
+    from cbirlib.errors import ExtractorMismatchError
+
+    _, ref, _ = reference
+    other = ExactIndex(ref.dim, extractor_config={"name": "other"})
+    other.add("x", np.eye(ref.dim)[:3])
+    with pytest.raises(ExtractorMismatchError):
+        find(other, "liver", reference=ref)

@@ -393,9 +393,16 @@ def annotate(
         The index holds no labeled volume (or its backend stores no labels).
     SettingError
         A bad ``k``, ``granularity``, ``threshold``, ``smooth_mm`` or ``temperature``.
+    ExtractorMismatchError
+        ``extractor`` is not the one the index was built with (another name or
+        dimension; other config differences warn).
     """
     if extractor is None:
         extractor = _extractor_for(index)
+    check = getattr(index, "check_extractor", None)
+    to_config = getattr(extractor, "to_config", None)
+    if callable(check) and callable(to_config):
+        check(to_config(), dim=getattr(extractor, "dim", None))
     from cbirlib.informative import slice_flags
 
     emb = np.asarray(extractor.extract(volume), dtype=np.float32)

@@ -9,7 +9,7 @@ slice's relative z position in its volume alone, learned from a labeled index.
 Examples
 --------
 >>> import numpy as np
->>> from cbirlib.annotate import Annotation, extents_of
+>>> from cbirlib.annotation import Annotation, extents_of
 >>> from cbirlib.labels import SliceLabels
 >>> p = np.array([[0.1], [0.9], [0.8], [0.2]]); z = np.arange(4) * 2.0
 >>> ann = Annotation("v", ("liver",), p, z, "fine", 0.5, extents_of(("liver",), p, z, 0.5))
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.annotate import Annotation, Granularity, LabeledIndex, extents_of
+from cbirlib.annotation import Annotation, Granularity, LabeledIndex, extents_of
 from cbirlib.errors import EvaluationError, LabelsError
 from cbirlib.labels import SliceLabels
 from cbirlib.structures import COARSE_GROUPS
@@ -176,7 +176,7 @@ def position_baseline(
     Learned from the labeled volumes of ``reference``: the share of their slices at
     relative position ``i / (n - 1)`` (in ``bins`` bins) that contain each structure.
     """
-    from cbirlib.annotate import _COARSE_NAMES
+    from cbirlib.annotation import _COARSE_NAMES
     from cbirlib.structures import TOTALSEG_V1_CLASSES
 
     names = TOTALSEG_V1_CLASSES if granularity == "fine" else _COARSE_NAMES

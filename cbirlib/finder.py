@@ -5,7 +5,7 @@ structure, from a labeled reference index. Two routes:
 
 ``"annotate"`` (default)
     Every archive volume is annotated once from its stored slice vectors
-    (:func:`cbirlib.annotate.annotate_embeddings` against the reference; no image is
+    (:func:`cbirlib.annotation.annotate_embeddings` against the reference; no image is
     read) and volumes are ranked by the confidence of the structure's predicted
     extent, which is also the localized span. Pass the result of
     :func:`annotate_index` as ``annotations`` to reuse the annotations over queries.
@@ -43,7 +43,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.annotate import Annotation, Granularity, LabeledIndex, annotate_embeddings
+from cbirlib.annotation import Annotation, Granularity, LabeledIndex, annotate_embeddings
 from cbirlib.errors import LabelsError, SettingError, StructureNotPresentError
 from cbirlib.hits import Hits
 from cbirlib.localize import matched_span
@@ -98,8 +98,8 @@ def annotate_index(
 ) -> dict[str, Annotation]:
     """Annotate every volume of ``archive`` from its stored vectors (no image read).
 
-    ``options`` are passed to :func:`cbirlib.annotate.annotate_embeddings` (``k``,
-    ``threshold``, ...). Returns volume id -> :class:`~cbirlib.annotate.Annotation`,
+    ``options`` are passed to :func:`cbirlib.annotation.annotate_embeddings` (``k``,
+    ``threshold``, ...). Returns volume id -> :class:`~cbirlib.annotation.Annotation`,
     to pass to :func:`find` as ``annotations``.
     """
     out: dict[str, Annotation] = {}
@@ -191,6 +191,14 @@ def _by_exemplars(
     return out
 
 
+def _check_same_extractor(archive: object, reference: object) -> None:
+    """Both indexes must hold vectors of one extractor (when they record it)."""
+    check = getattr(reference, "check_extractor", None)
+    config = getattr(archive, "extractor_config", None)
+    if callable(check) and config:
+        check(config, dim=getattr(archive, "dim", None))
+
+
 def find(
     archive_index: ArchiveIndex,
     structure: str,
@@ -241,6 +249,8 @@ def find(
         The reference holds no labeled volume.
     SettingError
         Bad ``top``, ``k``, ``exemplars`` or ``method``.
+    ExtractorMismatchError
+        The two indexes were built with different extractors.
     """
     if method not in ("annotate", "exemplar"):
         raise SettingError(f"method must be 'annotate' or 'exemplar', got {method!r}")
@@ -250,6 +260,7 @@ def find(
     if not reference.labeled_volumes:
         raise LabelsError("the reference index holds no labeled volume")
     granularity, column = _target(structure)
+    _check_same_extractor(archive_index, reference)
     if method == "annotate":
         rows = _by_annotation(archive_index, reference, granularity, column, annotations, k)
     else:
