@@ -62,12 +62,16 @@ _LAZY: dict[str, str] = {
     "Localize": "cbirlib.localize",
     "evaluate": "cbirlib.evaluation",
     "benchmark": "cbirlib.benchmarking",
+    "annotate": "cbirlib.annotation",
+    "Annotation": "cbirlib.annotation",
+    "find": "cbirlib.finder",
 }
 
 # submodules reachable as attributes (``cbirlib.datasets.make_phantoms``) without an import
 _SUBMODULES = ("datasets", "distributed", "errors", "evaluation", "metrics", "structures", "viz")
 
 __all__ = [
+    "Annotation",
     "CbirError",
     "CountVotes",
     "CustomStructureWarning",
@@ -94,11 +98,13 @@ __all__ = [
     "TopSlice",
     "Volume",
     "__version__",
+    "annotate",
     "benchmark",
     "build_index",
     "build_index_ray",
     "create_extractor",
     "evaluate",
+    "find",
     "guess_modality",
     "hookimpl",
     "informative_slices",
@@ -128,11 +134,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.aggregate import CountVotes, TopSlice
+    from cbirlib.annotation import Annotation, annotate
     from cbirlib.benchmarking import benchmark
     from cbirlib.distributed import build_index_ray
     from cbirlib.errors import CbirError, CustomStructureWarning, ModalityMismatchWarning
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
+    from cbirlib.finder import find
     from cbirlib.hits import Hits
     from cbirlib.hookspecs import hookimpl
     from cbirlib.index import (

@@ -245,3 +245,80 @@ def _check_min_pixels(min_pixels: int) -> None:
         or min_pixels < 1
     ):
         raise LabelsError(f"min_pixels must be an integer >= 1, got {min_pixels!r}")
+
+
+#: Bytes per slice of a packed structure set: one bit per TotalSegmentator v1 class.
+PACKED_BYTES = 13
+
+
+def pack_labels(
+    labels: SliceLabels, *, strict: bool = True
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Pack per-slice structure sets as bits over the 104 TotalSegmentator v1 classes.
+
+    Bit ``j`` (``np.packbits`` order) of a row is class
+    :data:`cbirlib.structures.TOTALSEG_V1_CLASSES` ``[j]``.
+
+    Parameters
+    ----------
+    labels
+        Per-slice labels; their columns must be v1 fine class names.
+    strict
+        Raise on a column that is not a v1 class (default); with ``False`` such columns
+        are left out.
+
+    Returns
+    -------
+    bits, known
+        ``(n_slices, 13)`` uint8 packed presence, and ``(13,)`` uint8 packed set of the
+        classes the labels cover (a class not covered is unknown, not absent).
+
+    Raises
+    ------
+    LabelsError
+        A column that is not a v1 class name (with ``strict=True``).
+
+    Examples
+    --------
+    >>> labels = SliceLabels(("liver", "spleen"), np.array([[True, False], [True, True]]))
+    >>> bits, known = pack_labels(labels)
+    >>> bits.shape, unpack_labels(bits, known).structures(1) == {"liver", "spleen"}
+    ((2, 13), True)
+    """
+    from cbirlib.structures import TOTALSEG_V1_CLASSES
+
+    position = {name: j for j, name in enumerate(TOTALSEG_V1_CLASSES)}
+    unknown = [n for n in labels.names if n not in position]
+    if unknown and strict:
+        raise LabelsError(
+            f"labels name {len(unknown)} structure(s) that are not TotalSegmentator v1 "
+            f"classes ({', '.join(unknown[:5])}); an index stores the 104 v1 classes only"
+        )
+    full = np.zeros((len(labels), len(TOTALSEG_V1_CLASSES)), bool)
+    covered = np.zeros(len(TOTALSEG_V1_CLASSES), bool)
+    for i, name in enumerate(labels.names):
+        if name in position:
+            full[:, position[name]] = labels.present[:, i]
+            covered[position[name]] = True
+    return np.packbits(full, axis=1), np.packbits(covered)
+
+
+def unpack_labels(bits: npt.ArrayLike, known: npt.ArrayLike | None = None) -> SliceLabels:
+    """The :class:`SliceLabels` of packed bits (see :func:`pack_labels`).
+
+    Columns are the classes set in ``known`` (all 104 v1 classes when None), in v1
+    order.
+    """
+    from cbirlib.structures import TOTALSEG_V1_CLASSES
+
+    n_classes = len(TOTALSEG_V1_CLASSES)
+    packed = np.asarray(bits, dtype=np.uint8)
+    if packed.ndim != 2 or packed.shape[1] != PACKED_BYTES:
+        raise LabelsError(f"packed labels must have shape (n, {PACKED_BYTES}), got {packed.shape}")
+    present = np.unpackbits(packed, axis=1, count=n_classes).astype(bool)
+    cols = (
+        np.arange(n_classes)
+        if known is None
+        else np.flatnonzero(np.unpackbits(np.asarray(known, np.uint8), count=n_classes))
+    )
+    return SliceLabels(tuple(TOTALSEG_V1_CLASSES[j] for j in cols), present[:, cols])

@@ -42,7 +42,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["PLANES", "VizError", "montage", "reformat_with_span"]
+    from cbirlib.annotation import Annotation
+
+__all__ = ["PLANES", "VizError", "annotation_figure", "montage", "reformat_with_span"]
 
 Plane = Literal["coronal", "sagittal"]
 PLANES: tuple[str, ...] = ("coronal", "sagittal")
@@ -230,6 +232,115 @@ def reformat_with_span(
             title += "\n" + _span_text(volume, span)
     fig, axes = _new_figure(1, 1)
     _draw_reformat(axes[0, 0], volume, span, plane, _bounds(volume, window), title)
+    return fig
+
+
+def annotation_figure(
+    volume: Volume,
+    annotation: Annotation,
+    *,
+    plane: Plane = "coronal",
+    window: str | tuple[float, float] = "soft_tissue",
+    max_structures: int | None = 40,
+    title: str | None = None,
+) -> Figure:
+    """A reformat of ``volume`` beside one labeled band per structure of ``annotation``.
+
+    Each structure found (:attr:`cbirlib.annotation.Annotation.extents`) gets a column
+    whose band covers its predicted z extent (full slice thickness), shaded by its
+    confidence and labeled with its name; the vertical axis is z in mm, shared with
+    the reformat.
+
+    Parameters
+    ----------
+    volume
+        The annotated volume.
+    annotation
+        Its annotation (:func:`cbirlib.annotate`), of as many slices as ``volume``.
+    plane, window
+        As for :func:`reformat_with_span`.
+    max_structures
+        Draw at most this many structures (the most confident); None: all.
+    title
+        Figure title; defaults to the volume id and the number of structures found.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two axes: the reformat, and the bands.
+
+    Raises
+    ------
+    VizError
+        An unknown plane, or an annotation of another slice count.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbirlib.annotation import Annotation, extents_of
+    >>> from cbirlib.volume import Volume
+    >>> vol = Volume("v", np.zeros((10, 8, 8), np.float32))
+    >>> p = np.linspace(0, 1, 10)[:, None]
+    >>> ann = Annotation("v", ("liver",), p, vol.z_positions, "fine", 0.5,
+    ...                  extents_of(("liver",), p, vol.z_positions, 0.5))
+    >>> fig = annotation_figure(vol, ann)
+    >>> band = fig.axes[1].patches[0]  # liver predicted on slices 5..9
+    >>> band.get_y(), band.get_y() + band.get_height()
+    (4.5, 9.5)
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    _check_plane(plane)
+    if len(annotation) != volume.n_slices:
+        raise VizError(
+            f"annotation of {annotation.volume_id!r} covers {len(annotation)} slices, "
+            f"volume {volume.id!r} has {volume.n_slices}"
+        )
+    extents = list(annotation.extents.values())
+    if max_structures is not None and len(extents) > max_structures:
+        kept = sorted(extents, key=lambda e: -e.confidence)[:max_structures]
+        extents = [e for e in extents if e in kept]
+    n = max(1, len(extents))
+    fig = Figure(
+        figsize=(_PANEL_INCHES + 0.28 * n + 0.6, _PANEL_INCHES * 1.6), layout="constrained"
+    )
+    image_ax, band_ax = fig.subplots(
+        1, 2, sharey=True, gridspec_kw={"width_ratios": [_PANEL_INCHES, 0.28 * n + 0.2]}
+    )
+    _draw_reformat(image_ax, volume, None, plane, _bounds(volume, window))
+    edges = _z_edges(volume)
+    for i, ext in enumerate(extents):
+        low, high = _span_mm(volume, (ext.first, ext.last))
+        band_ax.add_patch(
+            Rectangle(
+                (i + 0.1, low),
+                0.8,
+                high - low,
+                color=_BAND_COLOR,
+                alpha=0.25 + 0.75 * float(np.clip(ext.confidence, 0, 1)),
+                linewidth=0,
+            )
+        )
+        band_ax.text(
+            i + 0.5,
+            (low + high) / 2,
+            ext.structure,
+            rotation=90,
+            ha="center",
+            va="center",
+            fontsize=5,
+            clip_on=True,
+        )
+    band_ax.set_xlim(0, n)
+    band_ax.set_ylim(float(edges[0]), float(edges[-1]))
+    band_ax.set_xticks([])
+    band_ax.tick_params(labelsize=6, labelleft=False)
+    band_ax.set_title("structures", fontsize=8)
+    found = len(annotation.extents)
+    fig.suptitle(
+        title if title is not None else f"{volume.id}: {found} structures found", fontsize=8
+    )
     return fig
 
 

@@ -31,7 +31,7 @@ class FakeDataset:
         return list(self._volumes)
 
     def load(self, subject_id: str, *, labels: bool = True) -> Volume:
-        assert labels is False
+        # build_index asks for labels (stored when the data set has them, since #13)
         self.loaded.append(subject_id)
         return self._volumes[subject_id]
 

@@ -30,6 +30,7 @@ from cbirlib.errors import (
     DuplicateVolumeError,
     IndexFormatError,
     InvalidVolumeError,
+    LabelsError,
     SettingError,
     SliceIndexError,
     VolumeNotInIndexError,
@@ -54,6 +55,7 @@ from cbirlib.index.meta import (
     normalise_config,
     parse_meta,
 )
+from cbirlib.labels import PACKED_BYTES, SliceLabels, pack_labels, unpack_labels
 from cbirlib.modality import UNKNOWN, normalize_modality
 from cbirlib.provenance import Source
 
@@ -67,6 +69,13 @@ INFORMATIVE_FILE = "informative.npy"  # absent in indexes written before the fla
 #: Per-volume provenance (:class:`~cbirlib.provenance.Source` as JSON, ``null``:
 #: unknown), aligned with ``volumes.npy``; absent in older indexes.
 SOURCES_FILE = "sources.json"
+#: Per-slice structure sets, ``(n_labels, 13)`` uint8 bits over the 104 v1 classes
+#: (:func:`cbirlib.labels.pack_labels`); absent in indexes written before labels.
+LABELS_FILE = "labels.npy"
+#: Per-volume packed set of the classes its labels cover, ``(n_volumes, 13)`` uint8,
+#: aligned with ``volumes.npy``; all zero: an unlabeled volume.
+LABEL_CLASSES_FILE = "label_classes.npy"
+_NO_CLASSES = np.zeros(PACKED_BYTES, np.uint8)
 
 __all__ = ["BaseIndex", "SliceMatches", "exact_search", "parse_slice_meta"]
 
@@ -88,6 +97,12 @@ class SliceMatches:
     scores: F32
     z_mm: npt.NDArray[np.float64]
     informative: npt.NDArray[np.bool_] | None = None
+    #: ``(n_queries, k, 13)`` uint8 packed structure sets of the matched slices
+    #: (:func:`cbirlib.labels.pack_labels`), None from a backend without labels.
+    labels: npt.NDArray[np.uint8] | None = None
+    #: ``(n_queries, k, 13)`` uint8 packed classes the matched slice's volume has labels
+    #: for (all zero: an unlabeled volume); None with ``labels``.
+    label_known: npt.NDArray[np.uint8] | None = None
 
     @property
     def k(self) -> int:
@@ -200,14 +215,16 @@ class BaseIndex(ABC):
         self._spans: dict[str, tuple[int, int]] = {}  # id -> (first label, n), insertion order
         self._modality: dict[str, str] = {}  # id -> modality code ("unknown": not recorded)
         self._source: dict[str, Source] = {}  # id -> provenance (absent: unknown)
+        self._label_classes: dict[str, npt.NDArray[np.uint8]] = {}  # id -> packed classes
         self._removed: set[str] = set()  # ids removed since creation, for clearer errors
         self._next_label = 0
         self._n_entries = 0
         self._slice_index = np.zeros(0, np.int64)  # per label
         self._z_mm = np.zeros(0, np.float64)  # per label
         self._informative = np.zeros(0, bool)  # per label
+        self._labels = np.zeros((0, PACKED_BYTES), np.uint8)  # per label, packed bits
         self._alive = np.zeros(0, bool)  # per label
-        self._table: tuple[I64, npt.NDArray[np.object_]] | None = None
+        self._table: tuple[I64, npt.NDArray[np.object_], npt.NDArray[np.uint8]] | None = None
         self._lock = threading.RLock()
         self._init_backend()
 
@@ -374,9 +391,10 @@ class BaseIndex(ABC):
             ("_z_mm", np.nan),
             ("_informative", True),
             ("_alive", False),
+            ("_labels", 0),
         ):
             old = getattr(self, name)
-            new = np.full(cap, fill, old.dtype)
+            new = np.full((cap, *old.shape[1:]), fill, old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
 
@@ -393,6 +411,7 @@ class BaseIndex(ABC):
         slice_meta: dict[str, npt.ArrayLike] | None = None,
         modality: str = UNKNOWN,
         source: Source | None = None,
+        labels: SliceLabels | None = None,
     ) -> None:
         """Add the slice embeddings of one volume.
 
@@ -415,6 +434,16 @@ class BaseIndex(ABC):
         source
             Where the volume was read from (:attr:`sources`; :attr:`Volume.source
             <cbirlib.Volume.source>`); default unknown.
+        labels
+            Optional per-slice structure sets (one row per embedding; columns
+            TotalSegmentator v1 class names), stored packed as bits
+            (:func:`cbirlib.labels.pack_labels`) and read back by :meth:`labels`.
+            None (default): an unlabeled volume.
+
+        Raises
+        ------
+        LabelsError
+            ``labels`` with a column that is not a v1 class, or another slice count.
         """
         if source is not None and not isinstance(source, Source):
             raise SliceIndexError(f"volume {volume_id!r}: source must be a Source or None")
@@ -429,23 +458,26 @@ class BaseIndex(ABC):
         if n == 0:
             raise InvalidVolumeError(f"volume {volume_id!r}: no slice embeddings to add")
         slice_index, z, flags = self._parse_meta(volume_id, n, slice_meta)
+        bits, known = _packed(volume_id, n, labels)
         with self._lock:
             if volume_id in self._spans:
                 raise DuplicateVolumeError(
                     f"volume {volume_id!r} is already in the index; remove it first"
                 )
             start = self._next_label
-            labels = np.arange(start, start + n, dtype=np.int64)
+            keys = np.arange(start, start + n, dtype=np.int64)
             self._reserve(start + n)
-            self._backend_add(labels, vectors)
+            self._backend_add(keys, vectors)
             self._slice_index[start : start + n] = slice_index
             self._z_mm[start : start + n] = z
             self._informative[start : start + n] = flags
+            self._labels[start : start + n] = bits
             self._alive[start : start + n] = True
             self._spans[volume_id] = (start, n)
             self._modality[volume_id] = code
             if source is not None:
                 self._source[volume_id] = source
+            self._label_classes[volume_id] = known
             self._removed.discard(volume_id)
             self._next_label += n
             self._n_entries += n
@@ -460,6 +492,7 @@ class BaseIndex(ABC):
             del self._spans[volume_id]
             self._modality.pop(volume_id, None)
             self._source.pop(volume_id, None)
+            self._label_classes.pop(volume_id, None)
             self._removed.add(volume_id)
             self._n_entries -= n
             self._table = None
@@ -497,6 +530,52 @@ class BaseIndex(ABC):
             "informative": self._informative[start : start + n].copy(),
         }
 
+    def labels(self, volume_id: str, *, granularity: str = "fine") -> SliceLabels | None:
+        """The stored per-slice structure sets of one volume, or None if it has none.
+
+        Parameters
+        ----------
+        volume_id
+            An indexed volume.
+        granularity
+            ``"fine"``: the v1 classes its labels cover; ``"coarse"``: grouped into the
+            coarse regions of :data:`cbirlib.structures.COARSE_GROUPS`.
+
+        Raises
+        ------
+        VolumeNotInIndexError
+            ``volume_id`` is not in the index.
+        SettingError
+            An unknown ``granularity``.
+        """
+        _check_granularity(granularity)
+        start, n = self._span(volume_id)
+        known = self._label_classes.get(volume_id, _NO_CLASSES)
+        if not known.any():
+            return None
+        fine = unpack_labels(self._labels[start : start + n], known)
+        if granularity == "fine":
+            return fine
+        from cbirlib.structures import COARSE_GROUPS
+
+        return fine.grouped(COARSE_GROUPS)
+
+    @property
+    def labeled_volumes(self) -> list[str]:
+        """Ids of the volumes stored with labels, in insertion order."""
+        with self._lock:
+            return [v for v in self._spans if self._label_classes.get(v, _NO_CLASSES).any()]
+
+    @property
+    def n_labeled_slices(self) -> int:
+        """Number of indexed slices whose volume was stored with labels."""
+        with self._lock:
+            return sum(
+                n
+                for v, (_, n) in self._spans.items()
+                if self._label_classes.get(v, _NO_CLASSES).any()
+            )
+
     @property
     def n_uninformative(self) -> int:
         """Number of indexed slices flagged uninformative (blank)."""
@@ -505,12 +584,15 @@ class BaseIndex(ABC):
 
     # -- search --------------------------------------------------------------------------------
 
-    def _volume_table(self) -> tuple[I64, npt.NDArray[np.object_]]:
+    def _volume_table(self) -> tuple[I64, npt.NDArray[np.object_], npt.NDArray[np.uint8]]:
         table = self._table
         if table is None:
             starts = np.array([s for s, _ in self._spans.values()], np.int64)
             names = np.array(list(self._spans), dtype=object)
-            table = self._table = (starts, names)
+            known = np.array(
+                [self._label_classes.get(v, _NO_CLASSES) for v in self._spans], np.uint8
+            ).reshape(-1, PACKED_BYTES)
+            table = self._table = (starts, names, known)
         return table
 
     def search(self, queries: npt.ArrayLike, k: int) -> SliceMatches:
@@ -540,7 +622,7 @@ class BaseIndex(ABC):
                 scores = np.zeros((len(q), 0), np.float32)
             else:
                 labels, scores = self._backend_search(q, k_eff)
-            starts, names = self._volume_table()
+            starts, names, known = self._volume_table()
             pos = np.searchsorted(starts, labels, side="right") - 1
             return SliceMatches(
                 volume_ids=names[pos] if len(names) else np.empty(labels.shape, object),
@@ -548,6 +630,10 @@ class BaseIndex(ABC):
                 scores=scores.astype(np.float32, copy=False),
                 z_mm=self._z_mm[labels],
                 informative=self._informative[labels],
+                labels=self._labels[labels],
+                label_known=(
+                    known[pos] if len(names) else np.zeros((*labels.shape, PACKED_BYTES), np.uint8)
+                ),
             )
 
     def _exact_fallback(self, queries: F32, k: int) -> tuple[I64, F32]:
@@ -579,6 +665,12 @@ class BaseIndex(ABC):
                 save_npy(directory / "slice_index.npy", self._slice_index[:n_labels])
                 save_npy(directory / "z_mm.npy", self._z_mm[:n_labels])
                 save_npy(directory / INFORMATIVE_FILE, self._informative[:n_labels])
+                save_npy(directory / LABELS_FILE, self._labels[:n_labels])
+                classes = [self._label_classes.get(v, _NO_CLASSES) for v in self._spans]
+                save_npy(
+                    directory / LABEL_CLASSES_FILE,
+                    np.array(classes, np.uint8).reshape(-1, PACKED_BYTES),
+                )
                 self._backend_save(directory)
                 files = {
                     f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
@@ -754,12 +846,29 @@ class BaseIndex(ABC):
             if INFORMATIVE_FILE in meta.files
             else np.ones(n_labels, bool)
         )
+        # indexes written before labels were stored: every volume is unlabeled
+        has_labels = LABELS_FILE in meta.files and LABEL_CLASSES_FILE in meta.files
+        bits = (
+            load_npy(directory / LABELS_FILE)
+            if has_labels
+            else np.zeros((n_labels, PACKED_BYTES), np.uint8)
+        )
+        classes = (
+            load_npy(directory / LABEL_CLASSES_FILE)
+            if has_labels
+            else np.zeros((n_vol, PACKED_BYTES), np.uint8)
+        )
         checks = [
             ("volumes.npy", volumes.dtype.kind == "U" and volumes.shape == (n_vol,)),
             ("spans.npy", spans.dtype == np.int64 and spans.shape == (n_vol, 2)),
             ("slice_index.npy", slice_index.dtype == np.int64 and slice_index.shape == (n_labels,)),
             ("z_mm.npy", z_mm.dtype == np.float64 and z_mm.shape == (n_labels,)),
             (INFORMATIVE_FILE, flags.dtype == np.bool_ and flags.shape == (n_labels,)),
+            (LABELS_FILE, bits.dtype == np.uint8 and bits.shape == (n_labels, PACKED_BYTES)),
+            (
+                LABEL_CLASSES_FILE,
+                classes.dtype == np.uint8 and classes.shape == (n_vol, PACKED_BYTES),
+            ),
         ]
         if n_vol and ((spans[:, 0] < 0).any() or (spans.sum(axis=1) > n_labels).any()):
             checks.append(("spans.npy", False))
@@ -782,18 +891,45 @@ class BaseIndex(ABC):
         self._slice_index[:n_labels] = slice_index
         self._z_mm[:n_labels] = z_mm
         self._informative[:n_labels] = flags
+        self._labels[:n_labels] = bits
         codes = self._load_modalities(directory, meta)
         origins = self._load_sources(directory, meta)
-        for vid, (start, n), code, origin in zip(
-            volumes.tolist(), spans.tolist(), codes, origins, strict=True
-        ):
+        rows = zip(volumes.tolist(), spans.tolist(), codes, origins, classes, strict=True)
+        for vid, (start, n), code, origin, known in rows:
             self._spans[vid] = (start, n)
             self._modality[vid] = code
             if origin is not None:
                 self._source[vid] = origin
+            if known.any():
+                self._label_classes[vid] = known.copy()
             self._alive[start : start + n] = True
         self._next_label = n_labels
         self._n_entries = int(spans[:, 1].sum()) if n_vol else 0
+
+
+def _check_granularity(granularity: str) -> None:
+    if granularity not in ("fine", "coarse"):
+        raise SettingError(f"granularity must be 'fine' or 'coarse', got {granularity!r}")
+
+
+def _packed(
+    volume_id: str, n: int, labels: SliceLabels | None
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """``(bits (n, 13), known (13,))`` of ``labels`` (zeros for an unlabeled volume)."""
+    if labels is None:
+        return np.zeros((n, PACKED_BYTES), np.uint8), _NO_CLASSES.copy()
+    if not isinstance(labels, SliceLabels):
+        raise LabelsError(
+            f"volume {volume_id!r}: labels must be a SliceLabels, got {type(labels).__name__}"
+        )
+    if len(labels) != n:
+        raise LabelsError(
+            f"volume {volume_id!r}: labels cover {len(labels)} slices, the embeddings {n}"
+        )
+    try:
+        return pack_labels(labels)
+    except LabelsError as exc:
+        raise LabelsError(f"volume {volume_id!r}: {exc}") from None
 
 
 def _modality_codes(raw: npt.NDArray[Any], n_vol: int) -> list[str] | None:

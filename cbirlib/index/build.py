@@ -41,6 +41,7 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from cbirlib.errors import (
+    DatasetError,
     DimensionMismatchError,
     ExtractorError,
     ExtractorMismatchError,
@@ -57,9 +58,11 @@ from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
 from cbirlib.index.milvus import MilvusIndex
 from cbirlib.informative import slice_flags
 from cbirlib.ingest import read_volumes
+from cbirlib.labels import SliceLabels
 from cbirlib.modality import effective_modality
 from cbirlib.prefetch import prefetch
 from cbirlib.provenance import Source
+from cbirlib.structures import TOTALSEG_V1_CLASSES
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -122,13 +125,27 @@ def _identity(volume: Volume) -> Volume:
     return volume
 
 
+def _load_labeled(source: SubjectSource, subject_id: str) -> Volume:
+    """A subject with its labels, or without them when the data set has none for it."""
+    try:
+        return source.load(subject_id, labels=True)
+    except DatasetError as exc:  # e.g. no segmentations folder: index it unlabeled
+        logger.info("%s: indexed without labels (%s)", subject_id, exc)
+        return source.load(subject_id, labels=False)
+
+
 def _lazy_items(
     volumes: Iterable[VolumeSource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
+    *,
+    labels: bool = False,
 ) -> Iterator[_Lazy]:
     """``(id or None, loader)`` pairs; the id is None when only loading can tell it."""
     if isinstance(volumes, SubjectSource):  # checked first: a data set may also be a Mapping
         for sid in volumes.subjects:
-            yield sid, partial(volumes.load, sid, labels=False)
+            if labels:
+                yield sid, partial(_load_labeled, volumes, sid)
+            else:
+                yield sid, partial(volumes.load, sid, labels=False)
         return
     if isinstance(volumes, Mapping):
         for vid, loader in volumes.items():
@@ -155,6 +172,7 @@ def _count(volumes: object) -> int | None:
     return len(volumes) if hasattr(volumes, "__len__") else None
 
 
+_V1 = frozenset(TOTALSEG_V1_CLASSES)
 _ADVICE = "pass another index folder, or resume=False (CLI: --no-resume) to replace it"
 
 
@@ -224,6 +242,20 @@ def _open_index(
     return cls(int(extractor.dim), config=config, extractor_config=extractor.to_config())
 
 
+def _v1_labels(volume: Volume) -> SliceLabels | None:
+    """The volume's labels restricted to the v1 classes (None: no labels, or none v1)."""
+    if volume.labels is None:
+        return None
+    names = [n for n in volume.labels.names if n in _V1]
+    if len(names) < len(volume.labels.names):
+        logger.info(
+            "volume %r: %d label column(s) are not TotalSegmentator v1 classes; not stored",
+            volume.id,
+            len(volume.labels.names) - len(names),
+        )
+    return volume.labels.select(names) if names else None
+
+
 def _embed(extractor: IndexableExtractor, volume: Volume) -> npt.NDArray[np.float32]:
     emb = np.asarray(extractor.extract(volume))
     if emb.ndim != 2 or emb.shape[0] != volume.n_slices:
@@ -260,6 +292,7 @@ def build_index(
     workers: int = 2,
     processes: bool = False,
     root: str | os.PathLike[str] | None = None,
+    labels: bool = True,
 ) -> BaseIndex:
     """Embed every slice of ``volumes`` and index them, with crash-safe checkpoints.
 
@@ -310,6 +343,12 @@ def build_index(
         can be opened again after the data moves. Default: the ``root`` of a data set
         given as ``volumes`` (a :class:`~cbirlib.datasets.TotalSegmentator`), else the
         root each source already has (paths stay absolute when it has none).
+    labels
+        Store each volume's per-slice structure sets with it when it has them (default):
+        a data set is loaded with ``labels=True`` (a subject without masks is indexed
+        unlabeled), a :class:`~cbirlib.volume.Volume` keeps its ``labels``. Columns
+        that are not TotalSegmentator v1 classes are left out (logged). ``False``:
+        no labels are read or stored. See :meth:`~cbirlib.index.SliceIndex.labels`.
 
     Returns
     -------
@@ -348,6 +387,7 @@ def build_index(
         workers=workers,
         processes=processes,
         root=root,
+        labels=labels,
     )
     return index
 
@@ -372,6 +412,7 @@ class WritableIndex(Protocol):
         slice_meta: dict[str, npt.ArrayLike] | None = None,
         modality: str = ...,
         source: Source | None = ...,
+        labels: SliceLabels | None = ...,
     ) -> None:
         """Add one volume's slice embeddings."""
         ...
@@ -392,6 +433,7 @@ def _fill(
     workers: int,
     processes: bool,
     root: str | os.PathLike[str] | None,
+    labels: bool,
 ) -> None:
     """Embed the volumes not yet in ``index`` into it, saving at ``path`` as it goes."""
     fresh = not (path / "meta.json").is_file() or index.n_volumes == 0
@@ -409,7 +451,7 @@ def _fill(
     def pending() -> Iterator[Callable[[], Volume]]:
         # runs in this thread, as read-ahead asks for the next loader
         nonlocal skipped
-        for vid, load in _lazy_items(volumes):
+        for vid, load in _lazy_items(volumes, labels=labels):
             if vid is not None and vid in index:
                 skipped += 1
                 bar.update()
@@ -439,6 +481,7 @@ def _fill(
                     slice_meta={"z_mm": volume.z_positions, "informative": flags},
                     modality=effective_modality(volume.modality, volume.array),
                     source=_source(volume, root),
+                    labels=_v1_labels(volume) if labels else None,
                 )
                 blank += int(np.count_nonzero(~flags))
                 added += 1
@@ -553,6 +596,7 @@ def build_milvus_index(
             workers=workers,
             processes=processes,
             root=root,
+            labels=False,  # Milvus stores no slice labels
         )
     except BaseException:
         index.close()

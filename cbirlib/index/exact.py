@@ -67,16 +67,18 @@ class ExactIndex(BaseIndex):
         slice_index = np.zeros(self._n_entries, np.int64)
         z_mm = np.zeros(self._n_entries, np.float64)
         informative = np.ones(self._n_entries, bool)
+        bits = np.zeros((self._n_entries, self._labels.shape[1]), np.uint8)
         new = 0
         for vid, (start, n) in list(self._spans.items()):
             store.put(new, self._store.raw()[start : start + n])
             slice_index[new : new + n] = self._slice_index[start : start + n]
             z_mm[new : new + n] = self._z_mm[start : start + n]
             informative[new : new + n] = self._informative[start : start + n]
+            bits[new : new + n] = self._labels[start : start + n]
             self._spans[vid] = (new, n)
             new += n
         self._store, self._slice_index, self._z_mm = store, slice_index, z_mm
-        self._informative = informative
+        self._informative, self._labels = informative, bits
         self._alive = np.ones(new, bool)
         self._next_label = new
         self._table = None

@@ -53,6 +53,7 @@ from cbirlib.errors import (
     IndexFormatError,
     IndexInUseError,
     InvalidVolumeError,
+    LabelsError,
     SliceIndexError,
     VolumeNotInIndexError,
 )
@@ -60,6 +61,7 @@ from cbirlib.index.base import SliceMatches, parse_slice_meta
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.files import META_NAME, read_json, write_json
 from cbirlib.index.meta import check_compatible, normalise_config
+from cbirlib.labels import SliceLabels
 from cbirlib.modality import UNKNOWN, normalize_modality
 from cbirlib.provenance import Source
 
@@ -522,8 +524,23 @@ class MilvusIndex:
         slice_meta: Mapping[str, npt.ArrayLike] | None = None,
         modality: str = UNKNOWN,
         source: Source | None = None,
+        labels: SliceLabels | None = None,
     ) -> None:
-        """Add the slice embeddings of one volume (see :meth:`SliceIndex.add`)."""
+        """Add the slice embeddings of one volume (see :meth:`SliceIndex.add`).
+
+        Raises
+        ------
+        LabelsError
+            ``labels`` given: this backend does not store slice labels (build a labeled
+            reference index as a :class:`~cbirlib.index.SliceIndex` or
+            :class:`~cbirlib.index.ExactIndex`).
+        """
+        if labels is not None:
+            raise LabelsError(
+                "MilvusIndex does not store slice labels; build the labeled reference "
+                "index as a SliceIndex or ExactIndex (cbirlib.build_index), or add "
+                "this volume without labels"
+            )
         if not isinstance(volume_id, str) or not volume_id:
             raise SliceIndexError(f"volume id must be a non-empty string, got {volume_id!r}")
         if len(volume_id.encode("utf-8")) > _MAX_ID_BYTES:
@@ -653,6 +670,21 @@ class MilvusIndex:
             [np.searchsorted(labels, start) + np.arange(n) for start, n in spans]
         )
         return matrix[picks], offsets
+
+    def labels(self, volume_id: str, *, granularity: str = "fine") -> SliceLabels | None:
+        """Always None once ``volume_id`` is found: this backend stores no labels."""
+        self._span(volume_id)
+        return None
+
+    @property
+    def labeled_volumes(self) -> list[str]:
+        """Always empty: this backend stores no labels."""
+        return []
+
+    @property
+    def n_labeled_slices(self) -> int:
+        """Always 0: this backend stores no labels."""
+        return 0
 
     def slice_meta(self, volume_id: str) -> dict[str, npt.NDArray[Any]]:
         """``{"slice_index": int64, "z_mm": float64, "informative": bool}``, each (n,).
