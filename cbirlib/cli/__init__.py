@@ -31,7 +31,18 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 
-from cbirlib.cli import benchmark, demo, extractors, index, info, plugins, query, rm
+from cbirlib.cli import (
+    annotate,
+    benchmark,
+    demo,
+    extractors,
+    find,
+    index,
+    info,
+    plugins,
+    query,
+    rm,
+)
 from cbirlib.cli._command import Command
 from cbirlib.cli._options import parse_extractor_opt
 from cbirlib.cli._output import PROG, cli_syntax
@@ -45,6 +56,8 @@ COMMANDS: tuple[Command, ...] = (
     demo.COMMAND,
     index.COMMAND,
     query.COMMAND,
+    annotate.COMMAND,
+    find.COMMAND,
     info.COMMAND,
     rm.COMMAND,
     benchmark.COMMAND,

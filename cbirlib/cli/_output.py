@@ -41,7 +41,11 @@ MM_DIGITS = 1
 #: What a volume's score means, by the chain's last ranking stage.
 SCORE_MEANINGS = {
     "maxsim": "mean over the query slices of the best cosine similarity in the volume (MaxSim)",
-    "votes": "number of the query slices' nearest-neighbour slices that lie in the volume",
+    "votes": "number of query slices with one of their k nearest slices in the volume "
+    "(each query slice votes at most once per volume)",
+    "annotate": "confidence that the volume shows the structure (mean annotated "
+    "probability over its predicted span)",
+    "exemplar": "mean share of the exemplar queries' votes that the volume received",
 }
 
 

@@ -109,10 +109,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from cbirlib.index import check_resumable
 
     _check_backend(args)
-    index_dir = Path(args.index_dir)
-    items = discover_volumes(args.data_dir, modality=modality_setting(args))
-    extractor = create_extractor(args.extractor, extractor_options(args))
     milvus = args.backend == "milvus"
+    index_dir = Path(args.index_dir)
+    items = discover_volumes(
+        args.data_dir, modality=modality_setting(args), labels=args.labels and not milvus
+    )
+    extractor = create_extractor(args.extractor, extractor_options(args))
     saved_meta = check_resumable(index_dir, extractor) if args.resume and not milvus else None
     before = saved_meta.n_volumes if saved_meta is not None else 0
     _load_weights(extractor)
@@ -171,6 +173,13 @@ def add_arguments(index: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="continue an existing index (default); --no-resume rebuilds from scratch",
+    )
+    index.add_argument(
+        "--labels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store the masks of a TotalSegmentator-layout root as slice labels, for "
+        "`cbirlib annotate` and `find` (default); --no-labels skips reading the masks",
     )
     index.add_argument(
         "--backend",

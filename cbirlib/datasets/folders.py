@@ -71,8 +71,19 @@ def _is_subject(path: Path) -> bool:
     return any((path / name).is_file() for name in IMAGE_FILES)
 
 
+def _with_labels(dataset: TotalSegmentator, subject: str) -> Volume:
+    """A subject with its labels, or without them when it has no masks."""
+    try:
+        return dataset.load(subject, labels=True)
+    except DatasetError:
+        return dataset.load(subject, labels=False)
+
+
 def discover_volumes(
-    data_dir: str | os.PathLike[str], *, modality: ModalitySetting = None
+    data_dir: str | os.PathLike[str],
+    *,
+    modality: ModalitySetting = None,
+    labels: bool = False,
 ) -> list[tuple[str, Callable[[], Volume]]]:
     """The volumes under ``data_dir`` as ``(volume_id, loader)`` pairs, read lazily.
 
@@ -125,6 +136,8 @@ def discover_volumes(
         return [(stem, loader(root, stem))]
     if is_totalsegmentator_root(root):
         ds = TotalSegmentator(root, modality=modality)
+        if labels:
+            return [(s, partial(_with_labels, ds, s)) for s in ds.subjects]
         return [(s, partial(ds.load, s, labels=False)) for s in ds.subjects]
     found: list[tuple[str, Callable[[], Volume]]] = []
     for folder, dirs, files in os.walk(root):
