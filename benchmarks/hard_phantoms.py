@@ -176,6 +176,12 @@ def main() -> None:
     parser.add_argument("--extractor", default="baseline")
     parser.add_argument("--out", help="keep data, indexes and tables here (default: temp)")
     parser.add_argument("--fine", action="store_true", help="also print the fine table")
+    parser.add_argument(
+        "--declare-modality",
+        action="store_true",
+        help="pass each subject's modality (from meta.csv) to benchmark(modality=...), as a "
+        "user who knows it does (default: none, the layout's CT)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hard-phantoms-") as tmp:
@@ -187,12 +193,16 @@ def main() -> None:
         facts = phantom_facts(root)
         with warnings.catch_warnings():  # one line per tilted file otherwise
             warnings.filterwarnings("ignore", ".*gantry tilt", UserWarning)
-            tables = benchmark(root, [args.extractor], out_dir=out, verbose=False)
+            modality = {s: f.modality for s, f in facts.items()} if args.declare_modality else None
+            tables = benchmark(
+                root, [args.extractor], out_dir=out, modality=modality, verbose=False
+            )
             diagnostics = _diagnostics(root, out, args.extractor, facts)
         t2 = time.perf_counter()
         cmd = (
             f"python benchmarks/hard_phantoms.py --n {args.n} --size {args.size} "
             f"--seed {args.seed} --extractor {args.extractor}"
+            + (" --declare-modality" if args.declare_modality else "")
         )
         print(f"## Harder phantoms: {args.extractor}, realism='hard'\n")
         print(f"`{cmd}`: {args.n} subjects rendered at {args.size}x{args.size}, seed "
