@@ -263,7 +263,7 @@ def test_default_metrics_unknown_mode() -> None:
         default_metrics("volumes")
 
 
-@pytest.mark.filterwarnings("ignore:unsafe cast:Warning")
+@pytest.mark.filterwarnings("ignore:.*unsafe cast:Warning")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_ap_and_ndcg_agree_with_ranx() -> None:
     ranx = pytest.importorskip("ranx")
