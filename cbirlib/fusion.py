@@ -189,7 +189,7 @@ class Fuse(Stage):
     >>> Fuse(stage(lambda h, c: h, input_level="volume", output_level="volume", name="Keep"))
     Traceback (most recent call last):
     ...
-    cbirlib.errors.FusionError: Fuse: chain 0 (Keep()) cannot retrieve: it does not start with a source stage
+    cbirlib.errors.FusionError: Fuse: chain 0 (Keep()) cannot retrieve: no source stage
     """
 
     input_level: ClassVar[StageLevel] = "any"
@@ -208,10 +208,7 @@ class Fuse(Stage):
             if not isinstance(chain, Retriever):
                 raise FusionError(f"Fuse: chain {i} is not a retriever: {chain!r}")
             if isinstance(chain, Stage) and not chain.is_source:
-                raise FusionError(
-                    f"Fuse: chain {i} ({chain!r}) cannot retrieve: "
-                    "it does not start with a source stage"
-                )
+                raise FusionError(f"Fuse: chain {i} ({chain!r}) cannot retrieve: no source stage")
             if isinstance(chain, Stage) and chain.output_level == "slice":
                 raise FusionError(
                     f"Fuse: chain {i} ({chain!r}) returns slice-level hits; "
