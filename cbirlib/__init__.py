@@ -53,6 +53,7 @@ _LAZY: dict[str, str] = {
     "Pipeline": "cbirlib.pipeline",
     "stage": "cbirlib.pipeline",
     "Cutoff": "cbirlib.pipeline",
+    "Fuse": "cbirlib.fusion",
     "SliceSearch": "cbirlib.search",
     "region_query": "cbirlib.search",
     "informative_slices": "cbirlib.informative",
@@ -80,6 +81,7 @@ __all__ = [
     "Extractor",
     "ExtractorMismatchWarning",
     "ExtractorInfo",
+    "Fuse",
     "Hits",
     "HnswConfig",
     "InputConfig",
@@ -141,6 +143,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
     from cbirlib.finder import find
+    from cbirlib.fusion import Fuse
     from cbirlib.hits import Hits
     from cbirlib.hookspecs import hookimpl
     from cbirlib.index import (

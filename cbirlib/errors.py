@@ -186,6 +186,10 @@ class PipelineError(CbirError, TypeError):
     """Stages that cannot be chained (level mismatch) or a pipeline used wrongly."""
 
 
+class FusionError(CbirError, ValueError):
+    """Rankings that cannot be fused: no chains, an unknown method, different queries."""
+
+
 class EvaluationError(CbirError, ValueError):
     """Queries, ground truth or metrics that do not fit together."""
 

@@ -28,7 +28,12 @@ NOT_RUN = {
     ("scaling.md", 3): ("needs a Ray cluster", "ray://head-node:10001"),
 }
 #: fragments that run after the getting-started example, in its namespace
-AFTER_GETTING_STARTED = {("concepts.md", 0), ("concepts.md", 1), ("index.md", 0)}
+AFTER_GETTING_STARTED = {
+    ("concepts.md", 0),
+    ("concepts.md", 1),
+    ("concepts.md", 2),
+    ("index.md", 0),
+}
 
 
 def _blocks(page: Path) -> list[str]:

@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.aggregate": 5,
     "cbirlib.rerank": 5,
     "cbirlib.localize": 5,
+    "cbirlib.fusion": 5,
     "cbirlib.presets": 6,
     "cbirlib.distributed": 6,
     "cbirlib.annotation": 6,
