@@ -17,6 +17,8 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the notebook kernels inherit this: no tqdm bar (and no "IProgress not found" warning)
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 # --- the example notebooks: copied from examples/ (the single source) -------------------
 _nb_dir = DOCS / "examples"
@@ -54,6 +56,8 @@ nb_execution_timeout = 600
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+# notebook outputs shown as Markdown (IPython.display.Markdown) hold GFM tables
+nb_render_markdown_format = "gfm"
 
 # --- API reference -------------------------------------------------------------------------
 autosummary_generate = True
