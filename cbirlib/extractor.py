@@ -406,6 +406,26 @@ class SliceExtractor(Extractor):
         self._stream: torch.cuda.Stream | None = None
         self._amp_dtype: torch.dtype | None = None
 
+    @property
+    def dim(self) -> int:
+        """Embedding dimension: a class attribute (``dim = 768``), or set in ``__init__``
+        (``self.dim = width``) when a constructor argument decides it."""
+        value = self.__dict__.get("_dim")
+        if value is None:
+            raise ExtractorError(
+                f"extractor {self.name!r}: dim is not set; set it as a class attribute "
+                "or as self.dim in __init__"
+            )
+        return int(value)
+
+    @dim.setter
+    def dim(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ExtractorError(
+                f"extractor {self.name!r}: dim must be a positive integer, got {value!r}"
+            )
+        self.__dict__["_dim"] = int(value)
+
     def default_input_config(self) -> InputConfig:
         """The preprocessing the model was trained with (ImageNet 224x224 RGB by default)."""
         return InputConfig()

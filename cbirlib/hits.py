@@ -2,16 +2,16 @@
 
 A :class:`Hits` holds equal-length numpy columns, one row per retrieved item:
 
-========== ============ ==================================================================
+=========== ============ ==================================================================
 column      dtype        meaning
-========== ============ ==================================================================
+=========== ============ ==================================================================
 query_id    object (str) id of the query volume (or region query)
 volume_id   object (str) id of the retrieved database volume
 slice_index int64        retrieved slice in ``volume_id`` (``-1`` at volume level)
 query_slice int64        query slice that produced the row (``-1`` at volume level)
 score       float64      similarity; higher is better
 rank        int64        1-based rank within its group, by score (descending)
-========== ============ ==================================================================
+=========== ============ ==================================================================
 
 A **group** is one ``(query_id, query_slice)`` pair: at slice level every query slice
 ranks its own neighbours (rank 1 = its nearest database slice); at volume level

@@ -79,6 +79,9 @@ if TYPE_CHECKING:  # torch is imported where slices are prepared: windows need o
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: The one-channel (grey) form of the ImageNet statistics: the mean of the three channels'.
+IMAGENET_GREY_MEAN: tuple[float] = (sum(IMAGENET_MEAN) / 3,)
+IMAGENET_GREY_STD: tuple[float] = (sum(IMAGENET_STD) / 3,)
 
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "soft_tissue": (-160.0, 240.0),
@@ -190,7 +193,9 @@ class InputConfig:
         1, or 3 (the grey slice replicated to RGB).
     mean, std
         Per-channel normalisation applied after windowing to ``[0, 1]``; one value, or
-        one per channel.
+        one per channel. The defaults are ImageNet's (:data:`IMAGENET_MEAN`,
+        :data:`IMAGENET_STD`); with ``channels=1`` left at their defaults they become
+        their one-channel form (:data:`IMAGENET_GREY_MEAN`, :data:`IMAGENET_GREY_STD`).
     window
         A preset name from :data:`WINDOW_PRESETS`, ``(low, high)`` in HU,
         ``"percentile"`` (per-volume 0.5/99.5 percentiles, for MR), or a multi-window
@@ -242,6 +247,9 @@ class InputConfig:
             raise InputConfigError(f"channels must be 1 or 3, got {self.channels!r}")
         mean = tuple(float(m) for m in self.mean)
         std = tuple(float(s) for s in self.std)
+        if self.channels == 1:  # the 3-channel defaults, left as they are: their grey form
+            mean = IMAGENET_GREY_MEAN if mean == IMAGENET_MEAN else mean
+            std = IMAGENET_GREY_STD if std == IMAGENET_STD else std
         for label, values in (("mean", mean), ("std", std)):
             if len(values) not in (1, self.channels):
                 raise InputConfigError(
@@ -610,6 +618,8 @@ def slice_indices(n_slices: int, stride: int = 1) -> npt.NDArray[np.int64]:
 __all__ = [
     "AIR_HU",
     "ASPECTS",
+    "IMAGENET_GREY_MEAN",
+    "IMAGENET_GREY_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INTERPOLATIONS",

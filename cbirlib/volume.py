@@ -36,7 +36,10 @@ class Volume:
     Parameters
     ----------
     id
-        Identifier of the volume (a subject or series name; never a patient identifier).
+        Identifier of the volume (a subject or series name). It is stored in indexes,
+        results and logs; readers default it to the file or folder name, so choose
+        pseudonymous names (or pass ``id=`` to :func:`~cbirlib.load_volume`) when the
+        names identify a patient.
     array
         Voxel values of shape ``(Z, Y, X)``, float32; Hounsfield units for CT.
         ``array[z]`` is an axial slice; ``z`` runs from inferior to superior.

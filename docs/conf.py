@@ -17,6 +17,8 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the notebook kernels inherit this: no tqdm bar (and no "IProgress not found" warning)
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 # --- the example notebooks: copied from examples/ (the single source) -------------------
 _nb_dir = DOCS / "examples"
@@ -44,7 +46,14 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "jupyter_execute"]
+exclude_patterns = [
+    "_build",
+    "_templates",
+    "Thumbs.db",
+    ".DS_Store",
+    "**.ipynb_checkpoints",
+    "jupyter_execute",
+]
 
 # --- MyST / myst-nb ------------------------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
@@ -54,9 +63,12 @@ nb_execution_timeout = 600
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+# notebook outputs shown as Markdown (IPython.display.Markdown) hold GFM tables
+nb_render_markdown_format = "gfm"
 
 # --- API reference -------------------------------------------------------------------------
 autosummary_generate = True
+templates_path = ["_templates"]
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cbirlib.errors import ExtractorError
-from cbirlib.extractor import resolve_device
+from cbirlib.extractor import SliceExtractor, resolve_device
 from cbirlib.preprocess import InputConfig
 from cbirlib.volume import Volume
 from tests.fakes import TinyNet, ct_volume
@@ -288,3 +288,25 @@ def test_channels_last_gives_the_same_embeddings() -> None:
     assert rel.max() < 1e-4
     assert not TimmExtractor("vit_tiny_patch16_224", **kwargs).uses_channels_last
     assert TimmExtractor("vit_tiny_patch16_224", channels_last=True, **kwargs).uses_channels_last
+
+
+def test_dim_can_come_from_a_constructor_argument() -> None:
+    class Projector(SliceExtractor):
+        name = "projector"
+
+        def __init__(self, *, width: int = 5, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.dim = width
+
+        def default_input_config(self) -> InputConfig:
+            return InputConfig(size=(8, 8), channels=1)
+
+        def build_model(self) -> torch.nn.Module:
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, self.dim))
+
+    ex = Projector(width=7, device="cpu")
+    assert ex.dim == 7
+    volume = Volume("v", np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32))
+    assert ex.extract(volume).shape == (3, 7)
+    with pytest.raises(ExtractorError, match="dim must be a positive integer"):
+        Projector(width=0, device="cpu")

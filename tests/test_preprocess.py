@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from cbirlib.preprocess import (
+    IMAGENET_GREY_MEAN,
+    IMAGENET_GREY_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MULTI_WINDOW_PRESETS,
@@ -49,8 +51,8 @@ def test_input_config_json_round_trip() -> None:
         ({"window": (100, -100)}, r"^window \(100, -100\) must be finite with low < high$"),
         ({"window": (0, float("nan"))}, r"^window \(0, nan\) must be finite"),
         ({"channels": 2}, r"^channels must be 1 or 3, got 2$"),
-        # ImageNet mean/std have 3 values: the message names the mean it got
-        ({"channels": 1}, r"^mean \(0\.485, 0\.456, 0\.406\) must have 1 "),
+        # a mean of the wrong length: the message names the mean it got
+        ({"channels": 1, "mean": (0.1, 0.2)}, r"^mean \(0\.1, 0\.2\) must have 1 "),
         ({"std": (0.0, 1.0, 1.0)}, r"^std \(0\.0, 1\.0, 1\.0\) must be positive$"),
         ({"size": (0, 10)}, r"^size must be two positive integers, got \(0, 10\)$"),
         ({"interpolation": "lanczos"}, r"^unknown interpolation 'lanczos'; valid: bilinear"),
@@ -293,3 +295,16 @@ def test_old_configs_read_as_stretched_and_round_trip_unchanged() -> None:
     d = json.loads(json.dumps(multi.to_dict()))
     assert d["window"] == ["brain", [-100.0, 300.0], "bone"] and d["fov_mm"] == 350.0
     assert InputConfig.from_dict(d) == multi
+
+
+def test_one_channel_config_gets_grey_defaults() -> None:
+    cfg = InputConfig(channels=1)
+    assert cfg.mean == IMAGENET_GREY_MEAN and cfg.std == IMAGENET_GREY_STD
+    assert cfg.mean[0] == pytest.approx(np.mean(IMAGENET_MEAN))
+    assert InputConfig.from_dict(cfg.to_dict()) == cfg
+    x = prepare_slices(torch.full((1, 8, 8), 40.0), cfg, bounds=window_bounds(None, "wide"))
+    assert x.shape == (1, 1, 224, 224)
+    # explicit values are kept, and a wrong count still fails
+    assert InputConfig(channels=1, mean=(0.5,), std=(0.25,)).mean == (0.5,)
+    with pytest.raises(InputConfigError, match="1 or 1"):
+        InputConfig(channels=1, mean=(0.1, 0.2))

@@ -256,6 +256,10 @@ class TimmExtractor(SliceExtractor):
             self._dim = int(dim)
         return self._dim
 
+    @dim.setter
+    def dim(self, value: int) -> None:
+        self._dim = int(value)
+
     def to_config(self) -> dict[str, Any]:
         """Name, input config and the arguments that fix the embeddings."""
         cfg = super().to_config()
