@@ -55,6 +55,7 @@ from cbirlib.index.meta import (
     normalise_config,
     parse_meta,
 )
+from cbirlib.index.volumes import VolumeRecords
 from cbirlib.labels import PACKED_BYTES, SliceLabels, pack_labels, unpack_labels
 from cbirlib.modality import UNKNOWN, normalize_modality
 from cbirlib.provenance import Source
@@ -188,7 +189,7 @@ def parse_slice_meta(
     return idx_raw.astype(np.int64), z, flags
 
 
-class BaseIndex(ABC):
+class BaseIndex(VolumeRecords, ABC):
     """Keys, slice metadata, vector access and persistence shared by the indexes.
 
     Every slice entry has an integer label from a counter that never goes back, so
@@ -251,82 +252,22 @@ class BaseIndex(ABC):
     @abstractmethod
     def _backend_load(self, directory: Path, meta: IndexMeta, *, mmap: bool) -> None: ...
 
-    def _apply_ef(self) -> None:  # noqa: B027 - optional hook
+    def _apply_ef(self) -> None:
         """Push ``self._ef`` to the backend (nothing to do for exact search)."""
 
-    def _before_save(self) -> None:  # noqa: B027 - optional hook
+    def _before_save(self) -> None:
         """Hook run (under the lock) before writing."""
 
-    def _after_save(self, directory: Path) -> None:  # noqa: B027 - optional hook
+    def _after_save(self, directory: Path) -> None:
         """Hook run (under the lock) once ``directory`` holds the saved index."""
 
     # -- keys and metadata ------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return self._n_entries
-
-    def __contains__(self, volume_id: object) -> bool:
-        return volume_id in self._spans
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(dim={self.dim}, n_volumes={self.n_volumes}, "
             f"n_slices={len(self)}, ef={self.ef})"
         )
-
-    @property
-    def volume_ids(self) -> list[str]:
-        """Ids of the indexed volumes, in insertion order."""
-        return list(self._spans)
-
-    @property
-    def n_volumes(self) -> int:
-        """Number of indexed volumes."""
-        return len(self._spans)
-
-    @property
-    def modalities(self) -> dict[str, str]:
-        """Volume id -> modality (``"CT"``, ``"MR"``, ...; ``"unknown"``: not recorded).
-
-        Indexes saved before modalities were recorded load with ``"unknown"`` for every
-        volume.
-        """
-        with self._lock:
-            return {vid: self._modality.get(vid, UNKNOWN) for vid in self._spans}
-
-    def modality(self, volume_id: str) -> str:
-        """The modality recorded for one volume (``"unknown"`` when none was).
-
-        Raises
-        ------
-        VolumeNotInIndexError
-            ``volume_id`` is not in the index.
-        """
-        self._span(volume_id)
-        return self._modality.get(volume_id, UNKNOWN)
-
-    # -- provenance (sources.json) ---------------------------------------------------------
-
-    @property
-    def sources(self) -> dict[str, Source | None]:
-        """Volume id -> where it was read from (:class:`~cbirlib.provenance.Source`).
-
-        ``None`` for a volume added without a source, and for every volume of an index
-        saved before sources were recorded.
-        """
-        with self._lock:
-            return {vid: self._source.get(vid) for vid in self._spans}
-
-    def source(self, volume_id: str) -> Source | None:
-        """The source recorded for one volume (``None``: unknown).
-
-        Raises
-        ------
-        VolumeNotInIndexError
-            ``volume_id`` is not in the index.
-        """
-        self._span(volume_id)
-        return self._source.get(volume_id)
 
     @property
     def extractor_config(self) -> dict[str, Any] | None:

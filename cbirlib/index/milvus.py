@@ -61,6 +61,7 @@ from cbirlib.index.base import SliceMatches, parse_slice_meta
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.files import META_NAME, read_json, write_json
 from cbirlib.index.meta import check_compatible, normalise_config
+from cbirlib.index.volumes import VolumeRecords
 from cbirlib.labels import SliceLabels
 from cbirlib.modality import UNKNOWN, normalize_modality
 from cbirlib.provenance import Source
@@ -184,7 +185,7 @@ def _release(path: str | None) -> None:
         logger.debug("could not release the Milvus Lite server of %s", path)
 
 
-class MilvusIndex:
+class MilvusIndex(VolumeRecords):
     """Slice index in a Milvus collection, with the :class:`~cbirlib.index.SliceIndex` API.
 
     Parameters
@@ -450,27 +451,11 @@ class MilvusIndex:
 
     # -- keys and metadata ----------------------------------------------------------------
 
-    def __len__(self) -> int:
-        return self._n_entries
-
-    def __contains__(self, volume_id: object) -> bool:
-        return volume_id in self._spans
-
     def __repr__(self) -> str:
         return (
             f"MilvusIndex({self.uri!r}, collection={self.collection!r}, dim={self.dim}, "
             f"n_volumes={self.n_volumes}, n_slices={len(self)}, ef={self._ef})"
         )
-
-    @property
-    def volume_ids(self) -> list[str]:
-        """Ids of the indexed volumes, in insertion order."""
-        return list(self._spans)
-
-    @property
-    def n_volumes(self) -> int:
-        """Number of indexed volumes."""
-        return len(self._spans)
 
     @property
     def extractor_config(self) -> dict[str, Any] | None:
@@ -699,28 +684,6 @@ class MilvusIndex:
             "z_mm": np.array([r["z_mm"] for r in rows], np.float64),
             "informative": np.array([r["informative"] for r in rows], bool),
         }
-
-    @property
-    def modalities(self) -> dict[str, str]:
-        """Volume id -> recorded modality (``"unknown"``: not recorded)."""
-        with self._lock:
-            return {vid: self._modality.get(vid, UNKNOWN) for vid in self._spans}
-
-    def modality(self, volume_id: str) -> str:
-        """The modality recorded for one volume (``"unknown"`` when none was)."""
-        self._span(volume_id)
-        return self._modality.get(volume_id, UNKNOWN)
-
-    @property
-    def sources(self) -> dict[str, Source | None]:
-        """Volume id -> where it was read from (``None``: unknown); see ``SliceIndex.sources``."""
-        with self._lock:
-            return {vid: self._source.get(vid) for vid in self._spans}
-
-    def source(self, volume_id: str) -> Source | None:
-        """The source recorded for one volume (``None``: unknown)."""
-        self._span(volume_id)
-        return self._source.get(volume_id)
 
     # -- search -----------------------------------------------------------------------------
 
