@@ -275,3 +275,23 @@ def reslice_z(volume: Volume, dz: float, vid: str) -> Volume:
         labels=labels,
         modality=volume.modality,
     )
+
+
+def start_local_ray(attempts: int = 3) -> Any:
+    """``ray.init`` of a two-CPU loopback cluster, retried when the raylet starts slowly.
+
+    Ray waits a fixed 30 s for its raylet to register; on a loaded CI machine the first
+    start can miss that window although the cluster is healthy on the next try.
+    """
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            return ray.init(
+                address="local", num_cpus=2, include_dashboard=False, log_to_driver=False
+            )
+        except Exception as error:  # Ray raises a bare Exception on a slow start
+            ray.shutdown()
+            if "timed out during startup" not in str(error) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

@@ -15,6 +15,7 @@ from cbirlib.cli import main
 from cbirlib.index import load_index, open_index
 from cbirlib.index.milvus import MilvusIndex
 from tests.dicom_helpers import write_nifti
+from tests.fakes import start_local_ray
 
 SLICES = {"a": 5, "b": 7, "c": 6}
 
@@ -89,7 +90,7 @@ def test_ray_build_from_the_cli_equals_the_default_build(data: Path, tmp_path: P
 
     hnsw, on_ray = tmp_path / "hnsw", tmp_path / "ray"
     assert main(["index", str(data), str(hnsw), "--quiet", "--modality", "CT"]) == 0
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray()
     try:
         argv = ["index", str(data), str(on_ray), "--ray", "--quiet", "--modality", "CT"]
         assert main(argv) == 0

@@ -36,6 +36,7 @@ from cbirlib.index import BaseIndex, SliceIndex, build_index, load_index
 from cbirlib.io import load_volume
 from cbirlib.plugins import create_extractor
 from cbirlib.volume import Volume
+from tests.fakes import start_local_ray
 
 N_SUBJECTS = 4
 
@@ -43,7 +44,7 @@ N_SUBJECTS = 4
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local two-CPU Ray cluster for the module; yields its address."""
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    context = start_local_ray()
     try:
         yield str(context.address_info["address"])
     finally:
