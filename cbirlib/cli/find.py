@@ -21,7 +21,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     structure = canonical_structure(args.structure)
     archive = load_index(Path(args.index_dir))
     reference = load_index(Path(args.reference))
-    cache = args.index_dir if args.cache and args.method == "annotate" else None
+    # the cache lives in the archive's folder (not in a backup a crashed save left)
+    usable = (Path(args.index_dir) / "meta.json").is_file()
+    cache = args.index_dir if args.cache and usable and args.method == "annotate" else None
     hits = find(
         archive, structure, reference=reference, top=args.top, method=args.method, cache=cache
     )
