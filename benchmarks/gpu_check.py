@@ -70,7 +70,7 @@ def check_agreement(
     from safetensors.torch import save_file
 
     from cbirlib import _cuda_pipeline
-    from cbirlib.extractors.timm_models import TimmExtractor
+    from cbirlib.extractors import TimmExtractor
 
     vols = _volumes()
     ok = True

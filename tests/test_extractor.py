@@ -272,7 +272,7 @@ def test_an_old_input_config_rebuilds_the_stretched_extractor() -> None:
 
 
 def test_channels_last_gives_the_same_embeddings() -> None:
-    from cbirlib.extractors.timm_models import TimmExtractor
+    from cbirlib.extractors import TimmExtractor
 
     vol = Volume("v", _body(n=4, size=48) + np.random.default_rng(0).normal(0, 50, (4, 48, 48)))
     kwargs: dict[str, Any] = {"weights": "random", "img_size": 64, "device": "cpu"}
