@@ -208,7 +208,10 @@ class Extractor(ABC):
 
         ``cbirlib.create_extractor(**extractor.to_config())`` returns an extractor
         that produces the same embeddings. Runtime settings (device, batch size) are
-        not part of it.
+        not part of it. When a new release changes what an extractor computes, it adds
+        (or raises) an integer ``"feature_version"`` (a config without it is version 1):
+        an index built with another version is then refused, not mixed
+        (:func:`cbirlib.index.check_compatible`).
         """
 
     def extract_many(
