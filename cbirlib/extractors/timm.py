@@ -31,7 +31,7 @@ How weights are resolved (on first use, in :meth:`TimmExtractor.build_model`)
    checked against ``sha256=`` when given.
 3. ``weights=None`` and :meth:`~TimmExtractor.cached_weights_path` returns a path: that
    file (a subclass's published checkpoint); a :class:`~cbirlib.errors.WeightsError`
-   naming the path when it is absent.
+   when it is absent.
 4. Otherwise timm's pretrained weights from the Hugging Face hub repository
    :meth:`~TimmExtractor.hub_repo` (standard HF cache; ``HF_HUB_OFFLINE=1`` is honoured
    and a missing cached file is a ``WeightsError``, never a silent download or random
