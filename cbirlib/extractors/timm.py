@@ -6,8 +6,8 @@ models (:mod:`cbirlib.extractors.study`) and third-party plugins such as
 ``cbirlib-effnet-lite`` are subclasses. Import it as ``from cbirlib.extractors import
 TimmExtractor`` (or ``cbirlib.TimmExtractor``).
 
-What it does
-------------
+**What it does.**
+
 * **Input** follows timm's ``pretrained_cfg`` of the model: mean/std, input size and
   interpolation (``bicubic`` where timm says so); ``img_size=`` overrides the size.
 * **HU window**: ``"wide"`` (-1000..1000 HU) by default: whole-body retrieval must see
@@ -22,8 +22,8 @@ What it does
   ``benchmarks/channels_last.py``); ConvNeXt, ViTs and the others stay contiguous. On
   CUDA every model does.
 
-How weights are resolved (on first use, in :meth:`TimmExtractor.build_model`)
------------------------------------------------------------------------------
+**How weights are resolved** (on first use, in :meth:`TimmExtractor.build_model`):
+
 1. ``weights="random"`` (:data:`RANDOM`): an untrained model, with a warning; for test
    fixtures and throughput benchmarks only, never a default.
 2. ``weights=`` a path or an ``http(s)://`` / ``file://`` URL: that checkpoint
@@ -42,12 +42,10 @@ A checkpoint file goes through :meth:`~TimmExtractor.convert_state_dict` (strips
 own timm ``checkpoint_filter_fn``; the classifier head is dropped, and every other tensor
 must fit the architecture exactly.
 
-Subclassing it (a plugin)
--------------------------
-Set :attr:`~TimmExtractor.name` (the registered name; the family itself names its
-instances ``"timm:<model>"``) and pass the timm architecture to ``super().__init__``.
-Optionally override
-:meth:`~TimmExtractor.hub_repo` (``None``: not on the hub),
+**Subclassing it (a plugin).** Set :attr:`~TimmExtractor.name` (the registered name;
+the family itself names its instances ``"timm:<model>"``) and pass the timm architecture
+to ``super().__init__``. Optionally override :meth:`~TimmExtractor.hub_repo` (``None``:
+not on the hub),
 :meth:`~TimmExtractor.cached_weights_path` (where default weights are looked for),
 :meth:`~TimmExtractor.convert_state_dict` (another checkpoint layout), the class
 attributes :attr:`~TimmExtractor.default_window` and
