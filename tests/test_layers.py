@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.ingest": 4,
     "cbirlib.datasets": 5,
     "cbirlib.hookspecs": 4,
+    "cbirlib._cuda_pipeline": 4,
     "cbirlib.extractor": 4,
     "cbirlib.plugins": 5,
     "cbirlib.extractors": 6,
