@@ -37,6 +37,8 @@ LAYERS: dict[str, int] = {
     "cbirlib.io._canonical": 4,
     "cbirlib.io.nifti": 4,
     "cbirlib.io.dicom": 4,
+    "cbirlib.io.enhanced": 4,
+    "cbirlib.io.nrrd": 4,
     "cbirlib.ingest": 4,
     "cbirlib.datasets": 5,
     "cbirlib.hookspecs": 4,

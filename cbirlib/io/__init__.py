@@ -55,13 +55,22 @@ import os
 from pathlib import Path
 
 from cbirlib.io._canonical import TILT_WARN_DEGREES, _make_volume
-from cbirlib.io._paths import NIFTI_SUFFIXES, _check_exists, _unsupported, nifti_stem
+from cbirlib.io._paths import (
+    NIFTI_SUFFIXES,
+    NRRD_SUFFIXES,
+    _check_exists,
+    _is_dicom_file,
+    _unsupported,
+    nifti_stem,
+    nrrd_stem,
+)
 from cbirlib.io.dicom import (
     MAX_GAP_RATIO,
     ORIENTATION_TOL,
     SPACING_ABS_TOL,
     SPACING_REL_TOL,
     DicomSeries,
+    _read_dicom_file,
     _read_dicom_series,
     dicom_series,
 )
@@ -74,12 +83,14 @@ from cbirlib.io.nifti import (
     max_voxels,
     nifti_shape,
 )
+from cbirlib.io.nrrd import _read_nrrd
 from cbirlib.modality import UNKNOWN, guess_modality, guess_modality_reason, normalize_modality
 from cbirlib.provenance import Source
 from cbirlib.volume import Volume
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "NRRD_SUFFIXES",
     "TOTALSEG_IMAGE_NAMES",
     "guess_modality",
     "nifti_stem",
@@ -88,6 +99,7 @@ __all__ = [
     "load_mask",
     "load_volume",
     "nifti_shape",
+    "nrrd_stem",
 ]
 
 # importable from here as before the split into modules (not in ``__all__``)
@@ -190,15 +202,25 @@ def load_volume(
         vid = id or p.resolve().name
         found = given if given not in (None, UNKNOWN) else (tag if tag != UNKNOWN else None)
         where = "the DICOM series has no Modality tag"
-    else:
-        stem = nifti_stem(p)
-        if stem is None:
-            raise _unsupported(p)
+    elif (stem := nifti_stem(p)) is not None:
         canon = _read_nifti(p)
         origin = Source.from_file(p)
         vid = id or _default_nifti_id(p, stem)
         found = given if given not in (None, UNKNOWN) else _sidecar_modality(p, stem)
         where = "a NIfTI file does not record it"
+    elif (stem := nrrd_stem(p)) is not None:
+        canon = _read_nrrd(p)
+        origin = Source.from_file(p)
+        vid = id or stem
+        found = given if given not in (None, UNKNOWN) else None
+        where = "an NRRD file does not record it"
+    elif _is_dicom_file(p):
+        canon, tag, origin = _read_dicom_file(p)
+        vid = id or p.stem
+        found = given if given not in (None, UNKNOWN) else (tag if tag != UNKNOWN else None)
+        where = "the DICOM file has no Modality tag"
+    else:
+        raise _unsupported(p)
     if found is None:
         found, reason = guess_modality_reason(canon.array)
         logger.warning(

@@ -29,6 +29,7 @@ from cbirlib.errors import (
 )
 from cbirlib.io._canonical import _LPS_TO_RAS, _Canonical, _canonical_zyx
 from cbirlib.io._paths import _check_exists
+from cbirlib.io.enhanced import _read_enhanced
 from cbirlib.modality import UNKNOWN, normalize_modality
 from cbirlib.provenance import Source
 
@@ -60,6 +61,7 @@ class _DicomHeader:
     pixel_spacing: tuple[float, ...] | None  # (row spacing, column spacing)
     shape: tuple[int, int]  # (Rows, Columns)
     slice_spacing: float | None  # SpacingBetweenSlices or SliceThickness
+    frames: int = 1  # NumberOfFrames: more than 1 for an Enhanced (multi-frame) image
 
 
 def _series_number(value: Any) -> int | None:
@@ -188,6 +190,7 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
                 pixel_spacing=_floats(ds.get("PixelSpacing")),
                 shape=(int(rows), int(cols)),
                 slice_spacing=_positive_float(thickness),
+                frames=_frames(ds.get("NumberOfFrames")),
             )
         )
     if not headers:
@@ -248,6 +251,13 @@ def _read_header(path: Path) -> Any:
         if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
             raise
         return ds
+
+
+def _frames(value: Any) -> int:
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _positive_float(value: Any) -> float | None:
@@ -419,6 +429,13 @@ def _read_dicom_series(
     nothing else of the headers.
     """
     series = _pick_series(folder, _scan_dicom_folder(folder), series_uid)
+    if len(series) == 1 and series[0].frames > 1:
+        return _read_multiframe(series[0], folder)
+    if any(h.frames > 1 for h in series):
+        raise DicomSeriesError(
+            f"{folder}: series {_short_uid(series[0].series_uid)} is split over "
+            f"{len(series)} multi-frame files, which is not supported; load each file"
+        )
     _check_series(folder, series)
     first = series[0]
     assert first.orientation is not None and first.pixel_spacing is not None
@@ -459,3 +476,49 @@ def _read_dicom_series(
         folder, series_number=first.series_number, series_uid=_short_uid(first.series_uid)
     )
     return canon, first.modality, source
+
+
+def _read_multiframe(header: _DicomHeader, origin: Path) -> tuple[_Canonical, str, Source]:
+    """Read one Enhanced (multi-frame) file: canonical layout, modality, source."""
+    canon = _read_enhanced(header.path)
+    logger.debug(
+        "%s: multi-frame series %s, %d frames", header.path, header.series_uid, header.frames
+    )
+    source = Source.from_file(
+        origin, series_number=header.series_number, series_uid=_short_uid(header.series_uid)
+    )
+    return canon, header.modality, source
+
+
+def _read_dicom_file(path: Path) -> tuple[_Canonical, str, Source]:
+    """Read a single DICOM file: an Enhanced (multi-frame) image holding a whole series.
+
+    Raises
+    ------
+    VolumeReadError
+        Not a DICOM image file, or a single-frame slice (its folder is the series).
+    """
+    try:
+        ds = _read_header(path)
+    except Exception as exc:  # InvalidDicomError, truncated headers, unreadable files
+        raise VolumeReadError(
+            f"{path}: cannot read as DICOM ({type(exc).__name__}: {exc})"
+        ) from None
+    header = _DicomHeader(
+        path=path,
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        series_number=_series_number(ds.get("SeriesNumber")),
+        modality=_tag_modality(ds.get("Modality", ""), path),
+        orientation=None,
+        position=None,
+        pixel_spacing=None,
+        shape=(int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)),
+        slice_spacing=None,
+        frames=_frames(ds.get("NumberOfFrames")),
+    )
+    if header.frames < 2:
+        raise VolumeReadError(
+            f"{path}: a single-frame DICOM slice; for a series of slices pass the folder "
+            f"holding them ({path.parent})"
+        )
+    return _read_multiframe(header, path)
