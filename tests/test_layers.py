@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.io.dicom": 4,
     "cbirlib.io.enhanced": 4,
     "cbirlib.io.nrrd": 4,
+    "cbirlib.io.seg": 4,
     "cbirlib.ingest": 4,
     "cbirlib.datasets": 5,
     "cbirlib.hookspecs": 4,

@@ -84,6 +84,7 @@ from cbirlib.io.nifti import (
     nifti_shape,
 )
 from cbirlib.io.nrrd import _read_nrrd
+from cbirlib.io.seg import load_seg_masks
 from cbirlib.modality import UNKNOWN, guess_modality, guess_modality_reason, normalize_modality
 from cbirlib.provenance import Source
 from cbirlib.volume import Volume
@@ -97,6 +98,7 @@ __all__ = [
     "DicomSeries",
     "dicom_series",
     "load_mask",
+    "load_seg_masks",
     "load_volume",
     "nifti_shape",
     "nrrd_stem",
