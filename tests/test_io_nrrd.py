@@ -157,3 +157,16 @@ def test_missing_pynrrd_names_the_extra(
     monkeypatch.setitem(sys.modules, "nrrd", None)  # `import nrrd` raises ImportError
     with pytest.raises(OptionalDependencyError, match=r"pip install cbirlib\[nrrd\]"):
         load_volume(path)
+
+
+def test_folders_of_nrrd_files_are_discovered(tmp_path: Path, data: npt.NDArray[np.int16]) -> None:
+    from cbirlib.datasets import discover_volumes
+
+    header = {"space": "LPS", "space directions": np.diag([0.7, 0.8, 2.5])}
+    (tmp_path / "site").mkdir()
+    nrrd.write(str(tmp_path / "site" / "a.nrrd"), data, header)
+    nrrd.write(str(tmp_path / "b.nhdr"), data, header, detached_header=True)
+    found = dict(discover_volumes(tmp_path, modality="CT"))
+    assert sorted(found) == ["b", "site/a"]  # the .nhdr's data file is not a volume
+    np.testing.assert_array_equal(found["site/a"]().array, found["b"]().array)
+    assert [vid for vid, _ in discover_volumes(tmp_path / "b.nhdr")] == ["b"]

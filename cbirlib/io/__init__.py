@@ -1,9 +1,12 @@
-"""Readers: NIfTI files and DICOM series to :class:`~cbirlib.volume.Volume`.
+"""Readers: NIfTI, NRRD, DICOM series and Enhanced DICOM to :class:`~cbirlib.volume.Volume`.
 
 This package is the only place that reads image files, one module per format
-(:mod:`cbirlib.io.nifti`, :mod:`cbirlib.io.dicom`); :func:`load_volume` picks the reader
-from the path. Every reader goes through one private function (``_canonical_zyx``, in
-``cbirlib.io._canonical``) so that images and masks always share one layout:
+(:mod:`cbirlib.io.nifti`, :mod:`cbirlib.io.nrrd` (extra ``nrrd``),
+:mod:`cbirlib.io.dicom`, :mod:`cbirlib.io.enhanced` for multi-frame DICOM and
+:mod:`cbirlib.io.seg` for DICOM SEG masks (extra ``highdicom``)); :func:`load_volume`
+picks the reader from the path. Every reader goes through one private function
+(``_canonical_zyx``, in ``cbirlib.io._canonical``) so that images and masks always share
+one layout:
 
 * the image is reoriented to the closest canonical (RAS+) orientation with nibabel, so
   its data are indexed ``(i, j, k) = (R, A, S)``;
@@ -124,22 +127,26 @@ def load_volume(
     id: str | None = None,
     modality: str | None = None,
 ) -> Volume:
-    """Read a NIfTI file or a DICOM series folder as a canonical :class:`Volume`.
+    """Read a NIfTI, NRRD or DICOM image as a canonical :class:`Volume`.
 
     Parameters
     ----------
     path
-        A ``.nii`` / ``.nii.gz`` file, or a folder whose files form one DICOM series.
+        A ``.nii`` / ``.nii.gz`` file, a ``.nrrd`` / ``.nhdr`` file (``pip install
+        cbirlib[nrrd]``), a folder whose files form one DICOM series, or an Enhanced
+        (multi-frame) DICOM file or a folder holding one (``pip install
+        cbirlib[highdicom]``).
     series_uid
         For a DICOM folder holding several series, the one to read: its
         ``SeriesInstanceUID``, or its number as listed in the error message and by
         :func:`dicom_series` (its ``SeriesNumber`` when the folder's series have
         distinct ones).
     id
-        Volume id; defaults to the file name without ``.nii``/``.nii.gz``, or the
-        folder name for DICOM; for a file named like a TotalSegmentator image
-        (``ct.nii.gz``, ``mri.nii.gz``, see :data:`TOTALSEG_IMAGE_NAMES`) it is the
-        name of the folder holding it (``s0011/ct.nii.gz`` is ``"s0011"``, as
+        Volume id; defaults to the file name without ``.nii``/``.nii.gz`` (``.nrrd``,
+        ``.nhdr``, or the last suffix of a DICOM file), or the folder name for DICOM;
+        for a file named like a TotalSegmentator image (``ct.nii.gz``, ``mri.nii.gz``,
+        see :data:`TOTALSEG_IMAGE_NAMES`) it is the name of the folder holding it
+        (``s0011/ct.nii.gz`` is ``"s0011"``, as
         :class:`~cbirlib.datasets.TotalSegmentator` and the command line name it).
         Never taken from patient data (no DICOM tag is used).
         **The default is only as anonymous as the path**: the id ends up in indexes,
@@ -167,10 +174,15 @@ def load_volume(
     VolumeNotFoundError
         The path does not exist, or is an empty folder.
     VolumeReadError
-        Unsupported file type, corrupt or truncated file, a folder without DICOM files.
+        Unsupported file type, corrupt or truncated file, a folder without DICOM files,
+        a single-frame DICOM file (pass its folder), an NRRD file not in patient space.
     DicomSeriesError
         Several series without ``series_uid``, an unknown ``series_uid``, mixed
-        orientations or pixel shapes; :class:`MissingSliceError` for a gap.
+        orientations or pixel shapes; :class:`MissingSliceError` for a gap; the frames
+        of an Enhanced DICOM file that are not one regularly spaced volume.
+    OptionalDependencyError
+        An NRRD file without pynrrd, an Enhanced DICOM file without highdicom (the
+        message names the extra to install).
     InvalidVolumeError
         Not a 3D image (2D, 4D), NaN or infinite voxels.
 
@@ -183,7 +195,8 @@ def load_volume(
         A NIfTI file whose ``qform_code`` and ``sform_code`` are both 0: its orientation
         is unknown, and nibabel's default (LAS) is assumed. A gantry-tilted or oblique
         acquisition: the warning states the tilt and the true slice spacing (the
-        distance between slice planes, which ``spacing[0]`` holds).
+        distance between slice planes, which ``spacing[0]`` holds). An NRRD file
+        without ``space directions``: its orientation is unknown (axes taken as R, A, S).
 
     Examples
     --------
