@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from cbirlib.errors import DicomSeriesError, OptionalDependencyError, VolumeReadError
-from cbirlib.io import load_volume
+from cbirlib.io import dicom_series, load_volume
 from cbirlib.volume import Volume
 from tests.dicom_helpers import PATIENT_ID, PATIENT_NAME, write_dicom_series
 
@@ -95,6 +95,7 @@ def test_folder_holding_one_multiframe_mr(tmp_path: Path, zyx: npt.NDArray[np.fl
     write_dicom_series(series, zyx + 400, spacing=SPACING, origin=ORIGIN, modality="MR")
     folder = tmp_path / "enhanced_mr"
     write_multiframe(series, folder / "IM0001", modality="MR")  # no suffix, as scanners write
+    assert [(s.n_slices, s.modality) for s in dicom_series(folder)] == [(5, "MR")]
     vol = load_volume(folder)
     assert vol.modality == "MR" and vol.id == "enhanced_mr"
     _assert_same(vol, load_volume(series))

@@ -125,8 +125,9 @@ def test_no_space_directions_warns_and_uses_spacings(
 ) -> None:
     path = tmp_path / "bare.nrrd"
     nrrd.write(str(path), data, {"spacings": [0.7, 0.8, 2.5]})
-    with pytest.warns(UserWarning, match="orientation is unknown"):
+    with pytest.warns(UserWarning, match="orientation is unknown") as record:
         vol = load_volume(path, modality="CT")
+    assert record[0].filename == __file__  # the warning points at the caller
     np.testing.assert_array_equal(vol.array, data.transpose(2, 1, 0))
     np.testing.assert_allclose(vol.spacing, (2.5, 0.8, 0.7))
 

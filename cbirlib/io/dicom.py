@@ -112,7 +112,8 @@ def _group_series(headers: list[_DicomHeader]) -> list[tuple[DicomSeries, list[_
         g = groups[uid]
         number = g[0].series_number if distinct else pos
         assert number is not None
-        info = DicomSeries(number, uid, len(g), g[0].slice_spacing, g[0].modality)
+        n_slices = sum(h.frames for h in g)  # the frames of an Enhanced file
+        info = DicomSeries(number, uid, n_slices, g[0].slice_spacing, g[0].modality)
         logger.debug("series %d: SeriesInstanceUID %s", number, uid)
         out.append((info, g))
     return out

@@ -90,7 +90,7 @@ def _nrrd_affine(header: dict[str, Any], *, source: str = "NRRD") -> npt.NDArray
             f"{source}: no 'space directions', so the orientation is unknown; the axes are "
             "assumed to run right, anterior, superior with the 'spacings' given",
             UserWarning,
-            stacklevel=5,
+            stacklevel=4,
         )
         return np.diag([*spacings.tolist(), 1.0])
     space = str(header.get("space", "")).lower().removesuffix("-time")

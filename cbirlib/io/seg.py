@@ -64,11 +64,14 @@ def load_seg_masks(
         The reference volume has no affine, or the segmentation does not lie on its
         voxel grid (another series, resampled, or reaching outside the volume).
 
-    Examples
-    --------
-    >>> from cbirlib.labels import SliceLabels  # doctest: +SKIP
-    >>> masks = load_seg_masks("seg.dcm", load_volume("ct_series/"))  # doctest: +SKIP
-    >>> volume = volume.with_labels(SliceLabels.from_masks(masks))  # doctest: +SKIP
+    Notes
+    -----
+    The masks label the volume as custom structures (``tests/test_io_seg.py`` writes a
+    SEG with highdicom and reads it back)::
+
+        ct = load_volume("case-0001/ct/")
+        masks = load_seg_masks("case-0001/seg.dcm", ct)
+        ct = ct.with_labels(SliceLabels.from_masks(masks))
     """
     p = Path(path)
     _check_exists(p)
