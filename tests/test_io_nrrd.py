@@ -15,7 +15,7 @@ from cbirlib.errors import (
     OptionalDependencyError,
     VolumeReadError,
 )
-from cbirlib.io import load_volume
+from cbirlib.io import load_mask, load_volume
 from cbirlib.volume import Volume
 
 nrrd = pytest.importorskip("nrrd")
@@ -171,3 +171,18 @@ def test_folders_of_nrrd_files_are_discovered(tmp_path: Path, data: npt.NDArray[
     assert sorted(found) == ["b", "site/a"]  # the .nhdr's data file is not a volume
     np.testing.assert_array_equal(found["site/a"]().array, found["b"]().array)
     assert [vid for vid, _ in discover_volumes(tmp_path / "b.nhdr")] == ["b"]
+
+
+def test_nrrd_label_map_as_mask(tmp_path: Path, data: npt.NDArray[np.int16]) -> None:
+    space, dirs, signs = GEOMETRIES["lps-sagittal"]
+    header = {"space": space, "space directions": dirs, "space origin": ORIGIN}
+    nrrd.write(str(tmp_path / "ct.nrrd"), data, header)
+    labels = np.zeros(data.shape, np.uint8)
+    labels[1:3, 2:5, 1] = 2  # a label map: any nonzero label is present
+    labels[4, 0, 3] = 7
+    nrrd.write(str(tmp_path / "liver.nrrd"), labels, header)
+    nib.save(nib.Nifti1Image(labels, _ras_affine(dirs, signs)), tmp_path / "liver.nii.gz")  # type: ignore[no-untyped-call]
+    volume = load_volume(tmp_path / "ct.nrrd", modality="CT")
+    mask = load_mask(tmp_path / "liver.nrrd", like=volume)
+    assert mask.dtype == np.bool_ and mask.shape == volume.shape and int(mask.sum()) == 7
+    np.testing.assert_array_equal(mask, load_mask(tmp_path / "liver.nii.gz"))

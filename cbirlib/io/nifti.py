@@ -18,24 +18,20 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import numpy.typing as npt
 
 from cbirlib._gzip import gunzip, gzip_backend
 from cbirlib.errors import (
     InvalidVolumeError,
-    MaskShapeError,
     SettingError,
     VolumeReadError,
 )
 from cbirlib.io._canonical import _Canonical, _canonical_zyx
 from cbirlib.io._paths import NIFTI_SUFFIXES, _check_exists, _unsupported, nifti_stem
 from cbirlib.modality import UNKNOWN, normalize_modality
-from cbirlib.volume import Volume
 
 __all__ = [
     "NIFTI_SUFFIXES",
     "TOTALSEG_IMAGE_NAMES",
-    "load_mask",
     "max_voxels",
     "nifti_shape",
     "nifti_stem",
@@ -179,60 +175,6 @@ def _sidecar_modality(path: Path, stem: str) -> str | None:
         return None
     logger.debug("%s: modality %s from its JSON sidecar", path, code)
     return code
-
-
-def load_mask(path: str | os.PathLike[str], *, like: Volume | None = None) -> npt.NDArray[np.bool_]:
-    """Read a NIfTI segmentation mask as a boolean ``(Z, Y, X)`` array.
-
-    The mask is canonicalised exactly like :func:`load_volume`, so it lines up with
-    the image it was drawn on. Any non-zero voxel is True.
-
-    Parameters
-    ----------
-    path
-        A ``.nii`` / ``.nii.gz`` file.
-    like
-        The volume the mask belongs to; its shape must match.
-
-    Raises
-    ------
-    MaskShapeError
-        The mask's shape differs from ``like.shape``.
-    VolumeNotFoundError, VolumeReadError, InvalidVolumeError
-        As for :func:`load_volume`.
-
-    Examples
-    --------
-    >>> import numpy as np, nibabel as nib, tempfile, pathlib
-    >>> tmp = pathlib.Path(tempfile.mkdtemp())
-    >>> m = np.zeros((2, 3, 4), np.uint8); m[1, 2, 3] = 1
-    >>> nib.save(nib.Nifti1Image(m, np.eye(4)), tmp / "liver.nii.gz")
-    >>> mask = load_mask(tmp / "liver.nii.gz")
-    >>> mask.shape, mask.dtype, np.argwhere(mask).tolist()
-    ((4, 3, 2), dtype('bool'), [[3, 2, 1]])
-    """
-    p = Path(path)
-    _check_exists(p)
-    if p.is_dir() or nifti_stem(p) is None:
-        raise VolumeReadError(
-            f"{p}: unsupported mask file; expected a NIfTI file ({', '.join(NIFTI_SUFFIXES)})"
-        )
-    canon = _read_nifti(p, as_mask=True)
-    mask: npt.NDArray[np.bool_] = canon.array.astype(bool, copy=False)
-    if like is not None:
-        if mask.shape != like.shape:
-            raise MaskShapeError(
-                f"{p}: mask shape {mask.shape} (Z, Y, X) differs from the shape "
-                f"{like.shape} of volume {like.id!r}"
-            )
-        if like.affine is not None and not np.allclose(canon.affine, like.affine, atol=1e-2):
-            logger.warning(
-                "%s: mask affine differs from the affine of volume %r; "
-                "the mask may not be aligned with the image",
-                p,
-                like.id,
-            )
-    return mask
 
 
 def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:

@@ -130,8 +130,8 @@ def _spatial_data(data: npt.NDArray[Any], header: dict[str, Any], path: Path) ->
     return np.squeeze(data, axis=tuple(extra))
 
 
-def _read_nrrd(path: Path) -> _Canonical:
-    """Read an NRRD file into the canonical layout."""
+def _read_nrrd(path: Path, *, as_mask: bool = False) -> _Canonical:
+    """Read an NRRD file (an image, or a mask: ``as_mask``) into the canonical layout."""
     nrrd = _pynrrd()
     try:
         header = nrrd.read_header(str(path))
@@ -157,6 +157,9 @@ def _read_nrrd(path: Path) -> _Canonical:
     data = _spatial_data(np.asarray(data), header, path)
     if data.dtype.kind not in "biuf":
         raise InvalidVolumeError(f"{path}: {data.dtype} voxels are not a scalar image")
-    data = data.astype(np.float32, copy=False)
+    if as_mask and data.dtype.kind != "f":
+        data = (data != 0).astype(np.uint8)  # NaN (floats) stays for the canonical warning
+    else:
+        data = data.astype(np.float32, copy=False)
     img = nib.Nifti1Image(data, affine)  # type: ignore[no-untyped-call]
-    return _canonical_zyx(img, str(path))
+    return _canonical_zyx(img, str(path), as_mask=as_mask)
