@@ -7,8 +7,10 @@ structure, from a labeled reference index. Two routes:
     Every archive volume is annotated once from its stored slice vectors
     (:func:`cbirlib.annotation.annotate_embeddings` against the reference; no image is
     read) and volumes are ranked by the confidence of the structure's predicted
-    extent, which is also the localized span. Pass the result of
-    :func:`annotate_index` as ``annotations`` to reuse the annotations over queries.
+    extent, which is also the localized span. Pass the archive's index directory as
+    ``cache`` to keep the annotations there (:mod:`cbirlib.index.annotations`): the
+    next call on the same archive and reference annotates nothing; or pass the result
+    of :func:`annotate_index` as ``annotations`` to reuse them in memory.
 ``"exemplar"``
     The structure's slices in up to ``exemplars`` labeled reference volumes are region
     queries: each of their slices votes for its ``k`` nearest archive slices; an archive
@@ -38,17 +40,33 @@ Examples
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.annotation import Annotation, Granularity, LabeledIndex, annotate_embeddings
+from cbirlib.annotation import (
+    _COARSE_NAMES,
+    Annotation,
+    Granularity,
+    LabeledIndex,
+    annotate_embeddings,
+    extents_of,
+)
 from cbirlib.errors import LabelsError, SettingError, StructureNotPresentError
 from cbirlib.hits import Hits
+from cbirlib.index.annotations import (
+    AnnotationCache,
+    CachedVolume,
+    cache_key,
+    index_fingerprint,
+    volume_fingerprint,
+)
 from cbirlib.localize import matched_span
-from cbirlib.structures import COARSE_GROUPS, resolve_structure
+from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES, resolve_structure
 
 __all__ = ["ArchiveIndex", "annotate_index", "find"]
 
@@ -95,18 +113,48 @@ def annotate_index(
     *,
     granularity: Granularity = "fine",
     volume_ids: Sequence[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> dict[str, Annotation]:
     """Annotate every volume of ``archive`` from its stored vectors (no image read).
 
-    ``options`` are passed to :func:`cbirlib.annotation.annotate_embeddings` (``k``,
-    ``threshold``, ...). Returns volume id -> :class:`~cbirlib.annotation.Annotation`,
-    to pass to :func:`find` as ``annotations``.
+    Parameters
+    ----------
+    archive
+        The index whose volumes are annotated.
+    reference
+        A labeled index built with the same extractor.
+    granularity
+        ``"fine"`` or ``"coarse"``.
+    volume_ids
+        Annotate only these volumes (default: all).
+    cache
+        The archive's index directory: annotations are read from and written to its
+        ``annotations/`` folder (:mod:`cbirlib.index.annotations`), keyed by the
+        reference's content, ``granularity``, ``options`` and the extractor config; a
+        volume is taken from the cache only while its vectors and slice metadata are
+        unchanged. None: no cache.
+    **options
+        Passed to :func:`cbirlib.annotation.annotate_embeddings` (``k``,
+        ``threshold``, ``smooth_mm``, ``temperature``).
+
+    Returns
+    -------
+    dict
+        Volume id -> :class:`~cbirlib.annotation.Annotation`, to pass to :func:`find`
+        as ``annotations``.
+
+    Raises
+    ------
+    IndexFormatError
+        ``cache`` is not an index directory.
     """
-    out: dict[str, Annotation] = {}
-    for vid in archive.volume_ids if volume_ids is None else volume_ids:
+    ids = list(archive.volume_ids if volume_ids is None else volume_ids)
+    store = None if cache is None else AnnotationCache(cache)
+
+    def compute(vid: str) -> Annotation:
         meta = archive.slice_meta(vid)
-        out[vid] = annotate_embeddings(
+        return annotate_embeddings(
             archive.vectors(vid),
             reference,
             volume_id=vid,
@@ -115,7 +163,87 @@ def annotate_index(
             granularity=granularity,
             **options,
         )
+
+    if store is None:
+        return {vid: compute(vid) for vid in ids}
+    key = _cache_key(archive, reference, granularity, options)
+    names = _names(granularity)
+    cached = store.load(key, names=names)
+    out: dict[str, Annotation] = {}
+    entries: dict[str, CachedVolume] = {}
+    fresh = 0
+    for vid in ids:
+        meta = archive.slice_meta(vid)
+        fingerprint = volume_fingerprint(archive.vectors(vid), meta)
+        hit = cached.get(vid)
+        if (
+            hit is not None
+            and hit.fingerprint == fingerprint
+            and len(hit.probabilities) == len(meta["slice_index"])
+        ):
+            out[vid] = _from_cache(vid, hit, names, meta, granularity, options)
+        else:
+            out[vid] = compute(vid)
+            fresh += 1
+        entries[vid] = CachedVolume(fingerprint, out[vid].probabilities)
+    if volume_ids is not None:  # keep the other volumes' entries while they are indexed
+        present = set(archive.volume_ids)
+        entries = {**{v: c for v, c in cached.items() if v in present}, **entries}
+    if fresh or set(entries) != set(cached):
+        store.store(key, entries, names=names)
     return out
+
+
+def _names(granularity: Granularity) -> tuple[str, ...]:
+    """The structure columns of annotations at ``granularity``."""
+    return tuple(TOTALSEG_V1_CLASSES if granularity == "fine" else _COARSE_NAMES)
+
+
+def _resolved(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` completed with :func:`annotate_embeddings`' defaults."""
+    unknown = set(options) - set(_ANNOTATE_DEFAULTS)
+    if unknown:
+        raise SettingError(f"unknown annotation options: {', '.join(sorted(unknown))}")
+    return {**_ANNOTATE_DEFAULTS, **options}
+
+
+_ANNOTATE_DEFAULTS: dict[str, Any] = {
+    name: p.default
+    for name, p in inspect.signature(annotate_embeddings).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+    and name not in ("volume_id", "z_mm", "informative", "granularity")
+}
+
+
+def _cache_key(
+    archive: ArchiveIndex, reference: LabeledIndex, granularity: Granularity, options: Any
+) -> str:
+    """The cache file key: the reference's content, the parameters, the extractor."""
+    return cache_key(
+        {
+            "reference": index_fingerprint(reference),
+            "granularity": granularity,
+            "options": _resolved(options),
+            "extractor_config": getattr(archive, "extractor_config", None),
+        }
+    )
+
+
+def _from_cache(
+    vid: str,
+    hit: CachedVolume,
+    names: tuple[str, ...],
+    meta: Mapping[str, npt.NDArray[Any]],
+    granularity: Granularity,
+    options: Mapping[str, Any],
+) -> Annotation:
+    """The :class:`Annotation` of a cached volume (extents recomputed from probabilities)."""
+    z = _positions(meta)
+    threshold = float(_resolved(options)["threshold"])
+    prob = hit.probabilities
+    return Annotation(
+        vid, names, prob, z, granularity, threshold, extents_of(names, prob, z, threshold)
+    )
 
 
 def _by_annotation(
@@ -125,9 +253,10 @@ def _by_annotation(
     column: str,
     annotations: Mapping[str, Annotation] | None,
     k: int,
+    cache: str | os.PathLike[str] | None,
 ) -> list[tuple[str, float, int, int, float, float]]:
     if annotations is None:
-        annotations = annotate_index(archive, reference, granularity=granularity, k=k)
+        annotations = annotate_index(archive, reference, granularity=granularity, k=k, cache=cache)
     rows = []
     for vid, ann in annotations.items():
         if ann.granularity != granularity and column not in ann.names:
@@ -210,6 +339,7 @@ def find(
     k: int = 5,
     exemplars: int = 8,
     annotations: Mapping[str, Annotation] | None = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> Hits:
     """The archive volumes that contain ``structure``, ranked, with localized spans.
 
@@ -233,6 +363,10 @@ def find(
     annotations
         Precomputed :func:`annotate_index` of the archive at the structure's
         granularity (``"annotate"``); computed here when None.
+    cache
+        The archive's index directory, to keep the annotations in (``"annotate"``,
+        when ``annotations`` is None; see :func:`annotate_index`): a second call on the
+        same archive, reference and parameters annotates nothing. None: no cache.
 
     Returns
     -------
@@ -252,6 +386,8 @@ def find(
         Bad ``top``, ``k``, ``exemplars`` or ``method``.
     ExtractorMismatchError
         The two indexes were built with different extractors.
+    IndexFormatError
+        ``cache`` is not an index directory.
     """
     if method not in ("annotate", "exemplar"):
         raise SettingError(f"method must be 'annotate' or 'exemplar', got {method!r}")
@@ -263,7 +399,7 @@ def find(
     granularity, column = _target(structure)
     _check_same_extractor(archive_index, reference)
     if method == "annotate":
-        rows = _by_annotation(archive_index, reference, granularity, column, annotations, k)
+        rows = _by_annotation(archive_index, reference, granularity, column, annotations, k, cache)
     else:
         rows = _by_exemplars(archive_index, reference, granularity, column, k, exemplars)
     rows.sort(key=lambda r: (-r[1], r[0]))

@@ -13,10 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "examples").glob("*.ipynb"))
-EXPECTED = ["01_quickstart", "02_compare_pipelines", "03_pretrained_local_weights"]
+EXPECTED = [
+    "01_quickstart",
+    "02_compare_pipelines",
+    "03_pretrained_local_weights",
+    "04_anatomy_without_labels",
+]
 
 
-def test_the_three_examples_exist() -> None:
+def test_the_four_examples_exist() -> None:
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
 
 

@@ -46,6 +46,10 @@ SCORE_MEANINGS = {
     "annotate": "confidence that the volume shows the structure (mean annotated "
     "probability over its predicted span)",
     "exemplar": "mean share of the exemplar queries' votes that the volume received",
+    "rrf": "reciprocal rank fusion of the indexes' rankings: the sum over the indexes "
+    "that returned the volume of 1 / (60 + its rank)",
+    "combsum": "score fusion of the indexes' rankings: the sum of each index's scores, "
+    "min-max normalised per query to [0, 1]",
 }
 
 
@@ -117,14 +121,15 @@ def _fmt_float(value: float, spec: str = ".0f") -> str:
 
 
 def result_rows(
-    hits: Hits, query_id: str, *, votes: bool = False, index: object = None
+    hits: Hits, query_id: str, *, votes: bool = False, index: object = None, clip: bool = True
 ) -> list[dict[str, Any]]:
     """One query's ranked volumes as plain dicts, rounded for display and JSON.
 
-    Cosine scores are clipped to [-1, 1] (float32 sums can exceed 1 in the last digits)
-    and rounded to :data:`SCORE_DIGITS` decimals; vote counts (``votes=True``) are
-    integers. The span keys are the :class:`~cbirlib.Hits` column names: ``loc_first``
-    and ``loc_last`` (slices), ``loc_z_first`` and ``loc_z_last`` (z of those slices'
+    Cosine scores are clipped to [-1, 1] (float32 sums can exceed 1 in the last
+    digits; ``clip=False`` for scores of another kind, such as fused ones) and rounded
+    to :data:`SCORE_DIGITS` decimals; vote counts (``votes=True``) are integers. The
+    span keys are the :class:`~cbirlib.Hits` column names: ``loc_first`` and
+    ``loc_last`` (slices), ``loc_z_first`` and ``loc_z_last`` (z of those slices'
     centres, rounded to :data:`MM_DIGITS` decimals); ``None`` without a span. ``path``
     is the file the volume was read from, when ``index`` recorded it.
     """
@@ -134,7 +139,10 @@ def result_rows(
     out: list[dict[str, Any]] = []
     for i in range(len(rows)):
         raw = float(rows.score[i])
-        score = round(raw) if votes else round(min(1.0, max(-1.0, raw)), SCORE_DIGITS)
+        if votes:
+            score: float = round(raw)
+        else:
+            score = round(min(1.0, max(-1.0, raw)) if clip else raw, SCORE_DIGITS)
         volume_id = str(rows.volume_id[i])
         row: dict[str, Any] = {"rank": int(rows.rank[i]), "volume_id": volume_id, "score": score}
         row.update(dict.fromkeys(("loc_first", "loc_last", "loc_z_first", "loc_z_last")))

@@ -21,7 +21,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     structure = canonical_structure(args.structure)
     archive = load_index(Path(args.index_dir))
     reference = load_index(Path(args.reference))
-    hits = find(archive, structure, reference=reference, top=args.top, method=args.method)
+    # the cache lives in the archive's folder (not in a backup a crashed save left)
+    usable = (Path(args.index_dir) / "meta.json").is_file()
+    cache = args.index_dir if args.cache and usable and args.method == "annotate" else None
+    hits = find(
+        archive, structure, reference=reference, top=args.top, method=args.method, cache=cache
+    )
     rows = result_rows(hits, structure, index=archive)
     if args.json:
         answer = {"structure": structure, "method": args.method, "results": rows}
@@ -42,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method", choices=("annotate", "exemplar"), default="annotate", help="route (annotate)"
     )
+    parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the archive's annotations in INDEX_DIR/annotations/ and reuse them "
+        "while the reference and the volumes are unchanged (default); --no-cache: "
+        "annotate afresh and write nothing",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -53,7 +66,10 @@ COMMAND = Command(
     "predicted span (cbirlib.find).",
     epilog="""examples:
   cbirlib find archive_idx liver --reference ref_idx
-  cbirlib find archive_idx pancreas --reference ref_idx --top 20 --json""",
+  cbirlib find archive_idx pancreas --reference ref_idx --top 20 --json
+
+The annotate route annotates every archive volume once; the annotations are kept in
+INDEX_DIR/annotations/, so the next find with the same reference is fast.""",
     add_arguments=add_arguments,
     run=run,
 )

@@ -23,7 +23,7 @@ from cbirlib.errors import CliError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.hits import Hits
-    from cbirlib.pipeline import Pipeline
+    from cbirlib.pipeline import Pipeline, Retriever
     from cbirlib.volume import Volume
 
 __all__ = ["COMMAND", "run"]
@@ -39,6 +39,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--montage draws one query's results: pass one QUERY with it")
     if not args.rerank and args.candidates is not None:
         raise UsageError("--candidates is the number of volumes MaxSim re-ranks: drop --no-rerank")
+    if args.fusion is not None and not args.fuse:
+        raise UsageError("--fusion says how to fuse the rankings of --fuse INDEX: add --fuse")
 
 
 def _query_volume(args: argparse.Namespace, path: str) -> tuple[Volume, str | None, Any]:
@@ -67,7 +69,7 @@ def _query_volume(args: argparse.Namespace, path: str) -> tuple[Volume, str | No
 
 def _answer(
     args: argparse.Namespace,
-    pipeline: Pipeline,
+    pipeline: Retriever,
     path: str,
     extractor: str,
     progress: bool,
@@ -77,15 +79,68 @@ def _answer(
     hits = pipeline.retrieve(query, verbose=progress)
     if args.montage is not None:
         _save_montage(args.montage, query, hits, index, top=args.top)
+    score = _score_kind(args)
     return {
         "query": query.id,
         "source": path,
         "structure": structure,
         "query_span": span,
         "extractor": extractor,
-        "score": "maxsim" if args.rerank else "votes",
-        "results": result_rows(hits, query.id, votes=not args.rerank, index=index),
+        "score": score,
+        "results": result_rows(
+            hits, query.id, votes=score == "votes", index=index, clip=not args.fuse
+        ),
     }
+
+
+def _score_kind(args: argparse.Namespace) -> str:
+    """What the scores printed mean (a key of ``SCORE_MEANINGS``)."""
+    if args.fuse:
+        return str(args.fusion or "rrf")
+    return "maxsim" if args.rerank else "votes"
+
+
+def _index_chain(args: argparse.Namespace, index_dir: str) -> tuple[Pipeline, Any, str]:
+    """The default chain on one index, with its own extractor: (chain, index, name)."""
+    from cbirlib.plugins import create_extractor
+
+    index = open_search_index(Path(index_dir))
+    config = index.extractor_config
+    if not config or "name" not in config:
+        raise CliError(f"index {index_dir!r} does not record the extractor it was built with")
+    pipeline = chain(
+        create_extractor(**config),
+        index,
+        top=args.top,
+        k=args.k,
+        rerank=args.rerank,
+        localize=args.localize,
+        candidates=args.candidates,
+        trim=args.vote_trim,
+    )
+    return pipeline, index, str(config["name"])
+
+
+def _retriever(args: argparse.Namespace) -> tuple[Retriever, Any, str]:
+    """The chain on INDEX, or the fusion of the chains on INDEX and every --fuse INDEX."""
+    from cbirlib.fusion import Fuse
+    from cbirlib.pipeline import Cutoff
+
+    pipeline, index, name = _index_chain(args, args.index_dir)
+    if not args.fuse:
+        return pipeline, index, name
+    chains, names = [pipeline], [name]
+    for other_dir in args.fuse:
+        other, other_index, other_name = _index_chain(args, other_dir)
+        if set(other_index.volume_ids) != set(index.volume_ids):
+            raise CliError(
+                f"--fuse {other_dir!r} indexes other volumes than {args.index_dir!r}: "
+                "fuse indexes of the same archive (built from the same scans)"
+            )
+        chains.append(other)
+        names.append(other_name)
+    fused = Fuse(*chains, method=args.fusion or "rrf") >> Cutoff(args.top)
+    return fused, index, "+".join(names)
 
 
 def _save_montage(path: str, query: Volume, hits: Hits, index: object, *, top: int) -> None:
@@ -114,30 +169,16 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     The index and the extractor are loaded once, then every query is read, retrieved
     and printed in turn (``--jsonl``: one JSON line per query, as soon as it is done).
+    With ``--fuse INDEX2`` (repeatable) the same chain runs on each index, with its own
+    extractor, and the rankings are fused (:class:`cbirlib.fusion.Fuse`, ``--fusion``).
     """
-    from cbirlib.plugins import create_extractor
-
     _check_options(args)
     modality_setting(args)  # a malformed --modality fails before anything is loaded
-    index = open_search_index(Path(args.index_dir))
-    config = index.extractor_config
-    if not config or "name" not in config:
-        raise CliError(f"index {args.index_dir!r} does not record the extractor it was built with")
-    extractor = create_extractor(**config)
-    pipeline = chain(
-        extractor,
-        index,
-        top=args.top,
-        k=args.k,
-        rerank=args.rerank,
-        localize=args.localize,
-        candidates=args.candidates,
-        trim=args.vote_trim,
-    )
+    pipeline, index, extractor = _retriever(args)
     progress = show_progress(args) and not (args.json or args.jsonl)
     answers = []
     for n, path in enumerate(args.query):
-        answer = _answer(args, pipeline, path, str(config["name"]), progress, index)
+        answer = _answer(args, pipeline, path, extractor, progress, index)
         if args.jsonl:
             write(out, json.dumps(answer, separators=(",", ":")))
         elif args.json:
@@ -206,6 +247,20 @@ def add_arguments(query: argparse.ArgumentParser) -> None:
         default=0.0,
         help="fraction of outlying voting slices left out of a span (--no-rerank only; 0)",
     )
+    query.add_argument(
+        "--fuse",
+        metavar="INDEX",
+        action="append",
+        default=[],
+        help="also search this index of the same archive (e.g. built with another "
+        "extractor) and fuse the rankings; repeat for more indexes",
+    )
+    query.add_argument(
+        "--fusion",
+        choices=("rrf", "combsum"),
+        help="how --fuse combines the rankings: reciprocal rank fusion (rrf, the "
+        "default) or min-max normalised score sum (combsum)",
+    )
     add_modality_option(query)
     formats = query.add_mutually_exclusive_group()
     formats.add_argument(
@@ -226,9 +281,11 @@ COMMAND = Command(
   cbirlib query idx /data/Totalsegmentator_dataset/s0011 --structure lesion_1  # a custom mask
   cbirlib query idx a.nii.gz b.nii.gz c.nii.gz --jsonl --quiet > results.jsonl
   cbirlib query idx scan.nii.gz --no-rerank -k 50 --vote-trim 0.1
+  cbirlib query idx_dinov2 scan.nii.gz --fuse idx_baseline --fusion rrf
 
 The extractor is re-created from the config the index recorded. Scores: mean MaxSim
-cosine with re-ranking (the default), vote counts with --no-rerank.""",
+cosine with re-ranking (the default), vote counts with --no-rerank; with --fuse, the
+fused score (spans from the index that ranks the volume best).""",
     add_arguments=add_arguments,
     run=run,
 )
