@@ -23,7 +23,7 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[ \t]*\n(?P<body>.*?)^(?P=inden
 NOT_RUN = {
     ("weights.md", 0): ("needs a local RadImageNet weights file", "weights="),
     ("weights.md", 1): ("needs the TotalSegmentator data and two weights files", "sha256="),
-    ("plugins.md", 1): ("needs an installed plugin package", "import cbirlib_myextractor"),
+    ("plugins.md", 2): ("needs an installed plugin package", "import cbirlib_myextractor"),
     ("scaling.md", 2): ("needs a Ray cluster with GPUs and a data set", 'address="auto"'),
     ("scaling.md", 3): ("needs a Ray cluster", "ray://head-node:10001"),
 }
