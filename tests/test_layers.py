@@ -186,7 +186,7 @@ NOT_YET_REVIEWED = {
     "cbirlib.cli.find",
     "cbirlib.cli.query",
     "cbirlib.evaluation",
-    "cbirlib.extractors.timm_models",
+    "cbirlib.extractors.timm",
     "cbirlib.ingest",
     "cbirlib.search",
     "cbirlib.viz",
