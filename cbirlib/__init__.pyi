@@ -1,7 +1,8 @@
 # The public names of ``cbirlib``, written once: type checkers read this stub, and
 # ``cbirlib/__init__.py`` builds ``__all__``, ``__getattr__`` and ``__dir__`` from it
 # (lazy_loader.attach_stub), so each name is imported on first use. A new public name is
-# one line here and one in docs/api.rst (tests/test_core.py checks both).
+# one line here and one in docs/api.rst (tests/test_core.py and tests/test_docs_build.py
+# check both).
 
 from . import datasets as datasets
 from . import distributed as distributed
