@@ -23,10 +23,11 @@ contain); the database is every other subject.
    recall at the coarse and fine level, and the same on the uncropped database (to show
    a rule does no harm where every query slice has a counterpart).
 
-Re-slicing: linear interpolation of the image along z at the new positions
-``z0, z0 + dz, ...`` (within the original z range); each new slice takes the labels of
-the nearest original slice. Runtime with the defaults (24 subjects, 64 x 64): about
-half a minute to two minutes on a shared 2-core machine, depending on its load.
+Re-slicing (:func:`cbirlib.datasets.reslice_z`): linear interpolation of the image along
+z at the new positions ``z0, z0 + dz, ...`` (within the original z range); each new
+slice takes the labels of the nearest original slice. Runtime with the defaults (24
+subjects, 64 x 64): about half a minute to two minutes on a shared 2-core machine,
+depending on its load.
 
 Usage: ``python benchmarks/fair_votes_spans.py [--subjects 24] [--shape 64] [--seed 0]``
 """
@@ -50,14 +51,13 @@ from cbirlib import (
     Hits,
     Localize,
     MaxSimRerank,
-    SliceLabels,
     SliceSearch,
     Volume,
     create_extractor,
     region_query,
 )
 from cbirlib.aggregate import NORMALIZATIONS
-from cbirlib.datasets import make_phantoms
+from cbirlib.datasets import make_phantoms, reslice_z
 from cbirlib.evaluation import evaluate
 from cbirlib.metrics import (
     AveragePrecision,
@@ -81,28 +81,6 @@ SPAN_RULES: tuple[tuple[str, float | None], ...] = (
     ("ratio", 0.9),
     ("ratio", 0.95),
 )
-
-
-def reslice(volume: Volume, dz: float, vid: str) -> Volume:
-    """``volume`` re-sliced to slice spacing ``dz`` mm (linear in z, labels nearest)."""
-    z = volume.z_positions
-    new_z = z[0] + np.arange(int(np.floor((z[-1] - z[0]) / dz + 1e-9)) + 1) * dz
-    hi = np.clip(np.searchsorted(z, new_z, side="right"), 1, len(z) - 1)
-    lo = hi - 1
-    w = np.clip((new_z - z[lo]) / (z[hi] - z[lo]), 0.0, 1.0).astype(np.float32)[:, None, None]
-    array = volume.array[lo] * (1 - w) + volume.array[hi] * w
-    nearest = np.where(w[:, 0, 0] < 0.5, lo, hi)
-    labels = None
-    if volume.labels is not None:
-        labels = SliceLabels(volume.labels.names, volume.labels.present[nearest])
-    return Volume(
-        vid,
-        array,
-        spacing=(dz, volume.spacing[1], volume.spacing[2]),
-        z_positions=new_z,
-        labels=labels,
-        modality=volume.modality,
-    )
 
 
 def crop(volume: Volume, fraction: float, top: bool, vid: str) -> Volume:
@@ -169,8 +147,8 @@ def pairs_experiment(setup: Setup) -> pd.DataFrame:
     db = []
     for s in setup.db_ids:
         db += [
-            reslice(setup.volumes[s], THIN_MM, f"{s}-thin"),
-            reslice(setup.volumes[s], THICK_MM, f"{s}-thick"),
+            reslice_z(setup.volumes[s], THIN_MM, id=f"{s}-thin"),
+            reslice_z(setup.volumes[s], THICK_MM, id=f"{s}-thick"),
         ]
     index, _ = setup.index(db)
     queries = setup.queries + setup.regions["coarse"]
@@ -205,7 +183,7 @@ def pairs_experiment(setup: Setup) -> pd.DataFrame:
 
 def mixed_experiment(setup: Setup) -> pd.DataFrame:
     db = [
-        reslice(setup.volumes[s], THIN_MM if i % 2 == 0 else THICK_MM, s)
+        reslice_z(setup.volumes[s], THIN_MM if i % 2 == 0 else THICK_MM, id=s)
         for i, s in enumerate(setup.db_ids)
     ]
     thin = {v.id for v in db if v.spacing[0] == THIN_MM}

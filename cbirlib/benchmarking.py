@@ -54,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from cbirlib._progress import progress
 from cbirlib.errors import CbirError, EvaluationError
 from cbirlib.evaluation import MEAN_ROW, evaluate, per_class_table, to_csv, to_markdown
 from cbirlib.metrics import Metric, Truth, default_metrics
@@ -184,16 +185,14 @@ def _embed_queries(
     stand_ins: dict[str, Volume],
     *,
     desc: str,
-    verbose: bool,
+    verbose: bool | None,
 ) -> list[Volume]:
     """Load each query, embed it right away and keep only its stand-in.
 
     At most one query volume's voxels are in memory at a time; labels are read on the
     first pass only (``stand_ins`` keeps them for the next extractors).
     """
-    from tqdm.auto import tqdm
-
-    for subject in tqdm(query_ids, desc=desc, disable=not verbose):
+    for subject in progress(query_ids, verbose=verbose, desc=desc):
         volume = dataset.load(subject, labels=subject not in stand_ins)
         embedder.add(volume)
         if subject not in stand_ins:
@@ -237,7 +236,7 @@ def benchmark(
     sha256: Mapping[str, str] | None = None,
     force: bool = False,
     labels_cache: str | os.PathLike[str] | None = None,
-    verbose: bool = True,
+    verbose: bool | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run the study's retrieval protocol and return its per-class tables.
 
@@ -308,7 +307,7 @@ def benchmark(
         no unchanged mask. Default: ``<out_dir>/labels-cache`` when ``out_dir`` is
         given, else none.
     verbose
-        Progress bars and log messages.
+        Progress bars: on a terminal only (``None``), always (``True``) or never (``False``).
 
     Returns
     -------
@@ -330,8 +329,6 @@ def benchmark(
         (:class:`~cbirlib.errors.SharedWeightsError`), or an extractor that takes no
         weights given some; raised before any volume is read.
     """
-    from tqdm.auto import tqdm
-
     from cbirlib.datasets import TotalSegmentator
     from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES, coarse_regions
 
@@ -369,7 +366,7 @@ def benchmark(
         work = Path(out_dir) if out_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         database = {
-            s: dataset.labels(s) for s in tqdm(database_ids, desc="labels", disable=not verbose)
+            s: dataset.labels(s) for s in progress(database_ids, verbose=verbose, desc="labels")
         }
         truth = Truth(database=database)
         grouping = COARSE_GROUPS if groups is None else dict(groups)
@@ -489,7 +486,7 @@ def _run_extractor(
     groups: Mapping[str, str],
     vote_trim: float,
     vote_normalize: str | None,
-    verbose: bool,
+    verbose: bool | None,
 ) -> list[pd.DataFrame]:
     """Index the database with one extractor and evaluate every requested mode."""
     from cbirlib.aggregate import TopSlice

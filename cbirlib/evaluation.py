@@ -42,6 +42,7 @@ from typing import Literal
 
 import pandas as pd
 
+from cbirlib._progress import progress
 from cbirlib.errors import EvaluationError
 from cbirlib.labels import SliceLabels
 from cbirlib.metrics import HitsLike, Metric, Truth, aggregate
@@ -165,7 +166,7 @@ def evaluate(
     level: Literal["coarse", "fine"] = "coarse",
     groups: Mapping[str, str] | None = None,
     per_query: bool = False,
-    verbose: bool = False,
+    verbose: bool | None = None,
     allow_overlap: bool = False,
 ) -> pd.DataFrame:
     """Run every system on ``queries`` and compute every metric.
@@ -190,7 +191,7 @@ def evaluate(
     per_query
         Return one row per (system, metric, query, structure) instead of per structure.
     verbose
-        Show progress bars and pass ``verbose`` to the retrievers.
+        Progress bars (on a terminal only with ``None``); passed on to the retrievers.
     allow_overlap
         Accept queries that are also database volumes; see :func:`truth_for`.
 
@@ -206,9 +207,7 @@ def evaluate(
         raise EvaluationError("evaluate() needs at least one metric")
     full = truth_for(queries, truth, level=level, groups=groups, allow_overlap=allow_overlap)
     frames: list[pd.DataFrame] = []
-    from tqdm.auto import tqdm
-
-    for name, system in tqdm(systems.items(), desc="systems", disable=not verbose):
+    for name, system in progress(systems.items(), verbose=verbose, desc="systems"):
         hits: HitsLike | pd.DataFrame
         if isinstance(system, HitsLike | pd.DataFrame):
             hits = system

@@ -43,9 +43,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from cbirlib._cuda_pipeline import CudaPipeline, consecutive
+from cbirlib._progress import progress
 from cbirlib.errors import ExtractorError
 from cbirlib.ingest import read_volumes
 from cbirlib.modality import effective_modality
@@ -218,7 +218,7 @@ class Extractor(ABC):
         self,
         volumes: Iterable[Volume | Callable[[], Volume]],
         *,
-        verbose: bool = False,
+        verbose: bool | None = None,
         workers: int | None = None,
         processes: bool = False,
     ) -> Iterator[tuple[str, npt.NDArray[np.float32]]]:
@@ -233,7 +233,7 @@ class Extractor(ABC):
             Volumes, or zero-argument loaders returning a :class:`~cbirlib.volume.Volume`
             (e.g. ``functools.partial(cbirlib.io.load_volume, path)``), in any iterable.
         verbose
-            Show a progress bar.
+            Progress bar: on a terminal only (``None``), always (``True``) or never (``False``).
         workers
             Threads reading volumes ahead (default :func:`default_workers`); at most
             ``max(2, workers)`` volumes are read ahead of the one being embedded. ``0``
@@ -258,8 +258,8 @@ class Extractor(ABC):
         )
         stream = self._embed_stream(loaded)
         try:
-            with tqdm(
-                total=total, disable=not verbose, desc=f"embedding ({self.name})", unit="vol"
+            with progress(
+                total=total, verbose=verbose, desc=f"embedding ({self.name})", unit="vol"
             ) as bar:
                 for volume, emb in stream:
                     bar.update()

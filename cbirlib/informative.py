@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cbirlib.errors import InputConfigError, SliceOutOfRangeError
+from cbirlib.preprocess import PERCENTILE_WINDOW, window_bounds
 from cbirlib.volume import Volume
 
 __all__ = [
@@ -140,7 +141,6 @@ def informative_slices(
     >>> informative_slices(Volume("m", mr, modality="MR")).tolist()
     [True, False]
     """
-    from cbirlib.preprocess import PERCENTILE_WINDOW, window_bounds
 
     idx = _indices(volume, slices)
     win = _default_window(volume) if window is None else window
@@ -169,7 +169,6 @@ def extractor_window(extractor: object, volume: Volume) -> str | tuple[float, fl
     """
     if volume.modality == "MR":
         return "percentile"
-    from cbirlib.preprocess import window_bounds
 
     candidates: list[Any] = [getattr(getattr(extractor, "input_config", None), "window", None)]
     to_config = getattr(extractor, "to_config", None)

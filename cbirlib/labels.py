@@ -29,6 +29,7 @@ from cbirlib.errors import (
     SliceOutOfRangeError,
     UnknownStructureError,
 )
+from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_hint, did_you_mean, match_name
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,7 +142,6 @@ class SliceLabels:
         columns: dict[str, int] = self._column  # type: ignore[attr-defined]
         if name in columns:
             return int(columns[name])
-        from cbirlib.structures import coarse_hint, did_you_mean, match_name
 
         key = match_name(name, self.names)
         if key is not None:
@@ -285,7 +285,6 @@ def pack_labels(
     >>> bits.shape, unpack_labels(bits, known).structures(1) == {"liver", "spleen"}
     ((2, 13), True)
     """
-    from cbirlib.structures import TOTALSEG_V1_CLASSES
 
     position = {name: j for j, name in enumerate(TOTALSEG_V1_CLASSES)}
     unknown = [n for n in labels.names if n not in position]
@@ -309,7 +308,6 @@ def unpack_labels(bits: npt.ArrayLike, known: npt.ArrayLike | None = None) -> Sl
     Columns are the classes set in ``known`` (all 104 v1 classes when None), in v1
     order.
     """
-    from cbirlib.structures import TOTALSEG_V1_CLASSES
 
     n_classes = len(TOTALSEG_V1_CLASSES)
     packed = np.asarray(bits, dtype=np.uint8)

@@ -112,7 +112,7 @@ class SearchContext:
         ``evidence["maxsim_similarity"]`` holds the float64 similarity of each MaxSim
         match (one per query slice).
     verbose
-        Show progress bars.
+        Progress bars: on a terminal only (``None``), always (``True``) or never (``False``).
     """
 
     queries: dict[str, Volume] = field(default_factory=dict)
@@ -121,10 +121,10 @@ class SearchContext:
     query_slices: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     informative: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
     evidence: dict[str, Mapping[tuple[str, str], npt.NDArray[Any]]] = field(default_factory=dict)
-    verbose: bool = False
+    verbose: bool | None = None
 
     @classmethod
-    def for_queries(cls, queries: Queries, *, verbose: bool = False) -> SearchContext:
+    def for_queries(cls, queries: Queries, *, verbose: bool | None = None) -> SearchContext:
         """A fresh context for one volume or an iterable of volumes (ids must be unique)."""
         volumes = [queries] if isinstance(queries, Volume) else list(queries)
         by_id: dict[str, Volume] = {}
@@ -167,7 +167,7 @@ class Retriever(ABC):
         self,
         queries: Queries,
         *,
-        verbose: bool = False,
+        verbose: bool | None = None,
         embeddings: Mapping[str, npt.ArrayLike] | None = None,
     ) -> Hits:
         """Run retrieval for one query volume or a list of them.
@@ -212,7 +212,7 @@ class Stage(Retriever):
         self,
         queries: Queries,
         *,
-        verbose: bool = False,
+        verbose: bool | None = None,
         embeddings: Mapping[str, npt.ArrayLike] | None = None,
     ) -> Hits:
         """Run this stage alone (only a source stage can); see :meth:`Pipeline.retrieve`."""
@@ -329,7 +329,7 @@ class Pipeline(Stage):
         self,
         queries: Queries,
         *,
-        verbose: bool = False,
+        verbose: bool | None = None,
         embeddings: Mapping[str, npt.ArrayLike] | None = None,
     ) -> Hits:
         """Answer ``queries`` (a :class:`~cbirlib.volume.Volume` or a list of them).
@@ -339,7 +339,7 @@ class Pipeline(Stage):
         queries
             Query volumes; region queries come from :func:`cbirlib.search.region_query`.
         verbose
-            Show progress bars.
+            Progress bars: on a terminal only (``None``), always (``True``) or never (``False``).
         embeddings
             Optional precomputed embeddings by query id: ``(n_slices, dim)`` for every
             slice of the query volume (the source picks its strided rows), which skips

@@ -29,6 +29,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._progress import progress
 from cbirlib.errors import PipelineError, SliceIndexError
 from cbirlib.hits import Hits
 from cbirlib.pipeline import SearchContext, Stage, StageLevel
@@ -131,10 +132,8 @@ class MaxSimRerank(Stage):
         context.evidence["maxsim_similarity"] = best_sims
         kept = hits.top(int(self.top))
         parts: list[Hits] = []
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=len(kept), desc="MaxSim re-ranking", unit="volume", disable=not context.verbose
+        bar = progress(
+            total=len(kept), desc="MaxSim re-ranking", unit="volume", verbose=context.verbose
         )
         for qid, cand in kept.split_by_query():
             cand = cand.take(np.argsort(cand.rank, kind="stable"))

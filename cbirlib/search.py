@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._progress import progress
 from cbirlib._vectors import as_unit_rows
 from cbirlib.errors import (
     CbirError,
@@ -357,10 +358,8 @@ class SliceSearch(Stage):
         blocks, qids, qslices, owns = [], [], [], []
         n_extra = n_blank = 0
         n_total = sum(len(range(0, v.n_slices, self.query_stride)) for v in vols)
-        from tqdm.auto import tqdm
-
-        with tqdm(
-            total=n_total, desc="embedding queries", unit="slice", disable=not context.verbose
+        with progress(
+            total=n_total, desc="embedding queries", unit="slice", verbose=context.verbose
         ) as bar:
             for vol in vols:
                 emb, slices = self._query_embeddings(vol, context)

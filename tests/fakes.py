@@ -5,8 +5,8 @@ Extractors: :class:`TinyNet` (a random-init torch model), :class:`FakeExtractor`
 :class:`PositionExtractor` (slices embedded by their body position). Volumes and
 indexes: :func:`ct_volume`, :func:`make_volumes`, :func:`body_volume`, :func:`build`,
 :func:`small_index`. Plugins: :data:`BASELINE_EP`, :func:`fake_entry_points`. Hostile
-files: :func:`lying_header`, :data:`META_EDITS` with :func:`write_meta`. Thin and thick
-copies of a volume: :func:`reslice_z`.
+files: :func:`lying_header`, :data:`META_EDITS` with :func:`write_meta`. (Thin and thick
+copies of a volume: :func:`cbirlib.datasets.reslice_z`.)
 """
 
 from __future__ import annotations
@@ -249,32 +249,6 @@ META_EDITS: dict[str, Callable[[dict[str, Any]], object]] = {
     "kind unknown": lambda m: m.update(kind="faiss"),
     "meta list": lambda m: m.clear(),
 }
-
-
-def reslice_z(volume: Volume, dz: float, vid: str) -> Volume:
-    """``volume`` re-sliced to slice spacing ``dz`` mm along z (the same z range).
-
-    The image is interpolated linearly at ``z0, z0 + dz, ...``; each new slice takes the
-    labels of the nearest original slice.
-    """
-    z = volume.z_positions
-    new_z = z[0] + np.arange(int(np.floor((z[-1] - z[0]) / dz + 1e-9)) + 1) * dz
-    hi = np.clip(np.searchsorted(z, new_z, side="right"), 1, len(z) - 1)
-    lo = hi - 1
-    w = np.clip((new_z - z[lo]) / (z[hi] - z[lo]), 0.0, 1.0).astype(np.float32)
-    array = volume.array[lo] * (1 - w[:, None, None]) + volume.array[hi] * w[:, None, None]
-    labels = None
-    if volume.labels is not None:
-        nearest = np.where(w < 0.5, lo, hi)
-        labels = SliceLabels(volume.labels.names, volume.labels.present[nearest])
-    return Volume(
-        vid,
-        array,
-        spacing=(dz, volume.spacing[1], volume.spacing[2]),
-        z_positions=new_z,
-        labels=labels,
-        modality=volume.modality,
-    )
 
 
 def start_local_ray(attempts: int = 3) -> Any:

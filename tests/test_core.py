@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,14 +34,31 @@ def test_import_is_cheap() -> None:
     assert out.stdout.strip() == ""
 
 
+def _stub_names() -> dict[str, str]:
+    """Public name -> the module it comes from, as ``cbirlib/__init__.pyi`` writes it."""
+    tree = ast.parse((Path(cbirlib.__file__).parent / "__init__.pyi").read_text())
+    names = {}
+    for node in tree.body:
+        assert isinstance(node, ast.ImportFrom) and node.level == 1, ast.unparse(node)
+        for alias in node.names:
+            # `X as X`: the stub form that re-exports a name
+            assert alias.asname == alias.name, ast.unparse(node)
+            names[alias.name] = f"cbirlib.{node.module}" if node.module else f"cbirlib.{alias.name}"
+    return names
+
+
 def test_every_public_name_resolves() -> None:
     import importlib
 
+    names = _stub_names()
+    assert sorted(cbirlib.__all__) == sorted(names)
+    assert set(cbirlib.__all__) <= set(dir(cbirlib))
     for name in cbirlib.__all__:
         obj = getattr(cbirlib, name)
+        module = importlib.import_module(names[name])
+        # the object its defining module holds, not a stand-in or a submodule
+        assert obj is (module if module.__name__ == f"cbirlib.{name}" else getattr(module, name))
         if name != "__version__":
-            # the object its defining module holds, not a stand-in or a submodule
-            assert obj is getattr(importlib.import_module(cbirlib._LAZY[name]), name), name
             assert getattr(obj, "__doc__", None), f"{name} has no docstring"
 
 
@@ -121,10 +140,6 @@ def test_slice_labels_mask_shapes_must_agree() -> None:
         SliceLabels.from_masks({"a": np.zeros((2, 2, 2)), "b": np.zeros((3, 2, 2))})
     with pytest.raises(CbirError):
         SliceLabels.from_masks({"a": np.zeros((2, 2))})
-
-
-def test_all_lists_every_lazy_name() -> None:
-    assert set(cbirlib.__all__) == {"__version__", *cbirlib._LAZY}
 
 
 def test_public_functions_are_not_shadowed_by_submodules() -> None:

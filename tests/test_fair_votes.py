@@ -13,13 +13,13 @@ import pytest
 
 from cbirlib import CountVotes, ExactIndex, Hits, Localize, MaxSimRerank, SliceSearch, Volume
 from cbirlib.aggregate import NORMALIZATIONS
-from cbirlib.datasets import make_phantoms
+from cbirlib.datasets import make_phantoms, reslice_z
 from cbirlib.errors import PipelineError
 from cbirlib.extractors.baseline import BaselineExtractor
 from cbirlib.localize import MAD_FLOOR, inlier_matches
 from cbirlib.metrics import LocalizationRatio, Truth
 from cbirlib.pipeline import SearchContext
-from tests.fakes import PositionExtractor, body_volume, build, reslice_z
+from tests.fakes import PositionExtractor, body_volume, build
 
 FAIR = [n for n in NORMALIZATIONS if n != "none"]
 
@@ -63,8 +63,8 @@ def test_fair_votes_rank_the_scan_that_covers_the_query_first() -> None:
 def test_fair_votes_on_resliced_phantoms(tmp_path: Path) -> None:
     ds = make_phantoms(tmp_path, 2, shape=(32, 32), seed=4)
     query, subject = (ds.load(s) for s in ds.subjects)
-    thin = reslice_z(subject, 2.5, "thin")
-    thick = reslice_z(subject, 5.0, "thick")
+    thin = reslice_z(subject, 2.5, id="thin")
+    thick = reslice_z(subject, 5.0, id="thick")
     assert thin.n_slices >= 2 * thick.n_slices - 1
     np.testing.assert_allclose(thin.z_positions[::2], thick.z_positions)
     ex = BaselineExtractor()

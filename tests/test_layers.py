@@ -8,6 +8,8 @@ import its own layer or lower ones. Imports inside functions (lazy, to keep
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import cbirlib
@@ -21,6 +23,7 @@ LAYERS: dict[str, int] = {
     "cbirlib._text": 0,
     "cbirlib._files": 0,
     "cbirlib._gzip": 0,
+    "cbirlib._progress": 0,
     "cbirlib.errors": 0,
     "cbirlib._vectors": 1,
     "cbirlib.structures": 1,
@@ -168,3 +171,91 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     assert _imports(bad) == [("cbirlib.cli", True), ("cbirlib.viz", False)]
     assert _layer("cbirlib.index.meta") == LAYERS["cbirlib.index"]
     assert _layer("cbirlib.cli") > _layer("cbirlib.errors")  # type: ignore[operator]
+
+
+#: Modules whose function-local cbirlib imports were not yet reviewed (owned by other
+#: work this session); remove a module from here once each of its local imports either
+#: moved to the top or carries a comment saying why it stays local.
+NOT_YET_REVIEWED = {
+    "cbirlib.annotation",
+    "cbirlib.annotation_eval",
+    "cbirlib.benchmarking",
+    "cbirlib.cli.annotate",
+    "cbirlib.cli.benchmark",
+    "cbirlib.cli.demo",
+    "cbirlib.cli.find",
+    "cbirlib.cli.query",
+    "cbirlib.evaluation",
+    "cbirlib.extractors.timm",
+    "cbirlib.ingest",
+    "cbirlib.search",
+    "cbirlib.viz",
+}
+
+
+def _unexplained_local_imports(path: Path) -> list[int]:
+    """Lines of function-local ``cbirlib`` imports with no comment on or above them."""
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    top_level = {id(node) for node in tree.body}
+    top_level |= {  # `if TYPE_CHECKING:` imports are for type checkers, never run
+        id(n)
+        for node in tree.body
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    bare = []
+    for node in ast.walk(tree):
+        if id(node) in top_level or not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        names = (
+            [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else [a.name for a in node.names]
+        )
+        if not any(n == "cbirlib" or n.startswith("cbirlib.") for n in names):
+            continue
+        own = lines[node.lineno - 1 : (node.end_lineno or node.lineno)]
+        above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+        if not (any("#" in line for line in own) or above.startswith("#")):
+            bare.append(node.lineno)
+    return bare
+
+
+def test_function_local_imports_say_why() -> None:
+    # a function-local import guards a real cycle or keeps `import cbirlib` and the CLI
+    # start cheap (torch, hnswlib, nibabel, ...); a comment says which, else it goes on top
+    bare = [
+        f"{module}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (module := _module_name(path)) not in NOT_YET_REVIEWED
+        for line in _unexplained_local_imports(path)
+    ]
+    assert bare == []
+
+
+def test_the_local_import_check_sees_a_bare_one(tmp_path: Path) -> None:
+    mod = tmp_path / "m.py"
+    mod.write_text(
+        "def f():\n"
+        "    from cbirlib.io import load_volume  # lazy: nibabel\n"
+        "    # lazy: torch\n"
+        "    from cbirlib.extractor import Extractor\n"
+        "    from cbirlib.structures import COARSE_GROUPS\n"
+        "    import numpy\n"
+        "if TYPE_CHECKING:\n"
+        "    from cbirlib.hits import Hits\n"
+    )
+    assert _unexplained_local_imports(mod) == [5]
+
+
+def test_cli_start_loads_no_heavy_dependency() -> None:
+    code = (
+        "import sys, cbirlib.cli; "
+        "heavy = [m for m in ('torch', 'timm', 'hnswlib', 'pydicom', 'nibabel', 'matplotlib',"
+        " 'pandas', 'ray', 'pymilvus') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

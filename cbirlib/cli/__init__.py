@@ -31,6 +31,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 
+from cbirlib._version import __version__
 from cbirlib.cli import (
     annotate,
     benchmark,
@@ -68,7 +69,6 @@ COMMANDS: tuple[Command, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cbirlib`` command."""
-    from cbirlib._version import __version__
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a sub-command without --debug keeps the value set before it

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from cbirlib._text import close_matches
 from cbirlib.errors import CliError, SettingError, UsageError, VolumeNotFoundError
+from cbirlib.modality import parse_modality_setting
+from cbirlib.presets import default_chain
+from cbirlib.search import SliceSearch
+from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.extractor import Extractor
@@ -92,7 +96,6 @@ def modality_setting(args: argparse.Namespace) -> ModalitySetting:
     >>> modality_setting(argparse.Namespace(modality=["CT", "brains=MR"]))
     {'*': 'CT', 'brains': 'MR'}
     """
-    from cbirlib.modality import parse_modality_setting
 
     try:
         return parse_modality_setting(getattr(args, "modality", None))
@@ -154,6 +157,7 @@ def extractor_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def create_extractor(name: str, options: dict[str, Any]) -> Extractor:
     """The extractor ``name`` built with ``options`` (:func:`cbirlib.create_extractor`)."""
+    # lazy: torch (keeps the CLI start cheap)
     from cbirlib.plugins import create_extractor as create
 
     return create(name, **options)
@@ -175,8 +179,6 @@ def chain(
     ``k`` neighbours per query slice; the other arguments are those of
     :func:`~cbirlib.presets.default_chain`.
     """
-    from cbirlib.presets import default_chain
-    from cbirlib.search import SliceSearch
 
     return default_chain(
         SliceSearch(extractor, index, k=k),
@@ -207,7 +209,7 @@ def fraction(text: str) -> float:
 
 def load_index(path: Path) -> BaseIndex:
     """Load a :class:`SliceIndex` or :class:`ExactIndex`, whichever ``path`` holds."""
-    from cbirlib.index import load_index as load
+    from cbirlib.index import load_index as load  # lazy: hnswlib (keeps the CLI start cheap)
 
     if not path.exists():
         raise VolumeNotFoundError(f"index folder {str(path)!r} does not exist")
@@ -216,7 +218,7 @@ def load_index(path: Path) -> BaseIndex:
 
 def open_search_index(path: Path) -> BaseIndex | MilvusIndex:
     """:func:`load_index`, or the Milvus collection that a pointer folder names."""
-    from cbirlib.index import open_index
+    from cbirlib.index import open_index  # lazy: hnswlib (keeps the CLI start cheap)
 
     if not path.exists():
         raise VolumeNotFoundError(f"index folder {str(path)!r} does not exist")
@@ -237,7 +239,6 @@ def canonical_structure(name: str, custom: Sequence[str] = ()) -> str:
     >>> canonical_structure("lesion_1", custom=["lesion_1"])
     'lesion_1'
     """
-    from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_regions
 
     coarse = coarse_regions()
     known = {n.lower(): n for n in (*custom, *TOTALSEG_V1_CLASSES, *coarse)}

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
+
+from cbirlib._progress import bars_disabled
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.hits import Hits
@@ -105,7 +106,7 @@ def show_progress(args: argparse.Namespace) -> bool:
     >>> show_progress(argparse.Namespace(quiet=True))
     False
     """
-    if getattr(args, "quiet", False) or os.environ.get("TQDM_DISABLE"):
+    if getattr(args, "quiet", False) or bars_disabled(None):
         return False
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty is not None and isatty())

@@ -26,7 +26,7 @@ def describe(info: ExtractorInfo) -> dict[str, Any]:
     built, and no weights are read or downloaded. A family (``timm:``) or an extractor
     that cannot be created without options has ``dim`` and ``input`` None.
     """
-    from cbirlib.plugins import create_extractor
+    from cbirlib.plugins import create_extractor  # lazy: torch (keeps the CLI start cheap)
 
     dim = size = channels = None
     if not info.is_family:
@@ -53,7 +53,7 @@ def describe(info: ExtractorInfo) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib extractors``: print the registered extractors (matching a pattern)."""
-    from cbirlib.plugins import list_extractors
+    from cbirlib.plugins import list_extractors  # lazy: torch (keeps the CLI start cheap)
 
     rows = [describe(info) for info in list_extractors(args.pattern)]
     if args.json:

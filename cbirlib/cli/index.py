@@ -19,12 +19,12 @@ from cbirlib.cli._options import (
 )
 from cbirlib.cli._output import PROG, plural, show_progress, write
 from cbirlib.datasets.folders import discover_volumes
-from cbirlib.errors import UsageError
+from cbirlib.errors import IndexFormatError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.extractor import Extractor
     from cbirlib.index import BaseIndex
-    from cbirlib.index.milvus import MilvusIndex
+    from cbirlib.index.milvus import MilvusIndex  # lazy: hnswlib (keeps the CLI start cheap)
     from cbirlib.volume import Volume
 
 __all__ = ["COMMAND", "run"]
@@ -32,8 +32,7 @@ __all__ = ["COMMAND", "run"]
 
 def _indexed_count(path: Path) -> int:
     """Volumes in the index at ``path`` (0 when there is none or it is unreadable; cheap)."""
-    from cbirlib.errors import IndexFormatError
-    from cbirlib.index import read_meta
+    from cbirlib.index import read_meta  # lazy: hnswlib (keeps the CLI start cheap)
 
     try:
         return read_meta(path).n_volumes
@@ -48,7 +47,7 @@ def _drop_build_stopped(record: logging.LogRecord) -> bool:
 
 def _load_weights(extractor: Extractor) -> None:
     """Build the model (and so load its weights) before any volume is read."""
-    from cbirlib.extractor import SliceExtractor
+    from cbirlib.extractor import SliceExtractor  # lazy: torch (keeps the CLI start cheap)
 
     if isinstance(extractor, SliceExtractor):
         extractor.model  # noqa: B018 - built on first access: a missing file fails here
@@ -71,6 +70,7 @@ def _build(
     index_dir: Path,
 ) -> BaseIndex | MilvusIndex:
     """Build with the backend and engine the options name."""
+    # lazy: hnswlib (keeps the CLI start cheap)
     from cbirlib.index import build_index, build_milvus_index
 
     verbose = show_progress(args)
@@ -87,6 +87,7 @@ def _build(
         )
     exact = args.backend == "exact"
     if args.ray is not None:
+        # lazy: hnswlib, and Ray when used (keeps the CLI start cheap)
         from cbirlib.distributed import build_index_ray
 
         return build_index_ray(
@@ -106,7 +107,7 @@ def _build(
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib index``: embed the volumes under ``args.data_dir`` into an index."""
-    from cbirlib.index import check_resumable
+    from cbirlib.index import check_resumable  # lazy: hnswlib (keeps the CLI start cheap)
 
     _check_backend(args)
     milvus = args.backend == "milvus"
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         raise
     finally:
         build_log.removeFilter(_drop_build_stopped)
-    from cbirlib.index.milvus import MilvusIndex
+    from cbirlib.index.milvus import MilvusIndex  # lazy: hnswlib (keeps the CLI start cheap)
 
     if isinstance(index, MilvusIndex):
         write(

@@ -37,7 +37,7 @@ def describe(path: Path, *, volumes: bool = False) -> dict[str, Any]:
     ``volumes=True`` the index is opened (:func:`cbirlib.index.load_index`) to list each
     volume's id, number of slices and recorded modality, and to count the modalities.
     """
-    from cbirlib.index import load_index, read_meta
+    from cbirlib.index import load_index, read_meta  # lazy: hnswlib (keeps the CLI start cheap)
 
     if not path.exists():
         raise VolumeNotFoundError(f"index folder {str(path)!r} does not exist")

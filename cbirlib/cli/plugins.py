@@ -15,7 +15,7 @@ __all__ = ["COMMAND", "run"]
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib plugins``: print :func:`cbirlib.plugins.list_plugins`."""
-    from cbirlib.plugins import list_plugins
+    from cbirlib.plugins import list_plugins  # lazy: torch (keeps the CLI start cheap)
 
     infos = list_plugins()
     if args.json:

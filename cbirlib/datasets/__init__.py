@@ -1,5 +1,7 @@
 """Data sets: the TotalSegmentator layout, synthetic phantoms written in it, volumes in folders.
 
+And copies of a volume at another slice thickness (:func:`reslice_z`).
+
 Examples
 --------
 >>> from cbirlib.datasets import TotalSegmentator, make_phantoms
@@ -18,6 +20,7 @@ from cbirlib.datasets.phantom import (
     make_phantoms,
     phantom_facts,
 )
+from cbirlib.datasets.reslice import reslice_z
 from cbirlib.datasets.totalsegmentator import SPLITS, TotalSegmentator
 
 __all__ = [
@@ -32,4 +35,5 @@ __all__ = [
     "make_phantoms",
     "open_volume",
     "phantom_facts",
+    "reslice_z",
 ]

@@ -120,6 +120,7 @@ def discover_volumes(
     ...
     cbirlib.errors.DatasetError: no volumes found in ...
     """
+    # lazy: nibabel and pydicom, loaded with the first volume
     from cbirlib.io import dicom_series, load_volume, nifti_stem, nrrd_stem
 
     def image_stem(name: str) -> str | None:
@@ -215,7 +216,7 @@ def open_volume(
     >>> open_volume(f"{root}/s0000/ct.nii.gz").id
     's0000'
     """
-    from cbirlib.io import load_volume
+    from cbirlib.io import load_volume  # lazy: nibabel and pydicom, loaded with the first volume
 
     path = Path(path)
 

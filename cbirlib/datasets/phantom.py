@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._progress import progress
 from cbirlib.datasets.totalsegmentator import (
     IMAGE_FILE,
     MASK_FOLDER,
@@ -1101,7 +1102,7 @@ def make_phantoms(
     seed: int = 0,
     shape: tuple[int, int] = (128, 128),
     realism: PhantomRealism | str | None = None,
-    verbose: bool = False,
+    verbose: bool | None = None,
 ) -> TotalSegmentator:
     """Write ``n`` synthetic subjects in the TotalSegmentator layout (CT, or MR-like).
 
@@ -1124,7 +1125,7 @@ def make_phantoms(
         (``"hard"``), or None (default): plain CT phantoms, byte-identical to those
         written without the option.
     verbose
-        Show a progress bar.
+        Progress bar: on a terminal only (``None``), always (``True``) or never (``False``).
 
     Returns
     -------
@@ -1147,8 +1148,6 @@ def make_phantoms(
     >>> vol.labels.contains("brain") and vol.labels.contains("femur_left")
     True
     """
-    from tqdm.auto import tqdm
-
     if n < 1:
         raise DatasetError(f"n must be >= 1, got {n}")
     if len(shape) != 2 or min(shape) < 16:
@@ -1169,7 +1168,7 @@ def make_phantoms(
     work = partial(_write_subject, out, seed=seed, shape=(rows, cols), realism=realism)
     # zlib and most numpy kernels release the GIL: subjects are written on threads
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        done = tqdm(pool.map(work, range(n)), total=n, desc="phantoms", disable=not verbose)
+        done = progress(pool.map(work, range(n)), verbose=verbose, total=n, desc="phantoms")
         for i, copies in enumerate(done):
             for row in copies:  # copies of one subject share its split
                 row["split"] = splits[i]

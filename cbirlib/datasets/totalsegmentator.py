@@ -57,11 +57,13 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._progress import progress
 from cbirlib._text import did_you_mean
 from cbirlib.datasets.label_cache import LabelCache
 from cbirlib.errors import (
     CustomStructureWarning,
     DatasetError,
+    MaskShapeError,
     SettingError,
     UnknownStructureError,
     UnknownSubjectError,
@@ -403,6 +405,7 @@ class TotalSegmentator(Mapping[str, Volume]):
         >>> ds.load("s0000", custom=["lesion_1"]).labels.span("lesion_1")
         (3, 5)
         """
+        # lazy: nibabel and pydicom, loaded with the first volume
         from cbirlib.io import load_volume
 
         path = self.image_path(subject_id)
@@ -439,11 +442,9 @@ class TotalSegmentator(Mapping[str, Volume]):
         self._check(subject_id)
         return tuple(self._scan(subject_id)[1])
 
-    def volumes(self, *, labels: bool = True, verbose: bool = False) -> Iterator[Volume]:
-        """Load every subject in order (a progress bar with ``verbose=True``)."""
-        from tqdm.auto import tqdm
-
-        for subject_id in tqdm(self._subjects, desc="loading", disable=not verbose):
+    def volumes(self, *, labels: bool = True, verbose: bool | None = None) -> Iterator[Volume]:
+        """Load every subject in order (a progress bar as ``verbose`` says, see build_index)."""
+        for subject_id in progress(self._subjects, verbose=verbose, desc="loading"):
             yield self.load(subject_id, labels=labels)
 
     def _scan(self, subject_id: str) -> tuple[dict[str, list[Path]], dict[str, Path]]:
@@ -513,7 +514,7 @@ class TotalSegmentator(Mapping[str, Volume]):
         voxel-wise (a pixel in two files counts once) and then reduced. Custom masks
         asked for by ``custom`` follow the class columns.
         """
-        from cbirlib.errors import MaskShapeError
+        # lazy: nibabel and pydicom, loaded with the first volume
         from cbirlib.io import load_mask
 
         shape: tuple[int, ...] | None = like.shape if like is not None else None
@@ -563,6 +564,7 @@ class TotalSegmentator(Mapping[str, Volume]):
         return SliceLabels.from_counts({**per_class, **custom_counts}, min_pixels=self.min_pixels)
 
     def _image_shape(self, subject_id: str) -> tuple[int, int, int]:
+        # lazy: nibabel and pydicom, loaded with the first volume
         from cbirlib.io import nifti_shape
 
         return nifti_shape(self.image_path(subject_id))

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from tqdm.auto import tqdm
 
+from cbirlib._progress import progress
 from cbirlib.distributed.shards import ShardStore, default_shard_dir
 from cbirlib.errors import (
     ExtractorError,
@@ -58,6 +58,8 @@ from cbirlib.index.config import HnswConfig
 from cbirlib.index.exact import ExactIndex
 from cbirlib.index.files import check_target
 from cbirlib.index.hnsw import SliceIndex
+from cbirlib.informative import slice_flags
+from cbirlib.modality import effective_modality
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def _ray() -> ModuleType:
 
 
 def _path_source(path: str | os.PathLike[str]) -> tuple[str, Callable[[], Volume]]:
-    from cbirlib.io import load_volume, nifti_stem
+    from cbirlib.io import load_volume, nifti_stem  # lazy: nibabel and pydicom, only for paths
 
     p = Path(path)
     vid = nifti_stem(p.name) or p.name
@@ -168,7 +170,7 @@ class _Embedder:
     """A Ray actor: one extractor, created in the actor from its name and options."""
 
     def __init__(self, name: str, options: dict[str, Any]) -> None:
-        from cbirlib.plugins import create_extractor
+        from cbirlib.plugins import create_extractor  # lazy: torch, in the Ray actor only
 
         # a failing __init__ would kill the actor and hide the error: keep it for the calls
         self._error: Exception | None = None
@@ -187,8 +189,6 @@ class _Embedder:
         return ex.name, int(ex.dim), ex.to_config()
 
     def embed(self, volume: Volume, volume_id: str) -> _Embedded:
-        from cbirlib.informative import slice_flags
-        from cbirlib.modality import effective_modality
 
         if not volume.array.flags.writeable:  # read-only view of Ray's object store
             volume = replace(volume, array=volume.array.copy())
@@ -272,7 +272,7 @@ def build_index_ray(
     config: HnswConfig = HnswConfig(),  # noqa: B008 - frozen dataclass
     exact: bool = False,
     resume: bool = True,
-    verbose: bool = True,
+    verbose: bool | None = None,
     init_options: Mapping[str, Any] | None = None,
 ) -> BaseIndex:
     """Embed and index ``volumes`` on a Ray cluster; resumable after any interruption.
@@ -328,7 +328,7 @@ def build_index_ray(
         otherwise). ``False`` deletes the shards and replaces the index. Volumes are
         matched by id, as in :func:`~cbirlib.index.build_index`.
     verbose
-        Show a progress bar.
+        Progress bar: on a terminal only (``None``), always (``True``) or never (``False``).
     init_options
         Extra keyword arguments for ``ray.init`` (``runtime_env``, ``num_cpus``...)
         when this call connects.
@@ -385,10 +385,10 @@ def build_index_ray(
                 store.directory,
             )
         read = ray.remote(num_cpus=read_cpus)(_read)
-        bar = tqdm(
+        bar = progress(
             total=len(sources),
             initial=done_before,
-            disable=not verbose,
+            verbose=verbose,
             desc="indexing (ray)",
             unit="vol",
         )

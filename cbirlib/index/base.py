@@ -59,6 +59,7 @@ from cbirlib.index.volumes import VolumeRecords
 from cbirlib.labels import PACKED_BYTES, SliceLabels, pack_labels, unpack_labels
 from cbirlib.modality import UNKNOWN, normalize_modality
 from cbirlib.provenance import Source
+from cbirlib.structures import COARSE_GROUPS
 
 logger = logging.getLogger(__name__)
 
@@ -497,7 +498,6 @@ class BaseIndex(VolumeRecords, ABC):
         fine = unpack_labels(self._labels[start : start + n], known)
         if granularity == "fine":
             return fine
-        from cbirlib.structures import COARSE_GROUPS
 
         return fine.grouped(COARSE_GROUPS)
 

@@ -38,8 +38,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-from tqdm.auto import tqdm
 
+from cbirlib._progress import progress
 from cbirlib.errors import (
     DatasetError,
     DimensionMismatchError,
@@ -286,7 +286,7 @@ def build_index(
     *,
     config: HnswConfig = HnswConfig(),  # noqa: B008 - frozen dataclass
     exact: bool = False,
-    verbose: bool = True,
+    verbose: bool | None = None,
     resume: bool = True,
     checkpoint_every: int = 10,
     workers: int = 2,
@@ -317,7 +317,7 @@ def build_index(
         Build an :class:`~cbirlib.index.ExactIndex` instead of a
         :class:`~cbirlib.index.SliceIndex`.
     verbose
-        Show a progress bar.
+        Progress bar: on a terminal only (``None``), always (``True``) or never (``False``).
     resume
         Continue the index saved at ``path``: volumes already in it are skipped. Its
         extractor config must match ``extractor.to_config()``
@@ -428,7 +428,7 @@ def _fill(
     extractor: IndexableExtractor,
     path: Path,
     *,
-    verbose: bool,
+    verbose: bool | None,
     checkpoint_every: int,
     workers: int,
     processes: bool,
@@ -446,7 +446,7 @@ def _fill(
             path,
             _plural(index.n_volumes, "volume"),
         )
-    bar = tqdm(total=total, disable=not verbose, desc="indexing", unit="vol")
+    bar = progress(total=total, verbose=verbose, desc="indexing", unit="vol")
 
     def pending() -> Iterator[Callable[[], Volume]]:
         # runs in this thread, as read-ahead asks for the next loader
@@ -532,7 +532,7 @@ def build_milvus_index(
     collection: str = "cbirlib",
     token: str | None = None,
     config: HnswConfig = HnswConfig(),  # noqa: B008 - frozen dataclass
-    verbose: bool = True,
+    verbose: bool | None = None,
     resume: bool = True,
     workers: int = 2,
     processes: bool = False,

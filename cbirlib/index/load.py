@@ -22,6 +22,7 @@ from cbirlib.index.exact import ExactIndex
 from cbirlib.index.files import META_NAME, read_json, resolve_dir
 from cbirlib.index.hnsw import SliceIndex
 from cbirlib.index.meta import read_meta
+from cbirlib.index.milvus import open_pointer
 
 if TYPE_CHECKING:
     from cbirlib.index.milvus import MilvusIndex
@@ -71,8 +72,6 @@ def open_index(
     """
     pointer = _pointer(path)
     if pointer is not None:
-        from cbirlib.index.milvus import open_pointer
-
         return open_pointer(pointer[0], pointer[1], dim=dim)
     return load_index(path, mmap=mmap, dim=dim, verify=verify)
 
