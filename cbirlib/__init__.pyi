@@ -38,6 +38,7 @@ from .index import SliceMatches as SliceMatches
 from .index import build_index as build_index
 from .informative import informative_slices as informative_slices
 from .io import load_mask as load_mask
+from .io import load_seg_masks as load_seg_masks
 from .io import load_volume as load_volume
 from .labels import SliceLabels as SliceLabels
 from .localize import Localize as Localize
