@@ -182,7 +182,10 @@ def test_download_bad_checksum_leaves_nothing(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with pytest.raises(ChecksumError):
         download(src.as_uri(), sha256="1" * 64, directory=cache)
-    assert list(cache.iterdir()) == []
+    # nothing but the (empty) inter-process lock file: no download, no .part, no folder
+    files = [p.relative_to(cache) for p in cache.rglob("*") if p.is_file()]
+    assert [(f.parent.name, f.suffix) for f in files] == [(".locks", ".lock")]
+    assert [p.name for p in cache.iterdir()] == [".locks"]
 
 
 def test_download_offline_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
