@@ -207,7 +207,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         return cache[volume_id]
 
     fig = montage(
-        query, region_hits, load, top=min(5, args.top), query_id=region.id, query_span=(first, last)
+        query,
+        region_hits,
+        load,
+        top=min(5, args.top),
+        query_id=region.id,
+        query_span=(first, last),
+        structure=structure,
     )
     png = root / "montage.png"
     fig.savefig(png, dpi=110)
