@@ -264,8 +264,9 @@ def download(
     """Download ``url`` once into the cache and return the local path.
 
     Safe for several processes at once (cluster jobs fetching one file): an
-    inter-process lock (:mod:`filelock`, in ``<directory>/.locks``) lets one process
-    download while the others wait and then use its file. The bytes go to
+    inter-process lock (:mod:`filelock`, ``.<file>.lock`` beside the file, removed once
+    the file is in place) lets one process download while the others wait and then use
+    its file. The bytes go to
     ``<file>.part``, which is renamed into place only when complete and matching
     ``sha256`` (when given), so a broken download never leaves a file that looks valid.
     ``http(s)`` downloads are made by :func:`huggingface_hub.file_download.http_get`: an
@@ -308,14 +309,12 @@ def download(
         )
     from filelock import FileLock, Timeout
 
-    root = Path(directory) if directory is not None else cache_dir()
-    key = hashlib.sha256(str(target).encode("utf-8")).hexdigest()[:16]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        (root / ".locks").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WeightsError(f"cannot create the weights cache at {root}: {exc}") from exc
-    lock = FileLock(root / ".locks" / f"{key}.lock")
+        raise WeightsError(f"cannot create the weights cache at {target.parent}: {exc}") from exc
+    lock_path = target.with_name(f".{target.name}.lock")
+    lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -326,6 +325,8 @@ def download(
             _download_locked(url, target, sha256)
         else:
             _check_sha256(target, sha256)
+        # safe once the file is in place: whoever holds or takes any lock now finds it
+        lock_path.unlink(missing_ok=True)
     finally:
         lock.release()
         with contextlib.suppress(OSError):
