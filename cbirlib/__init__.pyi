@@ -9,6 +9,7 @@ from . import distributed as distributed
 from . import errors as errors
 from . import evaluation as evaluation
 from . import metrics as metrics
+from . import significance as significance
 from . import structures as structures
 from . import viz as viz
 from ._version import __version__ as __version__

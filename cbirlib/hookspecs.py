@@ -75,8 +75,10 @@ def register_extractors(register: Register) -> None:
         ``description``
             One line for ``list_extractors``.
         ``weights_available``
-            Cheap check (no download) whether the weights are present locally;
-            ``None`` means the extractor needs no weights.
+            Cheap check (no download) whether the weights are present locally; an
+            extractor that needs no weights passes ``lambda: True``. ``None`` (omitted)
+            means unknown: the extractor is listed with weights ``unknown``, never as
+            available.
     """
 
 

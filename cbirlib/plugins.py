@@ -84,14 +84,18 @@ class ExtractorInfo:
     plugin
         Name of the plugin that registered it.
     weights_available
-        Whether its weights are present locally (always True when it needs none).
+        Whether its weights are present locally: ``True`` (present, or none needed),
+        ``False`` (missing, or the plugin's check failed) or ``None``: unknown, the
+        plugin registered no ``weights_available`` check. Unknown is never taken as
+        available (``cbirlib extractors`` shows it as ``unknown``, ``--json`` as
+        ``null``).
     """
 
     name: str
     aliases: tuple[str, ...] = ()
     description: str = ""
     plugin: str = ""
-    weights_available: bool = True
+    weights_available: bool | None = None
 
     @property
     def is_family(self) -> bool:
@@ -265,9 +269,10 @@ def _registry() -> dict[str, _Entry]:
     return table
 
 
-def _weights_available(entry: _Entry) -> bool:
+def _weights_available(entry: _Entry) -> bool | None:
+    """The entry's weights check: None (unknown) when the plugin registered none."""
     if entry.weights_available is None:
-        return True
+        return None
     try:
         return bool(entry.weights_available())
     except Exception as exc:

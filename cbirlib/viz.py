@@ -11,7 +11,12 @@ Display conventions (volumes are canonical RAS+, ``array[z]`` runs inferior to s
 * coronal and sagittal reformats put superior up (z in mm on the vertical axis), with
   the patient's right (coronal) or anterior (sagittal) on the viewer's left;
 * a localized span ``[first, last]`` (inclusive slice indices) is drawn as a band that
-  covers those slices' full thickness.
+  covers those slices' full thickness;
+* every image panel of :func:`montage` carries orientation markers at its four edges
+  (``R``/``L`` and ``A``/``P`` on axial panels, ``R``/``L`` or ``A``/``P`` and ``S``/``I``
+  on coronal and sagittal ones), derived from the volume's affine
+  (:meth:`~cbirlib.volume.Volume.nifti_affine`, RAS+ for every volume the readers make),
+  so they stay true for a volume whose array is not RAS+.
 
 Examples
 --------
@@ -44,7 +49,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from cbirlib.annotation import Annotation
 
-__all__ = ["PLANES", "VizError", "annotation_figure", "montage", "reformat_with_span"]
+__all__ = [
+    "PLANES",
+    "VizError",
+    "annotation_figure",
+    "axis_codes",
+    "montage",
+    "orientation_markers",
+    "reformat_with_span",
+]
 
 Plane = Literal["coronal", "sagittal"]
 PLANES: tuple[str, ...] = ("coronal", "sagittal")
@@ -53,7 +66,18 @@ PLANES: tuple[str, ...] = ("coronal", "sagittal")
 VolumeSource = Mapping[str, Volume] | Callable[[str], Volume]
 
 _BAND_COLOR = "tab:orange"
+_QUERY_BAND_COLOR = "tab:cyan"
+_BAND_ALPHA = 0.35
+_MARKER_COLOR = "yellow"
 _PANEL_INCHES = 2.6
+_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+#: Where the orientation markers of a panel go, in axes fractions, and their alignment.
+_MARKER_PLACES = {
+    "left": ((0.03, 0.5), "left", "center"),
+    "right": ((0.97, 0.5), "right", "center"),
+    "top": ((0.5, 0.97), "center", "top"),
+    "bottom": ((0.5, 0.03), "center", "bottom"),
+}
 
 
 class VizError(CbirError, ValueError):
@@ -117,6 +141,90 @@ def _span_text(volume: Volume, span: tuple[int, int]) -> str:
     return f"slices {first}-{last} (z {z[first]:.0f} to {z[last]:.0f} mm)"
 
 
+def axis_codes(volume: Volume) -> tuple[str, str, str]:
+    """Where the array's ``x``, ``y`` and ``z`` indices point: ``("R", "A", "S")`` for RAS+.
+
+    Read from :meth:`~cbirlib.volume.Volume.nifti_affine` with
+    :func:`nibabel.orientations.aff2axcodes`: each letter is the direction the index
+    increases towards.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbirlib.volume import Volume
+    >>> axis_codes(Volume("v", np.zeros((4, 4, 4), np.float32)))
+    ('R', 'A', 'S')
+    >>> flipped = Volume("v", np.zeros((4, 4, 4), np.float32), affine=np.diag([-1.0, 1, 1, 1]))
+    >>> axis_codes(flipped)
+    ('L', 'A', 'S')
+    """
+    from nibabel.orientations import aff2axcodes
+
+    codes = tuple(str(c) for c in aff2axcodes(volume.nifti_affine()))  # type: ignore[no-untyped-call]
+    if len(codes) != 3 or any(c not in _OPPOSITE for c in codes):
+        raise VizError(f"volume {volume.id!r}: its affine has no clear orientation ({codes})")
+    return codes[0], codes[1], codes[2]
+
+
+def orientation_markers(volume: Volume, plane: str) -> dict[str, str]:
+    """The letters at the left, right, top and bottom edges of a panel as :func:`montage` draws it.
+
+    Parameters
+    ----------
+    volume
+        The volume drawn.
+    plane
+        ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+
+    Returns
+    -------
+    dict
+        ``{"left": ..., "right": ..., "top": ..., "bottom": ...}``: the patient direction
+        each edge of the image faces.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbirlib.volume import Volume
+    >>> vol = Volume("v", np.zeros((4, 4, 4), np.float32))
+    >>> orientation_markers(vol, "axial")  # radiological: the patient's right on the left
+    {'left': 'R', 'right': 'L', 'top': 'A', 'bottom': 'P'}
+    >>> orientation_markers(vol, "sagittal")
+    {'left': 'A', 'right': 'P', 'top': 'S', 'bottom': 'I'}
+    """
+    x, y, z = axis_codes(volume)
+    # the drawn images reverse the horizontal index (x, or y for sagittal): its far end is
+    # on the viewer's left; the vertical index (y for axial, z otherwise) grows upwards
+    horizontal, vertical = {"axial": (x, y), "coronal": (x, z), "sagittal": (y, z)}.get(
+        plane, (None, None)
+    )
+    if horizontal is None or vertical is None:
+        raise VizError(f"unknown plane {plane!r}; valid: axial, {', '.join(PLANES)}")
+    return {
+        "left": horizontal,
+        "right": _OPPOSITE[horizontal],
+        "top": vertical,
+        "bottom": _OPPOSITE[vertical],
+    }
+
+
+def _draw_markers(ax: Axes, volume: Volume, plane: str) -> None:
+    for side, letter in orientation_markers(volume, plane).items():
+        (x, y), ha, va = _MARKER_PLACES[side]
+        text = ax.text(
+            x,
+            y,
+            letter,
+            transform=ax.transAxes,
+            ha=ha,
+            va=va,
+            color=_MARKER_COLOR,
+            fontsize=7,
+            fontweight="bold",
+        )
+        text.set_gid(f"orientation-{side}")
+
+
 def _draw_axial(
     ax: Axes,
     volume: Volume,
@@ -139,6 +247,7 @@ def _draw_reformat(
     plane: str,
     bounds: tuple[float, float],
     title: str | None = None,
+    color: str = _BAND_COLOR,
 ) -> None:
     _check_plane(plane)
     _, ny, nx = volume.shape
@@ -162,7 +271,7 @@ def _draw_reformat(
     )
     if span is not None:
         low, high = _span_mm(volume, span)
-        ax.axhspan(low, high, color=_BAND_COLOR, alpha=0.35, linewidth=0)
+        ax.axhspan(low, high, color=color, alpha=_BAND_ALPHA, linewidth=0)
     ax.set_xticks([])
     ax.set_ylabel("z (mm)", fontsize=7)
     ax.tick_params(labelsize=6)
@@ -435,6 +544,7 @@ def montage(
     plane: Plane | None = "coronal",
     query_id: str | None = None,
     query_span: tuple[int, int] | None = None,
+    structure: str | None = None,
     root: str | os.PathLike[str] | None = None,
 ) -> Figure:
     """The query next to its best retrieved volumes, with scores and localized spans.
@@ -444,7 +554,10 @@ def montage(
     slice, titled with rank, volume id, score and slice. Row 2 (unless ``plane=None``)
     shows a coronal or sagittal reformat of each volume with its predicted span (the
     ``loc_first``/``loc_last`` columns written by :class:`~cbirlib.localize.Localize`)
-    as a band, superior up.
+    as a band, superior up, and a legend names the bands (the predicted span; the query
+    region, drawn in another colour, when ``query_span`` is given). The figure title
+    names the query and, when given, its ``structure``; every image panel carries
+    orientation markers (:func:`orientation_markers`).
 
     Parameters
     ----------
@@ -468,6 +581,9 @@ def montage(
     query_span
         A band to draw on the query's reformat (e.g. the region a region query covers);
         the query's axial panel then shows the span's central slice.
+    structure
+        The structure the query is about (a region query's), shown in the title and the
+        legend.
     root
         With ``volumes=None``: the data root for paths of the ``path`` column that are
         relative (paths made by :meth:`Hits.with_paths` are absolute already; give its
@@ -493,9 +609,13 @@ def montage(
     >>> vols = {k: Volume(k, np.zeros((6, 8, 8), np.float32)) for k in ("q", "a", "b")}
     >>> hits = Hits(query_id=["q", "q"], volume_id=["a", "b"], score=[0.9, 0.7],
     ...             level="volume", extra={"loc_first": [1, 0], "loc_last": [3, 2]})
-    >>> fig = montage(vols["q"], hits, vols, top=2)
+    >>> fig = montage(vols["q"], hits, vols, top=2, query_span=(1, 3), structure="liver")
     >>> [ax.get_title().splitlines()[0] for ax in fig.axes[:3]]
     ['query q', '#1 a', '#2 b']
+    >>> fig.get_suptitle()
+    'query q: liver'
+    >>> [t.get_text() for t in fig.legends[0].get_texts()]
+    ['predicted span', 'query region (liver)']
     """
     if top < 1:
         raise VizError(f"top must be >= 1, got {top}")
@@ -512,8 +632,12 @@ def montage(
     if query_span is not None:
         q_title = f"query {query.id}\n{_span_text(query, query_span)}"
     _draw_axial(axes[0, 0], query, q_index, q_bounds, q_title)
+    _draw_markers(axes[0, 0], query, "axial")
     if plane is not None:
-        _draw_reformat(axes[1, 0], query, query_span, plane, q_bounds, f"query ({plane})")
+        _draw_reformat(
+            axes[1, 0], query, query_span, plane, q_bounds, f"query ({plane})", _QUERY_BAND_COLOR
+        )
+        _draw_markers(axes[1, 0], query, plane)
     for col, match in enumerate(matches, start=1):
         volume = _load(volumes, match.volume_id)
         if 0 <= match.slice_index < volume.n_slices:
@@ -525,14 +649,32 @@ def montage(
         bounds = _bounds(volume, window)
         title = f"#{match.rank} {match.volume_id}\nscore {match.score:.3f}, slice {index}"
         _draw_axial(axes[0, col], volume, index, bounds, title)
+        _draw_markers(axes[0, col], volume, "axial")
         if plane is not None:
             span_title = "no span"
             if match.span is not None:
                 span_title = "span " + _span_text(volume, match.span).removeprefix("slices ")
             _draw_reformat(axes[1, col], volume, match.span, plane, bounds, span_title)
+            _draw_markers(axes[1, col], volume, plane)
     if not matches:
         axes[0, 1].set_axis_off()
         axes[0, 1].set_title("no hits", fontsize=8)
         if plane is not None:
             axes[1, 1].set_axis_off()
+    fig.suptitle(f"query {query.id}" + (f": {structure}" if structure else ""), fontsize=9)
+    if plane is not None:
+        _band_legend(fig, query_span is not None, structure)
     return fig
+
+
+def _band_legend(fig: Figure, query_band: bool, structure: str | None) -> None:
+    """What the coloured bands of the reformats are, below the panels."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=_BAND_COLOR, alpha=_BAND_ALPHA, label="predicted span")]
+    if query_band:
+        label = "query region" + (f" ({structure})" if structure else "")
+        handles.append(Patch(color=_QUERY_BAND_COLOR, alpha=_BAND_ALPHA, label=label))
+    fig.legend(
+        handles=handles, loc="outside lower center", ncols=len(handles), fontsize=7, frameon=False
+    )

@@ -7,8 +7,9 @@ One place resolves every weight source cbirlib knows:
   :func:`hub_errors`;
 * a URL (``http(s)://`` or ``file://``): downloaded once into :func:`cache_dir`
   (``$CBIRLIB_CACHE`` or ``~/.cache/cbirlib``), under a sub-folder named after a hash
-  of the URL (:func:`download_path`), written to a temporary file and
-  renamed into place, with an optional sha256 check;
+  of the URL (:func:`download_path`), under an inter-process lock, resumed when
+  interrupted (:func:`download`), renamed into place when complete, with an optional
+  sha256 check;
 * a local file: safetensors, or a torch checkpoint read with
   ``torch.load(..., weights_only=True)`` (never unpickled freely).
 
@@ -35,8 +36,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -264,17 +263,25 @@ def download(
 ) -> Path:
     """Download ``url`` once into the cache and return the local path.
 
-    The file is written to a temporary file in the cache directory and renamed into
-    place only after it is complete (and its sha256 matches, when given), so a broken
-    download never leaves a file that looks valid. A file already in the cache is
-    re-used (and re-checked against ``sha256``).
+    Safe for several processes at once (cluster jobs fetching one file): an
+    inter-process lock (:mod:`filelock`, ``.<file>.lock`` beside the file, removed once
+    the file is in place) lets one process download while the others wait and then use
+    its file. The bytes go to
+    ``<file>.part``, which is renamed into place only when complete and matching
+    ``sha256`` (when given), so a broken download never leaves a file that looks valid.
+    ``http(s)`` downloads are made by :func:`huggingface_hub.file_download.http_get`: an
+    interrupted transfer is retried and resumed with an HTTP ``Range`` request, and a
+    ``.part`` file left by an earlier run is resumed the same way (downloaded again from
+    the start when the server ignores the range, or when the resumed file fails its
+    sha256). A file already in the cache is re-used (and re-checked against ``sha256``).
 
     Parameters
     ----------
     url
         ``http(s)://`` or ``file://`` URL.
     sha256
-        Expected hex digest; :class:`~cbirlib.errors.ChecksumError` on mismatch.
+        Expected hex digest; :class:`~cbirlib.errors.ChecksumError` on mismatch (the
+        downloaded bytes are then deleted).
     directory
         Cache directory; default :func:`cache_dir`. The file goes to
         :func:`download_path`: a sub-folder named after a hash of the URL.
@@ -284,12 +291,12 @@ def download(
     Raises
     ------
     WeightsError
-        Downloads are switched off and the file is not cached, or the download failed.
+        Downloads are switched off and the file is not cached, or the download failed
+        (a ``.part`` file is kept to resume from).
     ChecksumError
-        The file does not match ``sha256``.
+        The file does not match ``sha256``; nothing is left at the final path.
     """
     target = download_path(url, directory=directory, filename=filename)
-    target_dir, name = target.parent, target.name
     if target.is_file():
         _check_sha256(target, sha256)
         logger.debug("using cached %s", target)
@@ -300,29 +307,89 @@ def download(
             f"(HF_HUB_OFFLINE / {OFFLINE_ENV}); put the file there, set {CACHE_ENV} to a folder "
             f"that holds it, or {HOW_TO_PASS}."
         )
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target_dir)
-    tmp = Path(tmp_name)
+    from filelock import FileLock, Timeout
+
     try:
-        logger.info("downloading %s to %s", url, target)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                out.write(block)
-        _check_sha256(tmp, sha256)
-        os.replace(tmp, target)
-    except (OSError, urllib.error.URLError, ValueError) as exc:
-        if isinstance(exc, CbirError):
-            raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"cannot create the weights cache at {target.parent}: {exc}") from exc
+    lock_path = target.with_name(f".{target.name}.lock")
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process downloading %s to %s", url, target)
+        lock.acquire()
+    try:
+        if not target.is_file():  # another process may have finished it meanwhile
+            _download_locked(url, target, sha256)
+        else:
+            _check_sha256(target, sha256)
+        # safe once the file is in place: whoever holds or takes any lock now finds it
+        lock_path.unlink(missing_ok=True)
+    finally:
+        lock.release()
+        with contextlib.suppress(OSError):
+            target.parent.rmdir()  # only when empty: leave no trace of a failed download
+    return target
+
+
+def _part_path(target: Path) -> Path:
+    return target.with_name(target.name + ".part")
+
+
+def _download_locked(url: str, target: Path, sha256: str | None) -> None:
+    """Download ``url`` to ``target`` through its ``.part`` file (the lock is held)."""
+    part = _part_path(target)
+    resumed = part.is_file() and part.stat().st_size > 0 and not url.startswith("file:")
+    logger.info("downloading %s to %s%s", url, target, " (resuming)" if resumed else "")
+    try:
+        _fetch(url, part, resume=resumed)
+        try:
+            _check_sha256(part, sha256)
+        except ChecksumError:
+            if not resumed:
+                raise
+            logger.info("resumed download of %s fails its sha256; downloading it again", url)
+            _fetch(url, part, resume=False)
+            _check_sha256(part, sha256)
+        os.replace(part, target)
+    except ChecksumError:
+        part.unlink(missing_ok=True)
+        raise
+    except CbirError:
+        raise
+    except Exception as exc:  # network, HTTP status and file errors of several libraries
+        if url.startswith("file:"):
+            part.unlink(missing_ok=True)
+        kept = f" ({part.stat().st_size} bytes kept in {part} to resume)" if part.is_file() else ""
         raise WeightsError(
-            f"could not download weights from {url!r}: {exc}; "
+            f"could not download weights from {url!r}: {exc}{kept}; run again to resume, "
             f"put the file at {target} yourself, or {HOW_TO_PASS}."
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-        if not target.is_file():
-            with contextlib.suppress(OSError):
-                target_dir.rmdir()  # only when empty: leave no trace of a failed download
-    return target
+
+
+def _fetch(url: str, part: Path, *, resume: bool) -> None:
+    """Write ``url`` to ``part``: appended after its bytes when ``resume``, else from 0."""
+    if url.startswith("file:"):
+        import shutil
+
+        with urllib.request.urlopen(url, timeout=60) as resp, part.open("wb") as out:
+            shutil.copyfileobj(resp, out, 1 << 20)
+        return
+    from huggingface_hub.file_download import http_get
+
+    size = part.stat().st_size if resume and part.is_file() else 0
+    try:
+        with part.open("ab" if size else "wb") as out:
+            http_get(url, out, resume_size=size, displayed_filename=part.name[: -len(".part")])
+    except Exception as exc:
+        if not size:
+            raise
+        # e.g. 416 for a .part that is already whole, or a server that refuses ranges
+        logger.info("resuming %s failed (%s); downloading it again", url, exc)
+        with part.open("wb") as out:
+            http_get(url, out, displayed_filename=part.name[: -len(".part")])
 
 
 def resolve_file(source: str | os.PathLike[str], *, sha256: str | None = None) -> Path:

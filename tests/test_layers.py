@@ -65,6 +65,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.finder": 7,
     "cbirlib.metrics": 6,
     "cbirlib.evaluation": 7,
+    "cbirlib.significance": 7,
     "cbirlib.tables": 7,
     "cbirlib.viz": 7,
     "cbirlib.benchmarking": 8,

@@ -67,7 +67,7 @@ def test_hook_object_registered_directly_is_found(register_hooks: Any) -> None:
     assert [(i.name, i.aliases, i.plugin) for i in infos] == [
         ("tiny", ("tiny-net",), "tiny-plugin")
     ]
-    assert infos[0].weights_available is True
+    assert infos[0].weights_available is None  # no check registered: unknown, not available
     ex = create_extractor("tiny-net", device="cpu", seed=1)
     assert isinstance(ex, TinyNet) and ex.seed == 1
     pm.unregister(plugin)
@@ -250,3 +250,38 @@ def test_bad_arguments_and_bad_factories(register_hooks: Any) -> None:
     assert list_extractors("weights")[0].weights_available is False  # a failing check is False
     assert [i.name for i in list_extractors("t*")] == ["tiny"]
     assert [i.name for i in list_extractors("NET")] == ["tiny"]  # substring of an alias
+
+
+def test_omitted_weights_check_is_unknown_never_available(
+    register_hooks: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ``weights_available``: unknown (None), shown as such by the CLI, not as available."""
+    import json
+
+    from cbirlib.cli import main
+
+    def three(register: Register) -> None:
+        register("w-omitted", TinyNet)
+        register("w-present", TinyNet, weights_available=lambda: True)
+        register("w-missing", TinyNet, weights_available=lambda: False)
+
+    register_hooks(three, "three")
+    got = {i.name: i.weights_available for i in list_extractors("w-*")}
+    assert got == {"w-missing": False, "w-omitted": None, "w-present": True}
+
+    assert main(["extractors", "w-*", "--json"]) == 0
+    rows = {row["name"]: row["weights"] for row in json.loads(capsys.readouterr().out)}
+    assert rows == got  # None is JSON null
+
+    assert main(["extractors", "w-*"]) == 0
+    table = capsys.readouterr().out
+    words = {ln.split()[0]: ln.split()[1] for ln in table.splitlines() if ln.startswith("w-")}
+    assert words == {"w-missing": "no", "w-omitted": "unknown", "w-present": "yes"}
+    assert "'unknown' = the plugin has no check" in table
+
+
+def test_baseline_says_it_needs_no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points(BASELINE_EP))
+    monkeypatch.setenv("CBIRLIB_PLUGINS", "baseline")
+    infos = list_extractors("baseline")
+    assert [(i.name, i.weights_available) for i in infos] == [("baseline", True)]

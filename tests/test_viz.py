@@ -195,3 +195,64 @@ def test_figures_leave_no_pyplot_state(tmp_path) -> None:
         import matplotlib.pyplot as plt
 
         assert plt.get_fignums() == []
+
+
+def _markers(ax) -> dict[str, str]:
+    return {
+        t.get_gid().removeprefix("orientation-"): t.get_text()
+        for t in ax.texts
+        if (t.get_gid() or "").startswith("orientation-")
+    }
+
+
+def test_montage_has_a_band_legend_the_structure_in_its_title_and_orientation_markers() -> None:
+    vols = {v: _volume(v) for v in ("q", "a", "b")}
+    hits = _volume_hits("q", ["a", "b"], [0.9, 0.7], [(2, 5), (4, 8)])
+    for plane, edges in (("coronal", ("R", "L")), ("sagittal", ("A", "P"))):
+        fig = montage(
+            vols["q"], hits, vols, top=2, plane=plane, query_span=(3, 6), structure="liver"
+        )
+        assert fig.get_suptitle() == "query q: liver"
+        (legend,) = fig.legends
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert labels == ["predicted span", "query region (liver)"]
+        # the legend's colours are the bands' colours
+        colours = [tuple(h.get_facecolor()[:3]) for h in legend.legend_handles]
+        query_band = fig.axes[3].patches[0].get_facecolor()[:3]  # row 2, column 1: the query
+        match_band = fig.axes[4].patches[0].get_facecolor()[:3]
+        assert colours == [tuple(match_band), tuple(query_band)] and query_band != match_band
+        axial, reformats = fig.axes[:3], fig.axes[3:]
+        for ax in axial:
+            assert _markers(ax) == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+        for ax in reformats:
+            left, right = edges
+            assert _markers(ax) == {"left": left, "right": right, "top": "S", "bottom": "I"}
+    # no query region: only the predicted span in the legend, no structure in the title
+    fig = montage(vols["q"], hits, vols, top=2)
+    assert fig.get_suptitle() == "query q"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["predicted span"]
+    assert not montage(vols["q"], hits, vols, top=2, plane=None).legends  # no band, no legend
+
+
+def test_orientation_markers_follow_the_affine_and_the_drawn_image() -> None:
+    """Bright voxels at high x are on the viewer's left; the marker there names their side."""
+    array = np.full((12, 16, 16), -500.0, np.float32)
+    array[:, 6:10, 12:] = BRIGHT  # high x: the patient's right in RAS+
+    ras = Volume("ras", array)
+    flipped = Volume("las", array, affine=np.diag([-1.0, 1.0, 1.0, 1.0]))  # x towards L
+    for vol, left in ((ras, "R"), (flipped, "L")):
+        hits = _volume_hits(vol.id + "-q", [vol.id], [1.0], [(2, 5)])
+        fig = montage(vol, hits, {vol.id: vol}, top=1, window=(-600.0, 600.0))
+        axial = fig.axes[0]
+        x, _ = _bright_centre(fig, axial)
+        assert x < 0.4  # drawn on the viewer's left ...
+        assert _markers(axial)["left"] == left  # ... which faces the patient's right (RAS+)
+        assert _markers(axial)["right"] == {"R": "L", "L": "R"}[left]
+        assert _markers(fig.axes[2])["left"] == left  # the coronal reformat too
+
+
+def test_orientation_markers_of_an_unknown_plane_are_an_error() -> None:
+    from cbirlib.viz import orientation_markers
+
+    with pytest.raises(VizError, match="unknown plane 'oblique'"):
+        orientation_markers(_volume("v"), "oblique")

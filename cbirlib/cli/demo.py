@@ -38,9 +38,10 @@ def _pick_demo_extractor(name: str, options: dict[str, Any]) -> Extractor:
 
     # a substring pattern checks the weights of the matching extractors only (cheap)
     match = [i for i in list_extractors(name) if i.name == name or name in i.aliases]
-    if match and not match[0].weights_available and "weights" not in options:
+    # unknown (None: the plugin has no check) is tried; the extractor's own error follows
+    if match and match[0].weights_available is False and "weights" not in options:
         usable = ", ".join(
-            i.name for i in list_extractors() if i.weights_available and not i.is_family
+            i.name for i in list_extractors() if i.weights_available is True and not i.is_family
         )
         raise CliError(
             f"extractor {name!r} has no weights on this machine; pass --weights PATH, or use "
@@ -206,7 +207,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         return cache[volume_id]
 
     fig = montage(
-        query, region_hits, load, top=min(5, args.top), query_id=region.id, query_span=(first, last)
+        query,
+        region_hits,
+        load,
+        top=min(5, args.top),
+        query_id=region.id,
+        query_span=(first, last),
+        structure=structure,
     )
     png = root / "montage.png"
     fig.savefig(png, dpi=110)

@@ -18,6 +18,9 @@ __all__ = ["COMMAND", "describe", "run"]
 
 logger = logging.getLogger(__name__)
 
+#: How the table shows ``ExtractorInfo.weights_available`` (None: the plugin did not say).
+_WEIGHTS_WORD = {True: "yes", False: "no", None: "unknown"}
+
 
 def describe(info: ExtractorInfo) -> dict[str, Any]:
     """One extractor as a JSON-ready dict, with its ``dim`` and input size.
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     write(out, f"{'name':<24} {'weights':<8} {'dim':>5} {'input':>11} {'plugin':<12} description")
     for row in rows:
-        weights = "family" if row["family"] else ("yes" if row["weights"] else "no")
+        weights = "family" if row["family"] else _WEIGHTS_WORD[row["weights"]]
         dim = "-" if row["dim"] is None else str(row["dim"])
         shape = row["input"]
         size = (
@@ -76,7 +79,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             f"{row['name']:<24} {weights:<8} {dim:>5} {size:>11} {row['plugin']:<12} "
             f"{cli_syntax(row['description'])}{aliases}",
         )
-    write(out, "\nweights: 'yes' = present locally or not needed; nothing is downloaded to check")
+    write(
+        out,
+        "\nweights: 'yes' = present locally or not needed; 'unknown' = the plugin has no "
+        "check (try it, or pass --weights); nothing is downloaded to check",
+    )
     write(out, "input: channels x height x width of the slices the model sees")
     return 0
 

@@ -292,6 +292,7 @@ def register_extractors(register: Register) -> None:
             "Baseline: classical descriptor (HU-window histograms, body-aligned grid, "
             "body shape); no weights, offline; not a pretrained model"
         ),
+        weights_available=lambda: True,  # it needs none
     )
 
 
