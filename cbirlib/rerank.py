@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cbirlib._progress import progress
-from cbirlib.errors import PipelineError, SettingError, SliceIndexError
+from cbirlib.errors import ExtractorError, PipelineError, SettingError, SliceIndexError
 from cbirlib.hits import Hits
 from cbirlib.pipeline import SearchContext, Stage, StageLevel
 
@@ -260,7 +260,7 @@ def _torch_best(
     short ones padded with copies of their last column (which cannot win a tie: the
     maximum's first position is taken), and reduced with one ``max``.
     """
-    import torch
+    import torch  # lazy: keeps import cbirlib cheap
 
     dev = _torch_device(device)
     kind = dtype or ("float32" if dev.type == "cpu" else "float16")
@@ -291,7 +291,7 @@ def _torch_best(
 
 def _tensor(array: npt.NDArray[np.float32]) -> torch.Tensor:
     """A tensor sharing ``array``'s memory, also when it is read-only (never written)."""
-    import torch
+    import torch  # lazy: keeps import cbirlib cheap
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
@@ -300,8 +300,7 @@ def _tensor(array: npt.NDArray[np.float32]) -> torch.Tensor:
 
 def _torch_device(device: str) -> torch.device:
     """A usable torch device, or a :class:`SettingError` naming the setting."""
-    from cbirlib.errors import ExtractorError
-    from cbirlib.extractor import resolve_device
+    from cbirlib.extractor import resolve_device  # lazy: torch
 
     try:
         return resolve_device(device)
