@@ -113,6 +113,10 @@ class SearchContext:
         match (one per query slice).
     verbose
         Progress bars: on a terminal only (``None``), always (``True``) or never (``False``).
+    device
+        The device the query embeddings were computed on (``"cpu"``, ``"cuda:0"``...;
+        set by :class:`~cbirlib.search.SliceSearch` from its extractor, None when
+        unknown). :class:`~cbirlib.rerank.MaxSimRerank` computes on a CUDA device there.
     """
 
     queries: dict[str, Volume] = field(default_factory=dict)
@@ -122,6 +126,7 @@ class SearchContext:
     informative: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
     evidence: dict[str, Mapping[tuple[str, str], npt.NDArray[Any]]] = field(default_factory=dict)
     verbose: bool | None = None
+    device: str | None = None
 
     @classmethod
     def for_queries(cls, queries: Queries, *, verbose: bool | None = None) -> SearchContext:

@@ -5,9 +5,13 @@ embeddings s_1..s_n::
 
     score(Q, V) = (1/m) * sum_t max_i <q_t, s_i>
 
-All candidates of a query are scored at once: one matrix product of the query slices
-against the concatenated candidate vectors, then a segmented max
-(``np.maximum.reduceat``) over each candidate's columns.
+All candidates of a query are scored together: the query slices are multiplied with the
+candidates' stacked vectors in a few large matrix products (blocks of at most 64 MiB of
+similarities), and each candidate's best match per query slice is read from its columns
+of the product (its maximum and the position of that maximum). Blank candidate slices
+are left out by setting their columns to ``-inf``, without copying any vectors. Float32
+throughout with NumPy; a torch path (float32, float16 or bfloat16, on the CPU or a CUDA
+device) computes the same in lower precision, within :data:`TOLERANCE`.
 
 Examples
 --------
@@ -23,20 +27,55 @@ Examples
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from cbirlib._progress import progress
-from cbirlib.errors import PipelineError, SliceIndexError
+from cbirlib.errors import ExtractorError, PipelineError, SettingError, SliceIndexError
 from cbirlib.hits import Hits
 from cbirlib.pipeline import SearchContext, Stage, StageLevel
 
-__all__ = ["MaxSimRerank", "maxsim_scores"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DTYPES", "TOLERANCE", "MaxSimMatch", "MaxSimRerank", "maxsim_match", "maxsim_scores"]
 
 logger = logging.getLogger(__name__)
+
+#: Number types of the torch path (the NumPy path is float32).
+DTYPES = ("float32", "float16", "bfloat16")
+
+#: Largest difference, per number type, of a score or a best-match similarity from the
+#: float32 NumPy result, for unit vectors: rounding both inputs and the product to a
+#: ``u``-precise type (``u = 2**-11`` for float16, ``2**-8`` for bfloat16) moves a
+#: cosine by at most ``3 u``. float32: another BLAS summing in another order.
+TOLERANCE: dict[str, float] = {"float32": 1e-5, "float16": 3 * 2.0**-11, "bfloat16": 3 * 2.0**-8}
+
+_BLOCK_BYTES = 64 * 2**20  # similarities held at once (NumPy float32, or torch's type)
+
+
+class MaxSimMatch(NamedTuple):
+    """MaxSim of one query against ``c`` candidates (:func:`maxsim_match`).
+
+    Attributes
+    ----------
+    scores
+        ``(c,)`` float64, the mean over query slices of the best similarity.
+    argmax
+        ``(m, c)`` int64, for each query slice the row (within the candidate, 0-based, in
+        the candidate's own rows, skipped ones counted) of its best match; first on ties.
+    similarity
+        ``(m, c)`` float32, the similarity of that best match.
+    """
+
+    scores: npt.NDArray[np.float64]
+    argmax: npt.NDArray[np.int64]
+    similarity: npt.NDArray[np.float32]
 
 
 def maxsim_scores(
@@ -63,23 +102,210 @@ def maxsim_scores(
     argmax
         ``(m, c)`` int64, for each query slice the row (within the candidate, 0-based) of
         its best-matching candidate slice (first one on ties).
+
+    See Also
+    --------
+    maxsim_match : the same with the best similarities, skipped rows and a torch path.
     """
-    offsets = np.asarray(offsets, dtype=np.int64)
-    starts = offsets[:-1]
-    lengths = np.diff(offsets)
+    match = maxsim_match(queries, vectors, offsets)
+    return match.scores, match.argmax
+
+
+def maxsim_match(
+    queries: npt.ArrayLike,
+    vectors: npt.ArrayLike,
+    offsets: npt.ArrayLike,
+    *,
+    keep: npt.ArrayLike | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> MaxSimMatch:
+    """Best match of every query slice in every candidate, and the MaxSim scores.
+
+    Parameters
+    ----------
+    queries
+        ``(m, dim)`` query-slice embeddings (unit vectors for :data:`TOLERANCE` to hold).
+    vectors
+        ``(n, dim)`` stored slice embeddings of all candidates, concatenated (used in
+        place when float32 and C-contiguous, else converted once).
+    offsets
+        ``(c + 1,)`` row offsets: candidate ``j`` owns rows ``offsets[j]:offsets[j+1]``.
+    keep
+        Optional ``(n,)`` bool: rows with ``False`` take no part (blank slices). Every
+        candidate needs at least one kept row.
+    device
+        ``None`` (default): NumPy, float32. A torch device (``"cpu"``, ``"cuda"``,
+        ``"cuda:1"``, ...): torch on that device, in ``dtype``.
+    dtype
+        Number type of the torch path, one of :data:`DTYPES`; ``None``: float32 on the
+        CPU, float16 elsewhere. Ignored (must be None or ``"float32"``) without a device.
+
+    Returns
+    -------
+    MaxSimMatch
+        Scores, argmax rows and best similarities. With float16/bfloat16 they are within
+        :data:`TOLERANCE` of the float32 result, and an argmax row may be another row
+        whose float32 similarity is within twice that of the best.
+
+    Raises
+    ------
+    SliceIndexError
+        A candidate without (kept) rows, or shapes that do not fit together.
+    SettingError
+        An unknown ``dtype``, or a ``dtype`` other than float32 without a device.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    off = np.asarray(offsets, dtype=np.int64)
+    _check_dtype(dtype)
+    if device is None and dtype not in (None, "float32"):
+        raise SettingError(f"dtype={dtype!r} needs a torch device (device='cpu' or 'cuda')")
+    if q.ndim != 2 or v.ndim != 2 or q.shape[1] != v.shape[1]:
+        raise SliceIndexError(
+            f"MaxSim needs (m, dim) queries and (n, dim) vectors, got {q.shape} and {v.shape}"
+        )
+    if off.ndim != 1 or len(off) < 1 or off[0] != 0 or off[-1] != len(v):
+        raise SliceIndexError(f"MaxSim offsets must run from 0 to {len(v)}, got {off.tolist()}")
+    lengths = np.diff(off)
     if (lengths <= 0).any():
         raise SliceIndexError(
             f"MaxSim candidates {np.flatnonzero(lengths <= 0).tolist()} have no stored vectors"
         )
-    sims = queries @ vectors.T  # (m, n): the one matrix product
-    best = np.maximum.reduceat(sims, starts, axis=1)  # (m, c)
-    # first column reaching the segment max: mark hits, take the segment minimum position
-    cols = np.arange(sims.shape[1], dtype=np.int64)
-    is_best = sims >= np.repeat(best, lengths, axis=1)
-    position = np.where(is_best, cols, sims.shape[1])
-    argmax = np.minimum.reduceat(position, starts, axis=1) - starts
-    scores = best.mean(axis=0, dtype=np.float64)
-    return scores, argmax.astype(np.int64)
+    blank = _blank_rows(keep, off)
+    if device is None:
+        best, arg = _numpy_best(q, v, off, blank)
+    else:
+        best, arg = _torch_best(q, v, off, blank, device, dtype)
+    # best, arg: (c, m); the mean runs over each row (one candidate) in float64
+    scores = best.mean(axis=1, dtype=np.float64) if len(q) else np.full(len(best), np.nan)
+    return MaxSimMatch(scores, arg.T, best.T)
+
+
+def _check_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in DTYPES:
+        raise SettingError(f"unknown MaxSim dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+
+
+def _blank_rows(
+    keep: npt.ArrayLike | None, offsets: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Sorted row numbers that take no part (empty when all do)."""
+    if keep is None:
+        return np.zeros(0, np.int64)
+    mask = np.asarray(keep, dtype=bool)
+    if mask.shape != (int(offsets[-1]),):
+        raise SliceIndexError(f"MaxSim keep flags of shape {mask.shape} for {offsets[-1]} rows")
+    kept = np.add.reduceat(mask, offsets[:-1]) if len(offsets) > 1 else np.zeros(0, np.int64)
+    if (kept == 0).any():
+        raise SliceIndexError(
+            f"MaxSim candidates {np.flatnonzero(kept == 0).tolist()} have no kept rows"
+        )
+    return np.flatnonzero(~mask).astype(np.int64)
+
+
+def _blocks(offsets: npt.NDArray[np.int64], m: int, itemsize: int) -> Iterator[tuple[int, int]]:
+    """Candidate ranges ``[j, k)`` whose similarities fit the block budget (>= 1 each)."""
+    columns = max(1, _BLOCK_BYTES // (itemsize * max(m, 1)))
+    c = len(offsets) - 1
+    j = 0
+    while j < c:
+        k = int(np.searchsorted(offsets, offsets[j] + columns, side="right")) - 1
+        k = min(max(k, j + 1), c)
+        yield j, k
+        j = k
+
+
+def _numpy_best(
+    q: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    off: npt.NDArray[np.int64],
+    blank: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """``(c, m)`` best similarity and its row, one product per block of candidates."""
+    m, c = len(q), len(off) - 1
+    best = np.empty((c, m), np.float32)
+    arg = np.empty((c, m), np.int64)
+    if m == 0 or c == 0:
+        return best, arg
+    rows = np.arange(m)
+    buffer = np.empty(0, np.float32)
+    for j, k in _blocks(off, m, 4):
+        a, b = int(off[j]), int(off[k])
+        if buffer.size < m * (b - a):
+            buffer = np.empty(m * (b - a), np.float32)  # reused: no page faults per block
+        sims = np.matmul(q, v[a:b].T, out=buffer[: m * (b - a)].reshape(m, b - a))
+        lo, hi = np.searchsorted(blank, [a, b])
+        if hi > lo:
+            sims[:, blank[lo:hi] - a] = -np.inf
+        for i in range(j, k):  # per candidate: one argmax over its columns, in place
+            seg = sims[:, off[i] - a : off[i + 1] - a]
+            pos = seg.argmax(axis=1)
+            arg[i] = pos
+            best[i] = seg[rows, pos]
+    return best, arg
+
+
+def _torch_best(
+    q: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    off: npt.NDArray[np.int64],
+    blank: npt.NDArray[np.int64],
+    device: str,
+    dtype: str | None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """As :func:`_numpy_best`, on torch: a product per block, then one max over a padded view.
+
+    Each candidate's columns are gathered into a ``(m, candidates, longest)`` view, the
+    short ones padded with copies of their last column (which cannot win a tie: the
+    maximum's first position is taken), and reduced with one ``max``.
+    """
+    import torch  # lazy: keeps import cbirlib cheap
+
+    dev = _torch_device(device)
+    kind = dtype or ("float32" if dev.type == "cpu" else "float16")
+    tdtype: torch.dtype = getattr(torch, kind)
+    m, c = len(q), len(off) - 1
+    best = np.empty((c, m), np.float32)
+    arg = np.empty((c, m), np.int64)
+    if m == 0 or c == 0:
+        return best, arg
+    with torch.inference_mode():
+        tq = _tensor(q).to(dev, tdtype)
+        for j, k in _blocks(off, m, tdtype.itemsize):
+            a, b = int(off[j]), int(off[k])
+            tv = _tensor(v[a:b]).to(dev, tdtype)
+            sims = tq @ tv.T  # (m, b - a)
+            lo, hi = np.searchsorted(blank, [a, b])
+            if hi > lo:
+                sims[:, torch.from_numpy(blank[lo:hi] - a).to(dev)] = -torch.inf
+            starts = off[j:k] - a
+            lengths = np.diff(off[j : k + 1])
+            steps = np.arange(int(lengths.max()))
+            cols = starts[:, None] + np.minimum(steps[None, :], lengths[:, None] - 1)
+            values, pos = sims[:, torch.from_numpy(cols).to(dev)].max(dim=2)  # (m, k - j)
+            best[j:k] = values.T.float().cpu().numpy()
+            arg[j:k] = pos.T.cpu().numpy()
+    return best, arg
+
+
+def _tensor(array: npt.NDArray[np.float32]) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, also when it is read-only (never written)."""
+    import torch  # lazy: keeps import cbirlib cheap
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        return torch.from_numpy(array)
+
+
+def _torch_device(device: str) -> torch.device:
+    """A usable torch device, or a :class:`SettingError` naming the setting."""
+    from cbirlib.extractor import resolve_device  # lazy: torch
+
+    try:
+        return resolve_device(device)
+    except ExtractorError as exc:
+        raise SettingError(f"MaxSimRerank(device={device!r}): {exc}") from None
 
 
 @dataclass(frozen=True, repr=False)
@@ -98,6 +324,17 @@ class MaxSimRerank(Stage):
         slices (the index's ``slice_meta(...)["informative"]``), so ``m`` counts the
         informative query slices only. A query or candidate with no informative slice
         at all is scored on all its slices. ``True``: every slice takes part.
+    device
+        Where the similarities are computed. ``None`` (default): on torch on the
+        extractor's device when that is a CUDA device (``SearchContext.device``, set by
+        :class:`~cbirlib.search.SliceSearch`), else with NumPy in float32. A torch device
+        name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"``): torch there.
+    dtype
+        Number type of the torch path: ``"float32"``, ``"float16"`` or ``"bfloat16"``;
+        ``None``: float32 on the CPU, float16 on a GPU (unit vectors keep cosines in
+        [-1, 1], where float16's 11 significant bits beat bfloat16's 8). Given without
+        ``device``, torch runs on the extractor's CUDA device or the CPU. Scores and
+        match similarities are then within :data:`TOLERANCE` of the float32 ones.
 
     Notes
     -----
@@ -108,10 +345,16 @@ class MaxSimRerank(Stage):
     numbering, one per query slice taking part) and its similarity to
     ``context.evidence["maxsim_similarity"]`` (float64, one per query slice taking part;
     robust localization drops query slices whose best match is poor).
+
+    All candidates of a query are scored with :func:`maxsim_match`: a few large matrix
+    products over the vectors the index returns, no copy of them (see
+    ``docs/results/rerank_speed.md`` for its speed against one matrix product).
     """
 
     top: int = 20
     keep_blank: bool = False
+    device: str | None = None
+    dtype: str | None = None
 
     input_level: ClassVar[StageLevel] = "volume"
     output_level: ClassVar[StageLevel] = "volume"
@@ -122,10 +365,42 @@ class MaxSimRerank(Stage):
             raise PipelineError(f"MaxSimRerank(top=...) needs an integer >= 1, got {self.top!r}")
         if self.top < 1:
             raise PipelineError(f"MaxSimRerank(top=...) needs an integer >= 1, got {self.top!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise SettingError(
+                f"MaxSimRerank(dtype={self.dtype!r}): valid: {', '.join(DTYPES)} or None"
+            )
+        if self.device is not None:
+            if not isinstance(self.device, str):
+                raise SettingError(
+                    f"MaxSimRerank(device=...) needs a device name, got {self.device!r}"
+                )
+            _torch_device(self.device)
+
+    def backend(self, context: SearchContext) -> tuple[str | None, str]:
+        """Where and in which type this stage computes for ``context``.
+
+        Returns
+        -------
+        tuple
+            ``(device, dtype)``: ``device`` None for NumPy (float32), else the torch
+            device name; ``dtype`` one of :data:`DTYPES`.
+        """
+        device = self.device
+        if device is None:
+            extractor = context.device
+            if extractor is not None and extractor.startswith("cuda"):
+                return extractor, self.dtype or "float16"
+            if self.dtype is None:
+                return None, "float32"
+            device = "cpu"
+        kind = self.dtype or ("float32" if _torch_device(device).type == "cpu" else "float16")
+        return device, kind
 
     def transform(self, hits: Hits, context: SearchContext) -> Hits:
         """Score and re-order the top candidates of every query."""
         index = context.require_index(self)
+        device, kind = self.backend(context)
+        dtype = kind if device is not None else None
         evidence: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
         context.evidence["maxsim"] = evidence
         best_sims: dict[tuple[str, str], npt.NDArray[np.float64]] = {}
@@ -142,21 +417,20 @@ class MaxSimRerank(Stage):
             vectors, offsets = index.vectors_for(vids)
             metas = [index.slice_meta(vid) for vid in vids]
             slice_ids = [np.asarray(m["slice_index"], dtype=np.int64) for m in metas]
+            keep = None
             if not self.keep_blank:
                 q = q[_usable(context.informative.get(qid), len(q))]
                 rows = [
                     _usable(m.get("informative"), len(i))
                     for m, i in zip(metas, slice_ids, strict=True)
                 ]
-                if not all(r.all() for r in rows):  # copy the rows only when some drop
-                    vectors = vectors[np.concatenate(rows)]
-                    slice_ids = [i[r] for i, r in zip(slice_ids, rows, strict=True)]
-                    offsets = np.concatenate([[0], np.cumsum([len(i) for i in slice_ids])])
-            scores, argmax = maxsim_scores(q, vectors, offsets.astype(np.int64))
+                if not all(r.all() for r in rows):
+                    keep = np.concatenate(rows)
+            match = maxsim_match(q, vectors, offsets, keep=keep, device=device, dtype=dtype)
             for j, vid in enumerate(vids):
-                evidence[(qid, vid)] = slice_ids[j][argmax[:, j]]
-                best = vectors[offsets[j] + argmax[:, j]]
-                best_sims[(qid, vid)] = np.einsum("td,td->t", q, best, dtype=np.float64)
+                evidence[(qid, vid)] = slice_ids[j][match.argmax[:, j]]
+                best_sims[(qid, vid)] = match.similarity[:, j].astype(np.float64)
+            scores = match.scores
             order = np.argsort(-scores, kind="stable")
             parts.append(
                 Hits(
@@ -179,7 +453,9 @@ class MaxSimRerank(Stage):
 
     def __repr__(self) -> str:
         blank = ", keep_blank=True" if self.keep_blank else ""
-        return f"MaxSimRerank(top={self.top}{blank})"
+        device = f", device={self.device!r}" if self.device is not None else ""
+        dtype = f", dtype={self.dtype!r}" if self.dtype is not None else ""
+        return f"MaxSimRerank(top={self.top}{blank}{device}{dtype})"
 
 
 def _usable(flags: npt.ArrayLike | None, n: int) -> npt.NDArray[np.bool_]:

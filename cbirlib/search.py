@@ -353,6 +353,7 @@ class SliceSearch(Stage):
             self._check_extractor()
             self._checked.append(True)
         context.index = self.index
+        context.device = None if (d := getattr(self.extractor, "device", None)) is None else str(d)
         vols = list(context.queries.values())
         _warn_modality(vols, self.index)
         blocks, qids, qslices, owns = [], [], [], []
