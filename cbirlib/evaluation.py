@@ -43,8 +43,9 @@ from typing import Literal
 import pandas as pd
 
 from cbirlib.errors import EvaluationError
+from cbirlib.hits import Hits
 from cbirlib.labels import SliceLabels
-from cbirlib.metrics import HitsLike, Metric, Truth, aggregate
+from cbirlib.metrics import Metric, Truth, aggregate
 from cbirlib.pipeline import Retriever
 from cbirlib.volume import Volume
 
@@ -157,7 +158,7 @@ def _check_no_overlap(queries: Sequence[Volume], truth: Truth) -> None:
 
 
 def evaluate(
-    systems: Mapping[str, Retriever | HitsLike | pd.DataFrame],
+    systems: Mapping[str, Retriever | Hits | pd.DataFrame],
     queries: Sequence[Volume],
     truth: Truth | Mapping[str, SliceLabels],
     metrics: Sequence[Metric],
@@ -209,9 +210,11 @@ def evaluate(
     from tqdm.auto import tqdm
 
     for name, system in tqdm(systems.items(), desc="systems", disable=not verbose):
-        hits: HitsLike | pd.DataFrame
-        if isinstance(system, HitsLike | pd.DataFrame):
+        hits: Hits
+        if isinstance(system, Hits):
             hits = system
+        elif isinstance(system, pd.DataFrame):
+            hits = Hits.from_pandas(system)
         elif hasattr(system, "retrieve"):
             logger.info("retrieving %d queries with %s", len(queries), name)
             hits = system.retrieve(list(queries), verbose=verbose)
