@@ -42,10 +42,10 @@ from typing import Literal
 
 import pandas as pd
 
-from cbirlib.errors import EvaluationError
+from cbirlib.errors import EvaluationError, HitsTypeError
 from cbirlib.hits import Hits
 from cbirlib.labels import SliceLabels
-from cbirlib.metrics import Metric, Truth, aggregate
+from cbirlib.metrics import Metric, Truth, aggregate, as_hits
 from cbirlib.pipeline import Retriever
 from cbirlib.volume import Volume
 
@@ -158,7 +158,7 @@ def _check_no_overlap(queries: Sequence[Volume], truth: Truth) -> None:
 
 
 def evaluate(
-    systems: Mapping[str, Retriever | Hits | pd.DataFrame],
+    systems: Mapping[str, Retriever | Hits],
     queries: Sequence[Volume],
     truth: Truth | Mapping[str, SliceLabels],
     metrics: Sequence[Metric],
@@ -176,7 +176,8 @@ def evaluate(
     systems
         Name -> retriever (anything with ``retrieve(queries, verbose=...)``, e.g. a
         :class:`~cbirlib.pipeline.Pipeline`), or name -> precomputed hits (a
-        :class:`~cbirlib.hits.Hits` table or its ``to_pandas()`` DataFrame).
+        :class:`~cbirlib.hits.Hits` table; a DataFrame of hits becomes one with
+        :meth:`Hits.from_pandas <cbirlib.hits.Hits.from_pandas>`).
     queries
         Query volumes (volume queries, or :func:`~cbirlib.search.region_query` slabs).
         Never part of the database (checked; see ``allow_overlap``).
@@ -202,6 +203,15 @@ def evaluate(
         ``n`` (queries, or query slices for slice recall, behind the value).
         ``per_query=True``: ``system``, ``metric``, ``query_id``, ``structure``,
         ``value``, ``weight``. Structures no query contains have no rows.
+
+    Raises
+    ------
+    HitsTypeError
+        A system that is neither a retriever nor a :class:`~cbirlib.hits.Hits` table (a
+        DataFrame: the message names :meth:`Hits.from_pandas`), or a retriever that
+        returns something else.
+    EvaluationError
+        No metrics, or queries and ground truth that do not fit (see :func:`truth_for`).
     """
     if not metrics:
         raise EvaluationError("evaluate() needs at least one metric")
@@ -213,14 +223,16 @@ def evaluate(
         hits: Hits
         if isinstance(system, Hits):
             hits = system
-        elif isinstance(system, pd.DataFrame):
-            hits = Hits.from_pandas(system)
-        elif hasattr(system, "retrieve"):
+        elif hasattr(system, "retrieve") and not isinstance(system, pd.DataFrame):
             logger.info("retrieving %d queries with %s", len(queries), name)
-            hits = system.retrieve(list(queries), verbose=verbose)
+            out = system.retrieve(list(queries), verbose=verbose)
+            hits = as_hits(out, f"the results of system {name!r}")
         else:
-            raise EvaluationError(
-                f"system {name!r} is a {type(system).__name__}; expected a Retriever or Hits"
+            frame = isinstance(system, pd.DataFrame)
+            raise HitsTypeError(
+                f"system {name!r} is a {'DataFrame' if frame else type(system).__name__}; "
+                "expected a Retriever or a Hits table"
+                + ("; pass Hits.from_pandas(frame) for hits in a DataFrame" if frame else "")
             )
         for metric in metrics:
             values = metric.compute(hits, full)

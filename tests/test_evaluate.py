@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbirlib.errors import EvaluationError
+from cbirlib.errors import EvaluationError, HitsTypeError
 from cbirlib.evaluation import (
     MEAN_ROW,
     evaluate,
@@ -253,8 +253,21 @@ def test_queries_in_the_database_are_refused() -> None:
     assert res.set_index("structure").loc["liver", "value"] == 1.0
 
 
-def test_precomputed_hits_as_dataframe() -> None:
+def test_hits_in_a_dataframe_are_refused_with_the_conversion() -> None:
     frames = {name: hits.to_pandas() for name, hits in SYSTEMS.items()}
-    a = evaluate(frames, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    with pytest.raises(HitsTypeError, match=r"system 'good' is a DataFrame.*Hits\.from_pandas"):
+        evaluate(frames, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")  # type: ignore[arg-type]
+    # the conversion the message names gives the same results as the tables themselves
+    back = {name: Hits.from_pandas(frame) for name, frame in frames.items()}
+    a = evaluate(back, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
     b = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_retriever_that_returns_no_hits_is_named() -> None:
+    class Frames:
+        def retrieve(self, queries: list[Volume], *, verbose: bool = False) -> pd.DataFrame:
+            return SYSTEMS["good"].to_pandas()
+
+    with pytest.raises(HitsTypeError, match=r"results of system 'frames' are a DataFrame"):
+        evaluate({"frames": Frames()}, QUERIES, DATABASE, [VolumeRecall(1)])  # type: ignore[dict-item]
