@@ -138,10 +138,11 @@ class _CachedEmbedder:
             self.flags[volume.id] = slice_flags(self.extractor, volume)
 
     def _rows(self, volume: Volume) -> tuple[str, int]:
-        source = str(getattr(volume, "source_id", "") or volume.id)
+        origin = volume.origin
+        source = origin.source_id if origin is not None else volume.id
         if source not in self.cache:
             raise EvaluationError(f"query {source!r} was not embedded before the search")
-        return source, int(getattr(volume, "first_slice", 0)) if source != volume.id else 0
+        return source, origin.first_slice if origin is not None else 0
 
     def informative_slices(
         self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None

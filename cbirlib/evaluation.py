@@ -80,9 +80,9 @@ def truth_for(
 ) -> Truth:
     """Complete the ground truth from the query volumes and group it for ``level``.
 
-    Query labels missing from ``truth`` are taken from ``query.labels``; a query with a
-    ``structure`` attribute (a :class:`~cbirlib.search.RegionVolume`) is a region
-    query for that structure.
+    Query labels missing from ``truth`` are taken from ``query.labels``; a query with an
+    :attr:`~cbirlib.volume.Volume.origin` (a region query, from
+    :func:`~cbirlib.search.region_query`) is a region query for ``origin.structure``.
 
     Parameters
     ----------
@@ -125,9 +125,8 @@ def truth_for(
                     f"query {query.id!r} has no labels and the truth has none for it"
                 )
             labels[query.id] = query.labels
-        structure = getattr(query, "structure", None)
-        if isinstance(structure, str) and structure and query.id not in regions:
-            regions[query.id] = structure
+        if query.origin is not None and query.id not in regions:
+            regions[query.id] = query.origin.structure
     out = Truth(database=base.database, queries=labels, regions=regions)
     if level == "coarse":
         if groups is None:
@@ -142,8 +141,8 @@ def _check_no_overlap(queries: Sequence[Volume], truth: Truth) -> None:
     """Raise if a query volume (or a region query's source) is a database volume."""
     overlap: dict[str, None] = {}
     for query in queries:
-        source = getattr(query, "source_id", "")
-        for vid in (query.id, source if isinstance(source, str) else ""):
+        source = query.origin.source_id if query.origin is not None else ""
+        for vid in (query.id, source):
             if vid and vid in truth.database:
                 overlap[vid] = None
     if overlap:

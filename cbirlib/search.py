@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -35,6 +35,7 @@ from cbirlib.errors import (
     DimensionMismatchError,
     EvaluationError,
     ExtractorError,
+    InvalidVolumeError,
     ModalityMismatchWarning,
     PipelineError,
     StructureNotPresentError,
@@ -43,7 +44,7 @@ from cbirlib.errors import (
 from cbirlib.hits import Hits
 from cbirlib.modality import UNKNOWN, effective_modality
 from cbirlib.pipeline import SearchContext, SliceStore, Stage, StageLevel
-from cbirlib.volume import Volume
+from cbirlib.volume import RegionOrigin, Volume
 
 __all__ = ["QueryEmbedder", "RegionVolume", "SliceSearch", "region_query"]
 
@@ -70,23 +71,49 @@ class QueryEmbedder(Protocol):
 class RegionVolume(Volume):
     """A region query: the slab of ``source_id`` around ``structure``.
 
+    A :class:`~cbirlib.volume.Volume` whose :attr:`~cbirlib.volume.Volume.origin` (a
+    :class:`~cbirlib.volume.RegionOrigin`) is always set; the properties below read it.
     ``source_slices[i]`` is the index, in the source volume, of slice ``i`` of this one.
+
+    Raises
+    ------
+    InvalidVolumeError
+        Without an ``origin``.
     """
 
-    source_id: str = ""
-    structure: str = ""
-    first_slice: int = 0
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.origin is None:
+            raise InvalidVolumeError(
+                f"RegionVolume {self.id!r} needs origin=RegionOrigin(source_id, structure, "
+                "first_slice); region_query() sets it"
+            )
+
+    @property
+    def region(self) -> RegionOrigin:
+        """The :attr:`origin`, never ``None`` for a region query."""
+        assert self.origin is not None  # checked in __post_init__
+        return self.origin
+
+    @property
+    def source_id(self) -> str:
+        """Id of the volume this slab was cut from."""
+        return self.region.source_id
+
+    @property
+    def structure(self) -> str:
+        """The structure the region query was made for."""
+        return self.region.structure
+
+    @property
+    def first_slice(self) -> int:
+        """Index, in the source volume, of this slab's first slice."""
+        return self.region.first_slice
 
     @property
     def source_slices(self) -> npt.NDArray[np.int64]:
         """Indices of this volume's slices in the source volume."""
-        return np.arange(self.first_slice, self.first_slice + self.n_slices, dtype=np.int64)
-
-    def slab(self, start: int, stop: int, *, id: str | None = None) -> RegionVolume:
-        """The sub-slab ``start:stop``; ``first_slice`` still points into the source."""
-        sub = super().slab(start, stop, id=id)
-        assert isinstance(sub, RegionVolume)  # Volume.slab replaces fields of self's class
-        return replace(sub, first_slice=self.first_slice + start)
+        return self.region.source_slices(self.n_slices)
 
     def __repr__(self) -> str:
         return (
@@ -220,9 +247,7 @@ def region_query(
         labels=slab.labels,
         modality=slab.modality,
         affine=slab.affine,
-        source_id=volume.id,
-        structure=structure,
-        first_slice=first,
+        origin=RegionOrigin(volume.id, structure, first),
     )
 
 
@@ -319,7 +344,8 @@ class SliceSearch(Stage):
         """The query's own volume ids and how many of their slices the index holds."""
         if not self.exclude_source:
             return frozenset(), 0
-        own = frozenset(v for v in (vol.id, str(getattr(vol, "source_id", "") or "")) if v)
+        source = vol.origin.source_id if vol.origin is not None else ""
+        own = frozenset(v for v in (vol.id, source) if v)
         n_own = 0
         for vid in own:
             try:
