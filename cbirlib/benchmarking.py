@@ -13,7 +13,7 @@ slice index per extractor (or reuses it from ``out_dir``), runs
   ``Localize(method="votes", trim=vote_trim)`` (default 0.1) or ``Localize()`` (MaxSim
   argmax slices); region recall, AP, nDCG@10, localized recall, localization ratio),
 
-and writes one per-class table per (level, mode, metric) as CSV and Markdown.
+and writes one per-class table per (granularity, mode, metric) as CSV and Markdown.
 
 The count-vote chain is cut at the same ``top`` candidates the re-ranker sees, so both
 rank the same volumes and differ only in their order.
@@ -33,7 +33,7 @@ A run on synthetic phantoms (a few seconds on a CPU; skipped as a doctest becaus
 >>> from cbirlib.benchmarking import benchmark
 >>> root = tempfile.mkdtemp()
 >>> _ = make_phantoms(root, 6, shape=(32, 32), seed=3)  # doctest: +SKIP
->>> tables = benchmark(root, modes=("volume",), level="coarse", verbose=False)  # doctest: +SKIP
+>>> tables = benchmark(root, modes=("volume",), granularity="coarse")  # doctest: +SKIP
 >>> tables["coarse/volume/volume_recall@1"].columns.tolist()  # doctest: +SKIP
 ['baseline', 'baseline + MaxSim']
 """
@@ -44,18 +44,27 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from cbirlib.errors import CbirError, EvaluationError
-from cbirlib.evaluation import MEAN_ROW, evaluate, per_class_table, to_csv, to_markdown
+from cbirlib.evaluation import (
+    GRANULARITIES,
+    MEAN_ROW,
+    Granularity,
+    evaluate,
+    per_class_table,
+    to_csv,
+    to_markdown,
+)
 from cbirlib.metrics import Metric, Truth, default_metrics
 from cbirlib.volume import Volume
 
@@ -67,8 +76,6 @@ logger = logging.getLogger(__name__)
 MODES = ("slice", "volume", "region", "localized")
 #: Default ``trim`` of ``Localize(method="votes")`` in the count-vote chain.
 VOTE_TRIM = 0.1
-
-Level = Literal["coarse", "fine"]
 
 
 def system_name(extractor: str, rerank: bool) -> str:
@@ -203,18 +210,39 @@ def _embed_queries(
     return [stand_ins[s] for s in query_ids]
 
 
-def _region_queries(volumes: Sequence[Any], level: Level, groups: Mapping[str, str]) -> list[Any]:
-    """One region query per (query volume, structure it contains) at ``level``."""
+def _region_queries(
+    volumes: Sequence[Any], granularity: Granularity, groups: Mapping[str, str]
+) -> list[Any]:
+    """One region query per (query volume, structure it contains) at ``granularity``."""
     from cbirlib.search import region_query
 
     out = []
     for volume in volumes:
-        labels = volume.labels if level == "fine" else volume.labels.grouped(groups)
+        labels = volume.labels if granularity == "fine" else volume.labels.grouped(groups)
         for structure in sorted(labels.volume_structures()):
             out.append(
-                region_query(volume, structure, groups=groups if level == "coarse" else None)
+                region_query(volume, structure, groups=groups if granularity == "coarse" else None)
             )
     return out
+
+
+def _deprecated_level(
+    granularity: Granularity | Sequence[Granularity], level: Granularity | Sequence[Granularity]
+) -> Granularity | Sequence[Granularity]:
+    """``level`` (deprecated) in place of ``granularity``, with a DeprecationWarning."""
+    warnings.warn(
+        "benchmark(level=...) is now benchmark(granularity=...) (in Hits, 'level' means "
+        "slice or volume); level= will be removed in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    given = _as_tuple(granularity, "granularity", GRANULARITIES)
+    if given not in (GRANULARITIES, _as_tuple(level, "level", GRANULARITIES)):
+        raise EvaluationError(
+            f"benchmark() got granularity={granularity!r} and level={level!r}; "
+            "pass granularity= only"
+        )
+    return level
 
 
 def benchmark(
@@ -227,7 +255,7 @@ def benchmark(
     top: int = 20,
     out_dir: str | os.PathLike[str] | None = None,
     split: str = "test",
-    level: Level | Sequence[Level] = ("coarse", "fine"),
+    granularity: Granularity | Sequence[Granularity] = GRANULARITIES,
     exact: bool = False,
     groups: Mapping[str, str] | None = None,
     vote_trim: float = VOTE_TRIM,
@@ -239,6 +267,7 @@ def benchmark(
     force: bool = False,
     labels_cache: str | os.PathLike[str] | None = None,
     verbose: bool = True,
+    level: Granularity | Sequence[Granularity] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run the study's retrieval protocol and return its per-class tables.
 
@@ -264,12 +293,12 @@ def benchmark(
         temporary folder, and no tables are written.
     split
         The query split; the database is every subject of the other splits.
-    level
+    granularity
         ``"coarse"`` (29 regions), ``"fine"`` (104 classes) or both.
     exact
         Use exact (brute-force) search instead of HNSW.
     groups
-        Fine -> coarse mapping of the ``"coarse"`` level (its values are the table
+        Fine -> coarse mapping of the ``"coarse"`` granularity (its values are the table
         rows); default :data:`cbirlib.structures.COARSE_GROUPS`. Used for the labels and
         to build the coarse region queries.
     vote_trim
@@ -310,19 +339,22 @@ def benchmark(
         given, else none.
     verbose
         Progress bars and log messages.
+    level
+        Deprecated name of ``granularity`` (a DeprecationWarning; removed in the next
+        release): in :class:`~cbirlib.hits.Hits`, ``level`` means slice or volume.
 
     Returns
     -------
     dict
-        ``"<level>/<mode>/<metric>"`` -> :func:`~cbirlib.evaluation.per_class_table`
-        (one row per structure of the level, one column per system), and
-        ``"summary"``: one row per (level, mode, metric, system) with the mean and SD
-        over classes.
+        ``"<granularity>/<mode>/<metric>"`` -> :func:`~cbirlib.evaluation.per_class_table`
+        (one row per structure of the granularity, one column per system), and
+        ``"summary"``: one row per (granularity, mode, metric, system) with the mean and
+        SD over classes (the granularity in its column ``level``, as before).
 
     Raises
     ------
     EvaluationError
-        Unknown modes/levels or an empty query or database split.
+        Unknown modes or granularities, or an empty query or database split.
     DatasetError
         ``root`` is not a TotalSegmentator folder.
     WeightsError
@@ -337,7 +369,11 @@ def benchmark(
     from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES, coarse_regions
 
     modes = _as_tuple(modes, "mode", MODES)
-    levels: tuple[Level, ...] = _as_tuple(level, "level", ("coarse", "fine"))  # type: ignore[assignment]
+    if level is not None:
+        granularity = _deprecated_level(granularity, level)
+    granularities = cast(
+        "tuple[Granularity, ...]", _as_tuple(granularity, "granularity", GRANULARITIES)
+    )
     reranks = tuple(dict.fromkeys(bool(r) for r in rerank))
     if not reranks:
         raise EvaluationError("rerank must list at least one of False, True")
@@ -381,8 +417,8 @@ def benchmark(
         for name in list(models):
             model = models.pop(name)
             results += _run_extractor(
-                name, model, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
-                reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
+                name, model, dataset, database_ids, query_ids, stand_ins, granularities, truth,
+                modes, reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
                 vote_trim=vote_trim, vote_normalize=vote_normalize, verbose=verbose,
             )  # fmt: skip
             del model
@@ -478,7 +514,7 @@ def _run_extractor(
     database_ids: Sequence[str],
     query_ids: Sequence[str],
     stand_ins: dict[str, Volume],
-    levels: Sequence[Level],
+    granularities: Sequence[Granularity],
     truth: Truth,
     modes: Sequence[str],
     reranks: Sequence[bool],
@@ -511,16 +547,16 @@ def _run_extractor(
         dataset, query_ids, embedder, stand_ins, desc=f"embedding queries ({name})",
         verbose=verbose,
     )  # fmt: skip
-    regions = {lv: _region_queries(queries, lv, groups) for lv in levels}
+    regions = {lv: _region_queries(queries, lv, groups) for lv in granularities}
     search = SliceSearch(embedder, index, k=k)
     out: list[pd.DataFrame] = []
 
     def run(mode: str, system: str, chain: Any, qs: Sequence[Any], metrics: Sequence[Metric],
-            levels: Sequence[Level]) -> None:  # fmt: skip
+            levels: Sequence[Granularity]) -> None:  # fmt: skip
         logger.info("%s: %s retrieval with %r", system, mode, chain)
         hits = chain.retrieve(list(qs), verbose=verbose)
         for lv in levels:
-            res = evaluate({system: hits}, qs, truth, metrics, level=lv, groups=groups)
+            res = evaluate({system: hits}, qs, truth, metrics, granularity=lv, groups=groups)
             res.insert(0, "mode", mode)
             res.insert(0, "level", lv)
             out.append(res)
@@ -548,7 +584,7 @@ def _run_extractor(
             hits = chain.retrieve(list(region_queries), verbose=verbose)
             for mode in region_modes:
                 res = evaluate(
-                    {system: hits}, region_queries, truth, default_metrics(mode), level=lv,
+                    {system: hits}, region_queries, truth, default_metrics(mode), granularity=lv,
                     groups=groups,
                 )  # fmt: skip
                 res.insert(0, "mode", mode)

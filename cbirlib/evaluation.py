@@ -22,7 +22,7 @@ Examples
 ...     "bad": Hits(query_id=["q", "r"], volume_id=["b", "a"], score=[1.0, 1.0],
 ...                 level="volume"),
 ... }
->>> results = evaluate(runs, [], truth, [VolumeRecall(1)], level="fine")
+>>> results = evaluate(runs, [], truth, [VolumeRecall(1)], granularity="fine")
 >>> table = per_class_table(results, "volume_recall@1")
 >>> print(to_markdown(table))
 | structure | good | bad |
@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import pandas as pd
 
@@ -50,7 +51,9 @@ from cbirlib.pipeline import Retriever
 from cbirlib.volume import Volume
 
 __all__ = [
+    "GRANULARITIES",
     "MEAN_ROW",
+    "Granularity",
     "evaluate",
     "format_table",
     "numeric_table",
@@ -67,18 +70,44 @@ MEAN_ROW = "mean ± SD"
 #: Delta degrees of freedom of the SD over classes: 1, the sample SD.
 SD_DDOF = 1
 
-_LEVELS = ("coarse", "fine")
+#: Label granularity of an evaluation: the 29 coarse regions or the 104 fine classes.
+Granularity: TypeAlias = Literal["coarse", "fine"]
+#: The valid granularities.
+GRANULARITIES: tuple[Granularity, ...] = ("coarse", "fine")
+
+
+def _granularity(granularity: str, level: str | None, where: str) -> Granularity:
+    """``granularity``, or the deprecated ``level=`` (with a DeprecationWarning), checked."""
+    if level is not None:
+        warnings.warn(
+            f"{where}(level=...) is now {where}(granularity=...) (in Hits, 'level' means "
+            "slice or volume); level= will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if granularity != "coarse" and granularity != level:
+            raise EvaluationError(
+                f"{where}() got granularity={granularity!r} and level={level!r}; "
+                "pass granularity= only"
+            )
+        granularity = level
+    if granularity not in GRANULARITIES:
+        raise EvaluationError(
+            f"unknown evaluation granularity {granularity!r}; valid: 'coarse', 'fine'"
+        )
+    return granularity
 
 
 def truth_for(
     queries: Sequence[Volume],
     truth: Truth | Mapping[str, SliceLabels],
     *,
-    level: Literal["coarse", "fine"] = "coarse",
+    granularity: Granularity = "coarse",
     groups: Mapping[str, str] | None = None,
     allow_overlap: bool = False,
+    level: Granularity | None = None,
 ) -> Truth:
-    """Complete the ground truth from the query volumes and group it for ``level``.
+    """Complete the ground truth from the query volumes and group it for ``granularity``.
 
     Query labels missing from ``truth`` are taken from ``query.labels``; a query with an
     :attr:`~cbirlib.volume.Volume.origin` (a region query, from
@@ -90,7 +119,7 @@ def truth_for(
         The query volumes.
     truth
         A :class:`~cbirlib.metrics.Truth` or just the database labels by volume id.
-    level
+    granularity
         ``"fine"`` keeps the labels as they are; ``"coarse"`` groups them with
         ``groups``.
     groups
@@ -100,15 +129,17 @@ def truth_for(
         a database volume of ``truth``. Off by default: a query found in the database
         retrieves itself and inflates every recall. Turn it on only with a leave-one-out
         search (``SliceSearch(..., exclude_source=True)``).
+    level
+        Deprecated name of ``granularity`` (a DeprecationWarning; removed in the next
+        release): in :class:`~cbirlib.hits.Hits`, ``level`` means slice or volume.
 
     Raises
     ------
     EvaluationError
-        Unknown ``level``, duplicate query ids, a query without labels, or (unless
+        Unknown ``granularity``, duplicate query ids, a query without labels, or (unless
         ``allow_overlap``) queries that are in the database, named in the message.
     """
-    if level not in _LEVELS:
-        raise EvaluationError(f"unknown evaluation level {level!r}; valid: 'coarse', 'fine'")
+    granularity = _granularity(granularity, level, "truth_for")
     base = truth if isinstance(truth, Truth) else Truth(database=dict(truth))
     labels = dict(base.queries)
     regions = dict(base.regions)
@@ -128,7 +159,7 @@ def truth_for(
         if query.origin is not None and query.id not in regions:
             regions[query.id] = query.origin.structure
     out = Truth(database=base.database, queries=labels, regions=regions)
-    if level == "coarse":
+    if granularity == "coarse":
         if groups is None:
             from cbirlib.structures import COARSE_GROUPS
 
@@ -162,11 +193,12 @@ def evaluate(
     truth: Truth | Mapping[str, SliceLabels],
     metrics: Sequence[Metric],
     *,
-    level: Literal["coarse", "fine"] = "coarse",
+    granularity: Granularity = "coarse",
     groups: Mapping[str, str] | None = None,
     per_query: bool = False,
     verbose: bool = False,
     allow_overlap: bool = False,
+    level: Granularity | None = None,
 ) -> pd.DataFrame:
     """Run every system on ``queries`` and compute every metric.
 
@@ -184,8 +216,8 @@ def evaluate(
         Ground truth; see :func:`truth_for`.
     metrics
         Metric objects from :mod:`cbirlib.metrics`.
-    level
-        ``"coarse"`` (grouped with ``groups``) or ``"fine"`` labels.
+    granularity
+        ``"coarse"`` (labels grouped with ``groups``) or ``"fine"`` labels.
     groups
         Fine -> coarse mapping; default :data:`cbirlib.structures.COARSE_GROUPS`.
     per_query
@@ -194,6 +226,9 @@ def evaluate(
         Show progress bars and pass ``verbose`` to the retrievers.
     allow_overlap
         Accept queries that are also database volumes; see :func:`truth_for`.
+    level
+        Deprecated name of ``granularity`` (a DeprecationWarning; removed in the next
+        release).
 
     Returns
     -------
@@ -214,7 +249,10 @@ def evaluate(
     """
     if not metrics:
         raise EvaluationError("evaluate() needs at least one metric")
-    full = truth_for(queries, truth, level=level, groups=groups, allow_overlap=allow_overlap)
+    granularity = _granularity(granularity, level, "evaluate")
+    full = truth_for(
+        queries, truth, granularity=granularity, groups=groups, allow_overlap=allow_overlap
+    )
     frames: list[pd.DataFrame] = []
     from tqdm.auto import tqdm
 

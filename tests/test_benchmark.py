@@ -215,7 +215,7 @@ def test_bad_arguments_are_named(phantoms: Path) -> None:
     with pytest.raises(CbirError, match="'holdout'"):
         benchmark(phantoms, split="holdout", verbose=False)
     with pytest.raises(EvaluationError, match="'medium'"):
-        benchmark(phantoms, level="medium", verbose=False)  # type: ignore[arg-type]
+        benchmark(phantoms, granularity="medium", verbose=False)  # type: ignore[arg-type]
 
 
 class RandomExtractor:
@@ -266,7 +266,7 @@ def test_random_embeddings_fail_the_floors(phantoms: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(cbirlib.plugins, "create_extractor", lambda name: RandomExtractor())
     tables = benchmark(
-        phantoms, ["random"], modes=("slice", "localized"), level="coarse", verbose=False
+        phantoms, ["random"], modes=("slice", "localized"), granularity="coarse", verbose=False
     )
     met = _floors_met(tables, "random")
     assert not any(met.values()), met
@@ -331,7 +331,7 @@ def test_extractor_options_reach_every_extractor(tmp_path, monkeypatch) -> None:
         ["baseline"],
         modes=("volume",),
         rerank=(False,),
-        level="coarse",
+        granularity="coarse",
         extractor_options={"bins": 8},
         verbose=False,
     )
@@ -342,7 +342,9 @@ def test_a_second_run_reads_no_mask(tmp_path, monkeypatch) -> None:
     import cbirlib.io as io_module
 
     make_phantoms(tmp_path / "data", 6, shape=(32, 32), seed=4)
-    kwargs: dict[str, Any] = dict(modes=("volume",), rerank=(False,), level="coarse", verbose=False)
+    kwargs: dict[str, Any] = dict(
+        modes=("volume",), rerank=(False,), granularity="coarse", verbose=False
+    )
     first = benchmark(tmp_path / "data", out_dir=tmp_path / "out", **kwargs)
     cache = tmp_path / "out" / "labels-cache"
     assert len(list(cache.glob("*.npy"))) == 6  # one file per subject
@@ -369,3 +371,11 @@ def test_a_second_run_reads_no_mask(tmp_path, monkeypatch) -> None:
     )
     assert table["baseline"].dtype == np.float64 and "n_queries" in table.columns
     assert table["n_queries"].drop(["mean", "sd"]).sum() > 0
+
+
+def test_level_is_the_deprecated_name_of_granularity(phantoms: Path) -> None:
+    with pytest.deprecated_call(match=r"benchmark\(granularity=\.\.\.\)"):
+        old = benchmark(phantoms, modes=("volume",), rerank=(False,), level="fine", verbose=False)
+    assert {k.split("/")[0] for k in old if k != "summary"} == {"fine"}
+    with pytest.deprecated_call(), pytest.raises(EvaluationError, match="granularity= only"):
+        benchmark(phantoms, granularity="fine", level="coarse", verbose=False)

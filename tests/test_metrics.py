@@ -443,7 +443,7 @@ def phantom_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Hi
         "volume": (search >> CountVotes()).retrieve(queries),
         "region": default_chain(search, top=4).retrieve(regions),
     }
-    truth = truth_for([*queries, *regions], {s: data.labels(s) for s in db_ids}, level="fine")
+    truth = truth_for([*queries, *regions], {s: data.labels(s) for s in db_ids}, granularity="fine")
     return hits, truth
 
 

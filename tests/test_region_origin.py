@@ -37,11 +37,11 @@ def test_any_volume_with_an_origin_is_evaluated_and_searched_as_a_region_query()
     query = dataclasses.replace(slab, id="q:liver", origin=RegionOrigin("upper", "liver", 3))
     assert not isinstance(query, RegionVolume)
     # evaluated for its own structure only
-    truth = truth_for([query], {v.id: v.labels for v in db[1:]}, level="fine")  # type: ignore[misc]
+    truth = truth_for([query], {v.id: v.labels for v in db[1:]}, granularity="fine")  # type: ignore[misc]
     assert dict(truth.regions) == {"q:liver": "liver"}
     # its source is a database volume: refused, named
     with pytest.raises(EvaluationError, match="'upper'"):
-        truth_for([query], {v.id: v.labels for v in db}, level="fine")  # type: ignore[misc]
+        truth_for([query], {v.id: v.labels for v in db}, granularity="fine")  # type: ignore[misc]
     # leave-one-out drops the hits in its source volume
     index = build(ExactIndex, db)
     plain = SliceSearch(PositionExtractor(), index, k=5).retrieve(query)
