@@ -18,10 +18,12 @@ and writes one per-class table per (granularity, mode, metric) as CSV and Markdo
 The count-vote chain is cut at the same ``top`` candidates the re-ranker sees, so both
 rank the same volumes and differ only in their order.
 
-Memory: each query volume is embedded right after it is read and only a voxel-free
-stand-in (id, labels, z positions) is kept, so at most one query volume is in memory at a
-time (at the cost of reading each query CT once per extractor); region queries reuse the
-cached embeddings of their source volume.
+Memory: each query volume is embedded right after it is read and only its
+:class:`~cbirlib.queries.EmbeddedQuery` (embeddings, blank-slice flags, labels, z
+positions; no voxels) is kept, so at most one query volume is in memory at a time (at
+the cost of reading each query CT once per extractor). The chain searches the embedded
+queries as any other (:class:`~cbirlib.search.SliceSearch` takes their rows instead of
+calling the extractor), and their region queries reuse rows of their embeddings.
 
 Examples
 --------
@@ -46,13 +48,10 @@ import re
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
-import numpy.typing as npt
 import pandas as pd
 
 from cbirlib.errors import CbirError, EvaluationError
@@ -65,8 +64,9 @@ from cbirlib.evaluation import (
     to_csv,
     to_markdown,
 )
+from cbirlib.labels import SliceLabels
 from cbirlib.metrics import Metric, Truth, default_metrics
-from cbirlib.volume import Volume
+from cbirlib.queries import EmbeddedQuery
 
 __all__ = ["MODES", "benchmark", "system_name"]
 
@@ -121,93 +121,31 @@ def _chain(
     )
 
 
-@dataclass
-class _CachedEmbedder:
-    """Embeds each query volume once; region queries reuse their source's embeddings.
-
-    Valid for extractors that embed every slice on its own (all 2D slice models), so
-    that a slab's embeddings are the rows of its source volume's. Every query must be
-    :meth:`add`-ed first: the queries searched are light stand-ins without voxels.
-    """
-
-    extractor: Any
-    cache: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
-    flags: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
-
-    def to_config(self) -> dict[str, Any]:
-        return dict(self.extractor.to_config())
-
-    def add(self, volume: Volume) -> None:
-        if volume.id not in self.cache:
-            from cbirlib.informative import slice_flags
-
-            self.cache[volume.id] = np.asarray(self.extractor.extract(volume), np.float32)
-            self.flags[volume.id] = slice_flags(self.extractor, volume)
-
-    def _rows(self, volume: Volume) -> tuple[str, int]:
-        origin = volume.origin
-        source = origin.source_id if origin is not None else volume.id
-        if source not in self.cache:
-            raise EvaluationError(f"query {source!r} was not embedded before the search")
-        return source, origin.first_slice if origin is not None else 0
-
-    def informative_slices(
-        self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
-    ) -> npt.NDArray[np.bool_]:
-        """The blank-slice flags computed by :meth:`add` (stand-ins carry no voxels)."""
-        source, start = self._rows(volume)
-        flags = self.flags[source][start : start + volume.n_slices]
-        return flags if slices is None else flags[slices]
-
-    def extract(
-        self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
-    ) -> npt.NDArray[np.float32]:
-        source, start = self._rows(volume)
-        emb = self.cache[source][start : start + volume.n_slices]
-        return emb if slices is None else emb[slices]
-
-
-def _stand_in(volume: Volume) -> Volume:
-    """The query without its voxels: id, labels, geometry and a ``(Z, 1, 1)`` zero view.
-
-    Everything retrieval and evaluation read after embedding (ids, slice count, z
-    positions, labels), at a few bytes per slice instead of the full array.
-    """
-    placeholder = np.broadcast_to(np.zeros((1, 1, 1), np.float32), (volume.n_slices, 1, 1))
-    return Volume(
-        volume.id,
-        placeholder,
-        spacing=volume.spacing,
-        z_positions=volume.z_positions,
-        labels=volume.labels,
-        modality=volume.modality,
-        affine=volume.affine,
-    )
-
-
 def _embed_queries(
     dataset: Any,
     query_ids: Sequence[str],
-    embedder: _CachedEmbedder,
-    stand_ins: dict[str, Volume],
+    extractor: Any,
+    labels: dict[str, SliceLabels | None],
     *,
     desc: str,
     verbose: bool,
-) -> list[Volume]:
-    """Load each query, embed it right away and keep only its stand-in.
+) -> list[EmbeddedQuery]:
+    """Load each query, embed it right away and keep only its embedded query.
 
-    At most one query volume's voxels are in memory at a time; labels are read on the
-    first pass only (``stand_ins`` keeps them for the next extractors).
+    At most one query volume's voxels are in memory at a time
+    (:meth:`EmbeddedQuery.embed <cbirlib.queries.EmbeddedQuery.embed>` keeps the
+    embeddings, blank-slice flags, labels and geometry). Labels are read on the first
+    pass only (``labels`` keeps them for the next extractors).
     """
     from tqdm.auto import tqdm
 
+    out = []
     for subject in tqdm(query_ids, desc=desc, disable=not verbose):
-        volume = dataset.load(subject, labels=subject not in stand_ins)
-        embedder.add(volume)
-        if subject not in stand_ins:
-            stand_ins[subject] = _stand_in(volume)
+        volume = dataset.load(subject, labels=subject not in labels)
+        labels.setdefault(subject, volume.labels)
+        out.append(EmbeddedQuery.embed(volume.with_labels(labels[subject]), extractor))
         del volume
-    return [stand_ins[s] for s in query_ids]
+    return out
 
 
 def _region_queries(
@@ -410,14 +348,14 @@ def benchmark(
         }
         truth = Truth(database=database)
         grouping = COARSE_GROUPS if groups is None else dict(groups)
-        stand_ins: dict[str, Volume] = {}
+        query_labels: dict[str, SliceLabels | None] = {}
         results = []
         # extractors build their models lazily; each one is let go once it has run, so
         # that at most one model is in memory at a time
         for name in list(models):
             model = models.pop(name)
             results += _run_extractor(
-                name, model, dataset, database_ids, query_ids, stand_ins, granularities, truth,
+                name, model, dataset, database_ids, query_ids, query_labels, granularities, truth,
                 modes, reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
                 vote_trim=vote_trim, vote_normalize=vote_normalize, verbose=verbose,
             )  # fmt: skip
@@ -513,7 +451,7 @@ def _run_extractor(
     dataset: Any,
     database_ids: Sequence[str],
     query_ids: Sequence[str],
-    stand_ins: dict[str, Volume],
+    query_labels: dict[str, SliceLabels | None],
     granularities: Sequence[Granularity],
     truth: Truth,
     modes: Sequence[str],
@@ -542,13 +480,12 @@ def _run_extractor(
             f"the index at {str(path)!r} holds volumes outside the database split "
             f"({', '.join(extra[:5])}); use another out_dir"
         )
-    embedder = _CachedEmbedder(extractor)
     queries = _embed_queries(
-        dataset, query_ids, embedder, stand_ins, desc=f"embedding queries ({name})",
+        dataset, query_ids, extractor, query_labels, desc=f"embedding queries ({name})",
         verbose=verbose,
     )  # fmt: skip
     regions = {lv: _region_queries(queries, lv, groups) for lv in granularities}
-    search = SliceSearch(embedder, index, k=k)
+    search = SliceSearch(extractor, index, k=k)
     out: list[pd.DataFrame] = []
 
     def run(mode: str, system: str, chain: Any, qs: Sequence[Any], metrics: Sequence[Metric],

@@ -235,19 +235,21 @@ class Volume:
             raise InvalidVolumeError(
                 f"volume {self.id!r}: slab [{start}, {stop}) outside 0..{self.n_slices}"
             )
+        return replace(self, id=id if id is not None else self.id, **self._slab_fields(start, stop))
+
+    def _slab_fields(self, start: int, stop: int) -> dict[str, Any]:
+        """The per-slice fields of the slab ``start:stop`` (subclasses add their own)."""
         affine = self.affine
         if affine is not None and start:
             affine = np.array(affine, dtype=np.float64)
             affine[:3, 3] += affine[:3, 2] * start  # voxel (0, 0, 0) is now slice `start`
-        return replace(
-            self,
-            id=id if id is not None else self.id,
-            array=self.array[start:stop],
-            z_positions=self.z_positions[start:stop],
-            labels=self.labels.slab(start, stop) if self.labels is not None else None,
-            affine=affine,
-            origin=self.origin.shifted(start) if self.origin is not None else None,
-        )
+        return {
+            "array": self.array[start:stop],
+            "z_positions": self.z_positions[start:stop],
+            "labels": self.labels.slab(start, stop) if self.labels is not None else None,
+            "affine": affine,
+            "origin": self.origin.shifted(start) if self.origin is not None else None,
+        }
 
     # -- NIfTI -------------------------------------------------------------------------
 
