@@ -9,7 +9,7 @@ slice index per extractor (or reuses it from ``out_dir``), runs
   re-ranking ``SliceSearch >> CountVotes >> MaxSimRerank(top)``; recall@1/3/5/10, AP,
   nDCG@10),
 * **region** and **localized** retrieval: for each query volume and each structure it
-  contains, :func:`~cbirlib.search.region_query` (the same two chains, ending in
+  contains, :func:`~cbirlib.region_query` (the same two chains, ending in
   ``Localize(method="votes", trim=vote_trim)`` (default 0.1) or ``Localize()`` (MaxSim
   argmax slices); region recall, AP, nDCG@10, localized recall, localization ratio),
 
@@ -152,7 +152,7 @@ def _region_queries(
     volumes: Sequence[Any], granularity: Granularity, groups: Mapping[str, str]
 ) -> list[Any]:
     """One region query per (query volume, structure it contains) at ``granularity``."""
-    from cbirlib.search import region_query
+    from cbirlib.queries import region_query
 
     out = []
     for volume in volumes:

@@ -111,7 +111,7 @@ def truth_for(
 
     Query labels missing from ``truth`` are taken from ``query.labels``; a query with an
     :attr:`~cbirlib.volume.Volume.origin` (a region query, from
-    :func:`~cbirlib.search.region_query`) is a region query for ``origin.structure``.
+    :func:`~cbirlib.region_query`) is a region query for ``origin.structure``.
 
     Parameters
     ----------
@@ -210,7 +210,7 @@ def evaluate(
         :class:`~cbirlib.hits.Hits` table; a DataFrame of hits becomes one with
         :meth:`Hits.from_pandas <cbirlib.hits.Hits.from_pandas>`).
     queries
-        Query volumes (volume queries, or :func:`~cbirlib.search.region_query` slabs).
+        Query volumes (volume queries, or :func:`~cbirlib.region_query` slabs).
         Never part of the database (checked; see ``allow_overlap``).
     truth
         Ground truth; see :func:`truth_for`.
