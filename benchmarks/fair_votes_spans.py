@@ -261,7 +261,7 @@ def spans_experiment(setup: Setup) -> pd.DataFrame:
                 m = means(
                     evaluate(
                         {"s": out}, qs, truth, [LocalizedRecall(), LocalizationRatio()],
-                        level=level,
+                        granularity=level,
                     )
                 )  # fmt: skip
                 row = rows.setdefault((name, label), {"database": name, "rule": label})

@@ -9,19 +9,21 @@ slice index per extractor (or reuses it from ``out_dir``), runs
   re-ranking ``SliceSearch >> CountVotes >> MaxSimRerank(top)``; recall@1/3/5/10, AP,
   nDCG@10),
 * **region** and **localized** retrieval: for each query volume and each structure it
-  contains, :func:`~cbirlib.search.region_query` (the same two chains, ending in
+  contains, :func:`~cbirlib.region_query` (the same two chains, ending in
   ``Localize(method="votes", trim=vote_trim)`` (default 0.1) or ``Localize()`` (MaxSim
   argmax slices); region recall, AP, nDCG@10, localized recall, localization ratio),
 
-and writes one per-class table per (level, mode, metric) as CSV and Markdown.
+and writes one per-class table per (granularity, mode, metric) as CSV and Markdown.
 
 The count-vote chain is cut at the same ``top`` candidates the re-ranker sees, so both
 rank the same volumes and differ only in their order.
 
-Memory: each query volume is embedded right after it is read and only a voxel-free
-stand-in (id, labels, z positions) is kept, so at most one query volume is in memory at a
-time (at the cost of reading each query CT once per extractor); region queries reuse the
-cached embeddings of their source volume.
+Memory: each query volume is embedded right after it is read and only its
+:class:`~cbirlib.queries.EmbeddedQuery` (embeddings, blank-slice flags, labels, z
+positions; no voxels) is kept, so at most one query volume is in memory at a time (at
+the cost of reading each query CT once per extractor). The chain searches the embedded
+queries as any other (:class:`~cbirlib.search.SliceSearch` takes their rows instead of
+calling the extractor), and their region queries reuse rows of their embeddings.
 
 Examples
 --------
@@ -33,7 +35,7 @@ A run on synthetic phantoms (a few seconds on a CPU; skipped as a doctest becaus
 >>> from cbirlib.benchmarking import benchmark
 >>> root = tempfile.mkdtemp()
 >>> _ = make_phantoms(root, 6, shape=(32, 32), seed=3)  # doctest: +SKIP
->>> tables = benchmark(root, modes=("volume",), level="coarse", verbose=False)  # doctest: +SKIP
+>>> tables = benchmark(root, modes=("volume",), granularity="coarse")  # doctest: +SKIP
 >>> tables["coarse/volume/volume_recall@1"].columns.tolist()  # doctest: +SKIP
 ['baseline', 'baseline + MaxSim']
 """
@@ -44,21 +46,28 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast
 
-import numpy as np
-import numpy.typing as npt
 import pandas as pd
 
 from cbirlib._progress import progress
 from cbirlib.errors import CbirError, EvaluationError
-from cbirlib.evaluation import MEAN_ROW, evaluate, per_class_table, to_csv, to_markdown
+from cbirlib.evaluation import (
+    GRANULARITIES,
+    MEAN_ROW,
+    Granularity,
+    evaluate,
+    per_class_table,
+    to_csv,
+    to_markdown,
+)
+from cbirlib.labels import SliceLabels
 from cbirlib.metrics import Metric, Truth, default_metrics
-from cbirlib.volume import Volume
+from cbirlib.queries import EmbeddedQuery
 
 __all__ = ["MODES", "benchmark", "system_name"]
 
@@ -68,8 +77,6 @@ logger = logging.getLogger(__name__)
 MODES = ("slice", "volume", "region", "localized")
 #: Default ``trim`` of ``Localize(method="votes")`` in the count-vote chain.
 VOTE_TRIM = 0.1
-
-Level = Literal["coarse", "fine"]
 
 
 def system_name(extractor: str, rerank: bool) -> str:
@@ -115,104 +122,64 @@ def _chain(
     )
 
 
-@dataclass
-class _CachedEmbedder:
-    """Embeds each query volume once; region queries reuse their source's embeddings.
-
-    Valid for extractors that embed every slice on its own (all 2D slice models), so
-    that a slab's embeddings are the rows of its source volume's. Every query must be
-    :meth:`add`-ed first: the queries searched are light stand-ins without voxels.
-    """
-
-    extractor: Any
-    cache: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
-    flags: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
-
-    def to_config(self) -> dict[str, Any]:
-        return dict(self.extractor.to_config())
-
-    def add(self, volume: Volume) -> None:
-        if volume.id not in self.cache:
-            from cbirlib.informative import slice_flags
-
-            self.cache[volume.id] = np.asarray(self.extractor.extract(volume), np.float32)
-            self.flags[volume.id] = slice_flags(self.extractor, volume)
-
-    def _rows(self, volume: Volume) -> tuple[str, int]:
-        source = str(getattr(volume, "source_id", "") or volume.id)
-        if source not in self.cache:
-            raise EvaluationError(f"query {source!r} was not embedded before the search")
-        return source, int(getattr(volume, "first_slice", 0)) if source != volume.id else 0
-
-    def informative_slices(
-        self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
-    ) -> npt.NDArray[np.bool_]:
-        """The blank-slice flags computed by :meth:`add` (stand-ins carry no voxels)."""
-        source, start = self._rows(volume)
-        flags = self.flags[source][start : start + volume.n_slices]
-        return flags if slices is None else flags[slices]
-
-    def extract(
-        self, volume: Volume, *, slices: npt.NDArray[np.int64] | None = None
-    ) -> npt.NDArray[np.float32]:
-        source, start = self._rows(volume)
-        emb = self.cache[source][start : start + volume.n_slices]
-        return emb if slices is None else emb[slices]
-
-
-def _stand_in(volume: Volume) -> Volume:
-    """The query without its voxels: id, labels, geometry and a ``(Z, 1, 1)`` zero view.
-
-    Everything retrieval and evaluation read after embedding (ids, slice count, z
-    positions, labels), at a few bytes per slice instead of the full array.
-    """
-    placeholder = np.broadcast_to(np.zeros((1, 1, 1), np.float32), (volume.n_slices, 1, 1))
-    return Volume(
-        volume.id,
-        placeholder,
-        spacing=volume.spacing,
-        z_positions=volume.z_positions,
-        labels=volume.labels,
-        modality=volume.modality,
-        affine=volume.affine,
-    )
-
-
 def _embed_queries(
     dataset: Any,
     query_ids: Sequence[str],
-    embedder: _CachedEmbedder,
-    stand_ins: dict[str, Volume],
+    extractor: Any,
+    labels: dict[str, SliceLabels | None],
     *,
     desc: str,
     verbose: bool | None,
-) -> list[Volume]:
-    """Load each query, embed it right away and keep only its stand-in.
+) -> list[EmbeddedQuery]:
+    """Load each query, embed it right away and keep only its embedded query.
 
-    At most one query volume's voxels are in memory at a time; labels are read on the
-    first pass only (``stand_ins`` keeps them for the next extractors).
+    At most one query volume's voxels are in memory at a time
+    (:meth:`EmbeddedQuery.embed <cbirlib.queries.EmbeddedQuery.embed>` keeps the
+    embeddings, blank-slice flags, labels and geometry). Labels are read on the first
+    pass only (``labels`` keeps them for the next extractors).
     """
+    out = []
     for subject in progress(query_ids, verbose=verbose, desc=desc):
-        volume = dataset.load(subject, labels=subject not in stand_ins)
-        embedder.add(volume)
-        if subject not in stand_ins:
-            stand_ins[subject] = _stand_in(volume)
+        volume = dataset.load(subject, labels=subject not in labels)
+        labels.setdefault(subject, volume.labels)
+        out.append(EmbeddedQuery.embed(volume.with_labels(labels[subject]), extractor))
         del volume
-    return [stand_ins[s] for s in query_ids]
+    return out
 
 
-def _region_queries(volumes: Sequence[Any], level: Level, groups: Mapping[str, str]) -> list[Any]:
-    """One region query per (query volume, structure it contains) at ``level``."""
-    from cbirlib.search import region_query
+def _region_queries(
+    volumes: Sequence[Any], granularity: Granularity, groups: Mapping[str, str]
+) -> list[Any]:
+    """One region query per (query volume, structure it contains) at ``granularity``."""
+    from cbirlib.queries import region_query
 
     out = []
     for volume in volumes:
-        labels = volume.labels if level == "fine" else volume.labels.grouped(groups)
+        labels = volume.labels if granularity == "fine" else volume.labels.grouped(groups)
         for structure in sorted(labels.volume_structures()):
             out.append(
-                region_query(volume, structure, groups=groups if level == "coarse" else None)
+                region_query(volume, structure, groups=groups if granularity == "coarse" else None)
             )
     return out
+
+
+def _deprecated_level(
+    granularity: Granularity | Sequence[Granularity], level: Granularity | Sequence[Granularity]
+) -> Granularity | Sequence[Granularity]:
+    """``level`` (deprecated) in place of ``granularity``, with a DeprecationWarning."""
+    warnings.warn(
+        "benchmark(level=...) is now benchmark(granularity=...) (in Hits, 'level' means "
+        "slice or volume); level= will be removed in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    given = _as_tuple(granularity, "granularity", GRANULARITIES)
+    if given not in (GRANULARITIES, _as_tuple(level, "level", GRANULARITIES)):
+        raise EvaluationError(
+            f"benchmark() got granularity={granularity!r} and level={level!r}; "
+            "pass granularity= only"
+        )
+    return level
 
 
 def benchmark(
@@ -225,7 +192,7 @@ def benchmark(
     top: int = 20,
     out_dir: str | os.PathLike[str] | None = None,
     split: str = "test",
-    level: Level | Sequence[Level] = ("coarse", "fine"),
+    granularity: Granularity | Sequence[Granularity] = GRANULARITIES,
     exact: bool = False,
     groups: Mapping[str, str] | None = None,
     vote_trim: float = VOTE_TRIM,
@@ -237,6 +204,7 @@ def benchmark(
     force: bool = False,
     labels_cache: str | os.PathLike[str] | None = None,
     verbose: bool | None = None,
+    level: Granularity | Sequence[Granularity] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run the study's retrieval protocol and return its per-class tables.
 
@@ -262,12 +230,12 @@ def benchmark(
         temporary folder, and no tables are written.
     split
         The query split; the database is every subject of the other splits.
-    level
+    granularity
         ``"coarse"`` (29 regions), ``"fine"`` (104 classes) or both.
     exact
         Use exact (brute-force) search instead of HNSW.
     groups
-        Fine -> coarse mapping of the ``"coarse"`` level (its values are the table
+        Fine -> coarse mapping of the ``"coarse"`` granularity (its values are the table
         rows); default :data:`cbirlib.structures.COARSE_GROUPS`. Used for the labels and
         to build the coarse region queries.
     vote_trim
@@ -308,19 +276,22 @@ def benchmark(
         given, else none.
     verbose
         Progress bars: on a terminal only (``None``), always (``True``) or never (``False``).
+    level
+        Deprecated name of ``granularity`` (a DeprecationWarning; removed in the next
+        release): in :class:`~cbirlib.hits.Hits`, ``level`` means slice or volume.
 
     Returns
     -------
     dict
-        ``"<level>/<mode>/<metric>"`` -> :func:`~cbirlib.evaluation.per_class_table`
-        (one row per structure of the level, one column per system), and
-        ``"summary"``: one row per (level, mode, metric, system) with the mean and SD
-        over classes.
+        ``"<granularity>/<mode>/<metric>"`` -> :func:`~cbirlib.evaluation.per_class_table`
+        (one row per structure of the granularity, one column per system), and
+        ``"summary"``: one row per (granularity, mode, metric, system) with the mean and
+        SD over classes (the granularity in its column ``level``, as before).
 
     Raises
     ------
     EvaluationError
-        Unknown modes/levels or an empty query or database split.
+        Unknown modes or granularities, or an empty query or database split.
     DatasetError
         ``root`` is not a TotalSegmentator folder.
     WeightsError
@@ -333,7 +304,11 @@ def benchmark(
     from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES, coarse_regions
 
     modes = _as_tuple(modes, "mode", MODES)
-    levels: tuple[Level, ...] = _as_tuple(level, "level", ("coarse", "fine"))  # type: ignore[assignment]
+    if level is not None:
+        granularity = _deprecated_level(granularity, level)
+    granularities = cast(
+        "tuple[Granularity, ...]", _as_tuple(granularity, "granularity", GRANULARITIES)
+    )
     reranks = tuple(dict.fromkeys(bool(r) for r in rerank))
     if not reranks:
         raise EvaluationError("rerank must list at least one of False, True")
@@ -370,15 +345,15 @@ def benchmark(
         }
         truth = Truth(database=database)
         grouping = COARSE_GROUPS if groups is None else dict(groups)
-        stand_ins: dict[str, Volume] = {}
+        query_labels: dict[str, SliceLabels | None] = {}
         results = []
         # extractors build their models lazily; each one is let go once it has run, so
         # that at most one model is in memory at a time
         for name in list(models):
             model = models.pop(name)
             results += _run_extractor(
-                name, model, dataset, database_ids, query_ids, stand_ins, levels, truth, modes,
-                reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
+                name, model, dataset, database_ids, query_ids, query_labels, granularities, truth,
+                modes, reranks, k=k, top=top, work=work, exact=exact, groups=grouping,
                 vote_trim=vote_trim, vote_normalize=vote_normalize, verbose=verbose,
             )  # fmt: skip
             del model
@@ -473,8 +448,8 @@ def _run_extractor(
     dataset: Any,
     database_ids: Sequence[str],
     query_ids: Sequence[str],
-    stand_ins: dict[str, Volume],
-    levels: Sequence[Level],
+    query_labels: dict[str, SliceLabels | None],
+    granularities: Sequence[Granularity],
     truth: Truth,
     modes: Sequence[str],
     reranks: Sequence[bool],
@@ -502,21 +477,20 @@ def _run_extractor(
             f"the index at {str(path)!r} holds volumes outside the database split "
             f"({', '.join(extra[:5])}); use another out_dir"
         )
-    embedder = _CachedEmbedder(extractor)
     queries = _embed_queries(
-        dataset, query_ids, embedder, stand_ins, desc=f"embedding queries ({name})",
+        dataset, query_ids, extractor, query_labels, desc=f"embedding queries ({name})",
         verbose=verbose,
     )  # fmt: skip
-    regions = {lv: _region_queries(queries, lv, groups) for lv in levels}
-    search = SliceSearch(embedder, index, k=k)
+    regions = {lv: _region_queries(queries, lv, groups) for lv in granularities}
+    search = SliceSearch(extractor, index, k=k)
     out: list[pd.DataFrame] = []
 
     def run(mode: str, system: str, chain: Any, qs: Sequence[Any], metrics: Sequence[Metric],
-            levels: Sequence[Level]) -> None:  # fmt: skip
+            levels: Sequence[Granularity]) -> None:  # fmt: skip
         logger.info("%s: %s retrieval with %r", system, mode, chain)
         hits = chain.retrieve(list(qs), verbose=verbose)
         for lv in levels:
-            res = evaluate({system: hits}, qs, truth, metrics, level=lv, groups=groups)
+            res = evaluate({system: hits}, qs, truth, metrics, granularity=lv, groups=groups)
             res.insert(0, "mode", mode)
             res.insert(0, "level", lv)
             out.append(res)
@@ -544,7 +518,7 @@ def _run_extractor(
             hits = chain.retrieve(list(region_queries), verbose=verbose)
             for mode in region_modes:
                 res = evaluate(
-                    {system: hits}, region_queries, truth, default_metrics(mode), level=lv,
+                    {system: hits}, region_queries, truth, default_metrics(mode), granularity=lv,
                     groups=groups,
                 )  # fmt: skip
                 res.insert(0, "mode", mode)

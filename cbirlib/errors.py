@@ -261,6 +261,7 @@ __all__ = [
     "ExtractorMismatchWarning",
     "ModalityMismatchWarning",
     "CustomStructureWarning",
+    "HitsTypeError",
 ]
 
 
@@ -278,4 +279,12 @@ class CustomStructureWarning(UserWarning):
     Such a mask (a lesion or user mask, ``segmentations/lesion_1.nii.gz``) is usable in
     region queries as a custom structure named after its file stem (see
     :meth:`cbirlib.datasets.TotalSegmentator.load`'s ``custom=``).
+    """
+
+
+class HitsTypeError(EvaluationError, TypeError):
+    """Results to evaluate that are not a :class:`~cbirlib.hits.Hits` table.
+
+    A DataFrame (for instance from ``Hits.to_pandas()`` or a CSV file) becomes one with
+    :meth:`Hits.from_pandas <cbirlib.hits.Hits.from_pandas>`.
     """

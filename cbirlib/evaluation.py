@@ -22,7 +22,7 @@ Examples
 ...     "bad": Hits(query_id=["q", "r"], volume_id=["b", "a"], score=[1.0, 1.0],
 ...                 level="volume"),
 ... }
->>> results = evaluate(runs, [], truth, [VolumeRecall(1)], level="fine")
+>>> results = evaluate(runs, [], truth, [VolumeRecall(1)], granularity="fine")
 >>> table = per_class_table(results, "volume_recall@1")
 >>> print(to_markdown(table))
 | structure | good | bad |
@@ -36,21 +36,25 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import pandas as pd
 
 from cbirlib._progress import progress
-from cbirlib.errors import EvaluationError
+from cbirlib.errors import EvaluationError, HitsTypeError
+from cbirlib.hits import Hits
 from cbirlib.labels import SliceLabels
-from cbirlib.metrics import HitsLike, Metric, Truth, aggregate
+from cbirlib.metrics import Metric, Truth, aggregate, as_hits
 from cbirlib.pipeline import Retriever
 from cbirlib.volume import Volume
 
 __all__ = [
+    "GRANULARITIES",
     "MEAN_ROW",
+    "Granularity",
     "evaluate",
     "format_table",
     "numeric_table",
@@ -67,22 +71,48 @@ MEAN_ROW = "mean ± SD"
 #: Delta degrees of freedom of the SD over classes: 1, the sample SD.
 SD_DDOF = 1
 
-_LEVELS = ("coarse", "fine")
+#: Label granularity of an evaluation: the 29 coarse regions or the 104 fine classes.
+Granularity: TypeAlias = Literal["coarse", "fine"]
+#: The valid granularities.
+GRANULARITIES: tuple[Granularity, ...] = ("coarse", "fine")
+
+
+def _granularity(granularity: str, level: str | None, where: str) -> Granularity:
+    """``granularity``, or the deprecated ``level=`` (with a DeprecationWarning), checked."""
+    if level is not None:
+        warnings.warn(
+            f"{where}(level=...) is now {where}(granularity=...) (in Hits, 'level' means "
+            "slice or volume); level= will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if granularity != "coarse" and granularity != level:
+            raise EvaluationError(
+                f"{where}() got granularity={granularity!r} and level={level!r}; "
+                "pass granularity= only"
+            )
+        granularity = level
+    if granularity not in GRANULARITIES:
+        raise EvaluationError(
+            f"unknown evaluation granularity {granularity!r}; valid: 'coarse', 'fine'"
+        )
+    return granularity
 
 
 def truth_for(
     queries: Sequence[Volume],
     truth: Truth | Mapping[str, SliceLabels],
     *,
-    level: Literal["coarse", "fine"] = "coarse",
+    granularity: Granularity = "coarse",
     groups: Mapping[str, str] | None = None,
     allow_overlap: bool = False,
+    level: Granularity | None = None,
 ) -> Truth:
-    """Complete the ground truth from the query volumes and group it for ``level``.
+    """Complete the ground truth from the query volumes and group it for ``granularity``.
 
-    Query labels missing from ``truth`` are taken from ``query.labels``; a query with a
-    ``structure`` attribute (a :class:`~cbirlib.search.RegionVolume`) is a region
-    query for that structure.
+    Query labels missing from ``truth`` are taken from ``query.labels``; a query with an
+    :attr:`~cbirlib.volume.Volume.origin` (a region query, from
+    :func:`~cbirlib.region_query`) is a region query for ``origin.structure``.
 
     Parameters
     ----------
@@ -90,7 +120,7 @@ def truth_for(
         The query volumes.
     truth
         A :class:`~cbirlib.metrics.Truth` or just the database labels by volume id.
-    level
+    granularity
         ``"fine"`` keeps the labels as they are; ``"coarse"`` groups them with
         ``groups``.
     groups
@@ -100,15 +130,17 @@ def truth_for(
         a database volume of ``truth``. Off by default: a query found in the database
         retrieves itself and inflates every recall. Turn it on only with a leave-one-out
         search (``SliceSearch(..., exclude_source=True)``).
+    level
+        Deprecated name of ``granularity`` (a DeprecationWarning; removed in the next
+        release): in :class:`~cbirlib.hits.Hits`, ``level`` means slice or volume.
 
     Raises
     ------
     EvaluationError
-        Unknown ``level``, duplicate query ids, a query without labels, or (unless
+        Unknown ``granularity``, duplicate query ids, a query without labels, or (unless
         ``allow_overlap``) queries that are in the database, named in the message.
     """
-    if level not in _LEVELS:
-        raise EvaluationError(f"unknown evaluation level {level!r}; valid: 'coarse', 'fine'")
+    granularity = _granularity(granularity, level, "truth_for")
     base = truth if isinstance(truth, Truth) else Truth(database=dict(truth))
     labels = dict(base.queries)
     regions = dict(base.regions)
@@ -125,11 +157,10 @@ def truth_for(
                     f"query {query.id!r} has no labels and the truth has none for it"
                 )
             labels[query.id] = query.labels
-        structure = getattr(query, "structure", None)
-        if isinstance(structure, str) and structure and query.id not in regions:
-            regions[query.id] = structure
+        if query.origin is not None and query.id not in regions:
+            regions[query.id] = query.origin.structure
     out = Truth(database=base.database, queries=labels, regions=regions)
-    if level == "coarse":
+    if granularity == "coarse":
         if groups is None:
             from cbirlib.structures import COARSE_GROUPS
 
@@ -142,8 +173,8 @@ def _check_no_overlap(queries: Sequence[Volume], truth: Truth) -> None:
     """Raise if a query volume (or a region query's source) is a database volume."""
     overlap: dict[str, None] = {}
     for query in queries:
-        source = getattr(query, "source_id", "")
-        for vid in (query.id, source if isinstance(source, str) else ""):
+        source = query.origin.source_id if query.origin is not None else ""
+        for vid in (query.id, source):
             if vid and vid in truth.database:
                 overlap[vid] = None
     if overlap:
@@ -158,16 +189,17 @@ def _check_no_overlap(queries: Sequence[Volume], truth: Truth) -> None:
 
 
 def evaluate(
-    systems: Mapping[str, Retriever | HitsLike | pd.DataFrame],
+    systems: Mapping[str, Retriever | Hits],
     queries: Sequence[Volume],
     truth: Truth | Mapping[str, SliceLabels],
     metrics: Sequence[Metric],
     *,
-    level: Literal["coarse", "fine"] = "coarse",
+    granularity: Granularity = "coarse",
     groups: Mapping[str, str] | None = None,
     per_query: bool = False,
     verbose: bool | None = None,
     allow_overlap: bool = False,
+    level: Granularity | None = None,
 ) -> pd.DataFrame:
     """Run every system on ``queries`` and compute every metric.
 
@@ -176,16 +208,17 @@ def evaluate(
     systems
         Name -> retriever (anything with ``retrieve(queries, verbose=...)``, e.g. a
         :class:`~cbirlib.pipeline.Pipeline`), or name -> precomputed hits (a
-        :class:`~cbirlib.hits.Hits` table or its ``to_pandas()`` DataFrame).
+        :class:`~cbirlib.hits.Hits` table; a DataFrame of hits becomes one with
+        :meth:`Hits.from_pandas <cbirlib.hits.Hits.from_pandas>`).
     queries
-        Query volumes (volume queries, or :func:`~cbirlib.search.region_query` slabs).
+        Query volumes (volume queries, or :func:`~cbirlib.region_query` slabs).
         Never part of the database (checked; see ``allow_overlap``).
     truth
         Ground truth; see :func:`truth_for`.
     metrics
         Metric objects from :mod:`cbirlib.metrics`.
-    level
-        ``"coarse"`` (grouped with ``groups``) or ``"fine"`` labels.
+    granularity
+        ``"coarse"`` (labels grouped with ``groups``) or ``"fine"`` labels.
     groups
         Fine -> coarse mapping; default :data:`cbirlib.structures.COARSE_GROUPS`.
     per_query
@@ -194,6 +227,9 @@ def evaluate(
         Progress bars (on a terminal only with ``None``); passed on to the retrievers.
     allow_overlap
         Accept queries that are also database volumes; see :func:`truth_for`.
+    level
+        Deprecated name of ``granularity`` (a DeprecationWarning; removed in the next
+        release).
 
     Returns
     -------
@@ -202,21 +238,37 @@ def evaluate(
         ``n`` (queries, or query slices for slice recall, behind the value).
         ``per_query=True``: ``system``, ``metric``, ``query_id``, ``structure``,
         ``value``, ``weight``. Structures no query contains have no rows.
+
+    Raises
+    ------
+    HitsTypeError
+        A system that is neither a retriever nor a :class:`~cbirlib.hits.Hits` table (a
+        DataFrame: the message names :meth:`Hits.from_pandas`), or a retriever that
+        returns something else.
+    EvaluationError
+        No metrics, or queries and ground truth that do not fit (see :func:`truth_for`).
     """
     if not metrics:
         raise EvaluationError("evaluate() needs at least one metric")
-    full = truth_for(queries, truth, level=level, groups=groups, allow_overlap=allow_overlap)
+    granularity = _granularity(granularity, level, "evaluate")
+    full = truth_for(
+        queries, truth, granularity=granularity, groups=groups, allow_overlap=allow_overlap
+    )
     frames: list[pd.DataFrame] = []
     for name, system in progress(systems.items(), verbose=verbose, desc="systems"):
-        hits: HitsLike | pd.DataFrame
-        if isinstance(system, HitsLike | pd.DataFrame):
+        hits: Hits
+        if isinstance(system, Hits):
             hits = system
-        elif hasattr(system, "retrieve"):
+        elif hasattr(system, "retrieve") and not isinstance(system, pd.DataFrame):
             logger.info("retrieving %d queries with %s", len(queries), name)
-            hits = system.retrieve(list(queries), verbose=verbose)
+            out = system.retrieve(list(queries), verbose=verbose)
+            hits = as_hits(out, f"the results of system {name!r}")
         else:
-            raise EvaluationError(
-                f"system {name!r} is a {type(system).__name__}; expected a Retriever or Hits"
+            frame = isinstance(system, pd.DataFrame)
+            raise HitsTypeError(
+                f"system {name!r} is a {'DataFrame' if frame else type(system).__name__}; "
+                "expected a Retriever or a Hits table"
+                + ("; pass Hits.from_pandas(frame) for hits in a DataFrame" if frame else "")
             )
         for metric in metrics:
             values = metric.compute(hits, full)

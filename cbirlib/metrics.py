@@ -1,8 +1,11 @@
 """Retrieval metrics of the study, computed per (query, structure).
 
 Every metric is a small frozen dataclass with a ``name`` and a
-:meth:`~Metric.compute` method that turns a hits table and the ground truth
-(:class:`Truth`) into one value per ``(query, structure)`` pair. The values are
+:meth:`~Metric.compute` method that turns a :class:`~cbirlib.hits.Hits` table and the
+ground truth (:class:`Truth`) into one value per ``(query, structure)`` pair. The
+metrics read the table's numpy columns directly; a DataFrame is refused with a
+:class:`~cbirlib.errors.HitsTypeError` (turn it back into a table with
+:meth:`Hits.from_pandas <cbirlib.hits.Hits.from_pandas>`). The values are
 returned as a long :class:`pandas.DataFrame` with the columns ``query_id``,
 ``structure``, ``value`` and ``weight``; :func:`aggregate` turns them into one
 value per structure (a weighted mean: ``weight`` is the number of query slices for
@@ -37,7 +40,7 @@ not appear in the results (they are missing/NaN, never 0).
 Examples
 --------
 >>> import numpy as np
->>> import pandas as pd
+>>> from cbirlib.hits import Hits
 >>> from cbirlib.labels import SliceLabels
 >>> from cbirlib.metrics import Truth, VolumeRecall, aggregate
 >>> lab = lambda *rows: SliceLabels(("liver", "lung"), np.array(rows, dtype=bool))
@@ -45,10 +48,7 @@ Examples
 ...     database={"a": lab([1, 0], [1, 0]), "b": lab([0, 1])},
 ...     queries={"q": lab([1, 0], [0, 1])},
 ... )
->>> hits = pd.DataFrame({"query_id": ["q", "q"], "volume_id": ["a", "b"],
-...                      "slice_index": [-1, -1], "query_slice": [-1, -1],
-...                      "score": [2.0, 1.0], "rank": [1, 2],
-...                      "level": ["volume", "volume"]})
+>>> hits = Hits(query_id=["q", "q"], volume_id=["a", "b"], score=[2.0, 1.0], level="volume")
 >>> aggregate(VolumeRecall(k=1).compute(hits, truth))["value"].to_dict()
 {'liver': 1.0, 'lung': 0.0}
 """
@@ -58,19 +58,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
-from cbirlib.errors import EvaluationError
+from cbirlib.errors import EvaluationError, HitsTypeError
+from cbirlib.hits import Hits
 from cbirlib.labels import SliceLabels
 
 __all__ = [
     "METRIC_COLUMNS",
     "NDCG",
     "AveragePrecision",
-    "HitsLike",
     "LocalizationRatio",
     "LocalizedRecall",
     "Metric",
@@ -79,22 +80,12 @@ __all__ = [
     "Truth",
     "VolumeRecall",
     "aggregate",
+    "as_hits",
     "default_metrics",
 ]
 
 #: Columns of the long table every :meth:`Metric.compute` returns.
 METRIC_COLUMNS = ("query_id", "structure", "value", "weight")
-
-_REQUIRED = ("query_id", "volume_id", "slice_index", "query_slice", "score", "rank")
-
-
-@runtime_checkable
-class HitsLike(Protocol):
-    """Anything with a ``to_pandas()`` giving the Hits columns (e.g. :class:`cbirlib.Hits`)."""
-
-    def to_pandas(self) -> pd.DataFrame:
-        """The hits as a DataFrame with the agreed columns."""
-        ...
 
 
 # -- ground truth ------------------------------------------------------------------------
@@ -189,53 +180,97 @@ def _preview(keys: Mapping[str, object], n: int = 8) -> str:
 # -- hits helpers --------------------------------------------------------------------------
 
 
-def _frame(hits: HitsLike | pd.DataFrame) -> pd.DataFrame:
-    frame = hits if isinstance(hits, pd.DataFrame) else hits.to_pandas()
-    missing = [c for c in _REQUIRED if c not in frame.columns]
-    if missing:
-        raise EvaluationError(
-            f"hits lack the columns {missing}; expected at least {list(_REQUIRED)}"
+def as_hits(hits: object, what: str = "hits") -> Hits:
+    """``hits`` if it is a :class:`~cbirlib.hits.Hits` table, else a named error.
+
+    Parameters
+    ----------
+    hits
+        The results to evaluate.
+    what
+        How the message names them (e.g. ``"system 'baseline'"``).
+
+    Raises
+    ------
+    HitsTypeError
+        For anything else; a DataFrame's message names :meth:`Hits.from_pandas`.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> try:
+    ...     as_hits(pd.DataFrame({"query_id": []}))
+    ... except HitsTypeError as exc:
+    ...     print(exc)
+    hits are a DataFrame; metrics take a Hits table: pass Hits.from_pandas(frame)
+    """
+    if isinstance(hits, Hits):
+        return hits
+    if isinstance(hits, pd.DataFrame):
+        raise HitsTypeError(
+            f"{what} are a DataFrame; metrics take a Hits table: pass Hits.from_pandas(frame)"
         )
-    return frame
+    raise HitsTypeError(f"{what} are a {type(hits).__name__}; expected a Hits table (cbirlib.Hits)")
 
 
-def _check_level(frame: pd.DataFrame, expected: str, hint: str) -> None:
-    """Raise unless the hits are at ``expected`` level (``attrs["level"]`` or a column)."""
-    if "level" in frame.columns:
-        levels = {str(v) for v in frame["level"].unique()}
-    else:
-        levels = {str(frame.attrs.get("level", "unknown"))}
-    if not frame.empty and levels != {expected}:
+def _check_level(hits: Hits, expected: str, hint: str) -> None:
+    """Raise unless the (non-empty) hits are at ``expected`` level."""
+    if len(hits) and hits.level != expected:
         raise EvaluationError(
-            f"this metric needs {expected}-level hits, got level {sorted(levels)}; {hint}"
+            f"this metric needs {expected}-level hits, got level {[hits.level]}; {hint}"
         )
 
 
-def _ranked_volumes(hits: HitsLike | pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Volume-level hits per query, best first, one row per volume."""
-    frame = _frame(hits)
-    _check_level(frame, "volume", "aggregate slice hits first (SliceSearch() >> CountVotes())")
-    frame = frame.sort_values(["query_id", "rank", "score"], ascending=[True, True, False])
-    frame = frame.drop_duplicates(["query_id", "volume_id"], keep="first")
-    return {str(q): g.reset_index(drop=True) for q, g in frame.groupby("query_id", sort=True)}
+def _sorted_codes(values: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+    """Codes of ``values`` in sorted order of the distinct values, and those values."""
+    uniq, inverse = np.unique(values, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), uniq
 
 
-def _top_slices(hits: HitsLike | pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per query, the top-1 retrieved slice of each query slice."""
-    frame = _frame(hits)
-    _check_level(frame, "slice", "use SliceSearch() or SliceSearch() >> TopSlice()")
-    if (frame["query_slice"] < 0).any():
+def _first_per_key(order: npt.NDArray[np.intp], key: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """The rows of ``order`` that are the first of their ``key`` (``key`` per row)."""
+    _, first = np.unique(key[order], return_index=True)
+    return order[np.sort(first)]
+
+
+def _by_query(
+    hits: Hits, rows: npt.NDArray[np.intp], codes: npt.NDArray[np.int64], names: npt.NDArray[Any]
+) -> dict[str, Hits]:
+    """``rows`` (sorted by query code) split into one table per query id."""
+    sub = hits.take(rows)
+    q = codes[rows]
+    bounds = np.flatnonzero(q[1:] != q[:-1]) + 1
+    parts = np.split(np.arange(len(rows)), bounds) if len(rows) else []
+    return {str(names[q[p[0]]]): sub.take(p) for p in parts}
+
+
+def _ranked_volumes(hits: Hits) -> dict[str, Hits]:
+    """Volume-level hits per query, best first (rank, then score), one row per volume."""
+    hits = as_hits(hits)
+    _check_level(hits, "volume", "aggregate slice hits first (SliceSearch() >> CountVotes())")
+    q, names = _sorted_codes(hits.query_id)
+    v, _ = _sorted_codes(hits.volume_id)
+    order = np.lexsort((-hits.score, hits.rank, q))
+    keep = _first_per_key(order, q * (int(v.max(initial=0)) + 1) + v)
+    return _by_query(hits, keep, q, names)
+
+
+def _top_slices(hits: Hits) -> dict[str, Hits]:
+    """Per query, the top-1 retrieved slice (best score, then rank) of each query slice."""
+    hits = as_hits(hits)
+    _check_level(hits, "slice", "use SliceSearch() or SliceSearch() >> TopSlice()")
+    if (hits.query_slice < 0).any():
         raise EvaluationError("slice-level hits need query_slice >= 0 for every row")
-    frame = frame.sort_values(
-        ["query_id", "query_slice", "score", "rank"], ascending=[True, True, False, True]
-    )
-    frame = frame.drop_duplicates(["query_id", "query_slice"], keep="first")
-    return {str(q): g.reset_index(drop=True) for q, g in frame.groupby("query_id", sort=True)}
+    q, names = _sorted_codes(hits.query_id)
+    order = np.lexsort((hits.rank, -hits.score, hits.query_slice, q))
+    width = int(hits.query_slice.max(initial=0)) + 1
+    keep = _first_per_key(order, q * width + hits.query_slice)
+    return _by_query(hits, keep, q, names)
 
 
-def _all_query_ids(hits: HitsLike | pd.DataFrame, truth: Truth) -> list[str]:
+def _all_query_ids(hits: Hits, truth: Truth) -> list[str]:
     """Queries with ground truth: those with hits plus those the truth knows."""
-    ids = {str(q) for q in _frame(hits)["query_id"].unique()}
+    ids = {str(q) for q in hits.query_id.tolist()}
     return sorted(ids | set(truth.queries) | set(truth.regions))
 
 
@@ -255,7 +290,7 @@ class Metric(Protocol):
         """Column label of the metric, e.g. ``"volume_recall@1"``."""
         ...
 
-    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    def compute(self, hits: Hits, truth: Truth) -> pd.DataFrame:
         """One row per (query, structure) with :data:`METRIC_COLUMNS`."""
         ...
 
@@ -284,7 +319,7 @@ class SliceRecall:
         """Metric name."""
         return "slice_recall"
 
-    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    def compute(self, hits: Hits, truth: Truth) -> pd.DataFrame:
         """Per (query, structure) slice-wise recall; see the class docstring."""
         top = _top_slices(hits)
         rows: list[tuple[str, str, float, float]] = []
@@ -295,9 +330,14 @@ class SliceRecall:
             retrieved: dict[int, tuple[str, int]] = {}
             if qid in top:
                 g = top[qid]
-                for t, v, s in zip(g["query_slice"], g["volume_id"], g["slice_index"], strict=True):
+                for t, v, s in zip(
+                    g.query_slice.tolist(),
+                    g.volume_id.tolist(),
+                    g.slice_index.tolist(),
+                    strict=True,
+                ):
                     retrieved[int(t)] = (str(v), int(s))
-                _check_slice_count(qid, "query", int(g["query_slice"].max()), len(labels))
+                _check_slice_count(qid, "query", int(g.query_slice.max()), len(labels))
             # with query sampling only the searched slices count; no hits at all: all miss
             searched = np.array(sorted(retrieved), dtype=np.int64) if retrieved else None
             for c in sorted(labels.volume_structures()):
@@ -327,9 +367,7 @@ def _check_slice_count(volume_id: str, what: str, slice_index: int, n_slices: in
         )
 
 
-def _recall_at_k(
-    hits: HitsLike | pd.DataFrame, truth: Truth, k: int, *, regions_only: bool
-) -> pd.DataFrame:
+def _recall_at_k(hits: Hits, truth: Truth, k: int, *, regions_only: bool) -> pd.DataFrame:
     if k < 1:
         raise EvaluationError(f"k must be >= 1, got {k}")
     ranked = _ranked_volumes(hits)
@@ -337,7 +375,7 @@ def _recall_at_k(
     for qid in _all_query_ids(hits, truth):
         if regions_only and qid not in truth.regions:
             continue
-        top = list(ranked[qid]["volume_id"][:k]) if qid in ranked else []
+        top = ranked[qid].volume_id[:k].tolist() if qid in ranked else []
         for c in sorted(truth.query_structures(qid)):
             hit = any(truth.volume_contains(str(v), c) for v in top)
             rows.append((qid, c, float(hit), 1.0))
@@ -365,7 +403,7 @@ class VolumeRecall:
         """Metric name."""
         return f"volume_recall@{self.k}"
 
-    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    def compute(self, hits: Hits, truth: Truth) -> pd.DataFrame:
         """Per (query, structure) 1.0 or 0.0; see the class docstring."""
         return _recall_at_k(hits, truth, self.k, regions_only=False)
 
@@ -390,14 +428,12 @@ class RegionRecall:
         """Metric name."""
         return "region_recall" if self.k == 1 else f"region_recall@{self.k}"
 
-    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    def compute(self, hits: Hits, truth: Truth) -> pd.DataFrame:
         """Per region query 1.0 or 0.0; see the class docstring."""
         return _recall_at_k(hits, truth, self.k, regions_only=True)
 
 
-def _localized(
-    hits: HitsLike | pd.DataFrame, truth: Truth
-) -> Iterator[tuple[str, str, SliceLabels | None, int, int]]:
+def _localized(hits: Hits, truth: Truth) -> Iterator[tuple[str, str, SliceLabels | None, int, int]]:
     """For each region query: (query, c, top-1 volume labels or None, first, last)."""
     ranked = _ranked_volumes(hits)
     for qid in _all_query_ids(hits, truth):
@@ -409,13 +445,13 @@ def _localized(
             yield qid, c, None, -1, -1
             continue
         for col in ("loc_first", "loc_last"):
-            if col not in g.columns:
+            if col not in g.extra:
                 raise EvaluationError(
                     f"hits lack the localization column {col!r}; end the pipeline with Localize()"
                 )
-        first = float(g["loc_first"].iloc[0])
-        last = float(g["loc_last"].iloc[0])
-        labels = truth.volume_labels(str(g["volume_id"].iloc[0]))
+        first = float(g.extra["loc_first"][0])
+        last = float(g.extra["loc_last"][0])
+        labels = truth.volume_labels(str(g.volume_id[0]))
         if not (np.isfinite(first) and np.isfinite(last)) or first < 0 or last < first:
             yield qid, c, labels, -1, -1
         else:
@@ -442,7 +478,7 @@ class LocalizedRecall:
         """Metric name."""
         return "localized_recall"
 
-    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    def compute(self, hits: Hits, truth: Truth) -> pd.DataFrame:
         """Per region query 1.0 or 0.0; see the class docstring."""
         rows: list[tuple[str, str, float, float]] = []
         for qid, c, labels, first, last in _localized(hits, truth):
@@ -473,7 +509,7 @@ class LocalizationRatio:
         """Metric name."""
         return "localization_ratio"
 
-    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    def compute(self, hits: Hits, truth: Truth) -> pd.DataFrame:
         """Per region query a ratio in [0, 1]; see the class docstring."""
         rows: list[tuple[str, str, float, float]] = []
         for qid, c, labels, first, last in _localized(hits, truth):
@@ -485,14 +521,12 @@ class LocalizationRatio:
         return _records(rows)
 
 
-def _relevance(
-    hits: HitsLike | pd.DataFrame, truth: Truth
-) -> Iterator[tuple[str, str, np.ndarray, int]]:
+def _relevance(hits: Hits, truth: Truth) -> Iterator[tuple[str, str, np.ndarray, int]]:
     """Per (query, c): binary relevance of the ranked volumes and the number relevant."""
     ranked = _ranked_volumes(hits)
     n_relevant: dict[str, int] = {}
     for qid in _all_query_ids(hits, truth):
-        vols = list(ranked[qid]["volume_id"]) if qid in ranked else []
+        vols = ranked[qid].volume_id.tolist() if qid in ranked else []
         for c in sorted(truth.query_structures(qid)):
             if c not in n_relevant:
                 n_relevant[c] = truth.n_relevant(c)
@@ -522,7 +556,7 @@ class AveragePrecision:
         """Metric name."""
         return "ap" if self.k is None else f"ap@{self.k}"
 
-    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    def compute(self, hits: Hits, truth: Truth) -> pd.DataFrame:
         """Per (query, structure) AP; see the class docstring."""
         if self.k is not None and (isinstance(self.k, bool) or self.k < 1):
             raise EvaluationError(f"k must be None or >= 1, got {self.k}")
@@ -559,7 +593,7 @@ class NDCG:
         """Metric name."""
         return f"ndcg@{self.k}"
 
-    def compute(self, hits: HitsLike | pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    def compute(self, hits: Hits, truth: Truth) -> pd.DataFrame:
         """Per (query, structure) nDCG@k; see the class docstring."""
         if self.k < 1:
             raise EvaluationError(f"k must be >= 1, got {self.k}")

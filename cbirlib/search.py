@@ -1,8 +1,10 @@
-"""Slice search, the source of every retrieval chain, and region queries.
+"""Slice search, the source of every retrieval chain.
 
 :class:`SliceSearch` embeds the query slices (every ``query_stride``-th slice) and runs
-one batched nearest-neighbour search over all query slices of all queries.
-:func:`region_query` cuts the sub-volume around one structure out of a labelled volume.
+one batched nearest-neighbour search over all query slices of all queries; a query given
+by its embeddings (:class:`~cbirlib.queries.EmbeddedQuery`) is searched without the
+extractor. Region queries (:func:`region_query`, :class:`RegionVolume`) live in
+:mod:`cbirlib.queries` and are importable from here as before.
 
 Examples
 --------
@@ -22,8 +24,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -34,19 +35,24 @@ from cbirlib._vectors import as_unit_rows
 from cbirlib.errors import (
     CbirError,
     DimensionMismatchError,
-    EvaluationError,
     ExtractorError,
     ModalityMismatchWarning,
     PipelineError,
-    StructureNotPresentError,
-    UnknownStructureError,
 )
 from cbirlib.hits import Hits
 from cbirlib.modality import UNKNOWN, effective_modality
 from cbirlib.pipeline import SearchContext, SliceStore, Stage, StageLevel
+from cbirlib.queries import EmbeddedQuery, EmbeddedRegion, RegionVolume, region_query
 from cbirlib.volume import Volume
 
-__all__ = ["QueryEmbedder", "RegionVolume", "SliceSearch", "region_query"]
+__all__ = [
+    "EmbeddedQuery",
+    "EmbeddedRegion",
+    "QueryEmbedder",
+    "RegionVolume",
+    "SliceSearch",
+    "region_query",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,168 +69,8 @@ class QueryEmbedder(Protocol):
         """The extractor's JSON-able config."""
 
     # Optional: ``informative_slices(volume, *, slices) -> (n,) bool`` replaces
-    # cbirlib.informative.informative_slices for the query slices (an embedder whose
-    # query volumes carry no voxels defines it).
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class RegionVolume(Volume):
-    """A region query: the slab of ``source_id`` around ``structure``.
-
-    ``source_slices[i]`` is the index, in the source volume, of slice ``i`` of this one.
-    """
-
-    source_id: str = ""
-    structure: str = ""
-    first_slice: int = 0
-
-    @property
-    def source_slices(self) -> npt.NDArray[np.int64]:
-        """Indices of this volume's slices in the source volume."""
-        return np.arange(self.first_slice, self.first_slice + self.n_slices, dtype=np.int64)
-
-    def slab(self, start: int, stop: int, *, id: str | None = None) -> RegionVolume:
-        """The sub-slab ``start:stop``; ``first_slice`` still points into the source."""
-        sub = super().slab(start, stop, id=id)
-        assert isinstance(sub, RegionVolume)  # Volume.slab replaces fields of self's class
-        return replace(sub, first_slice=self.first_slice + start)
-
-    def __repr__(self) -> str:
-        return (
-            f"RegionVolume({self.id!r}, slices {self.first_slice}..."
-            f"{self.first_slice + self.n_slices - 1} of {self.source_id!r})"
-        )
-
-
-def _structure_mask(
-    volume: Volume, structure: str, groups: Mapping[str, str] | None = None
-) -> npt.NDArray[np.bool_]:
-    """Per-slice presence of a fine structure or a coarse region (any member)."""
-    labels = volume.labels
-    if labels is None:
-        raise EvaluationError(
-            f"volume {volume.id!r} has no labels; a region query for {structure!r} needs "
-            "segmentation labels (Volume(..., labels=SliceLabels.from_masks(...)))"
-        )
-    from cbirlib.structures import (
-        COARSE_GROUPS,
-        coarse_hint,
-        did_you_mean,
-        match_name,
-        resolve_structure,
-    )
-
-    region = match_name(structure, groups.values()) if groups is not None else None
-    if groups is not None and region is not None:
-        in_group = [name for name, group in groups.items() if group == region]
-        cols = [labels.column(m) for m in in_group if m in labels.names]
-        if cols:
-            return np.asarray(labels.present[:, cols].any(axis=1), dtype=bool)
-        if match_name(region, labels.names) is None:  # labels already grouped: the column
-            raise UnknownStructureError(
-                f"volume {volume.id!r}: none of the members of group {region!r} "
-                f"({', '.join(in_group)}) is in its labels; they know "
-                f"{', '.join(sorted(labels.names))}"
-            )
-    own = match_name(structure, labels.names)
-    if own is not None:
-        return labels.present[:, labels.column(own)].copy()
-    try:
-        _, members = resolve_structure(structure)
-    except UnknownStructureError:
-        members = ()
-    cols = [labels.column(m) for m in members if m in labels.names]
-    if not cols:
-        grouping = COARSE_GROUPS if groups is None else groups
-        candidates = (*labels.names, *grouping.values())
-        listed = (
-            f"its labels know {', '.join(sorted(labels.names))}"
-            if len(labels.names) <= 12
-            else f"its labels know {len(labels.names)} structures (labels.names)"
-        )
-        raise UnknownStructureError(
-            f"volume {volume.id!r}: unknown structure {structure!r}"
-            f"{did_you_mean(structure, candidates)}; {listed}; {coarse_hint(grouping)}"
-            + (f" (members of {structure!r}: {', '.join(members)})" if members else "")
-            + (
-                ""
-                if members
-                else f"; a custom mask (segmentations/{structure}.nii.gz) is in the labels "
-                f"only when loaded with TotalSegmentator.load(subject, custom=[{structure!r}])"
-            )
-        )
-    return np.asarray(labels.present[:, cols].any(axis=1), dtype=bool)
-
-
-def region_query(
-    volume: Volume,
-    structure: str,
-    *,
-    min_pixels: int | None = None,
-    groups: Mapping[str, str] | None = None,
-) -> RegionVolume:
-    """The sub-volume of ``volume`` from the first to the last slice containing ``structure``.
-
-    Parameters
-    ----------
-    volume
-        A labelled query volume.
-    structure
-        A structure name of the volume's labels, or a coarse region name (present where
-        any member is): a value of ``groups`` when given, else a region of the default
-        grouping :data:`cbirlib.structures.COARSE_GROUPS`. A custom structure (a lesion
-        or user mask of a subject's ``segmentations/`` folder) is a name of the labels
-        when the volume was loaded with
-        ``TotalSegmentator.load(subject, custom=[name])``.
-    min_pixels
-        Presence threshold. ``None`` uses the labels as built; the labels store presence
-        only, so another threshold means rebuilding them with
-        ``SliceLabels.from_masks(masks, min_pixels=...)``.
-    groups
-        Your fine -> coarse mapping (as given to :func:`cbirlib.evaluation.evaluate`);
-        a ``structure`` that is one of its values is the union of its members.
-
-    Returns
-    -------
-    RegionVolume
-        A :class:`~cbirlib.volume.Volume` with id ``f"{volume.id}:{structure}"``, labels
-        and z positions of the slab, and ``source_slices`` giving the original indices.
-
-    Raises
-    ------
-    UnknownStructureError
-        If the name is not a known structure of the volume's labels.
-    EvaluationError
-        If the volume has no labels or does not contain the structure.
-    """
-    if min_pixels is not None and min_pixels != 1:
-        raise EvaluationError(
-            f"region_query(min_pixels={min_pixels}): labels of {volume.id!r} store presence "
-            "only; rebuild them with SliceLabels.from_masks(masks, min_pixels=...) instead"
-        )
-    present = _structure_mask(volume, structure, groups)
-    where = np.flatnonzero(present)
-    if where.size == 0:
-        assert volume.labels is not None
-        found = sorted(volume.labels.volume_structures())
-        raise StructureNotPresentError(
-            f"volume {volume.id!r} does not contain {structure!r}; it contains "
-            f"{', '.join(found) if found else 'no labelled structure'}"
-        )
-    first, last = int(where[0]), int(where[-1])
-    slab = volume.slab(first, last + 1)
-    return RegionVolume(
-        id=f"{volume.id}:{structure}",
-        array=slab.array,
-        spacing=slab.spacing,
-        z_positions=slab.z_positions,
-        labels=slab.labels,
-        modality=slab.modality,
-        affine=slab.affine,
-        source_id=volume.id,
-        structure=structure,
-        first_slice=first,
-    )
+    # cbirlib.informative.informative_slices for the query slices. Queries given by
+    # their embeddings (cbirlib.queries.EmbeddedQuery) need neither method.
 
 
 @dataclass(frozen=True, repr=False)
@@ -304,6 +150,8 @@ class SliceSearch(Stage):
             return _unit_rows(emb, vol.id), slices
         if emb is not None and len(emb) == vol.n_slices:  # precomputed for every slice
             return _unit_rows(emb[slices], vol.id), slices
+        if isinstance(vol, EmbeddedQuery):  # a query given by its embeddings
+            return _unit_rows(vol.embeddings[slices], vol.id), slices
         try:
             emb = np.asarray(self.extractor.extract(vol, slices=slices), dtype=np.float32)
         except CbirError:
@@ -320,7 +168,8 @@ class SliceSearch(Stage):
         """The query's own volume ids and how many of their slices the index holds."""
         if not self.exclude_source:
             return frozenset(), 0
-        own = frozenset(v for v in (vol.id, str(getattr(vol, "source_id", "") or "")) if v)
+        source = vol.origin.source_id if vol.origin is not None else ""
+        own = frozenset(v for v in (vol.id, source) if v)
         n_own = 0
         for vid in own:
             try:
@@ -342,7 +191,13 @@ class SliceSearch(Stage):
         )
 
     def _query_flags(self, vol: Volume, slices: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        """Informative flags of the query slices (see :mod:`cbirlib.informative`)."""
+        """Informative flags of the query slices (see :mod:`cbirlib.informative`).
+
+        An :class:`~cbirlib.queries.EmbeddedQuery` brings its own (no voxels to look at).
+        """
+        if isinstance(vol, EmbeddedQuery):
+            flags = vol.informative
+            return flags[slices] if flags is not None else np.ones(len(slices), dtype=bool)
         from cbirlib.informative import slice_flags
 
         return slice_flags(self.extractor, vol, slices=slices)
@@ -477,7 +332,12 @@ def _warn_modality(vols: list[Volume], index: SliceStore) -> None:
         return
     odd: dict[str, list[str]] = {}
     for vol in vols:
-        modality = effective_modality(vol.modality, vol.array)
+        if isinstance(vol, EmbeddedQuery):  # its modality is the one it was windowed as
+            if vol.modality == UNKNOWN:
+                continue
+            modality = vol.modality
+        else:
+            modality = effective_modality(vol.modality, vol.array)
         if modality not in known:
             odd.setdefault(modality, []).append(vol.id)
     for modality, ids in odd.items():

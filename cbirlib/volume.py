@@ -9,6 +9,15 @@ Examples
 (3, [0.0, 2.0, 4.0])
 >>> v.slab(1, 3).z_positions.tolist()
 [2.0, 4.0]
+
+A region query (:func:`cbirlib.region_query`) is a volume whose :attr:`Volume.origin`
+says where it was cut from:
+
+>>> from cbirlib.volume import RegionOrigin
+>>> r = Volume("s0001:liver", np.zeros((2, 4, 4), np.float32),
+...            origin=RegionOrigin("s0001", "liver", first_slice=5))
+>>> r.origin.source_slices(r.n_slices).tolist()
+[5, 6]
 """
 
 from __future__ import annotations
@@ -27,6 +36,65 @@ from cbirlib.errors import InvalidVolumeError, MaskShapeError, SettingError
 from cbirlib.labels import SliceLabels
 from cbirlib.modality import UNKNOWN, normalize_modality
 from cbirlib.provenance import Source
+
+__all__ = ["RegionOrigin", "Volume"]
+
+
+@dataclass(frozen=True)
+class RegionOrigin:
+    """Where a region query was cut from: one source volume's slab around one structure.
+
+    Set by :func:`cbirlib.region_query` as :attr:`Volume.origin`; evaluation reads the
+    structure (a region query is evaluated for that structure only) and the source (a
+    query whose source is a database volume is refused; ``SliceSearch(...,
+    exclude_source=True)`` leaves the source out of the hits).
+
+    Parameters
+    ----------
+    source_id
+        Id of the volume the slab was cut from.
+    structure
+        The structure (or coarse region) the region query was made for.
+    first_slice
+        Index, in the source volume, of the slab's first slice.
+
+    Raises
+    ------
+    InvalidVolumeError
+        An empty ``source_id`` or ``structure``, or a negative ``first_slice``.
+
+    Examples
+    --------
+    >>> o = RegionOrigin("s1", "liver", first_slice=3)
+    >>> o.shifted(2).first_slice, o.source_slices(2).tolist()
+    (5, [3, 4])
+    """
+
+    source_id: str
+    structure: str
+    first_slice: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("source_id", "structure"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise InvalidVolumeError(
+                    f"RegionOrigin({name}=...) needs a non-empty string, got {value!r}"
+                )
+        first = self.first_slice
+        if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
+            raise InvalidVolumeError(
+                f"RegionOrigin(first_slice=...) needs an integer >= 0, got {first!r}"
+            )
+        object.__setattr__(self, "first_slice", int(first))
+
+    def source_slices(self, n_slices: int) -> npt.NDArray[np.int64]:
+        """Indices, in the source volume, of a slab of ``n_slices`` slices cut from it."""
+        return np.arange(self.first_slice, self.first_slice + n_slices, dtype=np.int64)
+
+    def shifted(self, start: int) -> RegionOrigin:
+        """The origin of the sub-slab that starts ``start`` slices further into the source."""
+        return replace(self, first_slice=self.first_slice + start)
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +130,10 @@ class Volume:
         Where the volume was read from (:class:`cbirlib.provenance.Source`: a path, a
         subject id, a DICOM series; never patient data). The readers set it; indexes
         record it, so results can be opened again.
+    origin
+        For a region query, the volume and slices it was cut from and the structure it
+        was made for (:class:`RegionOrigin`, set by :func:`cbirlib.region_query`);
+        ``None`` for a whole volume. :meth:`slab` keeps it pointing into the source.
 
     Raises
     ------
@@ -80,6 +152,7 @@ class Volume:
     modality: str = UNKNOWN
     affine: npt.NDArray[np.float64] | None = None
     source: Source | None = None
+    origin: RegionOrigin | None = None
 
     def __post_init__(self) -> None:
         array = np.asarray(self.array)
@@ -122,6 +195,11 @@ class Volume:
                     f"inferior -> superior), but slice {bad + 1} is at {z[bad + 1]:g} mm "
                     f"after {z[bad]:g} mm; reverse the slice order or fix the positions"
                 )
+        if self.origin is not None and not isinstance(self.origin, RegionOrigin):
+            raise InvalidVolumeError(
+                f"volume {self.id!r}: origin must be a RegionOrigin or None, "
+                f"got {type(self.origin).__name__}"
+            )
         if self.labels is not None and len(self.labels) != array.shape[0]:
             raise MaskShapeError(
                 f"volume {self.id!r}: labels cover {len(self.labels)} slices, "
@@ -148,23 +226,30 @@ class Volume:
         return (int(z), int(y), int(x))
 
     def slab(self, start: int, stop: int, *, id: str | None = None) -> Volume:
-        """The sub-volume of slices ``start:stop`` (labels and positions follow)."""
+        """The sub-volume of slices ``start:stop`` (labels, positions and origin follow).
+
+        A region query's :attr:`origin` still points into its source volume
+        (``first_slice`` moves by ``start``).
+        """
         if not 0 <= start < stop <= self.n_slices:
             raise InvalidVolumeError(
                 f"volume {self.id!r}: slab [{start}, {stop}) outside 0..{self.n_slices}"
             )
+        return replace(self, id=id if id is not None else self.id, **self._slab_fields(start, stop))
+
+    def _slab_fields(self, start: int, stop: int) -> dict[str, Any]:
+        """The per-slice fields of the slab ``start:stop`` (subclasses add their own)."""
         affine = self.affine
         if affine is not None and start:
             affine = np.array(affine, dtype=np.float64)
             affine[:3, 3] += affine[:3, 2] * start  # voxel (0, 0, 0) is now slice `start`
-        return replace(
-            self,
-            id=id if id is not None else self.id,
-            array=self.array[start:stop],
-            z_positions=self.z_positions[start:stop],
-            labels=self.labels.slab(start, stop) if self.labels is not None else None,
-            affine=affine,
-        )
+        return {
+            "array": self.array[start:stop],
+            "z_positions": self.z_positions[start:stop],
+            "labels": self.labels.slab(start, stop) if self.labels is not None else None,
+            "affine": affine,
+            "origin": self.origin.shifted(start) if self.origin is not None else None,
+        }
 
     # -- NIfTI -------------------------------------------------------------------------
 

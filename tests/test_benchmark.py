@@ -215,7 +215,7 @@ def test_bad_arguments_are_named(phantoms: Path) -> None:
     with pytest.raises(CbirError, match="'holdout'"):
         benchmark(phantoms, split="holdout", verbose=False)
     with pytest.raises(EvaluationError, match="'medium'"):
-        benchmark(phantoms, level="medium", verbose=False)  # type: ignore[arg-type]
+        benchmark(phantoms, granularity="medium", verbose=False)  # type: ignore[arg-type]
 
 
 class RandomExtractor:
@@ -266,7 +266,7 @@ def test_random_embeddings_fail_the_floors(phantoms: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(cbirlib.plugins, "create_extractor", lambda name: RandomExtractor())
     tables = benchmark(
-        phantoms, ["random"], modes=("slice", "localized"), level="coarse", verbose=False
+        phantoms, ["random"], modes=("slice", "localized"), granularity="coarse", verbose=False
     )
     met = _floors_met(tables, "random")
     assert not any(met.values()), met
@@ -331,7 +331,7 @@ def test_extractor_options_reach_every_extractor(tmp_path, monkeypatch) -> None:
         ["baseline"],
         modes=("volume",),
         rerank=(False,),
-        level="coarse",
+        granularity="coarse",
         extractor_options={"bins": 8},
         verbose=False,
     )
@@ -342,7 +342,9 @@ def test_a_second_run_reads_no_mask(tmp_path, monkeypatch) -> None:
     import cbirlib.io as io_module
 
     make_phantoms(tmp_path / "data", 6, shape=(32, 32), seed=4)
-    kwargs: dict[str, Any] = dict(modes=("volume",), rerank=(False,), level="coarse", verbose=False)
+    kwargs: dict[str, Any] = dict(
+        modes=("volume",), rerank=(False,), granularity="coarse", verbose=False
+    )
     first = benchmark(tmp_path / "data", out_dir=tmp_path / "out", **kwargs)
     cache = tmp_path / "out" / "labels-cache"
     assert len(list(cache.glob("*.npy"))) == 6  # one file per subject
@@ -369,3 +371,73 @@ def test_a_second_run_reads_no_mask(tmp_path, monkeypatch) -> None:
     )
     assert table["baseline"].dtype == np.float64 and "n_queries" in table.columns
     assert table["n_queries"].drop(["mean", "sd"]).sum() > 0
+
+
+def test_level_is_the_deprecated_name_of_granularity(phantoms: Path) -> None:
+    with pytest.deprecated_call(match=r"benchmark\(granularity=\.\.\.\)"):
+        old = benchmark(phantoms, modes=("volume",), rerank=(False,), level="fine", verbose=False)
+    assert {k.split("/")[0] for k in old if k != "summary"} == {"fine"}
+    with pytest.deprecated_call(), pytest.raises(EvaluationError, match="granularity= only"):
+        benchmark(phantoms, granularity="fine", level="coarse", verbose=False)
+
+
+@pytest.mark.slow
+def test_tables_equal_a_direct_evaluation_of_the_default_chain(
+    phantoms: Path, run: tuple[dict, Path, list[int]]
+) -> None:
+    """Every table of the benchmark, recomputed with evaluate() on the full query volumes
+    (voxels, embedded by the chain's own SliceSearch) and the default chain."""
+    from cbirlib import create_extractor, evaluate, region_query
+    from cbirlib.aggregate import TopSlice
+    from cbirlib.evaluation import per_class_table
+    from cbirlib.metrics import default_metrics
+    from cbirlib.presets import default_chain
+    from cbirlib.search import SliceSearch
+    from cbirlib.structures import COARSE_GROUPS
+
+    tables, out = run[0], run[1]
+    defaults = {n: p.default for n, p in inspect.signature(benchmark).parameters.items()}
+    top = defaults["top"]
+    dataset = TotalSegmentator(phantoms)
+    queries = [dataset.load(s) for s in dataset.subjects_in("test")]
+    database = {s: dataset.labels(s) for s in dataset.subjects if dataset.split_of(s) != "test"}
+    search = SliceSearch(
+        create_extractor("baseline"), SliceIndex.load(out / "index-baseline"), k=defaults["k"]
+    )
+    rows = {"coarse": coarse_regions(), "fine": TOTALSEG_V1_CLASSES}
+    checked: set[str] = set()
+
+    def check(key: str, system: str, results: pd.DataFrame) -> None:
+        granularity, _, metric = key.split("/")
+        expected = per_class_table(results, metric, structures=rows[granularity])[system]
+        pd.testing.assert_series_equal(tables[key][system], expected, rtol=1e-9)
+        checked.add(key)
+
+    for gran in ("coarse", "fine"):
+        groups = COARSE_GROUPS if gran == "coarse" else None
+        regions = [
+            region_query(q, c, groups=groups)
+            for q in queries
+            for c in sorted(
+                (q.labels.grouped(COARSE_GROUPS) if groups else q.labels).volume_structures()
+            )  # type: ignore[union-attr]
+        ]
+        slices = evaluate({"baseline": search >> TopSlice()}, queries, database,
+                          default_metrics("slice"), granularity=gran)  # fmt: skip
+        check(f"{gran}/slice/slice_recall", "baseline", slices)
+        for rerank in (False, True):
+            system = system_name("baseline", rerank)
+            chain = default_chain(search, top=top, rerank=rerank, candidates=top, localize=False)
+            volume = evaluate({system: chain}, queries, database, default_metrics("volume"),
+                              granularity=gran)  # fmt: skip
+            for metric in default_metrics("volume"):
+                check(f"{gran}/volume/{metric.name}", system, volume)
+            chain = default_chain(search, top=top, rerank=rerank, candidates=top,
+                                  trim=defaults["vote_trim"])  # fmt: skip
+            hits = chain.retrieve(regions)
+            for mode in ("region", "localized"):
+                region = evaluate({system: hits}, regions, database, default_metrics(mode),
+                                  granularity=gran)  # fmt: skip
+                for metric in default_metrics(mode):
+                    check(f"{gran}/{mode}/{metric.name}", system, region)
+    assert checked == set(tables) - {"summary"}  # every table

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbirlib.errors import EvaluationError
+from cbirlib.errors import EvaluationError, HitsTypeError
 from cbirlib.evaluation import (
     MEAN_ROW,
     evaluate,
@@ -63,7 +63,9 @@ SYSTEMS = {
 
 
 def test_evaluate_fine_per_structure() -> None:
-    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1), VolumeRecall(2)], level="fine")
+    res = evaluate(
+        SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1), VolumeRecall(2)], granularity="fine"
+    )
     assert list(res.columns) == ["system", "metric", "structure", "value", "n"]
     got = res.set_index(["system", "metric", "structure"])["value"]
     assert got[("bad", "volume_recall@1", "liver")] == 1.0
@@ -80,7 +82,9 @@ def test_evaluate_coarse_groups_fine_labels() -> None:
         "lung_upper_lobe_left": "lung",
         "lung_lower_lobe_left": "lung",
     }
-    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="coarse", groups=groups)
+    res = evaluate(
+        SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="coarse", groups=groups
+    )
     bad = res[res.system == "bad"].set_index("structure")
     # lung: q1 (upper lobe) -> c has no lung: 0; q2 (lower lobe) -> a has lung: 1
     assert bad.loc["lung", "value"] == 0.5 and bad.loc["lung", "n"] == 2
@@ -93,10 +97,12 @@ def test_evaluate_default_coarse_grouping_is_the_shipped_one() -> None:
 
 
 def test_per_query_matches_aggregate() -> None:
-    long = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine", per_query=True)
+    long = evaluate(
+        SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine", per_query=True
+    )
     assert {"query_id", "weight"} <= set(long.columns)
     assert len(long) == 2 * 4  # 2 systems x (2 structures per query x 2 queries)
-    short = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    short = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")
     t_long = per_class_table(long, "volume_recall@1")
     t_short = per_class_table(short, "volume_recall@1")
     pd.testing.assert_frame_equal(t_long, t_short)
@@ -110,7 +116,7 @@ def test_evaluate_runs_retrievers() -> None:
             calls.append([q.id for q in queries])
             return SYSTEMS["good"]
 
-    res = evaluate({"fixed": Fixed()}, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")  # type: ignore[dict-item]
+    res = evaluate({"fixed": Fixed()}, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")  # type: ignore[dict-item]
     assert calls == [["q1", "q2"]]
     assert (res["value"] == 1.0).all()
 
@@ -127,10 +133,12 @@ def test_region_queries_are_recognised() -> None:
         labels=SliceLabels.from_masks({**masks, "liver": liver, "spleen": spleen}),
     )
     regions = [region_query(vol, "liver"), region_query(vol, "spleen")]
-    truth = truth_for(regions, DATABASE, level="fine")
+    truth = truth_for(regions, DATABASE, granularity="fine")
     assert dict(truth.regions) == {"s1:liver": "liver", "s1:spleen": "spleen"}
     hits = ranking({"s1:liver": ["b", "c"], "s1:spleen": ["b"]})
-    res = evaluate({"x": hits}, regions, DATABASE, [RegionRecall(), RegionRecall(2)], level="fine")
+    res = evaluate(
+        {"x": hits}, regions, DATABASE, [RegionRecall(), RegionRecall(2)], granularity="fine"
+    )
     got = res.set_index(["metric", "structure"])["value"]
     assert got[("region_recall", "liver")] == 0.0  # b has no liver
     assert got[("region_recall@2", "liver")] == 1.0  # c has
@@ -139,7 +147,7 @@ def test_region_queries_are_recognised() -> None:
 
 
 def test_per_class_table_layout_and_mean_row() -> None:
-    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")
     rows = [*NAMES, "kidney"]
     table = per_class_table(res, "volume_recall@1", structures=rows, systems=["good", "bad"])
     assert table.shape == (len(rows) + 1, 2)
@@ -159,7 +167,7 @@ def test_per_class_table_layout_and_mean_row() -> None:
 
 
 def test_markdown_and_csv(tmp_path: Path) -> None:
-    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")
     table = per_class_table(res, "volume_recall@1")
     md = to_markdown(table).splitlines()
     assert md[0] == "| structure | good | bad |"
@@ -173,7 +181,7 @@ def test_markdown_and_csv(tmp_path: Path) -> None:
 
 
 def test_csv_is_numeric_with_the_number_of_queries(tmp_path: Path) -> None:
-    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")
     table = per_class_table(res, "volume_recall@1", structures=[*NAMES, "kidney"])
     back = pd.read_csv(to_csv(table, tmp_path / "t.csv"), index_col=0)
     assert list(back.columns) == ["good", "bad", "n_queries"]
@@ -189,8 +197,8 @@ def test_csv_is_numeric_with_the_number_of_queries(tmp_path: Path) -> None:
 
 def test_errors_name_the_bad_value() -> None:
     with pytest.raises(EvaluationError, match="'medium'"):
-        evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="medium")  # type: ignore[arg-type]
-    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+        evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="medium")  # type: ignore[arg-type]
+    res = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")
     with pytest.raises(EvaluationError, match="volume_recall@1"):
         per_class_table(res, "recall")
     with pytest.raises(EvaluationError, match="'q1'"):
@@ -220,11 +228,11 @@ def test_truth_object_is_accepted() -> None:
         ("bad", "spleen"): (0.0, 1),  # nor a spleen
     }
     for truth in (Truth(database=DATABASE), DATABASE):
-        res = evaluate(SYSTEMS, QUERIES, truth, [VolumeRecall(1)], level="fine")
+        res = evaluate(SYSTEMS, QUERIES, truth, [VolumeRecall(1)], granularity="fine")
         assert _values(res) == expected, type(truth)
     # query labels held by the Truth win over the query volumes' own: q1 is a spleen query
     truth = Truth(database=DATABASE, queries={"q1": lab([[0, 0, 0, 1], [0, 0, 0, 1]])})
-    res = evaluate(SYSTEMS, QUERIES, truth, [VolumeRecall(1)], level="fine")
+    res = evaluate(SYSTEMS, QUERIES, truth, [VolumeRecall(1)], granularity="fine")
     assert _values(res) == {
         ("good", low): (1.0, 1),  # q2 -> b
         ("good", "spleen"): (0.5, 2),  # q1 -> a: no spleen; q2 -> b: spleen
@@ -236,7 +244,7 @@ def test_truth_object_is_accepted() -> None:
 def test_queries_in_the_database_are_refused() -> None:
     inside = query("a", [[1, 0, 0, 0]])  # 'a' is a database volume
     with pytest.raises(EvaluationError, match=r"'a'.*also in the database.*allow_overlap"):
-        evaluate(SYSTEMS, [inside, QUERIES[1]], DATABASE, [VolumeRecall(1)], level="fine")
+        evaluate(SYSTEMS, [inside, QUERIES[1]], DATABASE, [VolumeRecall(1)], granularity="fine")
     with pytest.raises(EvaluationError, match="'a'"):
         truth_for([inside], DATABASE)
     # a region query whose source volume is in the database
@@ -244,17 +252,46 @@ def test_queries_in_the_database_are_refused() -> None:
         Volume("c", np.zeros((1, 4, 4), np.float32), labels=DATABASE["c"]), "liver"
     )
     with pytest.raises(EvaluationError, match="'c'"):
-        truth_for([region], Truth(database=DATABASE), level="fine")
+        truth_for([region], Truth(database=DATABASE), granularity="fine")
     # explicit opt-out, for a leave-one-out search
     hits = ranking({"a": ["c", "b"]})
     res = evaluate(
-        {"loo": hits}, [inside], DATABASE, [VolumeRecall(1)], level="fine", allow_overlap=True
+        {"loo": hits}, [inside], DATABASE, [VolumeRecall(1)], granularity="fine", allow_overlap=True
     )
     assert res.set_index("structure").loc["liver", "value"] == 1.0
 
 
-def test_precomputed_hits_as_dataframe() -> None:
+def test_hits_in_a_dataframe_are_refused_with_the_conversion() -> None:
     frames = {name: hits.to_pandas() for name, hits in SYSTEMS.items()}
-    a = evaluate(frames, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
-    b = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    with pytest.raises(HitsTypeError, match=r"system 'good' is a DataFrame.*Hits\.from_pandas"):
+        evaluate(frames, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")  # type: ignore[arg-type]
+    # the conversion the message names gives the same results as the tables themselves
+    back = {name: Hits.from_pandas(frame) for name, frame in frames.items()}
+    a = evaluate(back, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")
+    b = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_retriever_that_returns_no_hits_is_named() -> None:
+    class Frames:
+        def retrieve(self, queries: list[Volume], *, verbose: bool = False) -> pd.DataFrame:
+            return SYSTEMS["good"].to_pandas()
+
+    with pytest.raises(HitsTypeError, match=r"results of system 'frames' are a DataFrame"):
+        evaluate({"frames": Frames()}, QUERIES, DATABASE, [VolumeRecall(1)])  # type: ignore[dict-item]
+
+
+def test_level_is_the_deprecated_name_of_granularity() -> None:
+    new = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine")
+    with pytest.deprecated_call(match=r"evaluate\(granularity=\.\.\.\)"):
+        old = evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], level="fine")
+    pd.testing.assert_frame_equal(old, new)
+    assert "lung_upper_lobe_left" in set(new.structure)  # fine labels, not the default coarse
+    with pytest.deprecated_call(match=r"truth_for\(granularity=\.\.\.\)"):
+        truth = truth_for(QUERIES, DATABASE, level="fine")
+    assert truth == truth_for(QUERIES, DATABASE, granularity="fine")
+    with (
+        pytest.deprecated_call(),
+        pytest.raises(EvaluationError, match="granularity= only"),
+    ):
+        evaluate(SYSTEMS, QUERIES, DATABASE, [VolumeRecall(1)], granularity="fine", level="coarse")

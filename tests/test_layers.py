@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.index": 4,
     "cbirlib.pipeline": 4,
     "cbirlib.search": 5,
+    "cbirlib.queries": 5,
     "cbirlib.aggregate": 5,
     "cbirlib.rerank": 5,
     "cbirlib.localize": 5,

@@ -331,3 +331,171 @@ def test_ranking_metrics_need_k_of_at_least_one(
 ) -> None:
     with pytest.raises(EvaluationError, match="k must be"):
         metric.compute(volume_hits({"q1": ["a"]}), truth)
+
+
+# --- the metrics on a phantom chain, against the pandas computation they replaced ---------
+
+
+def _pandas_ranked(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Volume hits per query as the pandas path did it: by rank, then score, one per volume."""
+    frame = frame.sort_values(["query_id", "rank", "score"], ascending=[True, True, False])
+    frame = frame.drop_duplicates(["query_id", "volume_id"], keep="first")
+    return {str(q): g.reset_index(drop=True) for q, g in frame.groupby("query_id")}
+
+
+def _pandas_values(metric: object, frame: pd.DataFrame, truth: Truth) -> pd.DataFrame:
+    """Per-(query, structure) values of ``metric`` from a DataFrame of hits, with pandas."""
+    qids = sorted(set(frame["query_id"]) | set(truth.queries) | set(truth.regions))
+    has = {v: lab.volume_structures() for v, lab in truth.database.items()}
+    rows: list[tuple[str, str, float, float]] = []
+    if isinstance(metric, SliceRecall):
+        top = frame.sort_values(
+            ["query_id", "query_slice", "score", "rank"], ascending=[True, True, False, True]
+        ).drop_duplicates(["query_id", "query_slice"], keep="first")
+        for qid in qids:
+            if qid in truth.regions:
+                continue
+            labels, mine = truth.queries[qid], top[top["query_id"] == qid]
+            got = {
+                int(t): (v, int(s))
+                for t, v, s in mine[["query_slice", "volume_id", "slice_index"]].values
+            }
+            for c in sorted(labels.volume_structures()):
+                slices = labels.slices_with(c)
+                if got:
+                    slices = np.intersect1d(slices, sorted(got))
+                    if not slices.size:
+                        continue
+                found = 0
+                for t in slices.tolist():
+                    if t in got:
+                        db = truth.database[got[t][0]]
+                        found += bool(c in db.names and db.present[got[t][1], db.column(c)])
+                rows.append((qid, c, found / slices.size, float(slices.size)))
+    else:
+        ranked = _pandas_ranked(frame)
+        for qid in qids:
+            regional = qid in truth.regions
+            if not regional and isinstance(
+                metric, RegionRecall | LocalizedRecall | LocalizationRatio
+            ):
+                continue
+            g = ranked.get(qid, frame.iloc[:0])
+            vols = list(g["volume_id"])
+            wanted = {truth.regions[qid]} if regional else truth.queries[qid].volume_structures()
+            for c in sorted(wanted):
+                rel = np.array([c in has[v] for v in vols], dtype=float)
+                n_rel = sum(c in s for s in has.values())
+                if isinstance(metric, VolumeRecall | RegionRecall):
+                    value = float(rel[: metric.k].any())
+                elif isinstance(metric, AveragePrecision):
+                    cut = rel[: metric.k]
+                    prec = np.cumsum(cut) / np.arange(1, cut.size + 1)
+                    value = float((prec * cut).sum() / n_rel) if n_rel else math.nan
+                elif isinstance(metric, NDCG):
+                    disc = 1.0 / np.log2(np.arange(2, metric.k + 2))
+                    cut = rel[: metric.k]
+                    dcg, ideal = (cut * disc[: cut.size]).sum(), disc[: min(n_rel, metric.k)].sum()
+                    value = float(dcg / ideal) if n_rel else math.nan
+                else:  # LocalizedRecall, LocalizationRatio: the top-1 volume's span
+                    value = 0.0
+                    if len(g):
+                        lab_ = truth.database[str(g["volume_id"].iloc[0])]
+                        first, last = g["loc_first"].iloc[0], g["loc_last"].iloc[0]
+                        if c in lab_.names and 0 <= first <= last:
+                            span = lab_.present[int(first) : int(last) + 1, lab_.column(c)]
+                            ok = isinstance(metric, LocalizedRecall)
+                            value = float(span.any()) if ok else float(span.mean())
+                rows.append((qid, c, value, 1.0))
+    return pd.DataFrame(rows, columns=["query_id", "structure", "value", "weight"])
+
+
+@pytest.fixture(scope="module")
+def phantom_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Hits], Truth]:
+    """Slice, volume and localized region hits of the default chain on 7 small phantoms."""
+    from functools import partial
+
+    from cbirlib.aggregate import CountVotes
+    from cbirlib.datasets import TotalSegmentator, make_phantoms
+    from cbirlib.evaluation import truth_for
+    from cbirlib.index.build import build_index
+    from cbirlib.plugins import create_extractor
+    from cbirlib.presets import default_chain
+    from cbirlib.search import SliceSearch, region_query
+    from cbirlib.structures import COARSE_GROUPS
+
+    root = tmp_path_factory.mktemp("phantoms")
+    make_phantoms(root, 7, shape=(32, 32), seed=5)
+    data = TotalSegmentator(root)
+    query_ids, db_ids = data.subjects[-2:], data.subjects[:-2]
+    extractor = create_extractor("baseline")
+    sources = [(s, partial(data.load, s, labels=False)) for s in db_ids]
+    index = build_index(sources, extractor, root / "index", exact=True, verbose=False)
+    queries = [data.load(s) for s in query_ids]
+    regions = [
+        region_query(q, c, groups=COARSE_GROUPS)
+        for q in queries
+        for c in sorted(q.labels.grouped(COARSE_GROUPS).volume_structures())  # type: ignore[union-attr]
+    ]
+    search = SliceSearch(extractor, index, k=30)
+    hits = {
+        "slice": search.retrieve(queries),
+        "volume": (search >> CountVotes()).retrieve(queries),
+        "region": default_chain(search, top=4).retrieve(regions),
+    }
+    truth = truth_for([*queries, *regions], {s: data.labels(s) for s in db_ids}, granularity="fine")
+    return hits, truth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "metric"),
+    [
+        ("slice", SliceRecall()),
+        *(("volume", m) for m in default_metrics("volume")),
+        ("volume", AveragePrecision(k=3)),
+        *(("region", m) for m in (*default_metrics("region"), *default_metrics("localized"))),
+        ("region", RegionRecall(k=2)),
+    ],
+    ids=lambda x: x if isinstance(x, str) else x.name,
+)
+def test_metrics_on_hits_match_the_pandas_computation(
+    phantom_runs: tuple[dict[str, Hits], Truth], kind: str, metric: object
+) -> None:
+    runs, truth = phantom_runs
+    hits = runs[kind]
+    # rows in a scrambled order, and one query without any hit (a miss on everything)
+    rng = np.random.default_rng(0)
+    dropped = hits.query_ids()[0]
+    shuffled = hits.take(rng.permutation(len(hits)))
+    shuffled = shuffled.take(shuffled.query_id != dropped)
+    for table in (hits, shuffled):
+        ours = metric.compute(table, truth)  # type: ignore[attr-defined]
+        theirs = _pandas_values(metric, table.to_pandas(), truth)
+        assert len(ours) > 0 and ours["value"].notna().any()
+        key = ["query_id", "structure"]
+        pd.testing.assert_frame_equal(
+            ours.sort_values(key).reset_index(drop=True),
+            theirs.sort_values(key).reset_index(drop=True),
+            check_dtype=False,
+            rtol=1e-12,
+        )
+    assert dropped in set(metric.compute(shuffled, truth)["query_id"])  # type: ignore[attr-defined]
+
+
+def test_a_dataframe_is_refused_with_the_conversion(truth: Truth) -> None:
+    from cbirlib.errors import HitsTypeError
+
+    frame = volume_hits({"q1": ["a"]}).to_pandas()
+    with pytest.raises(HitsTypeError, match=r"Hits\.from_pandas"):
+        VolumeRecall().compute(frame, truth)  # type: ignore[arg-type]
+    with pytest.raises(HitsTypeError, match=r"Hits\.from_pandas"):
+        SliceRecall().compute(frame, truth)  # type: ignore[arg-type]
+    back = VolumeRecall().compute(Hits.from_pandas(frame), truth)
+    # q1 -> a: a has q1's liver and lung; q2 retrieved nothing: a miss on liver and heart
+    assert back.set_index(["query_id", "structure"])["value"].to_dict() == {
+        ("q1", "liver"): 1.0,
+        ("q1", "lung"): 1.0,
+        ("q2", "heart"): 0.0,
+        ("q2", "liver"): 0.0,
+    }

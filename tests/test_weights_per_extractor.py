@@ -156,7 +156,7 @@ def test_benchmark_passes_each_extractor_its_own_weights(
         ["radimagenet-resnet50", "fractaldb-resnet50"],
         modes=("volume",),
         rerank=(False,),
-        level="coarse",
+        granularity="coarse",
         weights={"radimagenet-resnet50": a, "fractaldb-resnet50": b},
         sha256={"fractaldb-resnet50": hashlib.sha256(b"b").hexdigest()},
         extractor_options={"bins": 8},
@@ -199,6 +199,11 @@ def test_one_model_in_memory_at_a_time(
 
     monkeypatch.setattr(plugins_module, "create_extractor", factory)
     benchmark(
-        data, ["one", "two"], modes=("volume",), rerank=(False,), level="coarse", verbose=False
+        data,
+        ["one", "two"],
+        modes=("volume",),
+        rerank=(False,),
+        granularity="coarse",
+        verbose=False,
     )
     assert alive_at_second == [False]
