@@ -54,7 +54,9 @@ from .plugins import list_extractors as list_extractors
 from .plugins import load_plugins as load_plugins
 from .preprocess import InputConfig as InputConfig
 from .provenance import Source as Source
+from .queries import EmbeddedQuery as EmbeddedQuery
 from .rerank import MaxSimRerank as MaxSimRerank
 from .search import SliceSearch as SliceSearch
 from .search import region_query as region_query
+from .volume import RegionOrigin as RegionOrigin
 from .volume import Volume as Volume

@@ -41,7 +41,15 @@ from cbirlib.errors import (
     StructureNotPresentError,
     UnknownStructureError,
 )
+from cbirlib.informative import slice_flags
 from cbirlib.modality import effective_modality
+from cbirlib.structures import (
+    COARSE_GROUPS,
+    coarse_hint,
+    did_you_mean,
+    match_name,
+    resolve_structure,
+)
 from cbirlib.volume import RegionOrigin, Volume
 
 __all__ = ["EmbeddedQuery", "EmbeddedRegion", "RegionVolume", "region_query"]
@@ -114,13 +122,6 @@ def _structure_mask(
             f"volume {volume.id!r} has no labels; a region query for {structure!r} needs "
             "segmentation labels (Volume(..., labels=SliceLabels.from_masks(...)))"
         )
-    from cbirlib.structures import (
-        COARSE_GROUPS,
-        coarse_hint,
-        did_you_mean,
-        match_name,
-        resolve_structure,
-    )
 
     region = match_name(structure, groups.values()) if groups is not None else None
     if groups is not None and region is not None:
@@ -375,8 +376,6 @@ class EmbeddedQuery(Volume):
         ExtractorError
             The extractor failed or returned no ``(n_slices, dim)`` matrix.
         """
-        from cbirlib.informative import slice_flags
-
         try:
             emb = np.asarray(extractor.extract(volume), dtype=np.float32)
         except CbirError:
