@@ -78,7 +78,7 @@ def _answer(
     query, structure, span = _query_volume(args, path)
     hits = pipeline.retrieve(query, verbose=progress)
     if args.montage is not None:
-        _save_montage(args.montage, query, hits, index, top=args.top)
+        _save_montage(args.montage, query, hits, index, top=args.top, structure=structure)
     score = _score_kind(args)
     return {
         "query": query.id,
@@ -143,7 +143,9 @@ def _retriever(args: argparse.Namespace) -> tuple[Retriever, Any, str]:
     return fused, index, "+".join(names)
 
 
-def _save_montage(path: str, query: Volume, hits: Hits, index: object, *, top: int) -> None:
+def _save_montage(
+    path: str, query: Volume, hits: Hits, index: object, *, top: int, structure: str | None
+) -> None:
     """The query beside its best volumes, read from the paths the index recorded."""
     import matplotlib
 
@@ -159,7 +161,7 @@ def _save_montage(path: str, query: Volume, hits: Hits, index: object, *, top: i
             f"--montage: the index records no file for {missing[0]!r} (built before "
             "sources were recorded?); rebuild it with `cbirlib index`"
         )
-    figure = montage(query, located, top=top)
+    figure = montage(query, located, top=top, structure=structure)
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
