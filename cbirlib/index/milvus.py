@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -80,6 +81,8 @@ _MAX_ID_BYTES = 4096
 _MAX_MODALITY = 64  # bytes of a modality code ("CT", "MR", ...)
 _MAX_SOURCE = 8192  # bytes of a volume's source record (JSON; "" when unknown)
 _INSERT_BYTES = 16 << 20  # payload of one insert request
+_META_CACHE_ROWS = 1 << 20  # slice metadata kept in memory (about 17 MB at most)
+_META_FIELDS = ["slice_index", "z_mm", "informative"]
 _FIELDS = (
     "label",
     "volume_id",
@@ -265,6 +268,11 @@ class MilvusIndex(VolumeRecords):
         self._next_label = 0
         self._n_entries = 0
         self._swept = False  # rows of an add that a crash cut short were deleted
+        # slice metadata of recently fetched volumes, by label range (a range is never
+        # reused while it is listed): what vectors_for fetched for MaxSim, read again by
+        # slice_meta during re-ranking and localization without another request
+        self._meta_cache: OrderedDict[tuple[int, int], dict[str, npt.NDArray[Any]]] = OrderedDict()
+        self._meta_cached_rows = 0
         self._client, self._path = _connect(self.uri, token)
         try:
             if self._client.has_collection(collection):
@@ -424,7 +432,22 @@ class MilvusIndex(VolumeRecords):
     def refresh(self) -> None:
         """Re-read the list of volumes (after another process added or removed some)."""
         with self._lock:
+            self._clear_meta_cache()
             self._read_volumes()
+
+    def _clear_meta_cache(self) -> None:
+        self._meta_cache.clear()
+        self._meta_cached_rows = 0
+
+    def _cache_meta(self, span: tuple[int, int], meta: dict[str, npt.NDArray[Any]]) -> None:
+        if span in self._meta_cache:
+            self._meta_cache.move_to_end(span)
+            return
+        self._meta_cache[span] = meta
+        self._meta_cached_rows += span[1]
+        while self._meta_cached_rows > _META_CACHE_ROWS and len(self._meta_cache) > 1:
+            old, _ = self._meta_cache.popitem(last=False)
+            self._meta_cached_rows -= old[1]
 
     def close(self) -> None:
         """Close the connection; a Milvus Lite file is then free for other processes."""
@@ -599,6 +622,8 @@ class MilvusIndex(VolumeRecords):
             start, n = self._span(volume_id)
             self._live().delete(self.collection, filter=_label_range(start, n))
             del self._spans[volume_id]
+            if self._meta_cache.pop((start, n), None) is not None:
+                self._meta_cached_rows -= n
             self._modality.pop(volume_id, None)
             self._source.pop(volume_id, None)
             self._n_entries -= n
@@ -640,7 +665,11 @@ class MilvusIndex(VolumeRecords):
         """Stacked vectors of several volumes and their row offsets, in one filtered query.
 
         Returns ``(matrix, offsets)``: volume ``volume_ids[i]`` owns rows
-        ``offsets[i]:offsets[i+1]`` (see :meth:`SliceIndex.vectors_for`).
+        ``offsets[i]:offsets[i+1]`` (see :meth:`SliceIndex.vectors_for`). The slice
+        metadata of these volumes comes with the vectors, in the same query, and is kept
+        (up to about 10^6 slices, least recently used dropped first): the
+        :meth:`slice_meta` calls of re-ranking and localization that follow need no
+        further request.
         """
         with self._lock:
             spans = [self._span(v) for v in volume_ids]
@@ -648,12 +677,13 @@ class MilvusIndex(VolumeRecords):
             offsets[1:] = np.cumsum([n for _, n in spans])
             if not spans:
                 return np.zeros((0, self.dim), np.float32), offsets
-            rows = self._fetch(spans, ["vector"])
-        labels = np.fromiter((int(r["label"]) for r in rows), np.int64, len(rows))
+            rows = self._fetch(spans, ["vector", *_META_FIELDS])
+            labels = np.fromiter((int(r["label"]) for r in rows), np.int64, len(rows))
+            starts = {start: int(np.searchsorted(labels, start)) for start, _ in set(spans)}
+            for start, n in set(spans):
+                self._cache_meta((start, n), _meta_of(rows[starts[start] : starts[start] + n]))
         matrix = np.asarray([r["vector"] for r in rows], dtype=np.float32)
-        picks = np.concatenate(
-            [np.searchsorted(labels, start) + np.arange(n) for start, n in spans]
-        )
+        picks = np.concatenate([starts[start] + np.arange(n) for start, n in spans])
         return matrix[picks], offsets
 
     def labels(self, volume_id: str, *, granularity: str = "fine") -> SliceLabels | None:
@@ -677,13 +707,14 @@ class MilvusIndex(VolumeRecords):
         Of one volume, as :meth:`SliceIndex.slice_meta`.
         """
         with self._lock:
-            fields = ["slice_index", "z_mm", "informative"]
-            rows = self._fetch([self._span(volume_id)], fields)
-        return {
-            "slice_index": np.array([r["slice_index"] for r in rows], np.int64),
-            "z_mm": np.array([r["z_mm"] for r in rows], np.float64),
-            "informative": np.array([r["informative"] for r in rows], bool),
-        }
+            span = self._span(volume_id)
+            meta = self._meta_cache.get(span)
+            if meta is None:
+                meta = _meta_of(self._fetch([span], _META_FIELDS))
+                self._cache_meta(span, meta)
+            else:
+                self._meta_cache.move_to_end(span)
+        return {key: value.copy() for key, value in meta.items()}
 
     # -- search -----------------------------------------------------------------------------
 
@@ -811,6 +842,15 @@ def open_pointer(directory: Path, meta: Mapping[str, Any], *, dim: int | None) -
         dim=dim,
         token=os.environ.get("CBIRLIB_MILVUS_TOKEN"),
     )
+
+
+def _meta_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, npt.NDArray[Any]]:
+    """``slice_index`` / ``z_mm`` / ``informative`` arrays of fetched rows."""
+    return {
+        "slice_index": np.array([r["slice_index"] for r in rows], np.int64),
+        "z_mm": np.array([r["z_mm"] for r in rows], np.float64),
+        "informative": np.array([r["informative"] for r in rows], bool),
+    }
 
 
 def _label_range(start: int, n: int) -> str:
