@@ -143,32 +143,6 @@ def test_metadata_fetched_with_the_vectors_never_goes_stale(db: str) -> None:
         index.drop()
 
 
-def test_grouping_search_gives_each_volumes_best_slice(db: str) -> None:
-    rng = np.random.default_rng(5)
-    volumes = _volumes(15, rng)
-    with MilvusIndex(db, 8, collection="grouped") as index:
-        for vid, x in volumes.items():
-            index.add(vid, x, slice_meta={"z_mm": np.arange(len(x)) * 2.0})
-        q = rng.normal(size=(4, 8))
-        got = index.search_volumes(q, 6)
-        assert got.scores.shape == (4, 6)
-        unit = q / np.linalg.norm(q, axis=1, keepdims=True)
-        for i in range(4):  # brute force: every volume's best slice, best volumes first
-            best = {}
-            for vid, x in volumes.items():
-                sims = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ unit[i]
-                best[vid] = (float(sims.max()), int(sims.argmax()))
-            top = sorted(best, key=lambda v: -best[v][0])[:6]
-            assert got.volume_ids[i].tolist() == top
-            assert got.slice_indices[i].tolist() == [best[v][1] for v in top]
-            np.testing.assert_allclose(got.scores[i], [best[v][0] for v in top], atol=1e-5)
-            np.testing.assert_array_equal(got.z_mm[i], 2.0 * got.slice_indices[i])
-        assert index.search_volumes(q, 100).k == 15  # capped at the number of volumes
-        index.remove("v0")
-        assert "v0" not in set(index.search_volumes(q, 100).volume_ids.ravel())
-        index.drop()
-
-
 def test_add_remove_and_reopen(db: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     volumes = _volumes(5, rng)

@@ -726,32 +726,10 @@ class MilvusIndex(VolumeRecords):
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
             raise SliceIndexError(f"k must be a non-negative integer, got {k!r}")
-        return self._matches(queries, int(k), grouped=False)
-
-    def search_volumes(self, queries: npt.ArrayLike, n_volumes: int) -> SliceMatches:
-        """The ``n_volumes`` most similar volumes of each query vector, in the engine.
-
-        A Milvus grouping search on the volume id (``group_by_field``, one slice per
-        group): row ``i`` holds, for each of the ``n_volumes`` volumes whose best slice
-        is most similar to query ``i``, that best slice (volume id, slice index, score,
-        z), sorted by descending score, then label. ``n_volumes`` is capped at the
-        number of volumes and at 16384.
-
-        This is not what :class:`~cbirlib.search.SliceSearch` asks for: the chain's votes
-        count the volumes among the ``k`` nearest *slices*, which a grouping search
-        does not give (``docs/scaling.md`` has the measured comparison).
-        """
-        if isinstance(n_volumes, bool) or not isinstance(n_volumes, int | np.integer):
-            raise SliceIndexError(f"n_volumes must be a non-negative integer, got {n_volumes!r}")
-        if n_volumes < 0:
-            raise SliceIndexError(f"n_volumes must be a non-negative integer, got {n_volumes!r}")
-        return self._matches(queries, int(n_volumes), grouped=True)
-
-    def _matches(self, queries: npt.ArrayLike, k: int, *, grouped: bool) -> SliceMatches:
         q = as_unit_rows(queries, self.dim, "queries")
         with self._lock:
             client = self._live()
-            k_eff = min(k, len(self._spans) if grouped else self._n_entries)
+            k_eff = min(int(k), self._n_entries)
             if k_eff > _MAX_ROWS:
                 raise SliceIndexError(f"k={k} is over Milvus's limit of {_MAX_ROWS} per query")
             shape = (len(q), k_eff)
@@ -765,8 +743,7 @@ class MilvusIndex(VolumeRecords):
                 return SliceMatches(ids, slices, scores, z_mm, informative=flags)
             for first in range(0, len(q), _MAX_QUERIES):
                 block = q[first : first + _MAX_QUERIES]
-                found = self._search_block(client, block, k_eff, grouped=grouped)
-                for row, hits in enumerate(found, first):
+                for row, hits in enumerate(self._search_block(client, block, k_eff), first):
                     labels[row] = hits.ids
                     scores[row] = hits.distances
                     for col, hit in enumerate(hits):
@@ -784,9 +761,8 @@ class MilvusIndex(VolumeRecords):
             take(ids), take(slices), take(scores), take(z_mm), informative=take(flags)
         )
 
-    def _search_block(self, client: Any, block: F32, k: int, *, grouped: bool = False) -> Any:
+    def _search_block(self, client: Any, block: F32, k: int) -> Any:
         ef = max(self._ef, k)
-        group = {"group_by_field": "volume_id", "group_size": 1} if grouped else {}
         while True:
             result = client.search(
                 self.collection,
@@ -795,7 +771,6 @@ class MilvusIndex(VolumeRecords):
                 filter=f"label < {self._next_label}",  # the volumes this object lists
                 output_fields=["volume_id", "slice_index", "z_mm", "informative"],
                 search_params={"metric_type": "IP", "params": {"ef": ef}},
-                **group,
             )
             short = min(len(hits) for hits in result)
             if short == k:
