@@ -6,7 +6,7 @@ alternating, ``--reps`` times each after a warm-up; the fastest time of each (th
 estimate of the uncontended time on a shared machine; ``--stat median`` for medians),
 their ratio (contiguous / channels_last: > 1 means channels_last is faster) and the largest relative
 difference of the embeddings are printed, all measured in one run. The ``default``
-column is what :class:`cbirlib.extractors.timm_models.TimmExtractor` uses on the CPU
+column is what :class:`cbirlib.TimmExtractor` uses on the CPU
 (``channels_last=None``) for the model's family.
 
 Usage::
@@ -38,7 +38,7 @@ def measure(
     name: str, *, batch: int, size: int, reps: int, stat: str = "min"
 ) -> dict[str, float | bool | str]:
     """Forward seconds in both formats, their ratio and the embeddings' difference."""
-    from cbirlib.extractors.timm_models import TimmExtractor
+    from cbirlib.extractors import TimmExtractor
 
     ex = TimmExtractor(name, weights="random", img_size=size, device="cpu", channels_last=False)
     default = ex.default_channels_last_cpu()

@@ -62,7 +62,7 @@ def sync(device: torch.device) -> None:
 def make_extractor(name: str, device: str, batch_size: int) -> tuple[Any, str]:
     """An extractor by registry name; ``timm:<model>`` gets RANDOM weights (labelled)."""
     if name.startswith("timm:"):
-        from cbirlib.extractors.timm_models import TimmExtractor
+        from cbirlib.extractors import TimmExtractor
 
         ex = TimmExtractor(
             name.split(":", 1)[1], weights="random", device=device, batch_size=batch_size

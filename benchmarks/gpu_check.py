@@ -69,8 +69,8 @@ def check_agreement(
 ) -> bool:
     from safetensors.torch import save_file
 
-    import cbirlib.extractor as extractor_module
-    from cbirlib.extractors.timm_models import TimmExtractor
+    from cbirlib import _cuda_pipeline
+    from cbirlib.extractors import TimmExtractor
 
     vols = _volumes()
     ok = True
@@ -110,15 +110,15 @@ def check_agreement(
                     f"{vol.id}: CUDA extract_many, slab vs CPU", cpu.extract(slab), many["slab"]
                 )
                 expect(max(diff, diff2) <= max_diff_fp32, f"{model} {vol.id} extract_many")
-            old = extractor_module._CHUNK_BYTES
+            old = _cuda_pipeline.CHUNK_BYTES
             try:  # chunks of 3 slices: partial batches, many staged uploads
-                extractor_module._CHUNK_BYTES = 3 * 4 * vols[0].shape[1] * vols[0].shape[2]
+                _cuda_pipeline.CHUNK_BYTES = 3 * 4 * vols[0].shape[1] * vols[0].shape[2]
                 diff, _ = _compare(
                     "ct: 3-slice chunks vs CPU", cpu.extract(vols[0]), fp32.extract(vols[0])
                 )
                 expect(diff <= max_diff_fp32, f"{model} small chunks")
             finally:
-                extractor_module._CHUNK_BYTES = old
+                _cuda_pipeline.CHUNK_BYTES = old
     return ok
 
 

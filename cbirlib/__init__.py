@@ -34,6 +34,7 @@ _LAZY: dict[str, str] = {
     "ModalityMismatchWarning": "cbirlib.errors",
     "Extractor": "cbirlib.extractor",
     "SliceExtractor": "cbirlib.extractor",
+    "TimmExtractor": "cbirlib.extractors.timm",
     "InputConfig": "cbirlib.preprocess",
     "hookimpl": "cbirlib.hookspecs",
     "create_extractor": "cbirlib.plugins",
@@ -97,6 +98,7 @@ __all__ = [
     "SliceMatches",
     "SliceSearch",
     "Source",
+    "TimmExtractor",
     "TopSlice",
     "Volume",
     "__version__",
@@ -142,6 +144,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cbirlib.errors import CbirError, CustomStructureWarning, ModalityMismatchWarning
     from cbirlib.evaluation import evaluate
     from cbirlib.extractor import Extractor, SliceExtractor
+    from cbirlib.extractors.timm import TimmExtractor
     from cbirlib.finder import find
     from cbirlib.fusion import Fuse
     from cbirlib.hits import Hits

@@ -4,6 +4,11 @@
 for torch models: it batches slices, preprocesses them on the model's device, runs the
 model under ``torch.inference_mode`` (with autocast on CUDA) and L2-normalises the output.
 
+The CPU (and MPS) path is :meth:`SliceExtractor.extract` below. On a CUDA device the same
+steps run in a streaming engine that overlaps host copies, uploads and compute (the
+private ``cbirlib._cuda_pipeline``); it gives the same embeddings, so a plugin author
+needs to read only this module.
+
 Examples
 --------
 >>> import numpy as np, torch
@@ -28,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from cbirlib._cuda_pipeline import CudaPipeline, consecutive
 from cbirlib.errors import ExtractorError
 from cbirlib.ingest import read_volumes
 from cbirlib.modality import effective_modality
@@ -97,14 +102,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-# Largest chunk of slices staged and sent to a CUDA device at once (it may cut batches
-# short for very large slices).
-_CHUNK_BYTES = 64 * 2**20
-_STAGE_WORKERS = 3  # threads that copy chunks into pinned memory and start their upload
-_STAGE_AHEAD = 4  # chunks staged (on the device) ahead of the model
-_MAX_INFLIGHT = 4  # batches queued on the device before the host waits for the oldest
-
-
 def default_workers() -> int:
     """Default number of volume-reading threads of :meth:`Extractor.extract_many`."""
     return min(4, os.cpu_count() or 1)
@@ -116,16 +113,10 @@ def _host_chunks(
     """The slices ``array[idx]`` in chunks of ``size``; views where indices are consecutive."""
     for start in range(0, len(idx), size):
         part = idx[start : start + size]
-        if _consecutive(part):
+        if consecutive(part):
             yield array[part[0] : part[-1] + 1]
         else:
             yield array[part]
-
-
-def _consecutive(idx: npt.NDArray[np.int64]) -> bool:
-    return (
-        len(idx) > 0 and int(idx[-1] - idx[0]) == len(idx) - 1 and bool(np.all(np.diff(idx) == 1))
-    )
 
 
 def _as_loader(item: object) -> Callable[[], Volume]:
@@ -153,11 +144,6 @@ def _checked_load(loader: Callable[[], object]) -> Volume:
     return volume
 
 
-def _query(event: torch.cuda.Event) -> bool:
-    """Whether the work before ``event`` has finished (does not wait)."""
-    return bool(event.query())  # type: ignore[no-untyped-call]
-
-
 @dataclass(frozen=True)
 class _VolumeInput:
     """What preprocessing needs to know about one volume besides its slices."""
@@ -173,18 +159,6 @@ def _volume_input(volume: Volume, window: Window) -> _VolumeInput:
         spacing=(float(volume.spacing[1]), float(volume.spacing[2])),
         background=background_value(window),
     )
-
-
-@dataclass(frozen=True)
-class _Staged:
-    """One chunk of a volume's slices, on its way to (or already on) a CUDA device."""
-
-    volume: Volume
-    n: int  # slices embedded for this volume (all chunks)
-    prep: _VolumeInput | None  # the volume's window and spacing, with its first chunk
-    raw: torch.Tensor | None  # (k, Y, X) float32 on the device; None for no slices
-    ready: torch.cuda.Event | None  # recorded on the copy stream after the upload
-    last: bool  # the volume's last chunk
 
 
 class Extractor(ABC):
@@ -234,7 +208,10 @@ class Extractor(ABC):
 
         ``cbirlib.create_extractor(**extractor.to_config())`` returns an extractor
         that produces the same embeddings. Runtime settings (device, batch size) are
-        not part of it.
+        not part of it. When a new release changes what an extractor computes, it adds
+        (or raises) an integer ``"feature_version"`` (a config without it is version 1):
+        an index built with another version is then refused, not mixed
+        (:func:`cbirlib.index.check_compatible`).
         """
 
     def extract_many(
@@ -403,7 +380,7 @@ class SliceExtractor(Extractor):
                 f"got {type(input_config).__name__}"
             )
         self._model: torch.nn.Module | None = None
-        self._stream: torch.cuda.Stream | None = None
+        self._cuda: CudaPipeline[_VolumeInput] | None = None
         self._amp_dtype: torch.dtype | None = None
 
     @property
@@ -492,14 +469,14 @@ class SliceExtractor(Extractor):
             ((_, emb),) = list(self._embed_cuda(iter([(volume, idx)])))
             return emb
         cfg = self.input_config
-        prep = _volume_input(volume, self._window(volume))
+        prep = self._prepare(volume)
         model = self.model  # build before the loop; raises early
         del model
         outputs: list[torch.Tensor] = []
         with torch.inference_mode():
             for host in _host_chunks(volume.array, idx, self.batch_size):
                 raw = torch.from_numpy(host).to(self.device)
-                outputs.append(self._embed_batch(raw, cfg, prep))
+                outputs.append(self._embed_batch(raw, prep, cfg=cfg))
             if outputs:
                 emb = torch.cat(outputs).cpu().numpy()
             else:
@@ -507,146 +484,9 @@ class SliceExtractor(Extractor):
         self._check_embeddings(emb, len(idx), volume)
         return emb
 
-    def _window(self, volume: Volume) -> Window:
-        """The input window for a CT, the volume's percentiles for any other modality."""
-        if effective_modality(volume.modality, volume.array) == "CT":
-            return self.input_config.window
-        return PERCENTILE_WINDOW
-
-    def _embed_stream(
-        self, volumes: Iterator[Volume]
-    ) -> Generator[tuple[Volume, npt.NDArray[np.float32]], None, None]:
-        if self.device.type == "cuda":
-            return self._embed_cuda((v, np.arange(v.n_slices, dtype=np.int64)) for v in volumes)
-        return super()._embed_stream(volumes)
-
-    # -- the CUDA pipeline ------------------------------------------------------------------
-    #
-    # Worker threads (cbirlib.prefetch) copy chunks of slices into pinned host memory and
-    # start their upload on a side stream (an asynchronous DMA), recording an event. The
-    # host thread only queues work on the compute stream: it waits for a chunk's event,
-    # preprocesses and embeds it, and queues each volume's embeddings to pinned host
-    # memory. Uploads and host copies of later chunks (and of the next volumes, in
-    # extract_many) thus overlap the model's work; the host waits only for results it
-    # returns, and for the oldest batch when _MAX_INFLIGHT are queued (bounded memory).
-
-    def _copy_stream(self) -> torch.cuda.Stream:
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-        return self._stream
-
-    def _stage_jobs(
-        self, items: Iterable[tuple[Volume, npt.NDArray[np.int64]]]
-    ) -> Iterator[Callable[[], _Staged]]:
-        """Loaders of the chunks of every volume, in order (each runs on a worker thread)."""
-        for volume, idx in items:
-            slice_bytes = 4 * volume.shape[1] * volume.shape[2]
-            size = max(1, min(self.batch_size, _CHUNK_BYTES // slice_bytes))
-            starts = list(range(0, len(idx), size)) or [0]
-            for k, start in enumerate(starts):
-                yield partial(
-                    self._stage,
-                    volume,
-                    idx[start : start + size],
-                    n=len(idx),
-                    window=self._window(volume) if k == 0 else None,
-                    last=k == len(starts) - 1,
-                )
-
-    def _stage(
-        self,
-        volume: Volume,
-        part: npt.NDArray[np.int64],
-        *,
-        n: int,
-        window: Window | None,
-        last: bool,
-    ) -> _Staged:
-        """Copy ``volume.array[part]`` to pinned memory and start its upload (worker thread)."""
-        prep = None if window is None else _volume_input(volume, window)
-        if len(part) == 0:
-            return _Staged(volume, n, prep, None, None, last)
-        host = torch.empty((len(part), *volume.shape[1:]), dtype=torch.float32, pin_memory=True)
-        if _consecutive(part):
-            np.copyto(host.numpy(), volume.array[part[0] : part[-1] + 1])
-        else:
-            np.take(volume.array, part, axis=0, out=host.numpy(), mode="clip")  # validated
-        side = self._copy_stream()
-        with torch.cuda.stream(side):
-            # allocated on the side stream; the consumer calls record_stream(compute).
-            # The pinned block is not reused before this copy ends (torch records it).
-            raw = host.to(self.device, non_blocking=True)
-            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            ready.record(side)
-        return _Staged(volume, n, prep, raw, ready, last)
-
-    def _embed_cuda(
-        self, items: Iterator[tuple[Volume, npt.NDArray[np.int64]]]
-    ) -> Generator[tuple[Volume, npt.NDArray[np.float32]], None, None]:
-        """Embed ``(volume, slice indices)`` items on CUDA, overlapping copies and compute."""
-        cfg = self.input_config
-        model = self.model  # build (and initialise CUDA) before the workers start
-        del model
-        compute = torch.cuda.current_stream(self.device)
-        self._copy_stream()
-        staged = prefetch(self._stage_jobs(items), workers=_STAGE_WORKERS, ahead=_STAGE_AHEAD)
-        done: deque[tuple[Volume, int, torch.Tensor, torch.cuda.Event]] = deque()
-        inflight: deque[torch.cuda.Event] = deque()
-        outputs: list[torch.Tensor] = []
-        prep = _VolumeInput(((0.0, 1.0),), (1.0, 1.0), None)  # replaced by the first job's
-        try:
-            while True:
-                try:
-                    job = next(staged)
-                    if job.prep is not None:
-                        prep = job.prep
-                    with torch.inference_mode():
-                        if job.raw is not None and job.ready is not None:
-                            compute.wait_event(job.ready)
-                            job.raw.record_stream(compute)
-                            outputs.append(self._embed_batch(job.raw, cfg, prep))
-                            inflight.append(self._record(compute))
-                            if len(inflight) > _MAX_INFLIGHT:
-                                inflight.popleft().synchronize()
-                        if job.last:
-                            emb = torch.cat(outputs) if outputs else self._no_rows()
-                            outputs = []
-                            host = torch.empty(emb.shape, dtype=torch.float32, pin_memory=True)
-                            host.copy_(emb, non_blocking=True)
-                            done.append((job.volume, job.n, host, self._record(compute)))
-                    del job
-                except StopIteration:
-                    break
-                except Exception:
-                    while done:  # the volumes before the failure first
-                        yield self._collect(*done.popleft())
-                    raise
-                # return finished volumes; wait for one only once the next one is queued
-                while done and (len(done) > 1 or _query(done[0][3])):
-                    yield self._collect(*done.popleft())
-            while done:
-                yield self._collect(*done.popleft())
-        finally:
-            staged.close()
-
-    def _no_rows(self) -> torch.Tensor:
-        return torch.zeros((0, self.dim), device=self.device)
-
-    @staticmethod
-    def _record(stream: torch.cuda.Stream) -> torch.cuda.Event:
-        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        event.record(stream)
-        return event
-
-    def _collect(
-        self, volume: Volume, n: int, host: torch.Tensor, ready: torch.cuda.Event
-    ) -> tuple[Volume, npt.NDArray[np.float32]]:
-        ready.synchronize()
-        emb = host.numpy().copy()  # not a view of the (reused) pinned buffer
-        self._check_embeddings(emb, n, volume)
-        return volume, emb
-
-    def _embed_batch(self, raw: torch.Tensor, cfg: InputConfig, prep: _VolumeInput) -> torch.Tensor:
+    def _embed_batch(
+        self, raw: torch.Tensor, prep: _VolumeInput, *, cfg: InputConfig
+    ) -> torch.Tensor:
         """Preprocess and embed one batch of raw slices already on the device."""
         batch = prepare_slices(
             raw, cfg, bounds=prep.bounds, spacing=prep.spacing, background=prep.background
@@ -663,6 +503,43 @@ class SliceExtractor(Extractor):
                 f"of {n} slices, expected ({n}, {self.dim})"
             )
         return F.normalize(out.float(), dim=1, eps=1e-12)
+
+    def _window(self, volume: Volume) -> Window:
+        """The input window for a CT, the volume's percentiles for any other modality."""
+        if effective_modality(volume.modality, volume.array) == "CT":
+            return self.input_config.window
+        return PERCENTILE_WINDOW
+
+    def _prepare(self, volume: Volume) -> _VolumeInput:
+        """The volume's window and in-plane spacing, as preprocessing needs them."""
+        return _volume_input(volume, self._window(volume))
+
+    def _embed_stream(
+        self, volumes: Iterator[Volume]
+    ) -> Generator[tuple[Volume, npt.NDArray[np.float32]], None, None]:
+        if self.device.type == "cuda":
+            return self._embed_cuda((v, np.arange(v.n_slices, dtype=np.int64)) for v in volumes)
+        return super()._embed_stream(volumes)
+
+    # -- CUDA: the streaming engine of cbirlib._cuda_pipeline ------------------------------
+
+    def _embed_cuda(
+        self, items: Iterator[tuple[Volume, npt.NDArray[np.int64]]]
+    ) -> Generator[tuple[Volume, npt.NDArray[np.float32]], None, None]:
+        """Embed ``(volume, slice indices)`` items on CUDA, overlapping copies and compute."""
+        cfg = self.input_config
+        model = self.model  # build (and initialise CUDA) before the staging threads start
+        del model
+        if self._cuda is None:
+            self._cuda = CudaPipeline(self.device)
+        yield from self._cuda.run(
+            items,
+            batch_size=self.batch_size,
+            dim=self.dim,
+            prepare=self._prepare,
+            embed=partial(self._embed_batch, cfg=cfg),
+            check=self._check_embeddings,
+        )
 
     def to_config(self) -> dict[str, Any]:
         """``{"name": ..., "input_config": {...}}``; subclasses add their arguments."""

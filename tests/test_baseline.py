@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from cbirlib.errors import ExtractorError
-from cbirlib.extractors.baseline import BaselineExtractor
+from cbirlib.errors import ExtractorError, ExtractorMismatchError
+from cbirlib.extractors.baseline import FEATURE_VERSION, BaselineExtractor
+from cbirlib.index import load_index
+from cbirlib.index.build import build_index
+from cbirlib.plugins import create_extractor
+from cbirlib.search import SliceSearch
 from cbirlib.volume import Volume
+from tests.fakes import write_meta
 
 REGIONS = ("pelvis", "abdomen", "thorax")
 
@@ -118,7 +126,13 @@ def test_blank_and_constant_slices_give_valid_vectors() -> None:
 
 def test_to_config_and_invalid_arguments() -> None:
     ex = BaselineExtractor(bins=12, grid=5, size=48)
-    assert ex.to_config() == {"name": "baseline", "bins": 12, "grid": 5, "size": 48}
+    assert ex.to_config() == {
+        "name": "baseline",
+        "bins": 12,
+        "grid": 5,
+        "size": 48,
+        "feature_version": FEATURE_VERSION,
+    }
     cfg = {k: v for k, v in ex.to_config().items() if k != "name"}
     vol, _ = synthetic_subject("a", 3)
     np.testing.assert_array_equal(BaselineExtractor(**cfg).extract(vol), ex.extract(vol))
@@ -149,3 +163,47 @@ def test_padded_copy_keeps_its_shape_features_and_embeds_alike() -> None:
     )
     assert cos.min() > 0.99  # (0.89 before) the body's aspect ratio in mm, not in stretched pixels
     assert np.median((a * b).sum(1)) > 0.98  # the rest: histograms of resampled pixels
+
+
+@pytest.mark.parametrize("old", ["missing", 1])
+def test_an_index_of_the_old_features_is_refused_on_query_and_add(
+    tmp_path: Path, old: object
+) -> None:
+    """cbirlib 0.1.0 wrote baseline configs without a feature version (its aspect feature
+    was in grid pixels): such an index must not mix with the embeddings of today."""
+    ex = BaselineExtractor(bins=8, grid=4, size=32)
+    vols = [synthetic_subject(f"s{i}", i, n=6, shape=(48, 64))[0] for i in range(2)]
+    path = tmp_path / "idx"
+    build_index(vols[:1], ex, path, exact=True, verbose=False)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["extractor_config"]["feature_version"] == FEATURE_VERSION == 2
+    if old == "missing":
+        del meta["extractor_config"]["feature_version"]
+    else:
+        meta["extractor_config"]["feature_version"] = old
+    write_meta(path, meta)
+    index = load_index(path)
+    refused = r"version 1, vectors come from version 2.*rebuild the index"
+    with pytest.raises(ExtractorMismatchError, match=refused):  # query, not strict
+        SliceSearch(ex, index, k=2).retrieve(vols[1])
+    with pytest.raises(ExtractorMismatchError, match=refused):  # add to it directly
+        index.check_extractor(ex.to_config(), dim=ex.dim, strict=False)
+    with pytest.raises(ExtractorMismatchError, match=refused):  # add by a resumed build
+        build_index(vols, ex, path, exact=True, verbose=False)
+    assert load_index(path).volume_ids == ["s0"]  # left as it was
+    # an old config without the key makes today's extractor; one that names version 1
+    # cannot be made. A rebuilt index is accepted.
+    if old == "missing":
+        assert create_extractor(**index.extractor_config).to_config() == ex.to_config()
+    else:
+        with pytest.raises(ExtractorError, match="rebuild"):
+            create_extractor(**index.extractor_config)
+    rebuilt = build_index(vols, ex, path, exact=True, verbose=False, resume=False)
+    assert rebuilt.volume_ids == ["s0", "s1"]
+    hits = SliceSearch(ex, rebuilt, k=2).retrieve(vols[1])
+    assert "s1" in set(hits.volume_id)
+
+
+def test_another_feature_version_cannot_be_built() -> None:
+    with pytest.raises(ExtractorError, match=r"feature_version 1 .*version 2.*rebuild"):
+        BaselineExtractor(feature_version=1)

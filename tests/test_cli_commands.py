@@ -292,7 +292,11 @@ def test_plugins_lists_each_plugin_with_its_version_and_extractors(capsys) -> No
         assert info.name in plugins[info.plugin]["extractors"]
     assert main(["plugins"]) == 0
     rows = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[1:]}
-    assert rows["timm"][1] == cbirlib.__version__ and "radimagenet-resnet50," in rows["timm"]
+    assert rows["study"][1] == cbirlib.__version__ and "radimagenet-resnet50," in rows["study"]
+    assert rows["timm"][1] == cbirlib.__version__ and rows["timm"][2:] == [
+        "cbirlib.extractors.timm",
+        "timm:",
+    ]
 
 
 def test_plugins_lists_a_hook_object_registered_directly(capsys) -> None:

@@ -176,9 +176,9 @@ def test_cuda_embeddings_match_cpu() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_chunked_pinned_copies(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cbirlib.extractor
+    from cbirlib import _cuda_pipeline
 
-    monkeypatch.setattr(cbirlib.extractor, "_CHUNK_BYTES", 3 * 24 * 20 * 4)  # 3-slice chunks
+    monkeypatch.setattr(_cuda_pipeline, "CHUNK_BYTES", 3 * 24 * 20 * 4)  # 3-slice chunks
     cpu, gpu = TinyNet(device="cpu"), TinyNet(device="cuda", amp=False, batch_size=2)
     for vol in (ct_volume(n=13), Volume("w", np.random.default_rng(5).normal(size=(9, 30, 26)))):
         for sel in (None, np.array([8, 0, 3, 4, 5, 1, 1])):
@@ -272,7 +272,7 @@ def test_an_old_input_config_rebuilds_the_stretched_extractor() -> None:
 
 
 def test_channels_last_gives_the_same_embeddings() -> None:
-    from cbirlib.extractors.timm_models import TimmExtractor
+    from cbirlib.extractors import TimmExtractor
 
     vol = Volume("v", _body(n=4, size=48) + np.random.default_rng(0).normal(0, 50, (4, 48, 48)))
     kwargs: dict[str, Any] = {"weights": "random", "img_size": 64, "device": "cpu"}

@@ -172,7 +172,7 @@ def test_to_config_round_trips_through_create_extractor(
     assert (
         create_extractor(**cfg).to_config()
         == cfg
-        == {"name": "baseline", "bins": 8, "grid": 4, "size": 64}
+        == {"name": "baseline", "bins": 8, "grid": 4, "size": 64, "feature_version": 2}
     )
 
 

@@ -232,28 +232,33 @@ def test_extract_many_rejects_what_is_not_a_volume(item: Any) -> None:
         list(TinyNet(device="cpu").extract_many([volume(0), item], workers=1))
 
 
-def test_cuda_chunks_cover_the_selection_in_order() -> None:
-    """The CUDA staging plan (checked without a GPU): chunks, window and last flags."""
-    import cbirlib.extractor as mod
+def test_cuda_chunks_cover_the_selection_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA staging plan (checked without a GPU): chunks, first-chunk prep, last flags."""
+    from cbirlib import _cuda_pipeline
 
     ex = TinyNet(device="cpu", batch_size=4)
+    engine = _cuda_pipeline.CudaPipeline(ex.device)
     v = volume(0, n=11)
     sel = np.array([10, 3, 4, 5, 0, 0, 7], dtype=np.int64)
-    jobs = list(ex._stage_jobs([(v, np.arange(11)), (v, sel), (v, sel[:0])]))
-    parts = [(j.args[1].tolist(), j.keywords["window"], j.keywords["last"]) for j in jobs]  # type: ignore[attr-defined]
-    assert parts == [
-        ([0, 1, 2, 3], "soft_tissue", False),
-        ([4, 5, 6, 7], None, False),
-        ([8, 9, 10], None, True),
-        ([10, 3, 4, 5], "soft_tissue", False),
-        ([0, 0, 7], None, True),
-        ([], "soft_tissue", True),  # an empty selection still ends its volume
+    items = [(v, np.arange(11)), (v, sel), (v, sel[:0])]
+    jobs = list(engine.stage_jobs(items, batch_size=ex.batch_size, prepare=ex._prepare))
+    parts = [
+        (j.args[1].tolist(), j.keywords["prepare"] is not None, j.keywords["last"])  # type: ignore[attr-defined]
+        for j in jobs
     ]
+    assert parts == [
+        ([0, 1, 2, 3], True, False),
+        ([4, 5, 6, 7], False, False),
+        ([8, 9, 10], False, True),
+        ([10, 3, 4, 5], True, False),
+        ([0, 0, 7], False, True),
+        ([], True, True),  # an empty selection still ends its volume
+    ]
+    empty = jobs[-1]()  # stages nothing, so it runs without CUDA
+    assert (empty.raw, empty.n, empty.last) == (None, 0, True)
+    assert ex._window(v) == "soft_tissue" and empty.prep == ex._prepare(v)
     small = 3 * 20 * 18 * 4  # bytes of 3 slices: chunks shorter than a batch
-    old = mod._CHUNK_BYTES
-    try:
-        mod._CHUNK_BYTES = small
-        sizes = [len(j.args[1]) for j in ex._stage_jobs([(v, np.arange(11))])]  # type: ignore[attr-defined]
-    finally:
-        mod._CHUNK_BYTES = old
+    monkeypatch.setattr(_cuda_pipeline, "CHUNK_BYTES", small)
+    plan = engine.stage_jobs([(v, np.arange(11))], batch_size=ex.batch_size, prepare=ex._prepare)
+    sizes = [len(j.args[1]) for j in plan]  # type: ignore[attr-defined]
     assert sizes == [3, 3, 3, 2]

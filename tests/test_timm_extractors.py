@@ -14,13 +14,13 @@ import torchvision
 from safetensors.torch import save_file
 
 from cbirlib.errors import ChecksumError, ExtractorError, WeightsError
-from cbirlib.extractors.timm_models import (
+from cbirlib.extractors import TimmExtractor
+from cbirlib.extractors.study import (
     DinoV1Extractor,
     DinoV2Extractor,
     FractalDBResNet50Extractor,
     RadImageNetResNet50Extractor,
     RadImageNetSwinExtractor,
-    TimmExtractor,
 )
 from cbirlib.plugins import create_extractor, list_extractors
 from cbirlib.preprocess import prepare_slices, window_bounds
@@ -59,7 +59,7 @@ def _manual_embedding(
 def test_random_fixture_warns_and_is_deterministic(
     volume: Volume, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="cbirlib.extractors.timm_models"):
+    with caplog.at_level(logging.WARNING, logger="cbirlib.extractors.timm"):
         ex = _random("resnet10t")
     assert "RANDOM" in caplog.text
     a = ex.extract(volume)
@@ -286,3 +286,90 @@ def test_hub_extractor_offline_without_cache(
     assert [i.weights_available for i in list_extractors("dinov1")] == [False]
     with pytest.raises(WeightsError, match=str(tmp_path / "hf")):
         ex.extract(volume)
+
+
+# --- module layout: the public base, the study's plugin, the deprecated alias --------------
+
+
+def test_a_subclass_that_sets_name_is_registered_under_it() -> None:
+    class Small(TimmExtractor):
+        name = "small-resnet"
+        default_img_size = 32
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__("resnet10t", **kwargs)
+
+    ex = Small(weights="random", device="cpu")
+    assert (ex.name, ex.input_config.size, ex.dim) == ("small-resnet", (32, 32), 512)
+    assert ex.to_config()["name"] == "small-resnet"
+    assert TimmExtractor("resnet10t", weights="random", device="cpu").name == "timm:resnet10t"
+    import cbirlib
+
+    assert cbirlib.TimmExtractor is TimmExtractor
+
+
+def test_builtin_entry_points_register_the_family_and_the_study_apart(
+    fresh_plugins: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What pyproject.toml declares: ``timm`` registers ``timm:``, ``study`` the five models."""
+    tomllib = pytest.importorskip("tomllib")
+    import importlib.metadata
+
+    from tests.fakes import fake_entry_points
+
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["entry-points"]["cbirlib"]
+    assert declared == {
+        "baseline": "cbirlib.extractors.baseline",
+        "timm": "cbirlib.extractors.timm",
+        "study": "cbirlib.extractors.study",
+    }
+    eps = [importlib.metadata.EntryPoint(k, v, "cbirlib") for k, v in declared.items()]
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points(*eps))
+    monkeypatch.delenv("CBIRLIB_PLUGINS", raising=False)
+    by_plugin: dict[str, set[str]] = {}
+    for info in list_extractors():
+        by_plugin.setdefault(info.plugin, set()).add(info.name)
+    assert by_plugin == {
+        "baseline": {"baseline"},
+        "timm": {"timm:"},
+        "study": {
+            "dinov1",
+            "dinov2",
+            "radimagenet-resnet50",
+            "radimagenet-swin",
+            "fractaldb-resnet50",
+        },
+    }
+
+
+def test_the_old_module_path_is_a_deprecated_alias() -> None:
+    import cbirlib.extractors.timm_models as old
+
+    with pytest.warns(
+        DeprecationWarning, match=r"import TimmExtractor from cbirlib\.extractors\.timm"
+    ):
+        from cbirlib.extractors.timm_models import TimmExtractor as OldTimm
+    assert OldTimm is TimmExtractor
+    with pytest.warns(DeprecationWarning, match=r"cbirlib\.extractors\.study"):
+        assert old.RadImageNetSwinExtractor is RadImageNetSwinExtractor
+    with pytest.raises(AttributeError, match="nosuch"):
+        old.nosuch  # noqa: B018
+
+
+def test_an_entry_point_written_before_the_split_still_loads_everything(
+    fresh_plugins: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata of an install from before the split names the old module: no warning (they
+    are errors here), every name is registered, under the one plugin ``timm``."""
+    import importlib.metadata
+
+    from tests.fakes import BASELINE_EP, fake_entry_points
+
+    old = importlib.metadata.EntryPoint("timm", "cbirlib.extractors.timm_models", "cbirlib")
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points(BASELINE_EP, old))
+    monkeypatch.delenv("CBIRLIB_PLUGINS", raising=False)
+    names = {info.name for info in list_extractors() if info.plugin == "timm"}
+    assert {"timm:", "dinov2", "radimagenet-swin"} <= names
+    ex = create_extractor("timm:resnet10t", weights="random", img_size=32, device="cpu")
+    assert type(ex) is TimmExtractor

@@ -89,9 +89,10 @@ def discover_volumes(
 
     ``data_dir`` is a TotalSegmentator-layout root (subject folders with ``ct.nii.gz``,
     or ``mri.nii.gz`` in the MRI layout; ids are the subject names), or any folder tree
-    of NIfTI files (``.nii``, ``.nii.gz``; ids are their paths relative to ``data_dir``
-    without the suffix) and DICOM series folders (ids are the folder paths), or a single
-    NIfTI file. A DICOM folder holding
+    of NIfTI files (``.nii``, ``.nii.gz``) and NRRD files (``.nrrd``, ``.nhdr``; ids are
+    their paths relative to ``data_dir`` without the suffix) and DICOM series folders
+    (a folder holding one Enhanced multi-frame file is one too; ids are the folder
+    paths), or a single NIfTI or NRRD file. A DICOM folder holding
     several series gives one volume per series, with ids ``<folder>/series-<i>``
     (``i`` = 1, 2, ... in the order of the series' SeriesNumber).
 
@@ -119,7 +120,11 @@ def discover_volumes(
     ...
     cbirlib.errors.DatasetError: no volumes found in ...
     """
-    from cbirlib.io import dicom_series, load_volume, nifti_stem
+    from cbirlib.io import dicom_series, load_volume, nifti_stem, nrrd_stem
+
+    def image_stem(name: str) -> str | None:
+        stem = nifti_stem(name)
+        return stem if stem is not None else nrrd_stem(name)
 
     def loader(path: Path, vid: str, series_uid: str | None = None) -> Callable[[], Volume]:
         relative = path.name if path == root else path.relative_to(root).as_posix()
@@ -130,9 +135,9 @@ def discover_volumes(
     if not root.exists():
         raise VolumeNotFoundError(f"data folder {str(root)!r} does not exist")
     if root.is_file():
-        stem = nifti_stem(root.name)
+        stem = image_stem(root.name)
         if stem is None:
-            raise DatasetError(f"{str(root)!r} is neither a folder nor a NIfTI file")
+            raise DatasetError(f"{str(root)!r} is neither a folder nor a NIfTI or NRRD file")
         return [(stem, loader(root, stem))]
     if is_totalsegmentator_root(root):
         ds = TotalSegmentator(root, modality=modality)
@@ -144,11 +149,11 @@ def discover_volumes(
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(folder)
         for name in sorted(files):
-            stem = nifti_stem(name)
+            stem = image_stem(name)
             if stem is not None:
                 vid = (here / stem).relative_to(root).as_posix()
                 found.append((vid, loader(here / name, vid)))
-        dicom = [here / n for n in sorted(files) if nifti_stem(n) is None]
+        dicom = [here / n for n in sorted(files) if image_stem(n) is None]
         dicom = [p for p in dicom if is_dicom_file(p)]
         if not dicom:
             continue
@@ -168,7 +173,8 @@ def discover_volumes(
     if not found:
         raise DatasetError(
             f"no volumes found in {str(root)!r}; expected NIfTI files (.nii, .nii.gz), "
-            "DICOM series folders, or a TotalSegmentator root (<subject>/ct.nii.gz)"
+            "NRRD files (.nrrd, .nhdr), DICOM series or Enhanced DICOM folders, or a "
+            "TotalSegmentator root (<subject>/ct.nii.gz)"
         )
     return found
 

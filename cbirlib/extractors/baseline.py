@@ -24,8 +24,11 @@ that their 0.5/99.5 percentiles become -1000/1000 "pseudo-HU"):
 Non-square slices and pixels are stretched to the square grid on purpose: the grid
 follows the body's bounding box and the fill fraction is unchanged by stretching, while
 the cross-section and aspect ratio are computed in mm from the pixel spacing, so a
-slice and a copy padded with air to another aspect ratio describe alike (cbirlib
-0.1.0 computed the aspect ratio in grid pixels, off for non-square fields of view).
+slice and a copy padded with air to another aspect ratio describe alike. This is
+feature version 2 (:data:`FEATURE_VERSION`, recorded in :meth:`~BaselineExtractor.to_config`):
+cbirlib 0.1.0 computed the aspect ratio in grid pixels, off for non-square fields of view,
+and wrote no version, so an index it built is refused (rebuild it) rather than mixed with
+new embeddings.
 
 Each block is L2-normalised and weighted (1, 1, 0.5), and the concatenation is
 L2-normalised. ``dim = 3 * bins + 3 * grid**2 + 18`` (258 by default). Deterministic;
@@ -63,6 +66,9 @@ WINDOWS = ("lung", "soft_tissue", "bone")
 BODY_THRESHOLD_HU = -500.0
 CLIP_HU = (-1100.0, 3000.0)
 BLOCK_WEIGHTS = (1.0, 1.0, 0.5)  # histograms, grid, shape
+FEATURE_VERSION = 2
+"""Version of the descriptor, ``"feature_version"`` in :meth:`BaselineExtractor.to_config`
+(2: aspect ratio in mm; 1, written without the key by cbirlib 0.1.0: in grid pixels)."""
 
 # soft bins of the shape features: (low, high, count) of the bin centres
 _AREA_BINS = (math.log(30e2), math.log(1500e2), 8)  # log mm², 30 .. 1500 cm²
@@ -103,6 +109,14 @@ class BaselineExtractor(Extractor):
         Side of the working resolution the slice is area-averaged to.
     batch_size
         Slices processed at once (memory only; results do not depend on it).
+    feature_version
+        The descriptor version, :data:`FEATURE_VERSION` (the only one computed); present so
+        that ``create_extractor(**extractor.to_config())`` round-trips.
+
+    Raises
+    ------
+    ExtractorError
+        A bad setting, or another ``feature_version``.
 
     Examples
     --------
@@ -112,7 +126,21 @@ class BaselineExtractor(Extractor):
 
     name = "baseline"
 
-    def __init__(self, *, bins: int = 16, grid: int = 8, size: int = 64, batch_size: int = 256):
+    def __init__(
+        self,
+        *,
+        bins: int = 16,
+        grid: int = 8,
+        size: int = 64,
+        batch_size: int = 256,
+        feature_version: int = FEATURE_VERSION,
+    ) -> None:
+        if feature_version != FEATURE_VERSION:
+            raise ExtractorError(
+                f"extractor 'baseline': feature_version {feature_version!r} is not computed by "
+                f"this cbirlib (it computes version {FEATURE_VERSION}); rebuild the index "
+                "with this version"
+            )
         for label, value, low in (("bins", bins, 2), ("grid", grid, 1), ("size", size, 8)):
             if not isinstance(value, int) or value < low:
                 raise ExtractorError(
@@ -154,8 +182,15 @@ class BaselineExtractor(Extractor):
         )
 
     def to_config(self) -> dict[str, Any]:
-        """``{"name": "baseline", "bins": ..., "grid": ..., "size": ...}``."""
-        return {"name": self.name, "bins": self.bins, "grid": self.grid, "size": self.size}
+        """``{"name": "baseline", "bins": ..., "grid": ..., "size": ...,
+        "feature_version": 2}``."""
+        return {
+            "name": self.name,
+            "bins": self.bins,
+            "grid": self.grid,
+            "size": self.size,
+            "feature_version": FEATURE_VERSION,
+        }
 
     def extract(
         self, volume: Volume, *, slices: npt.NDArray[np.integer[Any]] | None = None
@@ -260,4 +295,4 @@ def register_extractors(register: Register) -> None:
     )
 
 
-__all__ = ["BaselineExtractor", "register_extractors"]
+__all__ = ["FEATURE_VERSION", "BaselineExtractor", "register_extractors"]

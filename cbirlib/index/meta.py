@@ -40,7 +40,7 @@ from cbirlib.errors import (
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.files import META_NAME, read_json, resolve_dir
 
-__all__ = ["FORMAT_VERSION", "IndexMeta", "check_compatible", "read_meta"]
+__all__ = ["FEATURE_VERSION_KEY", "FORMAT_VERSION", "IndexMeta", "check_compatible", "read_meta"]
 
 FORMAT_VERSION = 1
 KINDS = ("hnsw", "exact")
@@ -48,6 +48,9 @@ MAX_DIM = 1 << 16  # widest embedding meta.json may declare
 MAX_EF = 1 << 20
 MAX_LABELS = 1 << 40
 _PACKAGE = str(Path(__file__).resolve().parents[1]) + os.sep
+#: Config key of an extractor's feature version: embeddings of two versions of the same
+#: extractor do not compare (``1`` when the key is missing, as in configs written before it).
+FEATURE_VERSION_KEY = "feature_version"
 #: What to do about an extractor that does not fit an index.
 ADVICE = (
     "use the index's extractor (cbirlib.create_extractor(**index.extractor_config)) "
@@ -169,7 +172,9 @@ def check_compatible(
 
     Another extractor ``name`` raises :class:`~cbirlib.errors.ExtractorMismatchError`,
     another dimension :class:`~cbirlib.errors.DimensionMismatchError`, both before any
-    work. Other config differences (preprocessing, options) warn with
+    work; so does another ``"feature_version"`` of the same extractor (``ExtractorMismatchError``
+    saying to rebuild the index; a config without the key is version 1). Other config
+    differences (preprocessing, options) warn with
     :class:`~cbirlib.errors.ExtractorMismatchWarning`, attributed to the first caller
     outside cbirlib, or raise ``ExtractorMismatchError`` in strict mode (``strict=None``
     reads the environment variable ``CBIRLIB_STRICT=1``). A missing ``stored`` config
@@ -197,6 +202,15 @@ def check_compatible(
         )
     if stored_cfg is None or given_cfg == stored_cfg:
         return
+    built_version = stored_cfg.get(FEATURE_VERSION_KEY, 1)
+    used_version = given_cfg.get(FEATURE_VERSION_KEY, 1)
+    if built_version != used_version:
+        raise ExtractorMismatchError(
+            f"index built with {side(built, stored_dim)} features of version "
+            f"{built_version!r}, vectors come from version {used_version!r} of it: the two do "
+            "not compare; rebuild the index with this cbirlib (build_index(..., resume=False), "
+            "CLI: cbirlib index --no-resume)"
+        )
     keys = sorted(
         k
         for k in set(stored_cfg) | set(given_cfg)

@@ -105,3 +105,13 @@ def test_given_file_in_another_layout_fails(tmp_path: Path) -> None:
     ex = EfficientNetLite0Extractor(weights=str(path), device="cpu")
     with pytest.raises(WeightsError, match="1 tensors"):
         _ = ex.model
+
+
+def test_it_builds_on_the_public_timm_extractor() -> None:
+    import cbirlib
+
+    assert issubclass(EfficientNetLite0Extractor, cbirlib.TimmExtractor)
+    ex = EfficientNetLite0Extractor(device="cpu")
+    # the registered name comes from the class attribute alone (no private override)
+    assert ex.name == ex.to_config()["name"] == "efficientnet-lite0"
+    assert type(create_extractor(**ex.to_config())) is EfficientNetLite0Extractor

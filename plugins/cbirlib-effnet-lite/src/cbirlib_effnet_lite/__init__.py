@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from cbirlib.errors import WeightsError
-from cbirlib.extractors.timm_models import TimmExtractor
+from cbirlib.extractors import TimmExtractor
 from cbirlib.hookspecs import Register, hookimpl
 from cbirlib.weights import load_into, load_state_dict
 
@@ -125,7 +125,7 @@ class EfficientNetLite0Extractor(TimmExtractor):
     **kwargs
         ``sha256``, ``img_size``, ``window`` (e.g. ``"multi"``), ``device``,
         ``batch_size``, ``input_config``, ``amp``, ``channels_last``: see
-        :class:`cbirlib.extractors.timm_models.TimmExtractor`. On the CPU it runs in the
+        :class:`cbirlib.TimmExtractor`, its public base class. On the CPU it runs in the
         ``channels_last`` memory format by default (the ``efficientnet`` family).
     """
 
@@ -133,9 +133,6 @@ class EfficientNetLite0Extractor(TimmExtractor):
 
     def __init__(self, *, weights: str | os.PathLike[str] | None = None, **kwargs: Any) -> None:
         super().__init__(ARCHITECTURE, weights=weights, **kwargs)
-
-    def _registry_name(self) -> str:
-        return type(self).name
 
     def hub_repo(self) -> str | None:
         """The packaged weights are used, never the hub."""

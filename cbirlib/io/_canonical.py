@@ -1,0 +1,137 @@
+"""The canonical layout every reader produces: RAS+, an array indexed ``(Z, Y, X)``.
+
+The one place where the layout convention lives (see :mod:`cbirlib.io`): every reader
+builds a nibabel image (its data and its voxel -> RAS mm affine) and hands it to
+:func:`_canonical_zyx`, so images and masks of every format share one layout and one
+orientation path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+
+from cbirlib.errors import InvalidVolumeError, VolumeReadError
+from cbirlib.provenance import Source
+from cbirlib.volume import Volume
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class _Canonical:
+    """Image data in the Volume layout, with its geometry."""
+
+    array: npt.NDArray[Any]  # (Z, Y, X) = (S, A, R)
+    affine: npt.NDArray[np.float64]  # canonical voxel (x, y, z) -> RAS mm
+    spacing: tuple[float, float, float]  # (dz, dy, dx)
+    z_positions: npt.NDArray[np.float64]
+
+
+def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonical:
+    """Reorient a nibabel image to RAS+ and return its data as ``(Z, Y, X)``.
+
+    The one place where the layout convention lives: images and masks both go here.
+    """
+    if img.ndim == 4 and img.shape[3] == 1:
+        img = nib.funcs.squeeze_image(img)  # type: ignore[no-untyped-call]
+    if img.ndim != 3:
+        raise InvalidVolumeError(
+            f"{source}: expected a 3D image, got {img.ndim}D data of shape {tuple(img.shape)}"
+            " (only a 4D image with a trailing dimension of 1 is accepted)"
+        )
+    try:
+        img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
+        if as_mask:
+            data: npt.NDArray[Any] = _mask_data(img, source)
+        else:
+            data = img.get_fdata(dtype=np.float32)
+    except Exception as exc:  # nibabel, zlib, gzip and numpy errors of a damaged file
+        raise VolumeReadError(
+            f"{source}: cannot read the image data ({type(exc).__name__}: {exc}); "
+            "the file may be truncated or corrupt"
+        ) from None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # (dx, dy, dz)
+    n_z = data.shape[2]
+    z = affine[2, 2] * np.arange(n_z, dtype=np.float64) + affine[2, 3]
+    dz = _slice_spacing(affine, source) if n_z > 1 and not as_mask else float(zooms[2])
+    return _Canonical(
+        array=np.ascontiguousarray(data.transpose(2, 1, 0)),
+        affine=affine,
+        spacing=(dz, float(zooms[1]), float(zooms[0])),
+        z_positions=z,
+    )
+
+
+#: Degrees between the slice axis and the body axis above which a tilt is reported.
+TILT_WARN_DEGREES = 0.5
+
+
+def _slice_spacing(affine: npt.NDArray[np.float64], source: str) -> float:
+    """The distance between slice planes, warning when the slices are tilted or oblique.
+
+    The slice step (the affine's third column) of a gantry-tilted series is not
+    perpendicular to the slice planes, so its length overstates the spacing; of an
+    oblique series it is not along the body axis, so ``z_positions`` advance by less
+    than the spacing. Positions are kept as they are (the S coordinate of each slice
+    origin); the returned spacing is the perpendicular distance between the planes.
+    """
+    step = affine[:3, 2]
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    norm = float(np.linalg.norm(normal))
+    if norm == 0 or not np.isfinite(norm):
+        return float(np.linalg.norm(step))
+    normal /= norm
+    spacing = abs(float(step @ normal))
+    shear = np.degrees(np.arccos(min(1.0, spacing / float(np.linalg.norm(step)))))
+    oblique = np.degrees(np.arccos(min(1.0, abs(float(normal[2])))))
+    if max(shear, oblique) > TILT_WARN_DEGREES:
+        kind = "gantry tilt" if shear > TILT_WARN_DEGREES else "oblique slices"
+        warnings.warn(
+            f"{source}: {kind}: the slice planes are tilted {oblique:.1f} degrees from axial "
+            f"and the slice step {shear:.1f} degrees from their normal; true slice spacing "
+            f"{spacing:.3f} mm, z positions advance by {abs(step[2]):.3f} mm per slice",
+            UserWarning,
+            stacklevel=5,
+        )
+    return spacing if spacing > 0 else float(np.linalg.norm(step))
+
+
+def _mask_data(img: Any, source: str) -> npt.NDArray[np.bool_]:
+    """A mask's voxels as booleans: nonzero is present, NaN is absent (with a warning)."""
+    raw = np.asanyarray(img.dataobj)
+    present: npt.NDArray[np.bool_] = raw != 0
+    if raw.dtype.kind == "f":
+        nan = np.isnan(raw)
+        if nan.any():
+            warnings.warn(
+                f"{source}: {int(nan.sum())} NaN voxel(s) in a mask are treated as absent",
+                UserWarning,
+                stacklevel=5,
+            )
+            present &= ~nan
+    return present
+
+
+def _make_volume(
+    source: str, canon: _Canonical, *, id: str, modality: str, origin: Source | None = None
+) -> Volume:
+    """Build the Volume, making sure validation errors name the source file."""
+    try:
+        return Volume(
+            id,
+            canon.array,
+            spacing=canon.spacing,
+            z_positions=canon.z_positions,
+            modality=modality,
+            affine=canon.affine,
+            source=origin,
+        )
+    except InvalidVolumeError as exc:
+        raise type(exc)(f"{source}: {exc}") from None

@@ -1,0 +1,218 @@
+"""NIfTI files: images, masks and header-only shapes (nibabel).
+
+``.nii`` and ``.nii.gz`` files are read with nibabel (``.nii.gz`` inflated in one call by
+:mod:`cbirlib._gzip` when a faster backend is installed) and brought to the canonical
+layout of :mod:`cbirlib.io`. The modality of an image comes from the ``"Modality"`` of a
+dcm2niix/BIDS JSON sidecar when one lies beside it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from cbirlib._gzip import gunzip, gzip_backend
+from cbirlib.errors import (
+    InvalidVolumeError,
+    SettingError,
+    VolumeReadError,
+)
+from cbirlib.io._canonical import _Canonical, _canonical_zyx
+from cbirlib.io._paths import NIFTI_SUFFIXES, _check_exists, _unsupported, nifti_stem
+from cbirlib.modality import UNKNOWN, normalize_modality
+
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "TOTALSEG_IMAGE_NAMES",
+    "max_voxels",
+    "nifti_shape",
+    "nifti_stem",
+]
+
+#: The readers' one logger (``cbirlib.io``), named in the docs.
+logger = logging.getLogger("cbirlib.io")
+
+# --- gzip-opening hook (cbirlib._gzip): inflate with isal or zlib, nibabel decodes ---
+
+
+def _load_gzipped_nifti(path: Path) -> Any:
+    """A ``.nii.gz`` image decompressed in one call (:func:`cbirlib._gzip.gunzip`).
+
+    nibabel decodes the bytes (header, data type, scaling) exactly as from the file.
+    """
+    raw = gunzip(path)
+    sizeof_hdr = int.from_bytes(raw[:4], "little")
+    if sizeof_hdr not in (348, 540):
+        sizeof_hdr = int.from_bytes(raw[:4], "big")
+    klass = nib.Nifti2Image if sizeof_hdr == 540 else nib.Nifti1Image
+    holder = nib.FileHolder(filename=str(path), fileobj=io.BytesIO(raw))
+    return klass.from_file_map({"header": holder, "image": holder})  # type: ignore[no-untyped-call]
+
+
+# --- end of the gzip-opening hook -------------------------------------------------------
+
+
+def _load_nifti_image(path: Path) -> Any:
+    try:
+        if path.name.lower().endswith(".gz") and gzip_backend() != "nibabel":
+            return _load_gzipped_nifti(path)
+        return nib.load(path)
+    except Exception as exc:
+        raise VolumeReadError(
+            f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc}); "
+            "the file may be truncated or corrupt"
+        ) from None
+
+
+def _read_nifti(path: Path, *, as_mask: bool = False) -> _Canonical:
+    img = _load_nifti_image(path)
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise VolumeReadError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
+    _check_nifti_data(img, path)
+    if not as_mask:
+        _warn_unknown_orientation(img, path)
+    return _canonical_zyx(img, str(path), as_mask=as_mask)
+
+
+def max_voxels() -> int:
+    """Most voxels one image may hold: ``CBIRLIB_MAX_VOXELS`` or 2**31 (8 GiB as float32)."""
+    value = os.environ.get("CBIRLIB_MAX_VOXELS", "")
+    return int(value) if value.strip().isdigit() else 1 << 31
+
+
+def _check_nifti_data(img: Any, path: Path) -> None:
+    """Refuse complex data, and a header whose data cannot be in the file, before reading."""
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c" or dtype.names:
+        raise InvalidVolumeError(
+            f"{path}: {dtype} voxels (complex or compound data) are not a scalar image; "
+            "save the magnitude (or the wanted component) as a real-valued image"
+        )
+    n_voxels = int(np.prod(img.shape, dtype=np.float64))
+    if n_voxels > max_voxels():
+        raise InvalidVolumeError(
+            f"{path}: the header declares {n_voxels} voxels (shape {tuple(img.shape)}), more "
+            f"than the limit {max_voxels()} (set CBIRLIB_MAX_VOXELS to raise it)"
+        )
+    needed = int(getattr(img.dataobj, "offset", 0)) + n_voxels * dtype.itemsize
+    available = _nifti_data_size(path)
+    if available < needed:
+        raise VolumeReadError(
+            f"{path}: the header declares shape {tuple(img.shape)} of {dtype} ({needed} bytes "
+            f"with the header) but the file can hold at most {available} bytes; it is truncated or "
+            "its header is wrong"
+        )
+
+
+#: deflate's largest compression ratio: a gzip file holds at most this many bytes per byte.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _nifti_data_size(path: Path) -> int:
+    """The most bytes of content an image file can hold.
+
+    The file size, or for gzip files the file size times deflate's largest ratio (the
+    gzip trailer's recorded size is not used: it is modulo 4 GiB and covers only the
+    last member of multi-member files such as bgzip's).
+    """
+    size = path.stat().st_size
+    return size * _DEFLATE_MAX_RATIO if path.name.lower().endswith(".gz") else size
+
+
+def _warn_unknown_orientation(img: Any, path: Path) -> None:
+    """Warn when neither the qform nor the sform says how the voxels lie in space."""
+    header = img.header
+    try:
+        codes = (int(header["qform_code"]), int(header["sform_code"]))
+    except (KeyError, TypeError, ValueError):  # pragma: no cover - not a NIfTI header
+        return
+    if codes == (0, 0):
+        warnings.warn(
+            f"{path}: qform_code and sform_code are both 0, so the orientation is unknown; "
+            "assumed LAS (nibabel's default). Check that the slices run inferior -> superior, "
+            "or fix the header (e.g. with nibabel's set_qform/set_sform).",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+#: File names of TotalSegmentator images: their volume id is their folder's name.
+TOTALSEG_IMAGE_NAMES = ("ct.nii.gz", "mri.nii.gz")
+
+
+def _default_nifti_id(path: Path, stem: str) -> str:
+    """The folder name for a TotalSegmentator image (``s0011/ct.nii.gz``), else the stem."""
+    if path.name in TOTALSEG_IMAGE_NAMES:
+        folder = path.absolute().parent.name
+        if folder:
+            return folder
+    return stem
+
+
+def _sidecar_modality(path: Path, stem: str) -> str | None:
+    """The ``"Modality"`` of a dcm2niix/BIDS JSON sidecar (``<stem>.json``), if any.
+
+    Nothing else is read from the sidecar (it may hold acquisition dates and more).
+    """
+    sidecar = path.with_name(stem + ".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        value = json.loads(sidecar.read_text(encoding="utf-8")).get("Modality")
+        code = normalize_modality(str(value)) if value is not None else UNKNOWN
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, SettingError) as exc:
+        logger.warning("%s: unreadable JSON sidecar, its Modality is ignored (%s)", sidecar, exc)
+        return None
+    if code == UNKNOWN:
+        return None
+    logger.debug("%s: modality %s from its JSON sidecar", path, code)
+    return code
+
+
+def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """Shape ``(Z, Y, X)`` that :func:`load_volume` would give, read from the header only.
+
+    Cheap: no voxel data are read.
+
+    Raises
+    ------
+    VolumeNotFoundError, VolumeReadError, InvalidVolumeError
+        As for :func:`load_volume` (NIfTI files only).
+
+    Examples
+    --------
+    >>> import numpy as np, nibabel as nib, tempfile, pathlib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> sar = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [2, 0, 0, 0], [0, 0, 0, 1.0]])
+    >>> nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.int16), sar), tmp / "p.nii")
+    >>> nifti_shape(tmp / "p.nii")
+    (5, 6, 7)
+    """
+    p = Path(path)
+    _check_exists(p)
+    if p.is_dir() or nifti_stem(p) is None:
+        raise _unsupported(p)
+    img = _load_nifti_image(p)
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InvalidVolumeError(
+            f"{p}: expected a 3D image, got {len(shape)}D data of shape {tuple(img.shape)}"
+        )
+    try:
+        ornt = nib.io_orientation(img.affine)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        raise VolumeReadError(f"{p}: unusable affine ({type(exc).__name__}: {exc})") from None
+    ras = [0, 0, 0]
+    for axis, (out_axis, _flip) in enumerate(ornt):
+        ras[int(out_axis)] = shape[axis]
+    return (ras[2], ras[1], ras[0])
