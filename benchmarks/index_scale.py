@@ -342,7 +342,7 @@ def run_milvus(
             print(f"  first search (index build): {time.perf_counter() - t:.1f} s", flush=True)
             evaluate(index, exact, queries, efs)
             index.ef = config.ef_search
-            print("  " + latency(index, queries[:100]), flush=True)
+            print("  " + latency(index, queries[:50]), flush=True)
             tops = time_queries(index, regions, chain_args(dim)) if regions else []
             if regions:
                 grouping_vs_slices(index, regions)
@@ -395,7 +395,7 @@ def run(
     queries = make_queries(kind, n, dim, n_queries, vols)
     evaluate(hnsw, exact, queries, efs)
     hnsw.ef = config.ef_search
-    print("  " + latency(hnsw, queries[:100]), flush=True)
+    print("  " + latency(hnsw, queries[:50]), flush=True)
     regions = region_queries(dim, n_regions) if n_regions else []
     tops = time_queries(hnsw, regions, chain_args(dim)) if regions else []
     if backend == "milvus":
