@@ -309,6 +309,75 @@ def grouping_vs_slices(index: MilvusIndex, regions: list[tuple[Volume, np.ndarra
         print(f"    {what:<22} median {np.median(ms):7.1f} ms  p95 {np.percentile(ms, 95):7.1f} ms")
 
 
+#: Index build and search parameters of the Milvus index types compared (``--milvus-index``).
+INDEX_TYPES: dict[str, tuple[dict[str, int], list[dict[str, int]]]] = {
+    "HNSW": ({"M": 16, "efConstruction": 200}, [{"ef": 64}, {"ef": 128}]),
+    "IVF_FLAT": ({"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 64}]),
+    "IVF_SQ8": ({"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 64}]),
+    "IVF_PQ": ({"nlist": 1024, "m": 48, "nbits": 8}, [{"nprobe": 16}, {"nprobe": 64}]),
+    "DISKANN": ({}, [{"search_list": 32}, {"search_list": 100}]),
+}
+
+
+def milvus_index_types(
+    vols: Volumes, exact: ExactIndex, queries: np.ndarray, types: list[str], k: int = 10
+) -> None:
+    """Recall@10 against exact search and bytes on disk of other Milvus index types.
+
+    The vectors go into a bare collection (primary key + vector) of a Milvus Lite file
+    for each index type; IVF_PQ's ``m`` must divide the dimension.
+    """
+    from pymilvus import DataType, MilvusClient
+
+    dim = vols[0][1].shape[1]
+    offsets, label = {}, 0
+    for vid, x in vols:
+        offsets[vid] = label
+        label += len(x)
+    ref = exact.search(queries, k=k)
+    truth = [
+        {offsets[v] + int(s) for v, s in zip(ref.volume_ids[i], ref.slice_indices[i], strict=True)}
+        for i in range(len(queries))
+    ]
+    allx = unit(np.concatenate([x for _, x in vols]).astype(np.float32))
+    q = unit(queries.astype(np.float32))
+    for kind in types:
+        build, searches = INDEX_TYPES[kind]
+        with tempfile.TemporaryDirectory() as tmp:
+            client = MilvusClient(str(Path(tmp) / "types.db"))
+            schema = MilvusClient.create_schema(auto_id=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("v", DataType.FLOAT_VECTOR, dim=dim)
+            params = client.prepare_index_params()
+            params.add_index("v", index_type=kind, metric_type="IP", params=build)
+            client.create_collection("t", schema=schema, index_params=params)
+            t = time.perf_counter()
+            step = max(1, (16 << 20) // (4 * dim + 16))
+            for first in range(0, len(allx), step):
+                rows = allx[first : first + step]
+                client.insert("t", [{"id": first + i, "v": r} for i, r in enumerate(rows)])
+            client.search("t", data=q[:1], limit=k)  # waits for the index
+            built = time.perf_counter() - t
+            size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+            mb, ratio = size / 1e6, size / allx.nbytes
+            print(f"Milvus Lite {kind} {build}: insert + build {built:.0f} s, disk {mb:.0f} MB")
+            print(f"  = {ratio:.3f}x raw", flush=True)
+            for sp in searches:
+                t = time.perf_counter()
+                result = client.search(
+                    "t", data=q, limit=k, search_params={"metric_type": "IP", "params": sp}
+                )
+                took = time.perf_counter() - t
+                hits = [len(truth[i] & {int(h["id"]) for h in r}) for i, r in enumerate(result)]
+                print(
+                    f"  {sp}: recall@10 {np.mean(hits) / k:.4f}  "
+                    f"{took / len(q) * 1e3:.2f} ms/query ({len(q)} queries in one request)",
+                    flush=True,
+                )
+            client.drop_collection("t")
+            client.close()
+
+
 def run_milvus(
     vols: Volumes,
     exact: ExactIndex,
@@ -365,6 +434,7 @@ def run(
     backend: str = "hnsw",
     uri: str | None = None,
     n_regions: int = 20,
+    index_types: list[str] | None = None,
 ) -> None:
     vols = anatomy_volumes(n, dim) if kind == "anatomy" else walk_volumes(n, dim)
     raw = sum(x.nbytes for _, x in vols)
@@ -398,6 +468,8 @@ def run(
     print("  " + latency(hnsw, queries[:50]), flush=True)
     regions = region_queries(dim, n_regions) if n_regions else []
     tops = time_queries(hnsw, regions, chain_args(dim)) if regions else []
+    if backend == "milvus" and index_types:
+        milvus_index_types(vols, exact, queries, index_types)
     if backend == "milvus":
         other = run_milvus(vols, exact, queries, config, efs, uri, regions)
         if tops:
@@ -468,6 +540,13 @@ def main() -> None:
     parser.add_argument("--uri", help="Milvus server URL (default: a temporary Milvus Lite file)")
     parser.add_argument("--region-queries", type=int, default=20, help="0: none")
     parser.add_argument("--parallel", action="store_true", help="multi-thread graph build")
+    parser.add_argument(
+        "--milvus-index",
+        nargs="+",
+        choices=sorted(INDEX_TYPES),
+        default=[],
+        help="with --backend milvus: also the recall and disk size of these Milvus index types",
+    )
     args = parser.parse_args()
     for dim in args.dims:
         for m in args.M:
@@ -484,6 +563,7 @@ def main() -> None:
                 args.backend,
                 args.uri,
                 args.region_queries,
+                args.milvus_index,
             )
 
 
