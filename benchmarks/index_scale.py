@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -310,12 +311,17 @@ def grouping_vs_slices(index: MilvusIndex, regions: list[tuple[Volume, np.ndarra
 
 
 #: Index build and search parameters of the Milvus index types compared (``--milvus-index``).
-INDEX_TYPES: dict[str, tuple[dict[str, int], list[dict[str, int]]]] = {
+#: Milvus Lite 3.2.2 builds HNSW, HNSW_SQ, IVF_FLAT, IVF_SQ8 and BRUTE_FORCE only; it
+#: accepts IVF_PQ and DISKANN in a schema but then fails the build ("reserved for a future
+#: phase") and searches brute force, so those two need a Milvus server.
+INDEX_TYPES: dict[str, tuple[dict[str, Any], list[dict[str, int]]]] = {
     "HNSW": ({"M": 16, "efConstruction": 200}, [{"ef": 64}, {"ef": 128}]),
+    "HNSW_SQ": (
+        {"M": 16, "efConstruction": 200, "sq_type": "SQ8"},
+        [{"ef": 64}, {"ef": 128}],
+    ),
     "IVF_FLAT": ({"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 64}]),
     "IVF_SQ8": ({"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 64}]),
-    "IVF_PQ": ({"nlist": 1024, "m": 48, "nbits": 8}, [{"nprobe": 16}, {"nprobe": 64}]),
-    "DISKANN": ({}, [{"search_list": 32}, {"search_list": 100}]),
 }
 
 
@@ -325,7 +331,7 @@ def milvus_index_types(
     """Recall@10 against exact search and bytes on disk of other Milvus index types.
 
     The vectors go into a bare collection (primary key + vector) of a Milvus Lite file
-    for each index type; IVF_PQ's ``m`` must divide the dimension.
+    for each index type.
     """
     from pymilvus import DataType, MilvusClient
 
