@@ -656,11 +656,12 @@ class MilvusIndex(VolumeRecords):
         return self.vectors_for([volume_id])[0]
 
     def vectors_for(self, volume_ids: Sequence[str]) -> tuple[F32, I64]:
-        """Stacked vectors of several volumes and their row offsets, in one filtered query.
+        """Stacked vectors of several volumes and their row offsets, read by primary key.
 
         Returns ``(matrix, offsets)``: volume ``volume_ids[i]`` owns rows
-        ``offsets[i]:offsets[i+1]`` (see :meth:`SliceIndex.vectors_for`). The slice
-        metadata of these volumes comes with the vectors, in the same query, and is kept
+        ``offsets[i]:offsets[i+1]`` (see :meth:`SliceIndex.vectors_for`); one request per
+        16384 slices. The slice metadata of these volumes comes with the vectors, in the
+        same request, and is kept
         (up to about 10^6 slices, least recently used dropped first): the
         :meth:`slice_meta` calls of re-ranking and localization that follow need no
         further request.
