@@ -30,6 +30,13 @@ Run small for a smoke test::
 ``--backend milvus`` also builds a :class:`~cbirlib.index.milvus.MilvusIndex` (a Milvus
 Lite file in a temporary folder, or ``--uri http://host:19530``) from the same vectors in
 the same run, and prints its insert rate, recall and query latency beside SliceIndex's.
+
+Both backends also answer ``--region-queries`` region queries end to end (40 slices of a
+held-out subject, ``SliceSearch(k=100) >> CountVotes() >> MaxSimRerank(top=20) >>
+Localize() >> Cutoff(10)``, as ``region_query_latency.py``), and, on Milvus, the
+chain's slice search is timed beside Milvus's grouping search for candidate volumes
+(``group_by_field`` on the volume id), with how many groups it returns. ``--parallel``
+builds the hnswlib graph with every core (not reproducible).
 """
 
 from __future__ import annotations
@@ -41,10 +48,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cbirlib.index import ExactIndex, HnswConfig, MilvusIndex, SliceIndex
+from cbirlib.labels import SliceLabels
+from cbirlib.search import region_query
+from cbirlib.volume import Volume
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark, also when imported
+from region_query_latency import PrecomputedOnly, time_queries
 
 Volumes = list[tuple[str, np.ndarray]]
 
@@ -216,6 +230,160 @@ def evaluate(
         )
 
 
+def latency(index: SliceIndex | MilvusIndex, queries: np.ndarray, k: int = 10) -> str:
+    """Median and p95 of single-query searches (one request per query vector)."""
+    index.search(queries[:1], k=k)
+    times = []
+    for row in queries:
+        t = time.perf_counter()
+        index.search(row[None], k=k)
+        times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1e3
+    return (
+        f"one query at a time (k={k}, ef={index.ef}, {len(ms)} queries): median "
+        f"{np.median(ms):.2f} ms, p95 {np.percentile(ms, 95):.2f} ms"
+    )
+
+
+def region_queries(dim: int, n: int, n_slices: int = 40) -> list[tuple[Volume, np.ndarray]]:
+    """``n + 1`` region queries (the first warms up): 40 slices of held-out subjects."""
+    out = []
+    for j, (_, x) in enumerate(anatomy_volumes((n + 1) * 400, dim, subject_seed=99)[: n + 1]):
+        m = min(len(x), 3 * n_slices)
+        present = np.zeros((m, 1), bool)
+        present[(m - n_slices) // 2 : (m - n_slices) // 2 + n_slices] = True
+        vol = Volume(
+            f"query{j}", np.zeros((m, 2, 2), np.float32), labels=SliceLabels(("liver",), present)
+        )
+        region = region_query(vol, "liver")
+        out.append((region, x[region.source_slices].astype(np.float32)))
+    return out
+
+
+def chain_args(dim: int) -> argparse.Namespace:
+    return argparse.Namespace(k=100, top=20, query_slices=40, dim=dim)
+
+
+def grouping_search(index: MilvusIndex, block: np.ndarray, n_groups: int) -> list[set[str]]:
+    """Milvus's grouping search on the volume id (one slice per volume): the volumes."""
+    q = unit(block.astype(np.float32))
+    result = index._client.search(  # the engine directly: cbirlib has no such call
+        index.collection,
+        data=q,
+        limit=n_groups,
+        group_by_field="volume_id",
+        group_size=1,
+        output_fields=["volume_id"],
+        search_params={"metric_type": "IP", "params": {"ef": max(index.ef, n_groups)}},
+    )
+    return [{str(hit["entity"]["volume_id"]) for hit in hits} for hits in result]
+
+
+def grouping_vs_slices(index: MilvusIndex, regions: list[tuple[Volume, np.ndarray]]) -> None:
+    """The chain's slice search (k=100) beside Milvus's grouping search for volumes."""
+    times: dict[str, list[float]] = {"search(k=100)": [], "group 20": [], "group 100": []}
+    distinct, got, covered = [], {20: [], 100: []}, []
+    for _, emb in regions[1:]:
+        t = time.perf_counter()
+        m = index.search(emb, k=100)
+        times["search(k=100)"].append(time.perf_counter() - t)
+        voted = [set(r) for r in m.volume_ids]
+        distinct.extend(len(v) for v in voted)
+        for n in (20, 100):
+            t = time.perf_counter()
+            groups = grouping_search(index, emb, n)
+            times[f"group {n}"].append(time.perf_counter() - t)
+            got[n].extend(len(g) for g in groups)
+            if n == 100:
+                covered.extend(len(v & g) / len(v) for v, g in zip(voted, groups, strict=True))
+    print(
+        f"  40-slice query blocks on Milvus: volumes among a slice's 100 nearest slices: "
+        f"median {np.median(distinct):.0f} (p5 {np.percentile(distinct, 5):.0f}, "
+        f"p95 {np.percentile(distinct, 95):.0f}); grouping search (group_by_field=volume_id, "
+        f"group_size=1) returned median {np.median(got[20]):.0f} groups of limit=20 "
+        f"(min {min(got[20])}), {np.median(got[100]):.0f} of limit=100 (min {min(got[100])}); "
+        f"it holds {np.mean(covered):.3f} of the volumes the 100 nearest slices vote for"
+    )
+    for name, values in times.items():
+        ms = np.array(values) * 1e3
+        what = name if name.startswith("search") else f"grouping limit={name[6:]}"
+        print(f"    {what:<22} median {np.median(ms):7.1f} ms  p95 {np.percentile(ms, 95):7.1f} ms")
+
+
+#: Index build and search parameters of the Milvus index types compared (``--milvus-index``).
+#: Milvus Lite 3.2.2 builds HNSW, HNSW_SQ, IVF_FLAT, IVF_SQ8 and BRUTE_FORCE only; it
+#: accepts IVF_PQ and DISKANN in a schema but then fails the build ("reserved for a future
+#: phase") and searches brute force, so those two need a Milvus server.
+INDEX_TYPES: dict[str, tuple[dict[str, Any], list[dict[str, int]]]] = {
+    "HNSW": ({"M": 16, "efConstruction": 200}, [{"ef": 64}, {"ef": 128}]),
+    "HNSW_SQ": (
+        {"M": 16, "efConstruction": 200, "sq_type": "SQ8"},
+        [{"ef": 64}, {"ef": 128}],
+    ),
+    "IVF_FLAT": ({"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 64}]),
+    "IVF_SQ8": ({"nlist": 1024}, [{"nprobe": 16}, {"nprobe": 64}]),
+}
+
+
+def milvus_index_types(
+    vols: Volumes, exact: ExactIndex, queries: np.ndarray, types: list[str], k: int = 10
+) -> None:
+    """Recall@10 against exact search and bytes on disk of other Milvus index types.
+
+    The vectors go into a bare collection (primary key + vector) of a Milvus Lite file
+    for each index type.
+    """
+    from pymilvus import DataType, MilvusClient
+
+    dim = vols[0][1].shape[1]
+    offsets, label = {}, 0
+    for vid, x in vols:
+        offsets[vid] = label
+        label += len(x)
+    ref = exact.search(queries, k=k)
+    truth = [
+        {offsets[v] + int(s) for v, s in zip(ref.volume_ids[i], ref.slice_indices[i], strict=True)}
+        for i in range(len(queries))
+    ]
+    allx = unit(np.concatenate([x for _, x in vols]).astype(np.float32))
+    q = unit(queries.astype(np.float32))
+    for kind in types:
+        build, searches = INDEX_TYPES[kind]
+        with tempfile.TemporaryDirectory() as tmp:
+            client = MilvusClient(str(Path(tmp) / "types.db"))
+            schema = MilvusClient.create_schema(auto_id=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("v", DataType.FLOAT_VECTOR, dim=dim)
+            params = client.prepare_index_params()
+            params.add_index("v", index_type=kind, metric_type="IP", params=build)
+            client.create_collection("t", schema=schema, index_params=params)
+            t = time.perf_counter()
+            step = max(1, (16 << 20) // (4 * dim + 16))
+            for first in range(0, len(allx), step):
+                rows = allx[first : first + step]
+                client.insert("t", [{"id": first + i, "v": r} for i, r in enumerate(rows)])
+            client.search("t", data=q[:1], limit=k)  # waits for the index
+            built = time.perf_counter() - t
+            size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+            mb, ratio = size / 1e6, size / allx.nbytes
+            print(f"Milvus Lite {kind} {build}: insert + build {built:.0f} s, disk {mb:.0f} MB")
+            print(f"  = {ratio:.3f}x raw", flush=True)
+            for sp in searches:
+                t = time.perf_counter()
+                result = client.search(
+                    "t", data=q, limit=k, search_params={"metric_type": "IP", "params": sp}
+                )
+                took = time.perf_counter() - t
+                hits = [len(truth[i] & {int(h["id"]) for h in r}) for i, r in enumerate(result)]
+                print(
+                    f"  {sp}: recall@10 {np.mean(hits) / k:.4f}  "
+                    f"{took / len(q) * 1e3:.2f} ms/query ({len(q)} queries in one request)",
+                    flush=True,
+                )
+            client.drop_collection("t")
+            client.close()
+
+
 def run_milvus(
     vols: Volumes,
     exact: ExactIndex,
@@ -223,25 +391,43 @@ def run_milvus(
     config: HnswConfig,
     efs: list[int],
     uri: str | None,
-) -> None:
+    regions: list[tuple[Volume, np.ndarray]],
+) -> list[list[str]]:
     """Insert rate, recall and latency of a MilvusIndex holding the same vectors."""
+    dim = vols[0][1].shape[1]
     with tempfile.TemporaryDirectory() as tmp:
         target = uri or str(Path(tmp) / "bench.db")
         name = f"bench_{os.getpid()}"
-        index = MilvusIndex(target, vols[0][1].shape[1], collection=name, config=config)
+        index = MilvusIndex(
+            target,
+            dim,
+            collection=name,
+            config=config,
+            extractor_config=PrecomputedOnly().to_config(),
+        )
         try:
             n = sum(len(x) for _, x in vols)
             t = time.perf_counter()
             for vid, x in vols:
-                index.add(vid, x)
+                index.add(vid, x, slice_meta={"z_mm": np.arange(len(x)) * 1.5})
             build = time.perf_counter() - t
             print(f"Milvus ({target}) insert: {build:.1f} s ({n / build:,.0f} vectors/s)")
             t = time.perf_counter()
             index.search(queries[:1], k=10)  # the first search builds the index
             print(f"  first search (index build): {time.perf_counter() - t:.1f} s", flush=True)
             evaluate(index, exact, queries, efs)
+            index.ef = config.ef_search
+            print("  " + latency(index, queries[:50]), flush=True)
+            tops = time_queries(index, regions, chain_args(dim)) if regions else []
+            if regions:
+                grouping_vs_slices(index, regions)
+            if not uri:
+                size = sum(f.stat().st_size for f in Path(target).rglob("*") if f.is_file())
+                raw = size / (4 * n * dim)
+                print(f"  Milvus Lite file: {size / 1e6:.0f} MB on disk = {raw:.3f}x raw")
         finally:
             index.drop()
+    return tops
 
 
 def run(
@@ -253,6 +439,8 @@ def run(
     efs: list[int],
     backend: str = "hnsw",
     uri: str | None = None,
+    n_regions: int = 20,
+    index_types: list[str] | None = None,
 ) -> None:
     vols = anatomy_volumes(n, dim) if kind == "anatomy" else walk_volumes(n, dim)
     raw = sum(x.nbytes for _, x in vols)
@@ -266,9 +454,9 @@ def run(
 
     rss0 = rss_mb()
     t = time.perf_counter()
-    hnsw = SliceIndex(dim, config=config)
+    hnsw = SliceIndex(dim, config=config, extractor_config=PrecomputedOnly().to_config())
     for vid, x in vols:
-        hnsw.add(vid, x)
+        hnsw.add(vid, x, slice_meta={"z_mm": np.arange(len(x)) * 1.5})
     build = time.perf_counter() - t
     rss_built = rss_mb() - rss0
     print(
@@ -283,8 +471,22 @@ def run(
     queries = make_queries(kind, n, dim, n_queries, vols)
     evaluate(hnsw, exact, queries, efs)
     hnsw.ef = config.ef_search
+    print("  " + latency(hnsw, queries[:50]), flush=True)
+    regions = region_queries(dim, n_regions) if n_regions else []
+    tops = time_queries(hnsw, regions, chain_args(dim)) if regions else []
+    if backend == "milvus" and index_types:
+        milvus_index_types(vols, exact, queries, index_types)
     if backend == "milvus":
-        run_milvus(vols, exact, queries, config, efs, uri)
+        other = run_milvus(vols, exact, queries, config, efs, uri, regions)
+        if tops:
+            pairs = list(zip(tops, other, strict=True))
+            overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in pairs])
+            same = np.mean([a == b for a, b in pairs])
+            print(
+                f"region queries, top 10 of SliceIndex vs MilvusIndex: overlap {overlap:.3f}, "
+                f"identical order in {same:.0%}",
+                flush=True,
+            )
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "hnsw"
@@ -342,11 +544,33 @@ def main() -> None:
         help="milvus: also measure a MilvusIndex on the same vectors, in the same run",
     )
     parser.add_argument("--uri", help="Milvus server URL (default: a temporary Milvus Lite file)")
+    parser.add_argument("--region-queries", type=int, default=20, help="0: none")
+    parser.add_argument("--parallel", action="store_true", help="multi-thread graph build")
+    parser.add_argument(
+        "--milvus-index",
+        nargs="+",
+        choices=sorted(INDEX_TYPES),
+        default=[],
+        help="with --backend milvus: also the recall and disk size of these Milvus index types",
+    )
     args = parser.parse_args()
     for dim in args.dims:
         for m in args.M:
-            cfg = HnswConfig(M=m, ef_construction=args.ef_construction)
-            run(args.data, args.n, dim, cfg, args.queries, args.ef, args.backend, args.uri)
+            cfg = HnswConfig(
+                M=m, ef_construction=args.ef_construction, deterministic=not args.parallel
+            )
+            run(
+                args.data,
+                args.n,
+                dim,
+                cfg,
+                args.queries,
+                args.ef,
+                args.backend,
+                args.uri,
+                args.region_queries,
+                args.milvus_index,
+            )
 
 
 if __name__ == "__main__":

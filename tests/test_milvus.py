@@ -120,6 +120,29 @@ def test_search_and_vectors_match_exact_search(db: str) -> None:
     milvus.close()
 
 
+def test_metadata_fetched_with_the_vectors_never_goes_stale(db: str) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 8))
+    with MilvusIndex(db, 8, collection="meta_cache") as index:
+        index.add("a", rng.normal(size=(3, 8)), slice_meta={"z_mm": np.arange(3.0)})
+        index.add("b", x, slice_meta={"z_mm": np.arange(5.0) + 10})
+        index.vectors_for(["b", "a"])  # brings the metadata of both along
+        meta = index.slice_meta("b")
+        np.testing.assert_array_equal(meta["z_mm"], np.arange(5.0) + 10)
+        meta["z_mm"][:] = -1.0  # a copy: the index's own record is untouched
+        np.testing.assert_array_equal(index.slice_meta("b")["z_mm"], np.arange(5.0) + 10)
+        # b's label range is freed and, after refresh, handed to the new b
+        index.remove("b")
+        index.refresh()
+        index.add("b", x, slice_meta={"z_mm": np.arange(5.0) - 7, "slice_index": np.arange(5) + 3})
+        for meta in (index.slice_meta("b"), index.slice_meta("b")):
+            np.testing.assert_array_equal(meta["z_mm"], np.arange(5.0) - 7)
+            np.testing.assert_array_equal(meta["slice_index"], np.arange(5) + 3)
+        index.vectors_for(["b"])
+        np.testing.assert_array_equal(index.slice_meta("b")["z_mm"], np.arange(5.0) - 7)
+        index.drop()
+
+
 def test_add_remove_and_reopen(db: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     volumes = _volumes(5, rng)
