@@ -60,21 +60,14 @@ _BLOCK_BYTES = 64 * 2**20  # similarities held at once (NumPy float32, or torch'
 
 
 class MaxSimMatch(NamedTuple):
-    """MaxSim of one query against ``c`` candidates (:func:`maxsim_match`).
+    """MaxSim of one query against ``c`` candidates (:func:`maxsim_match`)."""
 
-    Attributes
-    ----------
-    scores
-        ``(c,)`` float64, the mean over query slices of the best similarity.
-    argmax
-        ``(m, c)`` int64, for each query slice the row (within the candidate, 0-based, in
-        the candidate's own rows, skipped ones counted) of its best match; first on ties.
-    similarity
-        ``(m, c)`` float32, the similarity of that best match.
-    """
-
+    #: ``(c,)`` float64, the mean over query slices of the best similarity.
     scores: npt.NDArray[np.float64]
+    #: ``(m, c)`` int64, for each query slice the row (within the candidate, 0-based, in
+    #: the candidate's own rows, skipped ones counted) of its best match; first on ties.
     argmax: npt.NDArray[np.int64]
+    #: ``(m, c)`` float32, the similarity of that best match.
     similarity: npt.NDArray[np.float32]
 
 
