@@ -6,9 +6,12 @@ so threaded read-ahead stops scaling at one or two cores. :func:`read_volumes` r
 loaders in ``workers`` processes instead, at most ``ahead`` volumes ahead of the
 consumer (a bounded queue), and yields the volumes in input order. Each worker copies
 its volume's voxels into a shared-memory block, which becomes the consumer's array (on
-Linux it is mapped, not copied; elsewhere copied out once) and is freed with it, so the
-array never goes through a pipe and no model is ever sent to a worker. The volumes are
-the ones the loaders return, bit for bit.
+Linux it is mapped, not copied; elsewhere copied out once), so the array never goes
+through a pipe and no model is ever sent to a worker. On Linux a block returns to the
+run's pool when the consumer drops the volume (the array and every view of it) and is
+refilled by the next read, so neither side maps fresh memory for every volume; blocks
+are unlinked when the run ends. The volumes are the ones the loaders return, bit for
+bit.
 
 Examples
 --------
@@ -22,14 +25,19 @@ Examples
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import multiprocessing
 import os
 import pickle
+import secrets
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import resource_tracker, shared_memory
@@ -55,15 +63,19 @@ def default_read_workers() -> int:
 
 @dataclass(frozen=True)
 class _Packed:
-    """A volume in transit: its voxels in a shared-memory block, the rest pickled."""
+    """A volume in transit: its voxels in a shared-memory block, the rest pickled.
+
+    ``spare`` is the pooled block the worker was offered and could not use (too small).
+    """
 
     block: str
     shape: tuple[int, ...]
     fields: dict[str, Any]
+    spare: str | None = None
 
 
 def _load_path(path: str) -> Volume:
-    from cbirlib.io import load_volume
+    from cbirlib.io import load_volume  # lazy: nibabel, imported in the workers only
 
     return load_volume(path)
 
@@ -79,21 +91,72 @@ def _as_loader(item: object) -> Callable[[], Volume]:
     )
 
 
-def _read_in_worker(loader: Callable[[], Volume]) -> _Packed:
-    """Run in a worker process: load, and put the voxels in a new shared-memory block."""
+_SHM_DIR = Path("/dev/shm")
+#: Blocks are files in /dev/shm (Linux), named with this prefix; elsewhere
+#: :mod:`multiprocessing.shared_memory` blocks, used once each.
+_PREFIX = "cbirlib-"
+#: Blocks a worker keeps mapped (most recently used first), to refill without page faults.
+_WORKER_MAPPINGS = 8
+_mapped: OrderedDict[str, mmap.mmap] = OrderedDict()
+
+
+def _pooled() -> bool:
+    return _SHM_DIR.is_dir()
+
+
+def _init_worker() -> None:
+    """Worker start: glibc keeps freed memory for the next volume instead of unmapping it.
+
+    Every volume allocates the same large buffers (the inflated file, the float32
+    array); by default glibc maps each one fresh and unmaps it when freed, so every
+    volume pays page faults on all of its bytes (as much time as inflating, measured in
+    ``benchmarks/ingest_throughput.py``). Elsewhere than glibc this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: large buffers come from the heap
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: freed heap stays for reuse
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def _map_block(name: str, size: int | None = None) -> mmap.mmap:
+    """Map the block ``name`` (creating it with ``size`` bytes when given)."""
+    path = _SHM_DIR / name
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if size is not None else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if size is not None:
+            os.ftruncate(fd, size)
+        return mmap.mmap(fd, size if size is not None else os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _worker_block(offered: str | None, nbytes: int) -> tuple[str, mmap.mmap]:
+    """A block of at least ``nbytes`` bytes: the offered one, or a new one."""
+    if offered is not None:
+        mapping = _mapped.pop(offered, None) or _map_block(offered)
+        _mapped[offered] = mapping
+        if len(mapping) >= nbytes:
+            _mapped.move_to_end(offered, last=False)
+            return offered, mapping
+    name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+    _mapped[name] = mapping = _map_block(name, max(1, nbytes))
+    _mapped.move_to_end(name, last=False)
+    while len(_mapped) > _WORKER_MAPPINGS:
+        _mapped.popitem()[1].close()
+    return name, mapping
+
+
+def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) -> _Packed:
+    """Run in a worker process: load, and copy the voxels into a shared-memory block."""
     volume = loader()
     if not isinstance(volume, Volume):
         raise VolumeSourceError(
             f"read_volumes: loader {loader!r} returned a {type(volume).__name__!r}, not a Volume"
         )
     array = volume.array
-    block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
-    try:
-        np.ndarray(array.shape, np.float32, buffer=block.buf)[...] = array
-        # the consumer frees the block: this process must not track (and unlink) it
-        resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
-    finally:
-        block.close()
     fields = {
         "id": volume.id,
         "spacing": volume.spacing,
@@ -102,42 +165,103 @@ def _read_in_worker(loader: Callable[[], Volume]) -> _Packed:
         "modality": volume.modality,
         "affine": volume.affine,
     }
-    return _Packed(block.name, tuple(array.shape), fields)
-
-
-_SHM_DIR = Path("/dev/shm")
-
-
-def _unpack(packed: _Packed) -> Volume:
-    """The volume of a packed one; its block is freed (unlinked) here."""
-    mapped = _SHM_DIR / packed.block.lstrip("/")
-    if mapped.is_file():  # Linux: map the block; the array owns the mapping, no copy
-        fd = os.open(mapped, os.O_RDWR)
+    if not _pooled():  # pragma: no cover - other systems: a new block, copied out once
+        block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
         try:
-            size = int(np.prod(packed.shape)) * 4
-            buffer = mmap.mmap(fd, max(1, size))
-        finally:
-            os.close(fd)
-            mapped.unlink()
-        array = np.frombuffer(buffer, np.float32, count=size // 4).reshape(packed.shape)
-    else:  # pragma: no cover - other systems: copy out of the block
-        block = shared_memory.SharedMemory(name=packed.block)
-        try:
-            array = np.ndarray(packed.shape, np.float32, buffer=block.buf).copy()
+            np.ndarray(array.shape, np.float32, buffer=block.buf)[...] = array
+            # the consumer frees the block: this process must not track (and unlink) it
+            resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
         finally:
             block.close()
-            block.unlink()
-    return Volume(array=array, **packed.fields)
+        return _Packed(block.name, tuple(array.shape), fields)
+    name, mapping = _worker_block(offered, array.nbytes)
+    np.ndarray(array.shape, np.float32, buffer=mapping)[...] = array
+    return _Packed(name, tuple(array.shape), fields, None if name == offered else offered)
 
 
-def _free(packed: _Packed) -> None:
+class _Blocks:
+    """The consumer's shared-memory blocks of one run, reused once a volume is dropped.
+
+    A volume's array is a view of its block; when the last reference to it goes (the
+    array and every view of it), the block returns to the free list and the next read
+    fills it, with no new mapping on either side. At most ``keep`` free blocks are
+    kept (the largest); the others are unlinked. :meth:`close` unlinks every block:
+    arrays still held stay valid (their mapping lives until they are dropped).
+    """
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._maps: dict[str, mmap.mmap] = {}
+        self._free: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def offer(self) -> str | None:
+        """The largest free block for the next read (None: the worker makes one)."""
+        with self._lock:
+            if not self._free:
+                return None
+            self._free.sort(key=lambda n: len(self._maps[n]))
+            return self._free.pop()
+
+    def volume(self, packed: _Packed) -> Volume:
+        """The volume of ``packed``; its array is a view of the block."""
+        if packed.spare is not None:
+            self.release(packed.spare)
+        with self._lock:
+            mapping = self._maps.get(packed.block)
+            if mapping is None:
+                mapping = self._maps[packed.block] = _map_block(packed.block)
+                resource_tracker.register("/" + packed.block, "shared_memory")
+        flat = np.frombuffer(mapping, np.float32, count=int(np.prod(packed.shape)))
+        # every view of ``flat`` (reshapes, slices, torch.from_numpy) holds it as its base
+        weakref.finalize(flat, self.release, packed.block).atexit = False
+        return Volume(array=flat.reshape(packed.shape), **packed.fields)
+
+    def release(self, name: str) -> None:
+        """Return a block to the free list (or unlink it)."""
+        with self._lock:
+            if self._closed or name not in self._maps:  # unlinked, or never mapped here
+                with suppress(FileNotFoundError):
+                    (_SHM_DIR / name).unlink()
+                return
+            self._free.append(name)
+            if len(self._free) > self._keep:  # unlink the smallest
+                self._free.sort(key=lambda n: len(self._maps[n]))
+                self._unlink(self._free.pop(0))
+
+    def close(self) -> None:
+        """Unlink every block; held arrays stay valid."""
+        with self._lock:
+            self._closed = True
+            for name in list(self._maps):
+                self._unlink(name)
+            self._free.clear()
+
+    def _unlink(self, name: str) -> None:
+        self._maps.pop(name, None)  # the mapping lives on in the views that hold it
+        try:
+            (_SHM_DIR / name).unlink()
+        except FileNotFoundError:
+            return
+        resource_tracker.unregister("/" + name, "shared_memory")
+
+
+def _free(packed: _Packed) -> None:  # pragma: no cover - not Linux
     block = shared_memory.SharedMemory(name=packed.block)
     block.close()
     block.unlink()
 
 
-def _submit(pool: Executor, loader: Callable[[], Volume]) -> Future[_Packed]:
-    return pool.submit(_read_in_worker, loader)
+def _unpack_copy(packed: _Packed) -> Volume:  # pragma: no cover - not Linux
+    """The volume of a packed one, copied out of its block, which is freed."""
+    block = shared_memory.SharedMemory(name=packed.block)
+    try:
+        array = np.ndarray(packed.shape, np.float32, buffer=block.buf).copy()
+    finally:
+        block.close()
+        block.unlink()
+    return Volume(array=array, **packed.fields)
 
 
 def read_volumes(
@@ -198,15 +322,42 @@ def read_volumes(
 def _read(
     loaders: Iterable[Callable[[], Volume]], workers: int, ahead: int
 ) -> Generator[Volume, None, None]:
-    pool = ProcessPoolExecutor(min(workers, ahead), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        min(workers, ahead),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+    )
+    blocks = _Blocks(keep=ahead) if _pooled() else None
     hint = (
         "loaders must be importable in a fresh process: module-level functions or "
         "functools.partial of them, not lambdas or local functions"
     )
+
+    def submit(executor: Executor, loader: Callable[[], Volume]) -> Future[_Packed]:
+        offered = blocks.offer() if blocks is not None else None
+        future = executor.submit(_read_in_worker, loader, offered)
+        if offered is not None and blocks is not None:
+            pooled, block = blocks, offered
+
+            def give_back(done: Future[_Packed]) -> None:  # the read failed or never ran
+                if done.cancelled() or done.exception() is not None:
+                    pooled.release(block)
+
+            future.add_done_callback(give_back)
+        return future
+
+    def discard(packed: _Packed) -> None:
+        if blocks is None:  # pragma: no cover - not Linux
+            _free(packed)
+            return
+        blocks.release(packed.block)
+        if packed.spare is not None:
+            blocks.release(packed.spare)
+
     try:
-        with closing(run_ahead(loaders, pool, _submit, ahead=ahead, discard=_free)) as packed:
+        with closing(run_ahead(loaders, pool, submit, ahead=ahead, discard=discard)) as packed:
             for item in packed:
-                yield _unpack(item)
+                yield blocks.volume(item) if blocks is not None else _unpack_copy(item)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         if not isinstance(exc, pickle.PicklingError) and "pickle" not in str(exc):
             raise  # a loader's own error, raised in the worker
@@ -218,3 +369,6 @@ def _read(
             "read_volumes: a reading worker process died (killed, out of memory, or a "
             f"loader it could not unpickle); {hint}"
         ) from None
+    finally:
+        if blocks is not None:
+            blocks.close()

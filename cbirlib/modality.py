@@ -61,8 +61,10 @@ FAT_HU = -50.0
 CT_MAX_HU = 4000.0
 #: ...and spans at least this many units between its 0.5th and 99.5th percentiles.
 CT_MIN_SPREAD = 100.0
-#: Voxels sampled (with a fixed seed) from large volumes by :func:`guess_modality`.
-GUESS_SAMPLES = 1 << 21
+#: Voxels sampled (evenly spaced through the array) from large volumes by
+#: :func:`guess_modality`: enough for its 0.5th/99.5th percentiles and air fraction,
+#: and cheap beside reading the file (a few ms for a 512x512x300 CT).
+GUESS_SAMPLES = 1 << 18
 
 _ALIASES = {"MRI": "MR", "MRT": "MR", "UNKNOWN": UNKNOWN, "": UNKNOWN}
 #: The DICOM Modality (0008,0060) defined terms (PS3.3 C.7.3.1.1.1), current and retired.
@@ -187,8 +189,8 @@ def normalize_modality(value: str) -> str:
 
 def _sample(array: npt.ArrayLike) -> npt.NDArray[np.float32]:
     flat = np.asarray(array, dtype=np.float32).reshape(-1)
-    if flat.size > GUESS_SAMPLES:
-        flat = flat[np.random.default_rng(0).integers(0, flat.size, GUESS_SAMPLES)]
+    if flat.size > GUESS_SAMPLES:  # evenly spaced, in memory order (no random gather)
+        flat = flat[np.linspace(0, flat.size - 1, GUESS_SAMPLES).astype(np.intp)]
     finite = flat[np.isfinite(flat)]
     if finite.size == 0:
         raise InvalidVolumeError("cannot guess the modality of a volume without finite voxels")
@@ -210,7 +212,7 @@ def guess_modality(array: npt.ArrayLike) -> str:
 
     The guess cannot tell every case (a skull-stripped CT with a zero background reads
     as ``"MR"``); pass the modality to the reader when it is known. Large volumes are
-    judged on a fixed random sample of :data:`GUESS_SAMPLES` voxels (deterministic).
+    judged on :data:`GUESS_SAMPLES` evenly spaced voxels (deterministic).
 
     Parameters
     ----------

@@ -91,7 +91,7 @@ def test_a_read_error_comes_at_its_position(nifti_files: list[Path], tmp_path: P
 
 
 def _blocks() -> set[str]:
-    return {p for p in os.listdir("/dev/shm") if p.startswith("psm_")}
+    return {p for p in os.listdir("/dev/shm") if p.startswith(("psm_", "cbirlib-"))}
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory in /dev/shm")
@@ -101,6 +101,32 @@ def test_closing_early_frees_the_volumes_read_ahead(nifti_files: list[Path]) -> 
     assert next(stream).n_slices > 0
     stream.close()  # three or four volumes were read ahead and never consumed
     assert _blocks() - before == set()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory in /dev/shm")
+def test_blocks_are_reused_and_views_held_keep_their_voxels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(8):  # same shape (each fits the others' blocks), distinct voxels
+        files.append(tmp_path / f"v{i}.nii.gz")
+        voxels = rng.integers(-1000, 1000, (24, 20, 6)).astype(np.int16)
+        nib.save(nib.Nifti1Image(voxels, np.eye(4)), files[-1])
+    want = reference(files, monkeypatch)
+    before = _blocks()
+    seen: set[str] = set()
+    held = []
+    for i, volume in enumerate(read_volumes(files, workers=2, ahead=2)):
+        seen |= _blocks() - before
+        if i % 2:  # keep only a view of every other volume; drop the Volume itself
+            held.append((i, volume.array[1:, ::2]))
+        del volume
+    # blocks of dropped volumes were refilled: fewer blocks than reads
+    assert 0 < len(seen) < len(files)
+    assert _blocks() - before == set()  # all unlinked at the end, views still valid
+    for i, view in held:
+        assert view.tobytes() == want[i].array[1:, ::2].tobytes()
 
 
 def test_bad_sources_and_settings_are_named() -> None:

@@ -27,6 +27,7 @@ from cbirlib.extractors.baseline import BaselineExtractor
 from cbirlib.index import ExactIndex, SliceIndex, build_index, load_index
 from cbirlib.io import guess_modality, load_volume
 from cbirlib.modality import (
+    GUESS_SAMPLES,
     effective_modality,
     modality_for,
     normalize_modality,
@@ -148,7 +149,7 @@ def test_guess_needs_finite_voxels() -> None:
 def test_guess_is_deterministic_on_large_volumes() -> None:
     big = np.tile(ct_chest(n=4, size=32), (1, 1, 1))
     big = np.concatenate([big] * 600)  # 2.4 M voxels: sampled
-    assert big.size > 2**21
+    assert big.size > GUESS_SAMPLES
     assert {guess_modality(big) for _ in range(3)} == {"CT"}
 
 
