@@ -33,7 +33,7 @@ import pickle
 import secrets
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -187,22 +187,25 @@ class _Blocks:
     fills it, with no new mapping on either side. At most ``keep`` free blocks are
     kept (the largest); the others are unlinked. :meth:`close` unlinks every block:
     arrays still held stay valid (their mapping lives until they are dropped).
+
+    Returned blocks are queued (:meth:`release` only appends, so it is safe from a
+    finalizer in any thread, even inside this class's own locked code) and taken into
+    the free list by :meth:`offer` and :meth:`close`.
     """
 
     def __init__(self, keep: int) -> None:
         self._keep = keep
         self._maps: dict[str, mmap.mmap] = {}
         self._free: list[str] = []
+        self._returned: deque[str] = deque()
         self._lock = threading.Lock()
         self._closed = False
 
     def offer(self) -> str | None:
         """The largest free block for the next read (None: the worker makes one)."""
         with self._lock:
-            if not self._free:
-                return None
-            self._free.sort(key=lambda n: len(self._maps[n]))
-            return self._free.pop()
+            self._take_returned()
+            return self._free.pop() if self._free else None
 
     def volume(self, packed: _Packed) -> Volume:
         """The volume of ``packed``; its array is a view of the block."""
@@ -219,24 +222,29 @@ class _Blocks:
         return Volume(array=flat.reshape(packed.shape), **packed.fields)
 
     def release(self, name: str) -> None:
-        """Return a block to the free list (or unlink it)."""
-        with self._lock:
-            if self._closed or name not in self._maps:  # unlinked, or never mapped here
-                with suppress(FileNotFoundError):
-                    (_SHM_DIR / name).unlink()
-                return
-            self._free.append(name)
-            if len(self._free) > self._keep:  # unlink the smallest
-                self._free.sort(key=lambda n: len(self._maps[n]))
-                self._unlink(self._free.pop(0))
+        """Return a block: it joins the free list (or is unlinked) at the next offer."""
+        self._returned.append(name)
 
     def close(self) -> None:
         """Unlink every block; held arrays stay valid."""
         with self._lock:
             self._closed = True
+            self._take_returned()
             for name in list(self._maps):
                 self._unlink(name)
             self._free.clear()
+
+    def _take_returned(self) -> None:
+        while self._returned:
+            name = self._returned.popleft()
+            if self._closed or name not in self._maps:  # unlinked, or never mapped here
+                with suppress(FileNotFoundError):
+                    (_SHM_DIR / name).unlink()
+                continue
+            self._free.append(name)
+        self._free.sort(key=lambda n: len(self._maps[n]))  # smallest first
+        while len(self._free) > self._keep:
+            self._unlink(self._free.pop(0))
 
     def _unlink(self, name: str) -> None:
         self._maps.pop(name, None)  # the mapping lives on in the views that hold it
