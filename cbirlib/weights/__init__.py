@@ -38,9 +38,8 @@ Examples
 from __future__ import annotations
 
 from cbirlib._files import sha256_file
+from cbirlib.weights import cache as _cache
 from cbirlib.weights.cache import (
-    CACHE_ENV,
-    OFFLINE_ENV,
     cache_dir,
     hub_cache_dir,
     hub_errors,
@@ -57,6 +56,14 @@ from cbirlib.weights.checkpoint import (
 )
 from cbirlib.weights.downloads import download, download_path, resolve_file
 from cbirlib.weights.options import check_weights, parse_weights_options
+
+# bound here, with their docstrings, so that the API page of cbirlib.weights lists them
+# (Sphinx reads an attribute's docstring beside its assignment in the documented module)
+CACHE_ENV = _cache.CACHE_ENV
+"""Environment variable that overrides the download cache directory."""
+
+OFFLINE_ENV = _cache.OFFLINE_ENV
+"""Environment variable that forbids downloads from URLs (as ``HF_HUB_OFFLINE`` does)."""
 
 __all__ = [
     "CACHE_ENV",
