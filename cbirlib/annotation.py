@@ -41,7 +41,7 @@ from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES
 from cbirlib.volume import Volume
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cbirlib.index.base import SliceMatches
+    from cbirlib.index.matches import SliceMatches
 
 __all__ = ["Annotation", "Extent", "LabeledIndex", "annotate", "annotate_embeddings"]
 

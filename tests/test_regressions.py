@@ -83,7 +83,7 @@ def test_plugin_failing_with_any_exception_is_skipped(
     assert [i.name for i in list_extractors()] == ["baseline"]
 
 
-# weights.py: a cached file is re-checked against sha256
+# weights/downloads.py: a cached file is re-checked against sha256
 def test_cached_download_rechecked_against_sha256(tmp_path: Path) -> None:
     src = tmp_path / "w.bin"
     src.write_bytes(b"good")
@@ -94,7 +94,7 @@ def test_cached_download_rechecked_against_sha256(tmp_path: Path) -> None:
         download(src.as_uri(), sha256=sha256_file(src), directory=cache)
 
 
-# weights.py: torch.load must use weights_only=True (no code runs while unpickling)
+# weights/checkpoint.py: torch.load must use weights_only=True (no code runs while unpickling)
 class _Boom:
     """Unpickling it creates the file named by $CBIRLIB_TEST_PWNED (a harmless side effect)."""
 

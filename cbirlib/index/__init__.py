@@ -26,12 +26,13 @@ Examples
 """
 
 from cbirlib.errors import ExtractorMismatchWarning
-from cbirlib.index.base import BaseIndex, SliceMatches
+from cbirlib.index.base import BaseIndex
 from cbirlib.index.build import build_index, build_milvus_index, check_resumable
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.exact import ExactIndex
 from cbirlib.index.hnsw import SliceIndex
 from cbirlib.index.load import load_index, open_index
+from cbirlib.index.matches import SliceMatches
 from cbirlib.index.meta import FORMAT_VERSION, IndexMeta, check_compatible, read_meta
 from cbirlib.index.milvus import MilvusIndex
 

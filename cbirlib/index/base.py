@@ -2,8 +2,9 @@
 
 :class:`BaseIndex` holds everything :class:`~cbirlib.index.SliceIndex` (HNSW) and
 :class:`~cbirlib.index.ExactIndex` (brute force) have in common; a subclass supplies the
-search backend and where vectors live. Also defines the search result
-(:class:`SliceMatches`) and the brute-force kernel (:func:`exact_search`).
+search backend and where vectors live. The search result (:class:`SliceMatches`) and
+the brute-force kernel (:func:`exact_search`) live in :mod:`cbirlib.index.matches`, the
+key files in :mod:`cbirlib.index.keyfiles`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -39,14 +39,13 @@ from cbirlib.index.config import HnswConfig
 from cbirlib.index.files import (
     META_NAME,
     atomic_write_dir,
-    load_npy,
     pinned_dir,
-    read_json,
     resolve_dir,
     save_in_progress,
-    save_npy,
     write_json,
 )
+from cbirlib.index.keyfiles import StoredKeys, read_keys, write_keys
+from cbirlib.index.matches import SliceMatches, exact_search
 from cbirlib.index.meta import (
     FORMAT_VERSION,
     IndexMeta,
@@ -65,94 +64,11 @@ logger = logging.getLogger(__name__)
 
 _LOAD_ATTEMPTS = 40  # reads of an index that saves keep replacing, before giving up
 META_KEYS = ("slice_index", "z_mm", "informative")
-#: Per-volume modality codes, aligned with ``volumes.npy``; absent in older indexes.
-MODALITY_FILE = "modalities.npy"
-INFORMATIVE_FILE = "informative.npy"  # absent in indexes written before the flags
-#: Per-volume provenance (:class:`~cbirlib.provenance.Source` as JSON, ``null``:
-#: unknown), aligned with ``volumes.npy``; absent in older indexes.
-SOURCES_FILE = "sources.json"
-#: Per-slice structure sets, ``(n_labels, 13)`` uint8 bits over the 104 v1 classes
-#: (:func:`cbirlib.labels.pack_labels`); absent in indexes written before labels.
-LABELS_FILE = "labels.npy"
-#: Per-volume packed set of the classes its labels cover, ``(n_volumes, 13)`` uint8,
-#: aligned with ``volumes.npy``; all zero: an unlabeled volume.
-LABEL_CLASSES_FILE = "label_classes.npy"
 _NO_CLASSES = np.zeros(PACKED_BYTES, np.uint8)
 
 __all__ = ["BaseIndex", "SliceMatches", "exact_search", "parse_slice_meta"]
 
 _T = TypeVar("_T", bound="BaseIndex")
-
-
-@dataclass(frozen=True)
-class SliceMatches:
-    """Result of :meth:`SliceIndex.search`: ``k`` nearest slices for each query row.
-
-    All arrays have shape ``(n_queries, k)``; rows are sorted by descending score.
-    ``informative`` says whether each matched slice is informative (see
-    :mod:`cbirlib.informative`); ``None`` (a backend that does not store the flags)
-    means all are.
-    """
-
-    volume_ids: npt.NDArray[np.object_]
-    slice_indices: I64
-    scores: F32
-    z_mm: npt.NDArray[np.float64]
-    informative: npt.NDArray[np.bool_] | None = None
-    #: ``(n_queries, k, 13)`` uint8 packed structure sets of the matched slices
-    #: (:func:`cbirlib.labels.pack_labels`), None from a backend without labels.
-    labels: npt.NDArray[np.uint8] | None = None
-    #: ``(n_queries, k, 13)`` uint8 packed classes the matched slice's volume has labels
-    #: for (all zero: an unlabeled volume); None with ``labels``.
-    label_known: npt.NDArray[np.uint8] | None = None
-
-    @property
-    def k(self) -> int:
-        """Number of matches per query."""
-        return int(self.scores.shape[1])
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-
-def _sorted_topk(scores: F32, labels: I64, k: int) -> tuple[I64, F32]:
-    """Per row, the ``k`` best (score descending, label ascending on ties)."""
-    if scores.shape[1] > k:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        scores = np.take_along_axis(scores, part, axis=1)
-        labels = np.take_along_axis(labels, part, axis=1)
-    order = np.lexsort((labels, -scores), axis=-1)
-    return np.take_along_axis(labels, order, axis=1), np.take_along_axis(scores, order, axis=1)
-
-
-def exact_search(
-    queries: F32,
-    rows: npt.NDArray[Any],
-    labels: I64,
-    k: int,
-    *,
-    alive: npt.NDArray[np.bool_] | None = None,
-    block: int = 65536,
-) -> tuple[I64, F32]:
-    """Brute-force cosine top-``k`` of unit ``queries`` against unit ``rows``.
-
-    ``rows`` may be float16 (converted block by block); rows where ``alive`` is False
-    are skipped. ``k`` must not exceed the number of alive rows.
-    """
-    best_l = np.zeros((len(queries), 0), np.int64)
-    best_s = np.zeros((len(queries), 0), np.float32)
-    for start in range(0, len(rows), block):
-        chunk = np.asarray(rows[start : start + block], dtype=np.float32)
-        scores = queries @ chunk.T
-        if alive is not None:
-            scores[:, ~alive[start : start + block]] = -np.inf
-        cand = np.broadcast_to(labels[start : start + block], scores.shape)
-        best_l, best_s = _sorted_topk(
-            np.concatenate([best_s, scores], axis=1),
-            np.concatenate([best_l, cand], axis=1),
-            k,
-        )
-    return best_l, best_s
 
 
 def parse_slice_meta(
@@ -597,21 +513,19 @@ class BaseIndex(VolumeRecords, ABC):
 
             def write(directory: Path) -> None:
                 n_labels = self._next_label
-                save_npy(directory / "volumes.npy", np.array(list(self._spans), dtype=np.str_))
-                spans = np.array(list(self._spans.values()), np.int64).reshape(-1, 2)
-                save_npy(directory / "spans.npy", spans)
-                codes = [self._modality.get(v, UNKNOWN) for v in self._spans]
-                save_npy(directory / MODALITY_FILE, np.array(codes, dtype=np.str_))
-                self._save_sources(directory)
-                save_npy(directory / "slice_index.npy", self._slice_index[:n_labels])
-                save_npy(directory / "z_mm.npy", self._z_mm[:n_labels])
-                save_npy(directory / INFORMATIVE_FILE, self._informative[:n_labels])
-                save_npy(directory / LABELS_FILE, self._labels[:n_labels])
                 classes = [self._label_classes.get(v, _NO_CLASSES) for v in self._spans]
-                save_npy(
-                    directory / LABEL_CLASSES_FILE,
-                    np.array(classes, np.uint8).reshape(-1, PACKED_BYTES),
+                keys = StoredKeys(
+                    volumes=list(self._spans),
+                    spans=np.array(list(self._spans.values()), np.int64).reshape(-1, 2),
+                    modalities=[self._modality.get(v, UNKNOWN) for v in self._spans],
+                    sources=[self._source.get(v) for v in self._spans],
+                    label_classes=np.array(classes, np.uint8).reshape(-1, PACKED_BYTES),
+                    slice_index=self._slice_index[:n_labels],
+                    z_mm=self._z_mm[:n_labels],
+                    informative=self._informative[:n_labels],
+                    labels=self._labels[:n_labels],
                 )
+                write_keys(directory, keys)
                 self._backend_save(directory)
                 files = {
                     f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
@@ -742,100 +656,22 @@ class BaseIndex(VolumeRecords, ABC):
         index._apply_ef()
         return index
 
-    def _load_modalities(self, directory: Path, meta: IndexMeta) -> list[str]:
-        """Per-volume modalities; ``"unknown"`` for each volume of an older index."""
-        if MODALITY_FILE not in meta.files:
-            return [UNKNOWN] * meta.n_volumes
-        codes = _modality_codes(load_npy(directory / MODALITY_FILE), meta.n_volumes)
-        if codes is None:
-            raise IndexFormatError(
-                f"index file {str(directory / MODALITY_FILE)!r} does not match meta.json counts"
-            )
-        return codes
-
-    def _save_sources(self, directory: Path) -> None:
-        """``sources.json``: one entry (or null) per volume, in ``volumes.npy`` order."""
-        entries = [
-            None if (src := self._source.get(v)) is None else src.to_dict() for v in self._spans
-        ]
-        write_json(directory / SOURCES_FILE, entries)
-
-    def _load_sources(self, directory: Path, meta: IndexMeta) -> list[Source | None]:
-        """Per-volume sources; ``None`` for each volume of an index without the file."""
-        if SOURCES_FILE not in meta.files:
-            return [None] * meta.n_volumes
-        raw = read_json(directory / SOURCES_FILE)
-        try:
-            if not isinstance(raw, list) or len(raw) != meta.n_volumes:
-                raise TypeError("not one entry per volume")
-            return [None if e is None else Source.from_dict(e) for e in raw]
-        except (TypeError, AttributeError) as exc:
-            raise IndexFormatError(
-                f"index file {str(directory / SOURCES_FILE)!r} does not match meta.json "
-                f"counts or is malformed: {exc}"
-            ) from None
-
     def _load_keys(self, directory: Path, meta: IndexMeta) -> None:
-        n_labels, n_vol = meta.n_labels, meta.n_volumes
-        volumes = load_npy(directory / "volumes.npy")
-        spans = load_npy(directory / "spans.npy")
-        slice_index = load_npy(directory / "slice_index.npy")
-        z_mm = load_npy(directory / "z_mm.npy")
-        # indexes written before the flags existed: every slice is informative
-        flags = (
-            load_npy(directory / INFORMATIVE_FILE)
-            if INFORMATIVE_FILE in meta.files
-            else np.ones(n_labels, bool)
-        )
-        # indexes written before labels were stored: every volume is unlabeled
-        has_labels = LABELS_FILE in meta.files and LABEL_CLASSES_FILE in meta.files
-        bits = (
-            load_npy(directory / LABELS_FILE)
-            if has_labels
-            else np.zeros((n_labels, PACKED_BYTES), np.uint8)
-        )
-        classes = (
-            load_npy(directory / LABEL_CLASSES_FILE)
-            if has_labels
-            else np.zeros((n_vol, PACKED_BYTES), np.uint8)
-        )
-        checks = [
-            ("volumes.npy", volumes.dtype.kind == "U" and volumes.shape == (n_vol,)),
-            ("spans.npy", spans.dtype == np.int64 and spans.shape == (n_vol, 2)),
-            ("slice_index.npy", slice_index.dtype == np.int64 and slice_index.shape == (n_labels,)),
-            ("z_mm.npy", z_mm.dtype == np.float64 and z_mm.shape == (n_labels,)),
-            (INFORMATIVE_FILE, flags.dtype == np.bool_ and flags.shape == (n_labels,)),
-            (LABELS_FILE, bits.dtype == np.uint8 and bits.shape == (n_labels, PACKED_BYTES)),
-            (
-                LABEL_CLASSES_FILE,
-                classes.dtype == np.uint8 and classes.shape == (n_vol, PACKED_BYTES),
-            ),
-        ]
-        if n_vol and ((spans[:, 0] < 0).any() or (spans.sum(axis=1) > n_labels).any()):
-            checks.append(("spans.npy", False))
-        if volumes.shape == (n_vol,) and len(set(volumes.tolist())) != n_vol:
-            raise IndexFormatError(
-                f"index file {str(directory / 'volumes.npy')!r} lists a volume id twice"
-            )
-        if n_vol and spans.shape == (n_vol, 2) and _spans_overlap(spans):
-            raise IndexFormatError(
-                f"index file {str(directory / 'spans.npy')!r} gives two volumes the same slices"
-            )
-        if n_vol and spans.shape == (n_vol, 2) and int(spans[:, 1].sum()) != meta.n_slices:
-            checks.append(("spans.npy", False))
-        for name, ok in checks:
-            if not ok:
-                raise IndexFormatError(
-                    f"index file {str(directory / name)!r} does not match meta.json counts"
-                )
+        keys = read_keys(directory, meta)
+        n_labels = meta.n_labels
         self._reserve(n_labels)
-        self._slice_index[:n_labels] = slice_index
-        self._z_mm[:n_labels] = z_mm
-        self._informative[:n_labels] = flags
-        self._labels[:n_labels] = bits
-        codes = self._load_modalities(directory, meta)
-        origins = self._load_sources(directory, meta)
-        rows = zip(volumes.tolist(), spans.tolist(), codes, origins, classes, strict=True)
+        self._slice_index[:n_labels] = keys.slice_index
+        self._z_mm[:n_labels] = keys.z_mm
+        self._informative[:n_labels] = keys.informative
+        self._labels[:n_labels] = keys.labels
+        rows = zip(
+            keys.volumes,
+            keys.spans.tolist(),
+            keys.modalities,
+            keys.sources,
+            keys.label_classes,
+            strict=True,
+        )
         for vid, (start, n), code, origin, known in rows:
             self._spans[vid] = (start, n)
             self._modality[vid] = code
@@ -845,7 +681,7 @@ class BaseIndex(VolumeRecords, ABC):
                 self._label_classes[vid] = known.copy()
             self._alive[start : start + n] = True
         self._next_label = n_labels
-        self._n_entries = int(spans[:, 1].sum()) if n_vol else 0
+        self._n_entries = int(keys.spans[:, 1].sum()) if meta.n_volumes else 0
 
 
 def _check_granularity(granularity: str) -> None:
@@ -873,28 +709,9 @@ def _packed(
         raise LabelsError(f"volume {volume_id!r}: {exc}") from None
 
 
-def _modality_codes(raw: npt.NDArray[Any], n_vol: int) -> list[str] | None:
-    """``modalities.npy`` as codes, or None when it does not fit ``n_vol`` volumes."""
-    if raw.dtype.kind != "U" or raw.shape != (n_vol,):
-        return None
-    try:
-        return [normalize_modality(str(c)) for c in raw.tolist()]
-    except SettingError:
-        return None
-
-
 def _named(exc: Exception, pinned: Path, directory: Path) -> SliceIndexError:
     """``exc`` as a :class:`SliceIndexError` naming ``directory`` (not its fd alias)."""
     message = str(exc).replace(str(pinned), str(directory))
     if isinstance(exc, SliceIndexError):
         return type(exc)(message)
     return IndexFormatError(f"index {str(directory)!r} is unreadable: {' '.join(message.split())}")
-
-
-def _spans_overlap(spans: I64) -> bool:
-    """Whether any two ``(start, n)`` spans share a label (or a count is negative)."""
-    if (spans[:, 1] < 0).any():
-        return True
-    order = np.argsort(spans[:, 0], kind="stable")
-    starts, ends = spans[order, 0], spans[order].sum(axis=1)
-    return bool((starts[1:] < ends[:-1]).any())

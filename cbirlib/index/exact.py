@@ -18,7 +18,8 @@ import numpy as np
 
 from cbirlib._typing import F32, I64
 from cbirlib.errors import IndexFormatError
-from cbirlib.index.base import BaseIndex, exact_search
+from cbirlib.index.base import BaseIndex
+from cbirlib.index.matches import exact_search
 from cbirlib.index.meta import IndexMeta
 from cbirlib.index.store import STORE_FILE, VectorStore, load_store
 

@@ -58,9 +58,10 @@ from cbirlib.errors import (
     SliceIndexError,
     VolumeNotInIndexError,
 )
-from cbirlib.index.base import SliceMatches, parse_slice_meta
+from cbirlib.index.base import parse_slice_meta
 from cbirlib.index.config import HnswConfig
 from cbirlib.index.files import META_NAME, read_json, write_json
+from cbirlib.index.matches import SliceMatches
 from cbirlib.index.meta import check_compatible, normalise_config
 from cbirlib.index.volumes import VolumeRecords
 from cbirlib.labels import SliceLabels
