@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._typing import F64
 from cbirlib.errors import LabelsError, SettingError
 from cbirlib.informative import slice_flags
 from cbirlib.labels import PACKED_BYTES, SliceLabels
@@ -47,7 +48,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Annotation", "Extent", "LabeledIndex", "annotate", "annotate_embeddings"]
 
 Granularity = Literal["fine", "coarse"]
-F64 = npt.NDArray[np.float64]
 _N_FINE = len(TOTALSEG_V1_CLASSES)
 _COARSE_NAMES: tuple[str, ...] = tuple(sorted(set(COARSE_GROUPS.values())))
 
