@@ -18,12 +18,22 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["DICOM_SUFFIXES", "NIFTI_SUFFIXES", "is_dicom_file", "nifti_stem", "sha256_file"]
+__all__ = [
+    "DICOM_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "TOTALSEG_IMAGE_FILES",
+    "is_dicom_file",
+    "nifti_stem",
+    "sha256_file",
+]
 
 #: File name endings read as NIfTI.
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 #: File name endings of DICOM files (a file without one is DICOM if it holds ``DICM``).
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".ima", ".dicom")
+#: The image file of a TotalSegmentator subject folder (CT layout first, then MRI) -> the
+#: modality the layout states for it.
+TOTALSEG_IMAGE_FILES: dict[str, str] = {"ct.nii.gz": "CT", "mri.nii.gz": "MR"}
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 22) -> str:

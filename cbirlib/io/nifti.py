@@ -19,7 +19,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from cbirlib._files import NIFTI_SUFFIXES, nifti_stem
+from cbirlib._files import NIFTI_SUFFIXES, TOTALSEG_IMAGE_FILES, nifti_stem
 from cbirlib._gzip import gunzip, gzip_backend
 from cbirlib.errors import (
     InvalidVolumeError,
@@ -146,7 +146,7 @@ def _warn_unknown_orientation(img: Any, path: Path) -> None:
 
 
 #: File names of TotalSegmentator images: their volume id is their folder's name.
-TOTALSEG_IMAGE_NAMES = ("ct.nii.gz", "mri.nii.gz")
+TOTALSEG_IMAGE_NAMES: tuple[str, ...] = tuple(TOTALSEG_IMAGE_FILES)
 
 
 def _default_nifti_id(path: Path, stem: str) -> str:
