@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["COMMAND", "MODES", "run"]
 
+#: ``cbirlib.benchmarking.MODES``, copied: importing that module would load pandas at
+#: the CLI start (``tests/test_benchmark.py`` keeps the two equal).
 MODES = ("slice", "volume", "region", "localized")
 
 
