@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._typing import F64
 from cbirlib.errors import LabelsError, SettingError
+from cbirlib.informative import slice_flags
 from cbirlib.labels import PACKED_BYTES, SliceLabels
 from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES
 from cbirlib.volume import Volume
@@ -46,7 +48,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Annotation", "Extent", "LabeledIndex", "annotate", "annotate_embeddings"]
 
 Granularity = Literal["fine", "coarse"]
-F64 = npt.NDArray[np.float64]
 _N_FINE = len(TOTALSEG_V1_CLASSES)
 _COARSE_NAMES: tuple[str, ...] = tuple(sorted(set(COARSE_GROUPS.values())))
 
@@ -403,7 +404,6 @@ def annotate(
     to_config = getattr(extractor, "to_config", None)
     if callable(check) and callable(to_config):
         check(to_config(), dim=getattr(extractor, "dim", None))
-    from cbirlib.informative import slice_flags
 
     emb = np.asarray(extractor.extract(volume), dtype=np.float32)
     flags = slice_flags(extractor, volume)
@@ -427,6 +427,6 @@ def _extractor_for(index: LabeledIndex) -> _Embedder:
         raise SettingError(
             "the index records no extractor config; pass extractor= (the one it was built with)"
         )
-    from cbirlib.plugins import create_extractor
+    from cbirlib.plugins import create_extractor  # lazy: torch
 
     return create_extractor(**config)

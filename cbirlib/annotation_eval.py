@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.annotation import Annotation, Granularity, LabeledIndex, extents_of
+from cbirlib.annotation import _COARSE_NAMES, Annotation, Granularity, LabeledIndex, extents_of
 from cbirlib.errors import EvaluationError, LabelsError
 from cbirlib.labels import SliceLabels
-from cbirlib.structures import COARSE_GROUPS
+from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -176,9 +176,6 @@ def position_baseline(
     Learned from the labeled volumes of ``reference``: the share of their slices at
     relative position ``i / (n - 1)`` (in ``bins`` bins) that contain each structure.
     """
-    from cbirlib.annotation import _COARSE_NAMES
-    from cbirlib.structures import TOTALSEG_V1_CLASSES
-
     names = TOTALSEG_V1_CLASSES if granularity == "fine" else _COARSE_NAMES
     hits = np.zeros((bins, len(names)))
     seen = np.zeros(bins)

@@ -55,7 +55,9 @@ from typing import Any, cast
 import pandas as pd
 
 from cbirlib._progress import progress
-from cbirlib.errors import CbirError, EvaluationError
+from cbirlib.aggregate import TopSlice
+from cbirlib.datasets import TotalSegmentator
+from cbirlib.errors import CbirError, EvaluationError, SharedWeightsError, WeightsError
 from cbirlib.evaluation import (
     GRANULARITIES,
     MEAN_ROW,
@@ -67,7 +69,11 @@ from cbirlib.evaluation import (
 )
 from cbirlib.labels import SliceLabels
 from cbirlib.metrics import Metric, Truth, default_metrics
-from cbirlib.queries import EmbeddedQuery
+from cbirlib.presets import default_chain
+from cbirlib.queries import EmbeddedQuery, region_query
+from cbirlib.search import SliceSearch
+from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES, coarse_regions
+from cbirlib.weights import check_weights, hub_offline
 
 __all__ = ["MODES", "benchmark", "system_name"]
 
@@ -114,8 +120,6 @@ def _chain(
     normalize: str | None = None,
 ) -> Any:
     """The default chain (:func:`cbirlib.presets.default_chain`), re-ranking ``top``."""
-    from cbirlib.presets import default_chain
-
     extra = {} if normalize is None else {"normalize": normalize}
     return default_chain(
         search, top=top, rerank=rerank, candidates=top, localize=localize, trim=trim, **extra
@@ -151,8 +155,6 @@ def _region_queries(
     volumes: Sequence[Any], granularity: Granularity, groups: Mapping[str, str]
 ) -> list[Any]:
     """One region query per (query volume, structure it contains) at ``granularity``."""
-    from cbirlib.queries import region_query
-
     out = []
     for volume in volumes:
         labels = volume.labels if granularity == "fine" else volume.labels.grouped(groups)
@@ -300,9 +302,6 @@ def benchmark(
         (:class:`~cbirlib.errors.SharedWeightsError`), or an extractor that takes no
         weights given some; raised before any volume is read.
     """
-    from cbirlib.datasets import TotalSegmentator
-    from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES, coarse_regions
-
     modes = _as_tuple(modes, "mode", MODES)
     if level is not None:
         granularity = _deprecated_level(granularity, level)
@@ -397,9 +396,7 @@ def _create_extractors(
     force: bool,
 ) -> dict[str, Any]:
     """Every requested extractor, its weights checked, before any volume is read."""
-    from cbirlib.errors import SharedWeightsError, WeightsError
-    from cbirlib.plugins import create_extractor
-    from cbirlib.weights import check_weights, hub_offline
+    from cbirlib.plugins import create_extractor  # lazy: torch
 
     names = list(dict.fromkeys(names))
     if "weights" in options:
@@ -464,9 +461,7 @@ def _run_extractor(
     verbose: bool | None,
 ) -> list[pd.DataFrame]:
     """Index the database with one extractor and evaluate every requested mode."""
-    from cbirlib.aggregate import TopSlice
-    from cbirlib.index.build import build_index
-    from cbirlib.search import SliceSearch
+    from cbirlib.index.build import build_index  # lazy: hnswlib
 
     path = work / f"index-{_slug(name)}"
     sources = [(s, partial(dataset.load, s, labels=False)) for s in database_ids]

@@ -49,6 +49,7 @@ from cbirlib.hits import Hits
 from cbirlib.labels import SliceLabels
 from cbirlib.metrics import Metric, Truth, aggregate, as_hits
 from cbirlib.pipeline import Retriever
+from cbirlib.structures import COARSE_GROUPS
 from cbirlib.volume import Volume
 
 __all__ = [
@@ -162,8 +163,6 @@ def truth_for(
     out = Truth(database=base.database, queries=labels, regions=regions)
     if granularity == "coarse":
         if groups is None:
-            from cbirlib.structures import COARSE_GROUPS
-
             groups = COARSE_GROUPS
         out = out.grouped(groups)
     return out

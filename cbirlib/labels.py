@@ -23,13 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._text import did_you_mean
 from cbirlib.errors import (
     LabelsError,
     MaskShapeError,
     SliceOutOfRangeError,
     UnknownStructureError,
 )
-from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_hint, did_you_mean, match_name
+from cbirlib.structures import TOTALSEG_V1_CLASSES, coarse_hint, match_name
 
 
 @dataclass(frozen=True, eq=False)

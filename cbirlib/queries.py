@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._text import did_you_mean
 from cbirlib.errors import (
     CbirError,
     EvaluationError,
@@ -46,7 +47,6 @@ from cbirlib.modality import effective_modality
 from cbirlib.structures import (
     COARSE_GROUPS,
     coarse_hint,
-    did_you_mean,
     match_name,
     resolve_structure,
 )

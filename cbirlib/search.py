@@ -40,6 +40,7 @@ from cbirlib.errors import (
     PipelineError,
 )
 from cbirlib.hits import Hits
+from cbirlib.informative import slice_flags
 from cbirlib.modality import UNKNOWN, effective_modality
 from cbirlib.pipeline import SearchContext, SliceStore, Stage, StageLevel
 from cbirlib.queries import EmbeddedQuery, EmbeddedRegion, RegionVolume, region_query
@@ -198,8 +199,6 @@ class SliceSearch(Stage):
         if isinstance(vol, EmbeddedQuery):
             flags = vol.informative
             return flags[slices] if flags is not None else np.ones(len(slices), dtype=bool)
-        from cbirlib.informative import slice_flags
-
         return slice_flags(self.extractor, vol, slices=slices)
 
     def transform(self, hits: Hits, context: SearchContext) -> Hits:

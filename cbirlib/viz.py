@@ -41,6 +41,8 @@ import numpy.typing as npt
 
 from cbirlib.errors import CbirError
 from cbirlib.hits import Hits
+from cbirlib.modality import effective_modality
+from cbirlib.preprocess import window_bounds
 from cbirlib.volume import Volume
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,9 +104,6 @@ def _check_plane(plane: str) -> None:
 
 def _bounds(volume: Volume, window: str | tuple[float, float]) -> tuple[float, float]:
     """Display window of a volume: the named CT window, or percentiles for other modalities."""
-    from cbirlib.modality import effective_modality
-    from cbirlib.preprocess import window_bounds
-
     is_ct = effective_modality(volume.modality, volume.array) == "CT"
     return window_bounds(volume.array, window if is_ct else "percentile")
 
@@ -518,7 +517,7 @@ def _path_loader(hits: Hits, root: str | os.PathLike[str] | None) -> VolumeSourc
     def load(volume_id: str) -> Volume:
         from pathlib import Path
 
-        from cbirlib.io import load_volume
+        from cbirlib.io import load_volume  # lazy: nibabel, pydicom
 
         path = where.get(volume_id, "")
         if not path:

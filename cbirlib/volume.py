@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._files import nifti_stem
 from cbirlib.errors import InvalidVolumeError, MaskShapeError, SettingError
 from cbirlib.labels import SliceLabels
 from cbirlib.modality import UNKNOWN, normalize_modality
@@ -334,8 +335,7 @@ class Volume:
         import nibabel as nib
 
         target = Path(path)
-        name = target.name.lower()
-        stem = next((target.name[: -len(s)] for s in (".nii.gz", ".nii") if name.endswith(s)), None)
+        stem = nifti_stem(target)
         if stem is None:
             raise SettingError(f"{str(target)!r}: a volume is saved as .nii or .nii.gz")
         nib.save(self.to_nibabel(), target)

@@ -209,6 +209,14 @@ def test_queries_never_in_database(phantoms: Path, run: tuple[dict, Path, list[i
     assert set(index.volume_ids) == set(dataset.subjects) - test_ids
 
 
+def test_the_cli_offers_the_benchmark_modes() -> None:
+    # the CLI keeps its own copy (no pandas at its start); the library owns the list
+    from cbirlib import benchmarking
+    from cbirlib.cli import benchmark as cli_benchmark
+
+    assert cli_benchmark.MODES == benchmarking.MODES
+
+
 def test_bad_arguments_are_named(phantoms: Path) -> None:
     with pytest.raises(EvaluationError, match="'volumes'"):
         benchmark(phantoms, modes=("volumes",), verbose=False)

@@ -40,6 +40,25 @@ def test_discover_volumes_splits_a_multi_series_dicom_folder(tmp_path) -> None:
     assert all(found[v]().id == v for v in found)
 
 
+def test_dicom_files_named_ima_or_dicom_without_preamble_are_found(tmp_path) -> None:
+    # the readers' rule (any of .dcm/.ima/.dicom, or the DICM marker): a Siemens-style
+    # folder of .IMA files without the preamble is a series here too, not a data folder
+    rng = np.random.default_rng(2)
+    array = rng.integers(-1000, 1000, size=(4, 6, 5)).astype(np.float32)
+    series = tmp_path / "siemens"
+    write_dicom_series(series, array)
+    for i, path in enumerate(sorted(series.iterdir())):
+        data = path.read_bytes()
+        assert data[128:132] == b"DICM"
+        path.unlink()
+        (series / f"{path.stem}.{('IMA', 'dicom')[i % 2]}").write_bytes(data[132:])
+    assert not any(p.suffix == ".dcm" for p in series.iterdir())
+    found = dict(discover_volumes(tmp_path))
+    assert sorted(found) == ["siemens"]
+    np.testing.assert_array_equal(found["siemens"]().array, array)
+    np.testing.assert_array_equal(open_volume(series).array, array)
+
+
 def test_discover_volumes_errors(tmp_path) -> None:
     with pytest.raises(VolumeNotFoundError, match="does not exist"):
         discover_volumes(tmp_path / "nope")

@@ -175,26 +175,6 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     assert _layer("cbirlib.cli") > _layer("cbirlib.errors")  # type: ignore[operator]
 
 
-#: Modules whose function-local cbirlib imports were not yet reviewed (owned by other
-#: work this session); remove a module from here once each of its local imports either
-#: moved to the top or carries a comment saying why it stays local.
-NOT_YET_REVIEWED = {
-    "cbirlib.annotation",
-    "cbirlib.annotation_eval",
-    "cbirlib.benchmarking",
-    "cbirlib.cli.annotate",
-    "cbirlib.cli.benchmark",
-    "cbirlib.cli.demo",
-    "cbirlib.cli.find",
-    "cbirlib.cli.query",
-    "cbirlib.evaluation",
-    "cbirlib.extractors.timm",
-    "cbirlib.ingest",
-    "cbirlib.search",
-    "cbirlib.viz",
-}
-
-
 def _unexplained_local_imports(path: Path) -> list[int]:
     """Lines of function-local ``cbirlib`` imports with no comment on or above them."""
     source = path.read_text(encoding="utf-8")
@@ -229,9 +209,8 @@ def test_function_local_imports_say_why() -> None:
     # a function-local import guards a real cycle or keeps `import cbirlib` and the CLI
     # start cheap (torch, hnswlib, nibabel, ...); a comment says which, else it goes on top
     bare = [
-        f"{module}:{line}"
+        f"{_module_name(path)}:{line}"
         for path in sorted(PACKAGE.rglob("*.py"))
-        if (module := _module_name(path)) not in NOT_YET_REVIEWED
         for line in _unexplained_local_imports(path)
     ]
     assert bare == []

@@ -7,19 +7,20 @@ import json
 from pathlib import Path
 from typing import TextIO
 
+from cbirlib.annotation import annotate
 from cbirlib.cli._command import Command
 from cbirlib.cli._options import add_modality_option, load_index, modality_setting, positive_int
 from cbirlib.cli._output import write
 from cbirlib.datasets.folders import open_volume
+from cbirlib.modality import modality_for
+from cbirlib.viz import annotation_figure
 
 __all__ = ["COMMAND", "run"]
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib annotate``: print the structures found in ``args.scan`` with their spans."""
-    from cbirlib.annotation import annotate
-    from cbirlib.modality import modality_for
-    from cbirlib.plugins import create_extractor
+    from cbirlib.plugins import create_extractor  # lazy: torch
 
     setting = modality_setting(args)
     index = load_index(Path(args.index_dir))
@@ -32,8 +33,6 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        from cbirlib.viz import annotation_figure
 
         figure = annotation_figure(volume, result)
         figure.savefig(args.png, dpi=120)

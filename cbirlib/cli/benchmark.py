@@ -17,20 +17,22 @@ from cbirlib.cli._options import (
 from cbirlib.cli._output import PROG, show_progress, write
 from cbirlib.datasets.folders import check_split_root
 from cbirlib.errors import UsageError
+from cbirlib.weights import parse_weights_options
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = ["COMMAND", "MODES", "run"]
 
+#: ``cbirlib.benchmarking.MODES``, copied: importing that module would load pandas at
+#: the CLI start (``tests/test_benchmark.py`` keeps the two equal).
 MODES = ("slice", "volume", "region", "localized")
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib benchmark``: the study protocol, printed as a summary."""
-    from cbirlib.benchmarking import benchmark
-    from cbirlib.tables import summary_table
-    from cbirlib.weights import parse_weights_options
+    from cbirlib.benchmarking import benchmark  # lazy: pandas
+    from cbirlib.tables import summary_table  # lazy: pandas (via cbirlib.evaluation)
 
     if args.command == "evaluate":
         sys.stderr.write(
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _systems(extractors: list[str]) -> list[str]:
-    from cbirlib.benchmarking import system_name
+    from cbirlib.benchmarking import system_name  # lazy: pandas
 
     return [system_name(e, r) for e in extractors for r in (False, True)]
 
@@ -81,7 +83,7 @@ def _check_baseline(args: argparse.Namespace) -> None:
         )
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"--alpha must lie between 0 and 1, got {args.alpha}")
-    from cbirlib.significance import paired_p_value
+    from cbirlib.significance import paired_p_value  # lazy: pandas (via cbirlib.evaluation)
 
     paired_p_value([0.0, 1.0], [1.0, 0.0])  # raises OptionalDependencyError without ranx
 
@@ -92,7 +94,7 @@ def _print_comparison(
     """Deltas and paired p-values against ``--baseline``, printed (and written as CSV)."""
     import numpy as np
 
-    from cbirlib.significance import compare_tables
+    from cbirlib.significance import compare_tables  # lazy: pandas (via cbirlib.evaluation)
 
     table = compare_tables(
         result,

@@ -20,12 +20,15 @@ from cbirlib.cli._options import (
     positive_int,
 )
 from cbirlib.cli._output import print_results, result_rows, show_progress, write
-from cbirlib.errors import CliError
+from cbirlib.datasets import TotalSegmentator, make_phantoms
+from cbirlib.errors import CliError, StructureNotPresentError, UnknownStructureError
+from cbirlib.search import region_query
+from cbirlib.structures import COARSE_GROUPS
+from cbirlib.viz import montage
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from cbirlib.datasets.totalsegmentator import TotalSegmentator
     from cbirlib.extractor import Extractor
     from cbirlib.pipeline import Pipeline
     from cbirlib.volume import Volume
@@ -34,7 +37,7 @@ __all__ = ["COMMAND", "run"]
 
 
 def _pick_demo_extractor(name: str, options: dict[str, Any]) -> Extractor:
-    from cbirlib.plugins import list_extractors
+    from cbirlib.plugins import list_extractors  # lazy: torch
 
     # a substring pattern checks the weights of the matching extractors only (cheap)
     match = [i for i in list_extractors(name) if i.name == name or name in i.aliases]
@@ -61,10 +64,8 @@ def _recall_table(
     """Volume recall@1, region recall@1 and localized recall for :data:`DEMO_TABLE`."""
     import pandas as pd
 
-    from cbirlib.evaluation import MEAN_ROW, evaluate
-    from cbirlib.metrics import LocalizedRecall, Metric, RegionRecall, VolumeRecall
-    from cbirlib.search import region_query
-    from cbirlib.structures import COARSE_GROUPS
+    from cbirlib.evaluation import MEAN_ROW, evaluate  # lazy: pandas
+    from cbirlib.metrics import LocalizedRecall, Metric, RegionRecall, VolumeRecall  # lazy: pandas
 
     regions = [
         region_query(volume, structure)
@@ -94,9 +95,6 @@ def _recall_table(
 def _demo_data(root: Path, args: argparse.Namespace, out: TextIO) -> TotalSegmentator:
     """The demo's phantoms: reused when ``root`` holds a demo with the same settings."""
     import shutil
-
-    from cbirlib.datasets import make_phantoms
-    from cbirlib.datasets.totalsegmentator import TotalSegmentator
 
     marker = root / "demo.json"
     shape = (args.size, args.size)
@@ -129,9 +127,6 @@ def _demo_data(root: Path, args: argparse.Namespace, out: TextIO) -> TotalSegmen
 
 def _demo_query(data: TotalSegmentator, test: Sequence[str], structure: str) -> Volume:
     """The first held-out subject whose labels contain ``structure`` (fine or coarse)."""
-    from cbirlib.errors import StructureNotPresentError, UnknownStructureError
-    from cbirlib.search import region_query
-
     for subject in test:
         volume = data.load(subject)
         try:
@@ -147,10 +142,8 @@ def _demo_query(data: TotalSegmentator, test: Sequence[str], structure: str) -> 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib demo``: phantoms, an index, a volume and a region query, a montage."""
-    from cbirlib.evaluation import format_table
-    from cbirlib.index import build_index
-    from cbirlib.search import region_query
-    from cbirlib.viz import montage
+    from cbirlib.evaluation import format_table  # lazy: pandas
+    from cbirlib.index import build_index  # lazy: hnswlib
 
     # every argument is checked before anything slow runs
     if args.subjects < 3:

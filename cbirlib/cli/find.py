@@ -16,7 +16,7 @@ __all__ = ["COMMAND", "run"]
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``cbirlib find``: rank the archive's volumes that contain ``args.structure``."""
-    from cbirlib.finder import find
+    from cbirlib.finder import find  # lazy: hnswlib (via cbirlib.index)
 
     structure = canonical_structure(args.structure)
     archive = load_index(Path(args.index_dir))

@@ -20,6 +20,12 @@ from cbirlib.cli._options import (
 from cbirlib.cli._output import print_results, result_rows, show_progress, write
 from cbirlib.datasets.folders import open_volume
 from cbirlib.errors import CliError, UsageError
+from cbirlib.fusion import Fuse
+from cbirlib.modality import modality_for
+from cbirlib.pipeline import Cutoff
+from cbirlib.search import region_query
+from cbirlib.structures import TOTALSEG_V1_CLASSES
+from cbirlib.viz import montage
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.hits import Hits
@@ -45,10 +51,6 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _query_volume(args: argparse.Namespace, path: str) -> tuple[Volume, str | None, Any]:
     """The query read from ``path``: the volume (or its region), structure and span."""
-    from cbirlib.modality import modality_for
-    from cbirlib.search import region_query
-    from cbirlib.structures import TOTALSEG_V1_CLASSES
-
     modality = modality_for(path, modality_setting(args))
     wants_region = args.structure is not None
     query = open_volume(path, series_uid=args.series_uid, modality=modality, custom=wants_region)
@@ -102,7 +104,7 @@ def _score_kind(args: argparse.Namespace) -> str:
 
 def _index_chain(args: argparse.Namespace, index_dir: str) -> tuple[Pipeline, Any, str]:
     """The default chain on one index, with its own extractor: (chain, index, name)."""
-    from cbirlib.plugins import create_extractor
+    from cbirlib.plugins import create_extractor  # lazy: torch
 
     index = open_search_index(Path(index_dir))
     config = index.extractor_config
@@ -123,9 +125,6 @@ def _index_chain(args: argparse.Namespace, index_dir: str) -> tuple[Pipeline, An
 
 def _retriever(args: argparse.Namespace) -> tuple[Retriever, Any, str]:
     """The chain on INDEX, or the fusion of the chains on INDEX and every --fuse INDEX."""
-    from cbirlib.fusion import Fuse
-    from cbirlib.pipeline import Cutoff
-
     pipeline, index, name = _index_chain(args, args.index_dir)
     if not args.fuse:
         return pipeline, index, name
@@ -151,8 +150,6 @@ def _save_montage(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cbirlib.viz import montage
 
     located = hits.with_paths(index)
     missing = [v for v, p in zip(located.volume_id, located.extra["path"], strict=True) if not p]

@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cbirlib._files import is_dicom_file
 from cbirlib.datasets.totalsegmentator import (
     IMAGE_FILE,
     IMAGE_FILES,
@@ -47,18 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def is_dicom_file(path: Path) -> bool:
-    """Whether ``path`` is a DICOM file: a ``.dcm`` suffix or the ``DICM`` preamble marker."""
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with path.open("rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def is_totalsegmentator_root(path: Path) -> bool:

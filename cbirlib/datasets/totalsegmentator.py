@@ -57,6 +57,7 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._files import TOTALSEG_IMAGE_FILES
 from cbirlib._progress import progress
 from cbirlib._text import did_you_mean
 from cbirlib.datasets.label_cache import LabelCache
@@ -83,11 +84,11 @@ logger = logging.getLogger(__name__)
 
 #: Valid values of the ``split`` column of ``meta.csv``.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-IMAGE_FILE = "ct.nii.gz"
-#: The image of a subject in the TotalSegmentator MRI layout (read when ``ct.nii.gz`` is absent).
-MRI_IMAGE_FILE = "mri.nii.gz"
 #: Image file name -> the modality the layout states for it.
-IMAGE_FILES: dict[str, str] = {IMAGE_FILE: "CT", MRI_IMAGE_FILE: "MR"}
+IMAGE_FILES: dict[str, str] = TOTALSEG_IMAGE_FILES
+#: The image of a subject in the CT layout (``ct.nii.gz``) and in the MRI layout
+#: (``mri.nii.gz``, read when ``ct.nii.gz`` is absent).
+IMAGE_FILE, MRI_IMAGE_FILE = IMAGE_FILES
 #: ``modality=`` of :class:`TotalSegmentator`: None (the layout's), one modality for
 #: every subject, or a mapping subject id -> modality (key ``"*"``: the others).
 #: ``"unknown"`` guesses from the intensities (with a logged warning).

@@ -78,10 +78,12 @@ from cbirlib.extractor import SliceExtractor
 from cbirlib.hookspecs import Register, hookimpl
 from cbirlib.preprocess import INTERPOLATIONS, InputConfig, Window
 from cbirlib.weights import (
+    download_path,
     hub_cache_dir,
     hub_errors,
     hub_file_cached,
     hub_offline,
+    is_url,
     load_into,
     load_state_dict,
     strip_prefixes,
@@ -400,11 +402,7 @@ def _weights_available(weights: str | None, repo: str | None, local: Path | None
     if weights == RANDOM:
         return True
     if weights is not None:
-        from cbirlib.weights import is_url
-
         if is_url(weights):
-            from cbirlib.weights import download_path
-
             return weights.startswith("file:") or download_path(weights).is_file()
         return Path(weights).expanduser().is_file()
     if local is not None:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._typing import F64
 from cbirlib.errors import IndexFormatError
 from cbirlib.index.files import META_NAME, fsync_dir
 
@@ -72,8 +73,6 @@ CACHE_DIR = "annotations"
 MAX_FILES = 8
 #: Version of the file layout; a file of another version is a miss.
 _FORMAT = 1
-
-F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, eq=False)

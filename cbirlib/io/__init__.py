@@ -60,17 +60,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._files import NIFTI_SUFFIXES, is_dicom_file, nifti_stem
 from cbirlib.errors import MaskShapeError, VolumeReadError
 from cbirlib.io._canonical import TILT_WARN_DEGREES, _make_volume
-from cbirlib.io._paths import (
-    NIFTI_SUFFIXES,
-    NRRD_SUFFIXES,
-    _check_exists,
-    _is_dicom_file,
-    _unsupported,
-    nifti_stem,
-    nrrd_stem,
-)
+from cbirlib.io._paths import NRRD_SUFFIXES, _check_exists, _unsupported, nrrd_stem
 from cbirlib.io.dicom import (
     MAX_GAP_RATIO,
     ORIENTATION_TOL,
@@ -232,7 +225,7 @@ def load_volume(
         vid = id or stem
         found = given if given not in (None, UNKNOWN) else None
         where = "an NRRD file does not record it"
-    elif _is_dicom_file(p):
+    elif is_dicom_file(p):
         canon, tag, origin = _read_dicom_file(p)
         vid = id or p.stem
         found = given if given not in (None, UNKNOWN) else (tag if tag != UNKNOWN else None)

@@ -1,7 +1,8 @@
 """What a path names: the file-name rules shared by the readers.
 
 Which suffix is which format, and the errors for a path that does not exist or whose
-type no reader takes.
+type no reader takes. The NIfTI and DICOM rules live in :mod:`cbirlib._files` (code
+below the readers needs them too).
 """
 
 from __future__ import annotations
@@ -9,23 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cbirlib._files import DICOM_SUFFIXES, NIFTI_SUFFIXES
 from cbirlib.errors import VolumeNotFoundError, VolumeReadError
 
-#: File name endings read as NIfTI.
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 #: File name endings read as NRRD (``.nhdr``: a detached header).
 NRRD_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr")
-#: File name endings of DICOM files (a file without one is DICOM if it holds ``DICM``).
-DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".ima", ".dicom")
-
-
-def nifti_stem(path: str | os.PathLike[str]) -> str | None:
-    """File name without its NIfTI suffix, or None if it is not a NIfTI name."""
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return None
 
 
 def nrrd_stem(path: str | os.PathLike[str]) -> str | None:
@@ -41,17 +30,6 @@ def nrrd_stem(path: str | os.PathLike[str]) -> str | None:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return None
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """A DICOM suffix, or the ``DICM`` marker after the 128-byte preamble."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 def _unsupported(path: Path) -> VolumeReadError:

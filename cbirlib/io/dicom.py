@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._files import is_dicom_file
 from cbirlib.errors import (
     DicomSeriesError,
     MissingSliceError,
@@ -220,19 +221,18 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
 def _could_be_dicom(path: Path) -> bool:
     """Whether an unreadable file was probably meant to be a DICOM slice.
 
-    Empty files, files with a DICOM suffix and files with the ``DICM`` marker count;
-    other side files (``README``, ``notes.txt``, thumbnails) do not.
+    DICOM files (:func:`cbirlib._files.is_dicom_file`) and empty files count; hidden
+    files and other side files (``README``, ``notes.txt``, thumbnails) do not.
     """
     if path.name.startswith("."):
         return False
-    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+    if is_dicom_file(path):
         return True
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            return not fh.read(1)
     except OSError:
         return False
-    return not head or head[128:132] == b"DICM"
 
 
 def _is_dicomdir(path: Path, ds: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from cbirlib._files import NIFTI_SUFFIXES, TOTALSEG_IMAGE_FILES, nifti_stem
 from cbirlib._gzip import gunzip, gzip_backend
 from cbirlib.errors import (
     InvalidVolumeError,
@@ -26,7 +27,7 @@ from cbirlib.errors import (
     VolumeReadError,
 )
 from cbirlib.io._canonical import _Canonical, _canonical_zyx
-from cbirlib.io._paths import NIFTI_SUFFIXES, _check_exists, _unsupported, nifti_stem
+from cbirlib.io._paths import _check_exists, _unsupported
 from cbirlib.modality import UNKNOWN, normalize_modality
 
 __all__ = [
@@ -145,7 +146,7 @@ def _warn_unknown_orientation(img: Any, path: Path) -> None:
 
 
 #: File names of TotalSegmentator images: their volume id is their folder's name.
-TOTALSEG_IMAGE_NAMES = ("ct.nii.gz", "mri.nii.gz")
+TOTALSEG_IMAGE_NAMES: tuple[str, ...] = tuple(TOTALSEG_IMAGE_FILES)
 
 
 def _default_nifti_id(path: Path, stem: str) -> str:
