@@ -75,7 +75,7 @@ class _Packed:
 
 
 def _load_path(path: str) -> Volume:
-    from cbirlib.io import load_volume  # lazy: nibabel, imported in the workers only
+    from cbirlib.io import load_volume  # lazy: nibabel, pydicom, scipy (workers only)
 
     return load_volume(path)
 
