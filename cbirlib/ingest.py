@@ -142,7 +142,9 @@ def _worker_block(offered: str | None, nbytes: int) -> tuple[str, mmap.mmap]:
             _mapped.move_to_end(offered, last=False)
             return offered, mapping
     name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-    _mapped[name] = mapping = _map_block(name, max(1, nbytes))
+    # 25 % headroom, so that the next, slightly larger volume fits (untouched pages of a
+    # block take no memory)
+    _mapped[name] = mapping = _map_block(name, max(1, nbytes + nbytes // 4))
     _mapped.move_to_end(name, last=False)
     while len(_mapped) > _WORKER_MAPPINGS:
         _mapped.popitem()[1].close()
@@ -237,21 +239,22 @@ class _Blocks:
     def _take_returned(self) -> None:
         while self._returned:
             name = self._returned.popleft()
-            if self._closed or name not in self._maps:  # unlinked, or never mapped here
+            if name not in self._maps:  # a worker's block never mapped here
                 with suppress(FileNotFoundError):
                     (_SHM_DIR / name).unlink()
-                continue
-            self._free.append(name)
+            elif self._closed:
+                self._unlink(name)
+            else:
+                self._free.append(name)
         self._free.sort(key=lambda n: len(self._maps[n]))  # smallest first
         while len(self._free) > self._keep:
             self._unlink(self._free.pop(0))
 
     def _unlink(self, name: str) -> None:
-        self._maps.pop(name, None)  # the mapping lives on in the views that hold it
-        try:
-            (_SHM_DIR / name).unlink()
-        except FileNotFoundError:
+        if self._maps.pop(name, None) is None:  # the mapping lives on in the views
             return
+        with suppress(FileNotFoundError):
+            (_SHM_DIR / name).unlink()
         resource_tracker.unregister("/" + name, "shared_memory")
 
 
