@@ -68,11 +68,12 @@ from cbirlib.evaluation import (
     to_markdown,
 )
 from cbirlib.labels import SliceLabels
-from cbirlib.metrics import Metric, Truth, default_metrics
+from cbirlib.metrics import Metric, default_metrics
 from cbirlib.presets import default_chain
 from cbirlib.queries import EmbeddedQuery, region_query
 from cbirlib.search import SliceSearch
 from cbirlib.structures import COARSE_GROUPS, TOTALSEG_V1_CLASSES, coarse_regions
+from cbirlib.truth import Truth
 from cbirlib.weights import check_weights, hub_offline
 
 __all__ = ["MODES", "benchmark", "system_name"]

@@ -11,7 +11,8 @@ Examples
 >>> import numpy as np
 >>> from cbirlib.hits import Hits
 >>> from cbirlib.labels import SliceLabels
->>> from cbirlib.metrics import Truth, VolumeRecall
+>>> from cbirlib.metrics import VolumeRecall
+>>> from cbirlib.truth import Truth
 >>> from cbirlib.evaluation import evaluate, per_class_table, to_markdown
 >>> lab = lambda *rows: SliceLabels(("liver", "lung"), np.array(rows, dtype=bool))
 >>> truth = Truth(database={"a": lab([1, 0]), "b": lab([0, 1])},
@@ -47,9 +48,10 @@ from cbirlib._progress import progress
 from cbirlib.errors import EvaluationError, HitsTypeError
 from cbirlib.hits import Hits
 from cbirlib.labels import SliceLabels
-from cbirlib.metrics import Metric, Truth, aggregate, as_hits
+from cbirlib.metrics import Metric, aggregate, as_hits
 from cbirlib.pipeline import Retriever
 from cbirlib.structures import COARSE_GROUPS
+from cbirlib.truth import Truth
 from cbirlib.volume import Volume
 
 __all__ = [
@@ -120,7 +122,7 @@ def truth_for(
     queries
         The query volumes.
     truth
-        A :class:`~cbirlib.metrics.Truth` or just the database labels by volume id.
+        A :class:`~cbirlib.truth.Truth` or just the database labels by volume id.
     granularity
         ``"fine"`` keeps the labels as they are; ``"coarse"`` groups them with
         ``groups``.

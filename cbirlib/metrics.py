@@ -2,7 +2,7 @@
 
 Every metric is a small frozen dataclass with a ``name`` and a
 :meth:`~Metric.compute` method that turns a :class:`~cbirlib.hits.Hits` table and the
-ground truth (:class:`Truth`) into one value per ``(query, structure)`` pair. The
+ground truth (:class:`~cbirlib.truth.Truth`) into one value per ``(query, structure)`` pair. The
 metrics read the table's numpy columns directly; a DataFrame is refused with a
 :class:`~cbirlib.errors.HitsTypeError` (turn it back into a table with
 :meth:`Hits.from_pandas <cbirlib.hits.Hits.from_pandas>`). The values are
@@ -33,16 +33,17 @@ present in at least one of its slices:
   relevant database volume are NaN and left out of the means.
 
 Which structures a query is evaluated on: a region query (its id is a key of
-``Truth.regions``) only for the structure it was made for; any other query for
-every structure present in its own labels. Structures that no query contains do
-not appear in the results (they are missing/NaN, never 0).
+the :class:`~cbirlib.truth.Truth`'s ``regions``) only for the structure it was made
+for; any other query for every structure present in its own labels. Structures that no
+query contains do not appear in the results (they are missing/NaN, never 0).
 
 Examples
 --------
 >>> import numpy as np
 >>> from cbirlib.hits import Hits
 >>> from cbirlib.labels import SliceLabels
->>> from cbirlib.metrics import Truth, VolumeRecall, aggregate
+>>> from cbirlib.metrics import VolumeRecall, aggregate
+>>> from cbirlib.truth import Truth
 >>> lab = lambda *rows: SliceLabels(("liver", "lung"), np.array(rows, dtype=bool))
 >>> truth = Truth(
 ...     database={"a": lab([1, 0], [1, 0]), "b": lab([0, 1])},
@@ -56,8 +57,8 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -67,6 +68,7 @@ import pandas as pd
 from cbirlib.errors import EvaluationError, HitsTypeError
 from cbirlib.hits import Hits
 from cbirlib.labels import SliceLabels
+from cbirlib.truth import Truth
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -77,7 +79,6 @@ __all__ = [
     "Metric",
     "RegionRecall",
     "SliceRecall",
-    "Truth",
     "VolumeRecall",
     "aggregate",
     "as_hits",
@@ -86,95 +87,6 @@ __all__ = [
 
 #: Columns of the long table every :meth:`Metric.compute` returns.
 METRIC_COLUMNS = ("query_id", "structure", "value", "weight")
-
-
-# -- ground truth ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Truth:
-    """Ground truth for evaluation.
-
-    Parameters
-    ----------
-    database
-        Database volume id -> its :class:`~cbirlib.labels.SliceLabels`.
-    queries
-        Query id -> the labels of the query *as it was queried* (the slices that
-        ``query_slice`` indexes; for a region query, the labels of the slab).
-    regions
-        Region query id -> the structure the region query was made for. Queries not
-        in this mapping are volume queries.
-    """
-
-    database: Mapping[str, SliceLabels]
-    queries: Mapping[str, SliceLabels] = field(default_factory=dict)
-    regions: Mapping[str, str] = field(default_factory=dict)
-
-    def grouped(self, mapping: Mapping[str, str]) -> Truth:
-        """The same truth on grouped labels (e.g. fine -> coarse).
-
-        Region structures that are keys of ``mapping`` are mapped too; names that are
-        already group names are kept.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from cbirlib.labels import SliceLabels
-        >>> lab = SliceLabels(("lung_upper_lobe_left", "liver"), np.ones((2, 2), bool))
-        >>> t = Truth({"a": lab}, {"q": lab}, {"q": "lung_upper_lobe_left"})
-        >>> g = t.grouped({"lung_upper_lobe_left": "lung", "liver": "liver"})
-        >>> g.database["a"].names, dict(g.regions)
-        (('liver', 'lung'), {'q': 'lung'})
-        """
-        return Truth(
-            database={k: v.grouped(mapping) for k, v in self.database.items()},
-            queries={k: v.grouped(mapping) for k, v in self.queries.items()},
-            regions={k: mapping.get(c, c) for k, c in self.regions.items()},
-        )
-
-    def query_structures(self, query_id: str) -> frozenset[str]:
-        """The structures a query is evaluated on (see the module docstring)."""
-        if query_id in self.regions:
-            return frozenset({self.regions[query_id]})
-        return self.query_labels(query_id).volume_structures()
-
-    def query_labels(self, query_id: str) -> SliceLabels:
-        """Labels of a query; raises :class:`EvaluationError` if there are none."""
-        try:
-            return self.queries[query_id]
-        except KeyError:
-            raise EvaluationError(
-                f"no ground-truth labels for query {query_id!r}; "
-                f"known queries: {_preview(self.queries)}"
-            ) from None
-
-    def volume_labels(self, volume_id: str) -> SliceLabels:
-        """Labels of a database volume; raises :class:`EvaluationError` if unknown."""
-        try:
-            return self.database[volume_id]
-        except KeyError:
-            raise EvaluationError(
-                f"retrieved volume {volume_id!r} has no ground-truth labels; "
-                f"known database volumes: {_preview(self.database)}"
-            ) from None
-
-    def volume_contains(self, volume_id: str, structure: str) -> bool:
-        """Whether a database volume contains ``structure`` (False if it lacks the name)."""
-        cache: dict[str, frozenset[str]] = self.__dict__.setdefault("_structures", {})
-        if volume_id not in cache:
-            cache[volume_id] = self.volume_labels(volume_id).volume_structures()
-        return structure in cache[volume_id]
-
-    def n_relevant(self, structure: str) -> int:
-        """Number of database volumes that contain ``structure``."""
-        return sum(self.volume_contains(v, structure) for v in self.database)
-
-
-def _preview(keys: Mapping[str, object], n: int = 8) -> str:
-    names = sorted(keys)
-    more = f", ... ({len(names)} in all)" if len(names) > n else ""
-    return (", ".join(repr(k) for k in names[:n]) + more) if names else "none"
 
 
 # -- hits helpers --------------------------------------------------------------------------
@@ -412,7 +324,7 @@ class VolumeRecall:
 class RegionRecall:
     """Region-based recall@k: over region queries for ``c``, top ``k`` has a volume with ``c``.
 
-    Only queries listed in ``Truth.regions`` are evaluated.
+    Only queries listed in ``Truth.regions`` (:class:`~cbirlib.truth.Truth`) are evaluated.
 
     Examples
     --------

@@ -20,8 +20,9 @@ from cbirlib.evaluation import (
 )
 from cbirlib.hits import Hits
 from cbirlib.labels import SliceLabels
-from cbirlib.metrics import RegionRecall, Truth, VolumeRecall
+from cbirlib.metrics import RegionRecall, VolumeRecall
 from cbirlib.search import region_query
+from cbirlib.truth import Truth
 from cbirlib.volume import Volume
 
 NAMES = ("liver", "lung_upper_lobe_left", "lung_lower_lobe_left", "spleen")

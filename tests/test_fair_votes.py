@@ -17,8 +17,9 @@ from cbirlib.datasets import make_phantoms, reslice_z
 from cbirlib.errors import PipelineError
 from cbirlib.extractors.baseline import BaselineExtractor
 from cbirlib.localize import MAD_FLOOR, inlier_matches
-from cbirlib.metrics import LocalizationRatio, Truth
+from cbirlib.metrics import LocalizationRatio
 from cbirlib.pipeline import SearchContext
+from cbirlib.truth import Truth
 from tests.fakes import PositionExtractor, body_volume, build
 
 FAIR = [n for n in NORMALIZATIONS if n != "none"]

@@ -64,6 +64,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.annotation": 6,
     "cbirlib.annotation_eval": 7,
     "cbirlib.finder": 7,
+    "cbirlib.truth": 5,
     "cbirlib.metrics": 6,
     "cbirlib.evaluation": 7,
     "cbirlib.significance": 7,
