@@ -21,9 +21,22 @@ Milvus Lite the memory figures are those of its server process (a child of this 
 ``--parallel`` builds the hnswlib graph with every core (not reproducible; the default
 single-thread build is).
 
+``--exact`` also runs the chain on an :class:`~cbirlib.index.ExactIndex` over the same
+vectors and compares every stage of each backend with it: the slice search's recall@k
+(plain and tie-aware), the overlap of the MaxSim candidates, and the top 10 (plain and
+tie-aware: a volume counts when its MaxSim score is at least the exact chain's 10th
+minus 1e-6). It also compares each top 10 with the exhaustive MaxSim top 10 (every volume
+re-ranked), and prints how tied the exact chain's decisions are. ``--ef`` takes several
+values (one round of queries each). ``--milvus-reload`` then forces Milvus Lite to index
+every segment (it searches unindexed segments exactly, and indexes them in the
+background) and runs the queries again. ``--data anatomy`` uses ``index_scale.py``'s
+generator instead of the clustered one. Findings: ``docs/results/index_scale.md``.
+
 Usage: ``python benchmarks/region_query_latency.py [--n 300000] [--dim 384] [--cache DIR]
-[--backend hnsw|milvus|both] [--parallel] [--store-dtype float16]``
-(``--cache`` saves the built SliceIndex there and reuses it on later runs).
+[--backend hnsw|milvus|both] [--parallel] [--store-dtype float16] [--exact]
+[--ef 128 512] [--milvus-reload] [--data clustered|anatomy]``
+(``--cache`` saves the built SliceIndex there, one folder per size, M and
+ef_construction, and reuses it on later runs).
 """
 
 from __future__ import annotations
@@ -43,11 +56,12 @@ import numpy.typing as npt
 
 from cbirlib.aggregate import CountVotes
 from cbirlib.hits import Hits
-from cbirlib.index import HnswConfig, MilvusIndex, SliceIndex
+from cbirlib.index import ExactIndex, HnswConfig, MilvusIndex, SliceIndex
+from cbirlib.index.config import search_ef
 from cbirlib.labels import SliceLabels
 from cbirlib.localize import Localize
 from cbirlib.pipeline import Cutoff, SearchContext
-from cbirlib.rerank import MaxSimRerank
+from cbirlib.rerank import MaxSimRerank, maxsim_match
 from cbirlib.search import SliceSearch, region_query
 from cbirlib.volume import Volume
 
@@ -164,6 +178,7 @@ def build_hnsw(args: argparse.Namespace, vols: Volumes, cache: Path | None) -> S
     config = HnswConfig(
         M=args.M,
         ef_construction=args.ef_construction,
+        ef_search=args.ef[0],
         store_dtype=args.store_dtype,
         deterministic=not args.parallel,
     )
@@ -210,7 +225,7 @@ def build_hnsw(args: argparse.Namespace, vols: Volumes, cache: Path | None) -> S
 
 
 def build_milvus(args: argparse.Namespace, vols: Volumes, folder: Path) -> MilvusIndex:
-    config = HnswConfig(M=args.M, ef_construction=args.ef_construction)
+    config = HnswConfig(M=args.M, ef_construction=args.ef_construction, ef_search=args.ef[0])
     n = sum(len(x) for _, x in vols)
     uri = folder / "slices.db"
     index = MilvusIndex(
@@ -240,10 +255,28 @@ def build_milvus(args: argparse.Namespace, vols: Volumes, folder: Path) -> Milvu
     return index
 
 
+def reload_milvus(index: MilvusIndex) -> None:
+    """Flush, release and load the collection: Milvus Lite's ``load`` builds the HNSW
+    index of every sealed segment synchronously (otherwise a background thread does)."""
+    t0 = time.perf_counter()
+    client = index._client  # the engine directly: cbirlib has no such call
+    assert client is not None
+    client.flush(index.collection)
+    client.release_collection(index.collection)
+    client.load_collection(index.collection)
+    print(f"Milvus flush + release + load: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def time_queries(
-    index: Store, queries: list[tuple[Volume, F32]], args: argparse.Namespace
+    index: Store,
+    queries: list[tuple[Volume, F32]],
+    args: argparse.Namespace,
+    stages: list[list[Hits]] | None = None,
 ) -> list[list[str]]:
-    """Run the region queries through the chain; print latency; return each top 10."""
+    """Run the region queries through the chain; print latency; return each top 10.
+
+    ``stages``, when given, receives the output of every stage for every timed query.
+    """
     chain = (
         SliceSearch(PrecomputedOnly(), index, k=args.k, keep_blank=True)  # no voxels here
         >> CountVotes()
@@ -266,10 +299,14 @@ def time_queries(
         ctx.query_slices[region.id] = np.arange(len(region_emb), dtype=np.int64)
         h = Hits.empty("slice")
         times = []
+        if stages is not None and j > 0:
+            stages.append([])
         for st in chain.stages:
             t1 = time.perf_counter()
             h = st.transform(h, ctx)
             times.append(time.perf_counter() - t1)
+            if stages is not None and j > 0:
+                stages[-1].append(h)
         if j > 0:
             totals.append(total)
             stage_times[j - 1] = times
@@ -288,6 +325,122 @@ def time_queries(
     for st, col in zip(chain.stages, stage_times.T, strict=True):
         print(f"    {st!r:<24} median {np.median(col) * 1e3:7.2f} ms")
     return tops
+
+
+def build_exact(args: argparse.Namespace, vols: Volumes) -> ExactIndex:
+    """The exact (brute-force) reference over the same volumes."""
+    t0 = time.perf_counter()
+    index = ExactIndex(args.dim, extractor_config=PrecomputedOnly().to_config())
+    for vid, x in vols:
+        index.add(vid, x, slice_meta={"z_mm": np.arange(len(x)) * 1.5})
+    print(f"built ExactIndex in {time.perf_counter() - t0:.0f} s", flush=True)
+    return index
+
+
+def exhaustive_maxsim(
+    vols: Volumes, queries: list[tuple[Volume, F32]]
+) -> list[tuple[list[str], F32]]:
+    """MaxSim of every timed region query against *every* volume: the ranking the chain
+    approximates, as (volume ids best first, their scores)."""
+    names = [vid for vid, _ in vols]
+    offsets = np.concatenate([[0], np.cumsum([len(x) for _, x in vols])]).astype(np.int64)
+    matrix = np.concatenate([x for _, x in vols])
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)  # as the indexes store them
+    out = []
+    for _, emb in queries[1:]:
+        q = emb / np.linalg.norm(emb, axis=1, keepdims=True)  # as SliceSearch does
+        scores = maxsim_match(q, matrix, offsets).scores
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        out.append(([names[i] for i in order], scores[order].astype(np.float32)))
+    return out
+
+
+def _slice_keys(hits: Hits) -> dict[int, list[tuple[str, int]]]:
+    """Per query slice, its hits as (volume id, slice index), best first."""
+    out: dict[int, list[tuple[str, int]]] = {}
+    order = np.lexsort((hits.rank, hits.query_slice))
+    for i in order.tolist():
+        key = (str(hits.volume_id[i]), int(hits.slice_index[i]))
+        out.setdefault(int(hits.query_slice[i]), []).append(key)
+    return out
+
+
+def compare_with_exact(
+    name: str,
+    got: list[list[Hits]],
+    ref: list[list[Hits]],
+    ideal: list[tuple[list[str], F32]],
+    args: argparse.Namespace,
+    eps: float = 1e-6,
+) -> None:
+    """Each stage of a backend's chain against the same chain on the exact index.
+
+    Slice search: recall@k of the (volume, slice) hits of every query slice, and the
+    tie-aware recall (a hit counts when its similarity is at least the exact k-th best
+    minus ``eps``). CountVotes: overlap of the ``top`` candidates passed to MaxSim. Final
+    top 10: overlap with the exact chain's, and tie-aware (a volume counts when its
+    MaxSim score, computed on the same stored vectors, is at least the exact chain's
+    10th minus ``eps``). Also each top 10 against the exhaustive MaxSim top 10 (every
+    volume re-ranked), which no candidate stage can beat.
+    """
+    recall, tie_recall, cand, top10, top10_tie, same, vs_ideal = ([] for _ in range(7))
+    for g, r, (ideal_ids, _) in zip(got, ref, ideal, strict=True):
+        g_keys, r_keys = _slice_keys(g[0]), _slice_keys(r[0])
+        kth: dict[int, float] = {}
+        for qs in np.unique(r[0].query_slice).tolist():
+            rows = r[0].query_slice == qs
+            kth[qs] = float(r[0].score[rows].min())
+        for qs, keys in r_keys.items():
+            recall.append(len(set(keys) & set(g_keys.get(qs, []))) / len(keys))
+            rows = g[0].query_slice == qs
+            tie_recall.append(float((g[0].score[rows] >= kth[qs] - eps).sum()) / len(keys))
+        g_cand = {str(v) for v in g[1].volume_id[: args.top]}
+        r_cand = {str(v) for v in r[1].volume_id[: args.top]}
+        cand.append(len(g_cand & r_cand) / len(r_cand))
+        g_top, r_top = [str(v) for v in g[-1].volume_id], [str(v) for v in r[-1].volume_id]
+        top10.append(len(set(g_top) & set(r_top)) / 10)
+        top10_tie.append(float((g[-1].score >= r[-1].score.min() - eps).mean()))
+        same.append(g_top == r_top)
+        vs_ideal.append(len(set(g_top) & set(ideal_ids[:10])) / 10)
+    print(
+        f"{name} vs the exact chain ({len(got)} region queries, k={args.k}, ef={args.ef}, "
+        f"searched at ef={search_ef(args.ef, args.k)}): "
+        f"slice search recall@{args.k} {np.mean(recall):.4f} (min {np.min(recall):.2f}), "
+        f"tie-aware {np.mean(tie_recall):.4f}; MaxSim candidates (top {args.top}) "
+        f"overlap {np.mean(cand):.3f}; top 10 overlap {np.mean(top10):.3f}, tie-aware "
+        f"{np.mean(top10_tie):.3f}, identical order in {np.mean(same):.0%}; top 10 vs "
+        f"exhaustive MaxSim top 10: {np.mean(vs_ideal):.3f}",
+        flush=True,
+    )
+
+
+def describe_reference(
+    ref: list[list[Hits]], ideal: list[tuple[list[str], F32]], args: argparse.Namespace
+) -> None:
+    """How close the exact chain's decisions are: vote ties at the candidate cut-off,
+    MaxSim gaps at rank 10, and its own agreement with the exhaustive MaxSim top 10."""
+    tied, gap10, ideal_gap, vs_ideal, missed = [], [], [], [], []
+    for r, (ideal_ids, ideal_scores) in zip(ref, ideal, strict=True):
+        votes = r[1].score
+        cut = votes[min(args.top, len(votes)) - 1]
+        tied.append(int((votes == cut).sum()))
+        reranked = r[2].score
+        gap10.append(float(reranked[9] - reranked[10]) if len(reranked) > 10 else np.nan)
+        ideal_gap.append(float(ideal_scores[9] - ideal_scores[10]))
+        top = {str(v) for v in r[-1].volume_id}
+        vs_ideal.append(len(top & set(ideal_ids[:10])) / 10)
+        cands = {str(v) for v in r[1].volume_id[: args.top]}
+        missed.append(len(set(ideal_ids[:10]) - cands))
+    print(
+        f"exact chain: {np.median(tied):.0f} volumes (median; min {np.min(tied)}, max "
+        f"{np.max(tied)}) share the vote count of candidate {args.top} (ties broken by "
+        f"summed similarity); MaxSim gap rank 10 - 11 among the candidates median "
+        f"{np.nanmedian(gap10):.2e} (min {np.nanmin(gap10):.2e}); exhaustive MaxSim gap "
+        f"rank 10 - 11 median {np.median(ideal_gap):.2e} (min {np.min(ideal_gap):.2e}); "
+        f"top 10 vs exhaustive MaxSim top 10: {np.mean(vs_ideal):.3f} (of the exhaustive "
+        f"top 10, {np.mean(missed):.1f} on average not among the {args.top} candidates)",
+        flush=True,
+    )
 
 
 def make_queries(
@@ -318,42 +471,102 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--M", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=100)
+    parser.add_argument(
+        "--ef",
+        type=int,
+        nargs="+",
+        default=[HnswConfig().ef_search],
+        help="search ef (each value: one round of region queries per backend)",
+    )
     parser.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--parallel", action="store_true", help="multi-thread graph build")
     parser.add_argument("--backend", choices=["hnsw", "milvus", "both"], default="hnsw")
     parser.add_argument("--cache", default=None, help="directory to save / reuse the index")
+    parser.add_argument(
+        "--milvus-reload",
+        action="store_true",
+        help="then flush, release and load the Milvus collection (which builds the HNSW "
+        "index of every sealed segment) and run the queries again at every --ef",
+    )
+    parser.add_argument(
+        "--data",
+        choices=["clustered", "anatomy"],
+        default="clustered",
+        help="the generator: this script's clustered one, or index_scale.py's anatomy one",
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="also run the chain on an ExactIndex and compare every backend with it",
+    )
     args = parser.parse_args()
 
-    rng = np.random.default_rng(0)
-    c = centers(args.dim, rng)
+    import index_scale  # the sibling benchmark (it imports this one)
+
     t0 = time.perf_counter()
-    vols = make_volumes(args.n, c, rng)
+    if args.data == "clustered":
+        rng = np.random.default_rng(0)
+        c = centers(args.dim, rng)
+        vols = make_volumes(args.n, c, rng)
+        queries = make_queries(c, rng, args)
+    else:
+        vols = index_scale.anatomy_volumes(args.n, args.dim)
+        queries = index_scale.region_queries(args.dim, args.queries, args.query_slices)
     print(
-        f"{sum(len(x) for _, x in vols):,} synthetic slices in {len(vols):,} volumes, "
-        f"dim {args.dim} (raw float32 {sum(x.nbytes for _, x in vols) / 2**20:,.0f} MB), "
-        f"made in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} cores",
+        f"{sum(len(x) for _, x in vols):,} synthetic slices ({args.data}) in {len(vols):,} "
+        f"volumes, dim {args.dim} (raw float32 {sum(x.nbytes for _, x in vols) / 2**20:,.0f} "
+        f"MB), made in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} cores; "
+        f"{index_scale.data_check(vols, np.random.default_rng(2))}",
         flush=True,
     )
-    queries = make_queries(c, rng, args)
     tops: dict[str, list[list[str]]] = {}
+    ref: list[list[Hits]] = []
+    ideal: list[tuple[list[str], F32]] = []
+    if args.exact:
+        exact = build_exact(args, vols)
+        ideal = exhaustive_maxsim(vols, queries)
+        time_queries(exact, queries, args, stages=ref)
+        del exact
+        describe_reference(ref, ideal, args)
+
+    def run_backend(name: str, index: Store, efs: list[int]) -> None:
+        for ef in efs:
+            index.ef = ef
+            stages: list[list[Hits]] = []
+            tops[name if ef == args.ef[0] else f"{name} ef={ef}"] = time_queries(
+                index, queries, args, stages=stages
+            )
+            if ref:
+                compare_with_exact(
+                    name, stages, ref, ideal, argparse.Namespace(**{**vars(args), "ef": ef})
+                )
+
     if args.backend in ("hnsw", "both"):
-        cache = Path(args.cache) / f"n{args.n}_d{args.dim}" if args.cache else None
+        name = f"n{args.n}_d{args.dim}_M{args.M}_efc{args.ef_construction}"
+        if args.data != "clustered":
+            name = f"{args.data}_{name}"
+        cache = Path(args.cache) / name if args.cache else None
         index = build_hnsw(args, vols, cache)
-        tops["SliceIndex"] = time_queries(index, queries, args)
+        run_backend("SliceIndex", index, args.ef)
         del index
     if args.backend in ("milvus", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             milvus = build_milvus(args, vols, Path(tmp))
             try:
-                tops["MilvusIndex"] = time_queries(milvus, queries, args)
+                # Milvus Lite searches a segment exactly until a background thread has
+                # built its HNSW index: the first round may run on unindexed segments.
+                run_backend("MilvusIndex", milvus, args.ef[:1])
+                if args.milvus_reload:
+                    reload_milvus(milvus)
+                    run_backend("MilvusIndex (reloaded)", milvus, args.ef)
             finally:
                 milvus.drop()
-    if len(tops) == 2:
-        a, b = tops.values()
+    if "SliceIndex" in tops and "MilvusIndex" in tops:
+        a, b = tops["SliceIndex"], tops["MilvusIndex"]
         overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b, strict=True)])
         same = np.mean([x == y for x, y in zip(a, b, strict=True)])
         print(
-            f"top 10 of SliceIndex vs MilvusIndex: overlap {overlap:.3f}, "
+            f"top 10 of SliceIndex vs MilvusIndex (ef={args.ef[0]}): overlap {overlap:.3f}, "
             f"identical order in {same:.0%} of the queries"
         )
 

@@ -409,12 +409,41 @@ def test_search_retry_logs_a_warning_with_the_reason(caplog: pytest.LogCaptureFi
         got = index.search(q, k=len(index))
     retries = [r for r in caplog.records if "retrying with ef=" in r.getMessage()]
     assert retries and all(r.levelname == "WARNING" for r in retries)
-    assert "fewer than k=100 items at ef=1" in retries[0].getMessage()
+    # the first try runs at ef = 4 * k (search_ef), not at the index's ef = 1
+    assert "fewer than k=100 items at ef=400" in retries[0].getMessage()
     assert "contiguous" in retries[0].getMessage()  # hnswlib's own reason is kept
     want = model.search(q, k=len(model))
     np.testing.assert_array_equal(got.volume_ids, want.volume_ids)
     np.testing.assert_array_equal(got.slice_indices, want.slice_indices)
     np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+
+
+def test_search_for_many_neighbours_widens_ef_with_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/results/index_scale.md: a region query's SliceSearch(k=100) on the default
+    ef = 128 (hnswlib uses max(ef, k)) lost recall on low-contrast embeddings, and with it
+    region-query answers. A search for k neighbours now keeps at least 4 * k candidates."""
+    from cbirlib.index import config
+
+    rng = np.random.default_rng(0)
+    dim, noise = 64, 1.2  # 16 "body positions" along a path, slices = position + noise
+    path = np.cumsum(rng.normal(size=(16, dim)), axis=0) + 3 * rng.normal(size=(1, dim))
+    centres = unit(path)
+
+    def slices(n: int) -> np.ndarray:
+        x = centres[rng.integers(0, 16, n)] + noise / np.sqrt(dim) * rng.normal(size=(n, dim))
+        return unit(x).astype(np.float32)
+
+    x, queries = slices(5000), slices(50)
+    index = SliceIndex(dim)  # the default HnswConfig (ef_search = 128)
+    index.add("v", x)
+    want = np.sort(queries @ x.T, axis=1)[:, ::-1][:, :100]
+
+    assert config.search_ef(index.ef, 100) == 400 and config.search_ef(index.ef, 10) == 128
+    recall = _tie_aware_recall(index.search(queries, k=100).scores, want).mean()
+    assert recall >= 0.99
+    monkeypatch.setattr(config, "EF_PER_K", 1)  # the old rule, ef = max(ef, k) = 128
+    old = _tie_aware_recall(index.search(queries, k=100).scores, want).mean()
+    assert old < 0.98  # this data does tell the two apart (0.96 at ef = 128)
 
 
 def _tie_aware_recall(got: np.ndarray, want: np.ndarray) -> np.ndarray:

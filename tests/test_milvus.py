@@ -120,6 +120,27 @@ def test_search_and_vectors_match_exact_search(db: str) -> None:
     milvus.close()
 
 
+def test_searches_use_ef_of_at_least_4k(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As SliceIndex: a search for k neighbours keeps at least 4 * k candidates."""
+    rng = np.random.default_rng(2)
+    milvus = MilvusIndex(db, 8, collection="ef_floor")
+    for vid, x in _volumes(6, rng).items():
+        milvus.add(vid, x)
+    seen: list[int] = []
+    search = milvus._client.search
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["search_params"]["params"]["ef"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(milvus._client, "search", spy)
+    milvus.search(rng.normal(size=(2, 8)), k=5)  # the default ef = 128 is above 4 * 5
+    milvus.ef = 8
+    milvus.search(rng.normal(size=(2, 8)), k=5)
+    assert seen == [128, 20]
+    milvus.close()
+
+
 def test_metadata_fetched_with_the_vectors_never_goes_stale(db: str) -> None:
     rng = np.random.default_rng(4)
     x = rng.normal(size=(5, 8))

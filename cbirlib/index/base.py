@@ -193,7 +193,8 @@ class BaseIndex(VolumeRecords, ABC):
 
     @property
     def ef(self) -> int:
-        """Search candidate list size (saved with the index; at least ``k`` is used)."""
+        """Search candidate list size (saved with the index; a search for ``k`` uses at
+        least ``4 * k``, :func:`~cbirlib.index.config.search_ef`)."""
         return self._ef
 
     @ef.setter

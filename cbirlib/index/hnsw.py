@@ -34,6 +34,7 @@ import numpy.typing as npt
 from cbirlib._typing import F32, I64
 from cbirlib.errors import IndexFormatError
 from cbirlib.index.base import BaseIndex
+from cbirlib.index.config import search_ef
 from cbirlib.index.files import load_npy, save_npy
 from cbirlib.index.meta import IndexMeta
 from cbirlib.index.store import VectorStore, check_hnsw_layout, hnsw_file_vectors, load_store
@@ -206,8 +207,10 @@ class SliceIndex(BaseIndex):
         return vectors[rows]
 
     def _backend_search(self, queries: F32, k: int) -> tuple[I64, F32]:
-        ef = self._ef
         k_graph = min(k, self._n_live_elements)  # elements; each has >= 1 live slice
+        ef = search_ef(self._ef, k_graph)
+        if ef != self._ef:
+            self._graph.set_ef(ef)
         try:
             while True:
                 try:

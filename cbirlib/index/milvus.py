@@ -59,7 +59,7 @@ from cbirlib.errors import (
     VolumeNotInIndexError,
 )
 from cbirlib.index.base import parse_slice_meta
-from cbirlib.index.config import HnswConfig
+from cbirlib.index.config import HnswConfig, search_ef
 from cbirlib.index.files import META_NAME, read_json, write_json
 from cbirlib.index.matches import SliceMatches
 from cbirlib.index.meta import check_compatible, normalise_config
@@ -230,8 +230,8 @@ class MilvusIndex(VolumeRecords):
     run one writer at a time per collection; readers in other processes (server only)
     call :meth:`refresh` to see volumes added since they opened it. A volume whose add
     was cut short by a crash is never listed; the next :meth:`add` deletes its rows.
-    Searches run with ``ef`` at least ``k``. Call :meth:`close` (or use ``with``) to
-    free a Milvus Lite file for another process.
+    Searches run with ``ef`` at least ``4 * k``, as :class:`~cbirlib.index.SliceIndex`'s. Call
+    :meth:`close` (or use ``with``) to free a Milvus Lite file for another process.
     """
 
     KIND: ClassVar[str] = "milvus"
@@ -488,7 +488,8 @@ class MilvusIndex(VolumeRecords):
 
     @property
     def ef(self) -> int:
-        """Search candidate list size (stored with the collection; at least ``k`` is used)."""
+        """Search candidate list size (stored with the collection; a search for ``k`` uses
+        at least ``4 * k``, :func:`~cbirlib.index.config.search_ef`)."""
         return self._ef
 
     @ef.setter
@@ -758,7 +759,7 @@ class MilvusIndex(VolumeRecords):
         )
 
     def _search_block(self, client: Any, block: F32, k: int) -> Any:
-        ef = max(self._ef, k)
+        ef = search_ef(self._ef, k)
         while True:
             result = client.search(
                 self.collection,
