@@ -134,7 +134,13 @@ def _map_block(name: str, size: int | None = None) -> mmap.mmap:
 
 
 def _worker_block(offered: str | None, nbytes: int) -> tuple[str, mmap.mmap]:
-    """A block of at least ``nbytes`` bytes: the offered one, or a new one."""
+    """A block of at least ``nbytes`` bytes: the offered one, or a new one.
+
+    Blocks the consumer has unlinked since (retired from its pool) are unmapped first,
+    so that their memory is freed now, not when the worker ends.
+    """
+    for stale in [n for n in _mapped if not (_SHM_DIR / n).exists()]:
+        _mapped.pop(stale).close()
     if offered is not None:
         mapping = _mapped.pop(offered, None) or _map_block(offered)
         _mapped[offered] = mapping

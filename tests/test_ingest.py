@@ -129,6 +129,21 @@ def test_blocks_are_reused_and_views_held_keep_their_voxels(
         assert view.tobytes() == want[i].array[1:, ::2].tobytes()
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory in /dev/shm")
+def test_a_worker_unmaps_blocks_the_consumer_unlinked(tmp_path: Path) -> None:
+    from cbirlib import ingest
+
+    stale, kept = ingest._worker_block(None, 64)[0], ingest._worker_block(None, 64)[0]
+    try:
+        (Path("/dev/shm") / stale).unlink()  # retired by the consumer
+        name, _ = ingest._worker_block(kept, 64)
+        assert name == kept and stale not in ingest._mapped and kept in ingest._mapped
+    finally:
+        for n in list(ingest._mapped):
+            ingest._mapped.pop(n).close()
+            (Path("/dev/shm") / n).unlink(missing_ok=True)
+
+
 def test_bad_sources_and_settings_are_named() -> None:
     with pytest.raises(VolumeSourceError, match="cannot read"):
         next(read_volumes([42]))  # type: ignore[list-item]
