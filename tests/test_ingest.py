@@ -17,6 +17,7 @@ from cbirlib.errors import SettingError, VolumeNotFoundError, VolumeSourceError
 from cbirlib.ingest import read_volumes
 from cbirlib.io import load_volume
 from cbirlib.volume import Volume
+from tests.dicom_helpers import write_dicom_series
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,20 @@ def test_worker_processes_give_todays_volumes_in_order(
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         same_volume(g, w)
+
+
+def test_dicom_series_folders_are_read_in_workers_too(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    folders = []
+    for i in range(3):
+        folders.append(tmp_path / f"series{i}")
+        hu = rng.integers(-1000, 1500, (5, 12, 10)).astype(np.float64)
+        write_dicom_series(folders[-1], hu, spacing=(2.5, 0.8, 0.8), seed=i)
+    want = [load_volume(f) for f in folders]
+    got = list(read_volumes(folders, workers=2))
+    for g, w in zip(got, want, strict=True):
+        same_volume(g, w)
+        assert g.modality == "CT"  # from the DICOM tag, no guess
 
 
 def test_a_read_error_comes_at_its_position(nifti_files: list[Path], tmp_path: Path) -> None:
