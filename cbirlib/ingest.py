@@ -172,6 +172,8 @@ def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) ->
         "labels": volume.labels,
         "modality": volume.modality,
         "affine": volume.affine,
+        "source": volume.source,
+        "origin": volume.origin,
     }
     if not _pooled():  # pragma: no cover - other systems: a new block, copied out once
         block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))

@@ -52,6 +52,8 @@ def same_volume(got: Volume, want: Volume) -> None:
     assert got.z_positions.tobytes() == want.z_positions.tobytes()
     assert want.affine is not None and got.affine is not None
     assert got.affine.tobytes() == want.affine.tobytes()
+    assert got.source == want.source and got.source is not None  # the path read, for the index
+    assert got.labels == want.labels and got.origin == want.origin
 
 
 def reference(paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> list[Volume]:
@@ -197,6 +199,8 @@ def test_build_index_reads_in_processes_to_the_same_index(
         sources, extractor, tmp_path / "p", verbose=False, workers=2, processes=True
     )
     assert procs.volume_ids == threads.volume_ids == ids
+    assert procs.sources == threads.sources  # where each volume came from, recorded
+    assert all(source is not None for source in procs.sources.values())
     for vid in threads.volume_ids:
         assert procs.vectors(vid).tobytes() == threads.vectors(vid).tobytes()
 
