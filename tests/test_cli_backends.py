@@ -98,6 +98,10 @@ def test_ray_build_from_the_cli_equals_the_default_build(data: Path, tmp_path: P
         ray.shutdown()
     want, got = load_index(hnsw), load_index(on_ray)
     assert got.volume_ids == want.volume_ids
+    assert got.sources == want.sources  # results lead back to the files either way
+    assert all(source is not None for source in got.sources.values())
+    first = want.sources["a"]  # recorded relative to DATA_DIR, as docs/cli.md says
+    assert first is not None and first.path == "a.nii.gz" and Path(str(first.root)) == data
     for vid in want.volume_ids:
         np.testing.assert_allclose(got.vectors(vid), want.vectors(vid), atol=1e-5)
         np.testing.assert_array_equal(

@@ -34,7 +34,9 @@ from cbirlib.errors import (
 )
 from cbirlib.index import BaseIndex, SliceIndex, build_index, load_index
 from cbirlib.io import load_volume
+from cbirlib.labels import SliceLabels
 from cbirlib.plugins import create_extractor
+from cbirlib.provenance import Source
 from cbirlib.volume import Volume
 from tests.fakes import start_local_ray
 
@@ -63,7 +65,7 @@ def reference(phantoms: TotalSegmentator, tmp_path_factory: pytest.TempPathFacto
     return build_index(phantoms, create_extractor("baseline"), path, verbose=False)
 
 
-def assert_same_content(index: BaseIndex, reference: BaseIndex) -> None:
+def assert_same_content(index: BaseIndex, reference: BaseIndex, *, provenance: bool = True) -> None:
     assert index.volume_ids == reference.volume_ids
     assert len(index) == len(reference)
     assert index.extractor_config == reference.extractor_config
@@ -74,6 +76,16 @@ def assert_same_content(index: BaseIndex, reference: BaseIndex) -> None:
         np.testing.assert_array_equal(got["z_mm"], want["z_mm"])
         np.testing.assert_array_equal(got["informative"], want["informative"])
     assert index.modalities == reference.modalities
+    if not provenance:  # built from other files, without labels
+        return
+    assert index.sources == reference.sources  # where each volume came from
+    assert all(source is not None for source in index.sources.values())
+    assert index.labeled_volumes == reference.labeled_volumes == reference.volume_ids
+    for vid in reference.volume_ids:
+        got_labels, want_labels = index.labels(vid), reference.labels(vid)
+        assert got_labels is not None and want_labels is not None
+        assert got_labels.names == want_labels.names
+        np.testing.assert_array_equal(got_labels.present, want_labels.present)
 
 
 def test_ray_build_equals_the_single_process_build(
@@ -150,8 +162,8 @@ def test_a_killed_driver_resumes_without_duplicate_or_lost_volume(
         for s in reference.volume_ids
     ]
     index = build_index_ray(sources, "baseline", path, verbose=False)
-    assert_same_content(index, reference)  # every volume once, none lost
-    assert_same_content(load_index(path), reference)
+    assert_same_content(index, reference, provenance=False)  # every volume once, none lost
+    assert_same_content(load_index(path), reference, provenance=False)
 
 
 def test_errors_are_raised_as_themselves_and_keep_the_shards_before_them(
@@ -208,12 +220,23 @@ def test_shards_are_written_whole_and_checked_on_resume(tmp_path: Path) -> None:
     store.write("mr", emb, z_mm=[0.0, 1.0], informative=[False, True], modality="MR")
     assert store.read("mr").informative.tolist() == [False, True]
     assert store.read("mr").modality == "MR"
+    assert shard.source is None and shard.labels is None  # none given
+    source = Source(path="mr/s1.nii.gz", root="/data", subject="s1")
+    labels = SliceLabels(("liver", "lung"), np.array([[True, False], [False, True]]))
+    store.write("kept", emb, z_mm=[0.0, 1.0], source=source, labels=labels)
+    kept = store.read("kept")
+    assert kept.source == source
+    assert kept.labels is not None and kept.labels.names == labels.names
+    np.testing.assert_array_equal(kept.labels.present, labels.present)
     with np.load(store.path_of("a/b"), allow_pickle=False) as data:  # no pickled member
         assert sorted(data.files) == [
             "embeddings",
             "informative",
+            "label_names",
+            "label_present",
             "modality",
             "slice_index",
+            "source",
             "volume_id",
             "z_mm",
         ]

@@ -99,9 +99,16 @@ def _build(
             exact=exact,
             resume=args.resume,
             verbose=verbose,
+            root=args.data_dir,
         )
     return build_index(
-        items, extractor, index_dir, exact=exact, verbose=verbose, resume=args.resume
+        items,
+        extractor,
+        index_dir,
+        exact=exact,
+        verbose=verbose,
+        resume=args.resume,
+        root=args.data_dir,
     )
 
 

@@ -52,6 +52,7 @@ from cbirlib.index.build import (
     VolumeSource,
     _embed,
     _lazy_items,
+    _v1_labels,
     check_resumable,
 )
 from cbirlib.index.config import HnswConfig
@@ -59,7 +60,9 @@ from cbirlib.index.exact import ExactIndex
 from cbirlib.index.files import check_target
 from cbirlib.index.hnsw import SliceIndex
 from cbirlib.informative import slice_flags
+from cbirlib.labels import SliceLabels
 from cbirlib.modality import effective_modality
+from cbirlib.provenance import Source
 from cbirlib.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -93,6 +96,8 @@ def _path_source(path: str | os.PathLike[str]) -> tuple[str, Callable[[], Volume
 
 def ray_sources(
     volumes: Iterable[RaySource] | Mapping[str, Callable[[], Volume]] | SubjectSource,
+    *,
+    labels: bool = True,
 ) -> list[tuple[str, Callable[[], Volume]]]:
     """The ``(volume_id, loader)`` pairs that :func:`build_index_ray` ships to Ray tasks.
 
@@ -102,6 +107,9 @@ def ray_sources(
         What :func:`~cbirlib.index.build_index` takes, except bare loaders (their id is
         only known after reading), or paths of NIfTI files and DICOM series folders
         (id: the file name without its suffix, or the folder name).
+    labels
+        For a data set: load each subject with its labels (where it has them), as
+        :func:`~cbirlib.index.build_index` does.
 
     Raises
     ------
@@ -116,7 +124,9 @@ def ray_sources(
     ['a', 'b']
     """
     if isinstance(volumes, SubjectSource | Mapping):
-        items: list[tuple[str | None, Callable[[], Volume]]] = list(_lazy_items(volumes))
+        items: list[tuple[str | None, Callable[[], Volume]]] = list(
+            _lazy_items(volumes, labels=labels)
+        )
     else:
         items = []
         for item in volumes:
@@ -164,6 +174,8 @@ class _Embedded:
     z_mm: npt.NDArray[np.float64]
     informative: npt.NDArray[np.bool_]
     modality: str
+    source: Source | None = None
+    labels: SliceLabels | None = None
 
 
 class _Embedder:
@@ -200,6 +212,8 @@ class _Embedder:
             volume.z_positions,
             slice_flags(extractor, volume),
             effective_modality(volume.modality, volume.array),
+            volume.source,
+            _v1_labels(volume),
         )
 
 
@@ -274,6 +288,8 @@ def build_index_ray(
     resume: bool = True,
     verbose: bool | None = None,
     init_options: Mapping[str, Any] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    labels: bool = True,
 ) -> BaseIndex:
     """Embed and index ``volumes`` on a Ray cluster; resumable after any interruption.
 
@@ -332,6 +348,10 @@ def build_index_ray(
     init_options
         Extra keyword arguments for ``ray.init`` (``runtime_env``, ``num_cpus``...)
         when this call connects.
+    root, labels
+        As in :func:`~cbirlib.index.build_index`: each volume's source is recorded
+        relative to ``root`` (default: a data set's own root), and a data set's
+        subjects are indexed with their slice labels (``labels=True``).
 
     Returns
     -------
@@ -357,7 +377,9 @@ def build_index_ray(
     name, options = _extractor_spec(extractor, extractor_options)
     path = Path(path)
     check_target(path)  # before any work: a foreign folder is refused, not overwritten
-    sources = ray_sources(volumes)
+    sources = ray_sources(volumes, labels=labels)
+    if root is None and isinstance(getattr(volumes, "root", None), str | os.PathLike):
+        root = volumes.root  # type: ignore[union-attr]
     store = ShardStore(shard_dir if shard_dir is not None else default_shard_dir(path))
     started = False
     if not ray.is_initialized():
@@ -414,7 +436,7 @@ def build_index_ray(
             ray.kill(actor)
         if started:
             ray.shutdown()
-    return _merge(index, loaded, sources, store, path, keep_shards=keep_shards)
+    return _merge(index, loaded, sources, store, path, keep_shards=keep_shards, root=root)
 
 
 def _unwrap(ray: ModuleType, call: Callable[[], Any]) -> Any:
@@ -469,6 +491,8 @@ def _run(
                     z_mm=done_volume.z_mm,
                     informative=done_volume.informative,
                     modality=done_volume.modality,
+                    source=done_volume.source,
+                    labels=done_volume.labels,
                 )
                 bar.update()
     finally:
@@ -484,6 +508,7 @@ def _merge(
     path: Path,
     *,
     keep_shards: bool,
+    root: str | os.PathLike[str] | None,
 ) -> BaseIndex:
     """Add every shard not in ``index`` yet, in input order; save; drop the shards."""
     added = 0
@@ -500,6 +525,12 @@ def _merge(
                 "informative": shard.informative,
             },
             modality=shard.modality,
+            source=(
+                shard.source.relative_to(root)
+                if shard.source is not None and root is not None
+                else shard.source
+            ),
+            labels=shard.labels,
         )
         added += 1
     if added or not loaded:

@@ -22,6 +22,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -36,6 +37,8 @@ import numpy.typing as npt
 from cbirlib.errors import IndexFormatError, ShardError
 from cbirlib.index.files import fsync_dir, read_json, write_json
 from cbirlib.index.meta import check_compatible, normalise_config
+from cbirlib.labels import SliceLabels
+from cbirlib.provenance import Source
 
 __all__ = ["SHARD_FORMAT", "Shard", "ShardStore", "default_shard_dir"]
 
@@ -78,6 +81,11 @@ class Shard:
         (:func:`cbirlib.informative.slice_flags`).
     modality
         The volume's modality as the index records it (``"CT"``, ``"MR"``, ...).
+    source
+        Where the volume was read from (None: unknown, or a shard written before
+        sources were kept).
+    labels
+        The volume's slice labels (None: unlabeled).
     """
 
     volume_id: str
@@ -86,6 +94,20 @@ class Shard:
     z_mm: npt.NDArray[np.float64]
     informative: npt.NDArray[np.bool_]
     modality: str
+    source: Source | None = None
+    labels: SliceLabels | None = None
+
+
+def _source(data: Any) -> Source | None:
+    text = str(data["source"]) if "source" in data.files else ""
+    return Source.from_dict(json.loads(text)) if text else None
+
+
+def _labels(data: Any) -> SliceLabels | None:
+    if "label_names" not in data.files or data["label_present"].shape[0] == 0:
+        return None
+    names = tuple(str(n) for n in data["label_names"])
+    return SliceLabels(names, data["label_present"].astype(bool, copy=False))
 
 
 class ShardStore:
@@ -204,6 +226,8 @@ class ShardStore:
         slice_index: npt.ArrayLike | None = None,
         informative: npt.ArrayLike | None = None,
         modality: str = "unknown",
+        source: Source | None = None,
+        labels: SliceLabels | None = None,
     ) -> Path:
         """Write the shard of one volume atomically (temporary file, fsync, rename).
 
@@ -221,6 +245,8 @@ class ShardStore:
             ``(n,)`` flags, ``False`` for blank slices (default all ``True``).
         modality
             The volume's modality.
+        source, labels
+            Where the volume was read from, and its slice labels (optional).
 
         Returns
         -------
@@ -242,6 +268,9 @@ class ShardStore:
                 z_mm=np.asarray(z_mm, dtype=np.float64),
                 informative=flags,
                 modality=np.array(str(modality)),
+                source=np.array(json.dumps(source.to_dict()) if source is not None else ""),
+                label_names=np.array(labels.names if labels is not None else (), dtype=str),
+                label_present=(labels.present if labels is not None else np.zeros((0, 0), bool)),
             )
             fh.flush()
             os.fsync(fh.fileno())
@@ -267,6 +296,8 @@ class ShardStore:
                     z_mm=data["z_mm"].astype(np.float64, copy=False),
                     informative=data["informative"].astype(bool, copy=False),
                     modality=str(data["modality"]),
+                    source=_source(data),
+                    labels=_labels(data),
                 )
         except FileNotFoundError:
             raise ShardError(f"no shard for volume {volume_id!r} in {self}") from None
