@@ -38,7 +38,7 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
@@ -165,16 +165,9 @@ def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) ->
             f"read_volumes: loader {loader!r} returned a {type(volume).__name__!r}, not a Volume"
         )
     array = volume.array
-    fields = {
-        "id": volume.id,
-        "spacing": volume.spacing,
-        "z_positions": volume.z_positions,
-        "labels": volume.labels,
-        "modality": volume.modality,
-        "affine": volume.affine,
-        "source": volume.source,
-        "origin": volume.origin,
-    }
+    # every field but the voxels, derived so that a new Volume field is never dropped
+    kept = {f.name: getattr(volume, f.name) for f in fields(volume) if f.init}
+    del kept["array"]
     if not _pooled():  # pragma: no cover - other systems: a new block, copied out once
         block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
         try:
@@ -183,10 +176,10 @@ def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) ->
             resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
         finally:
             block.close()
-        return _Packed(block.name, tuple(array.shape), fields)
+        return _Packed(block.name, tuple(array.shape), kept)
     name, mapping = _worker_block(offered, array.nbytes)
     np.ndarray(array.shape, np.float32, buffer=mapping)[...] = array
-    return _Packed(name, tuple(array.shape), fields, None if name == offered else offered)
+    return _Packed(name, tuple(array.shape), kept, None if name == offered else offered)
 
 
 class _Blocks:
