@@ -50,8 +50,10 @@ from cbirlib.index.build import (
     IndexableExtractor,
     SubjectSource,
     VolumeSource,
+    _data_root,
     _embed,
     _lazy_items,
+    _source,
     _v1_labels,
     check_resumable,
 )
@@ -378,8 +380,7 @@ def build_index_ray(
     path = Path(path)
     check_target(path)  # before any work: a foreign folder is refused, not overwritten
     sources = ray_sources(volumes, labels=labels)
-    if root is None and isinstance(getattr(volumes, "root", None), str | os.PathLike):
-        root = volumes.root  # type: ignore[union-attr]
+    root = _data_root(volumes, root)
     store = ShardStore(shard_dir if shard_dir is not None else default_shard_dir(path))
     started = False
     if not ray.is_initialized():
@@ -525,11 +526,7 @@ def _merge(
                 "informative": shard.informative,
             },
             modality=shard.modality,
-            source=(
-                shard.source.relative_to(root)
-                if shard.source is not None and root is not None
-                else shard.source
-            ),
+            source=_source(shard.source, root),
             labels=shard.labels,
         )
         added += 1

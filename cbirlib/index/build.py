@@ -271,12 +271,20 @@ def _embed(extractor: IndexableExtractor, volume: Volume) -> npt.NDArray[np.floa
     return emb
 
 
-def _source(volume: Volume, root: str | os.PathLike[str] | None) -> Source | None:
-    """The volume's source, its path relative to ``root`` when it lies under it."""
-    source = getattr(volume, "source", None)
+def _source(source: object, root: str | os.PathLike[str] | None) -> Source | None:
+    """A volume's source, its path relative to ``root`` when it lies under it."""
     if not isinstance(source, Source):
         return None
     return source.relative_to(root) if root is not None else source
+
+
+def _data_root(
+    volumes: object, root: str | os.PathLike[str] | None
+) -> str | os.PathLike[str] | None:
+    """``root``, or by default the ``root`` of a data set given as the volumes."""
+    if root is None and isinstance(getattr(volumes, "root", None), str | os.PathLike):
+        return volumes.root  # type: ignore[attr-defined,no-any-return]
+    return root
 
 
 def build_index(
@@ -372,8 +380,7 @@ def build_index(
     """
     if checkpoint_every < 1:
         raise SettingError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
-    if root is None and isinstance(getattr(volumes, "root", None), str | os.PathLike):
-        root = volumes.root  # type: ignore[union-attr]
+    root = _data_root(volumes, root)
     path = Path(path)
     check_target(path)  # before any work: a foreign folder is refused, not overwritten
     index = _open_index(path, extractor, config=config, exact=exact, resume=resume)
@@ -480,7 +487,7 @@ def _fill(
                     emb,
                     slice_meta={"z_mm": volume.z_positions, "informative": flags},
                     modality=effective_modality(volume.modality, volume.array),
-                    source=_source(volume, root),
+                    source=_source(getattr(volume, "source", None), root),
                     labels=_v1_labels(volume) if labels else None,
                 )
                 blank += int(np.count_nonzero(~flags))
@@ -570,8 +577,7 @@ def build_milvus_index(
     MilvusIndex
         The open index (call ``close()`` to free a Milvus Lite file).
     """
-    if root is None and isinstance(getattr(volumes, "root", None), str | os.PathLike):
-        root = volumes.root  # type: ignore[union-attr]
+    root = _data_root(volumes, root)
     path = Path(path)
     check_target(path)
     target = os.fspath(uri) if uri is not None else os.fspath(path / "slices.db")
