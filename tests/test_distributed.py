@@ -222,18 +222,18 @@ def test_shards_are_written_whole_and_checked_on_resume(tmp_path: Path) -> None:
     assert store.read("mr").modality == "MR"
     assert shard.source is None and shard.labels is None  # none given
     source = Source(path="mr/s1.nii.gz", root="/data", subject="s1")
-    labels = SliceLabels(("liver", "lung"), np.array([[True, False], [False, True]]))
+    labels = SliceLabels(("liver", "spleen"), np.array([[True, False], [False, True]]))
     store.write("kept", emb, z_mm=[0.0, 1.0], source=source, labels=labels)
     kept = store.read("kept")
     assert kept.source == source
-    assert kept.labels is not None and kept.labels.names == labels.names
-    np.testing.assert_array_equal(kept.labels.present, labels.present)
+    assert kept.labels is not None and set(kept.labels.names) == {"liver", "spleen"}
+    assert [kept.labels.structures(i) for i in range(2)] == [{"liver"}, {"spleen"}]
     with np.load(store.path_of("a/b"), allow_pickle=False) as data:  # no pickled member
         assert sorted(data.files) == [
             "embeddings",
             "informative",
-            "label_names",
-            "label_present",
+            "label_classes",
+            "labels",
             "modality",
             "slice_index",
             "source",

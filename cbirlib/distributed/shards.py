@@ -37,7 +37,7 @@ import numpy.typing as npt
 from cbirlib.errors import IndexFormatError, ShardError
 from cbirlib.index.files import fsync_dir, read_json, write_json
 from cbirlib.index.meta import check_compatible, normalise_config
-from cbirlib.labels import SliceLabels
+from cbirlib.labels import PACKED_BYTES, SliceLabels, pack_labels, unpack_labels
 from cbirlib.provenance import Source
 
 __all__ = ["SHARD_FORMAT", "Shard", "ShardStore", "default_shard_dir"]
@@ -85,7 +85,7 @@ class Shard:
         Where the volume was read from (None: unknown, or a shard written before
         sources were kept).
     labels
-        The volume's slice labels (None: unlabeled).
+        The volume's slice labels (None: unlabeled), columns in v1 class order.
     """
 
     volume_id: str
@@ -104,10 +104,9 @@ def _source(data: Any) -> Source | None:
 
 
 def _labels(data: Any) -> SliceLabels | None:
-    if "label_names" not in data.files or data["label_present"].shape[0] == 0:
+    if "labels" not in data.files or not data["label_classes"].any():
         return None
-    names = tuple(str(n) for n in data["label_names"])
-    return SliceLabels(names, data["label_present"].astype(bool, copy=False))
+    return unpack_labels(data["labels"], data["label_classes"])
 
 
 class ShardStore:
@@ -246,7 +245,8 @@ class ShardStore:
         modality
             The volume's modality.
         source, labels
-            Where the volume was read from, and its slice labels (optional).
+            Where the volume was read from, and its slice labels (optional; TotalSegmentator
+            v1 class names, packed as :func:`cbirlib.labels.pack_labels` packs them).
 
         Returns
         -------
@@ -257,6 +257,10 @@ class ShardStore:
         n = len(emb)
         idx = np.arange(n, dtype=np.int64) if slice_index is None else np.asarray(slice_index)
         flags = np.ones(n, bool) if informative is None else np.asarray(informative, bool)
+        if labels is not None:  # packed as the index stores them
+            bits, classes = pack_labels(labels)
+        else:
+            bits, classes = np.zeros((n, PACKED_BYTES), np.uint8), np.zeros(PACKED_BYTES, np.uint8)
         final = self.path_of(volume_id)
         tmp = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}{_SUFFIX}"
         with open(tmp, "wb") as fh:
@@ -269,8 +273,8 @@ class ShardStore:
                 informative=flags,
                 modality=np.array(str(modality)),
                 source=np.array(json.dumps(source.to_dict()) if source is not None else ""),
-                label_names=np.array(labels.names if labels is not None else (), dtype=str),
-                label_present=(labels.present if labels is not None else np.zeros((0, 0), bool)),
+                labels=bits,
+                label_classes=classes,
             )
             fh.flush()
             os.fsync(fh.fileno())
