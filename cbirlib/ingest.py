@@ -4,10 +4,12 @@ Threads that read ``.nii.gz`` files share one interpreter: beyond inflating (whi
 releases the GIL) nibabel's decoding, reorientation and the float32 conversion hold it,
 so threaded read-ahead stops scaling at one or two cores. :func:`read_volumes` runs the
 loaders in ``workers`` processes instead, at most ``ahead`` volumes ahead of the
-consumer (a bounded queue), and yields the volumes in input order. Each worker copies
-its volume's voxels into a shared-memory block, which becomes the consumer's array (on
-Linux it is mapped, not copied; elsewhere copied out once), so the array never goes
-through a pipe and no model is ever sent to a worker. On Linux a block returns to the
+consumer (a bounded queue), and yields the volumes in input order. Each worker's
+reader decodes the voxels straight into a shared-memory block (a loader that returns
+another array has it copied there), which becomes the consumer's array (on Linux it is
+mapped, not copied; elsewhere copied out once), so the array never goes through a pipe
+and no model is ever sent to a worker. The consumer's volume is the worker's (its class
+and every attribute), not validated a second time. On Linux a block returns to the
 run's pool when the consumer drops the volume (the array and every view of it) and is
 refilled by the next read, so neither side maps fresh memory for every volume; blocks
 are unlinked when the run ends. The volumes are the ones the loaders return, bit for
@@ -25,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import mmap
 import multiprocessing
@@ -38,13 +41,14 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, suppress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cbirlib.errors import SettingError, VolumeReadError, VolumeSourceError
 from cbirlib.prefetch import run_ahead
@@ -65,13 +69,29 @@ def default_read_workers() -> int:
 class _Packed:
     """A volume in transit: its voxels in a shared-memory block, the rest pickled.
 
-    ``spare`` is the pooled block the worker was offered and could not use (too small).
+    ``volume`` is the loader's volume (its class and every attribute) without its
+    array; ``spare`` is the pooled block the worker was offered and did not use.
     """
 
     block: str
     shape: tuple[int, ...]
-    fields: dict[str, Any]
+    volume: Volume
     spare: str | None = None
+
+    def unpacked(self, array: npt.NDArray[np.float32]) -> Volume:
+        """The volume, with ``array`` (the block's voxels) as its array.
+
+        Not validated again: the worker's volume was, and its voxels are these.
+        """
+        volume = copy.copy(self.volume)
+        object.__setattr__(volume, "array", array)
+        return volume
+
+
+def _without_array(volume: Volume) -> Volume:
+    shell = copy.copy(volume)  # the same class and attributes, no __init__ run
+    object.__setattr__(shell, "array", None)
+    return shell
 
 
 def _load_path(path: str) -> Volume:
@@ -140,7 +160,8 @@ def _worker_block(offered: str | None, nbytes: int) -> tuple[str, mmap.mmap]:
     so that their memory is freed now, not when the worker ends.
     """
     for stale in [n for n in _mapped if not (_SHM_DIR / n).exists()]:
-        _mapped.pop(stale).close()
+        with suppress(BufferError):  # still exported: unmapped when the last view goes
+            _mapped.pop(stale).close()
     if offered is not None:
         mapping = _mapped.pop(offered, None) or _map_block(offered)
         _mapped[offered] = mapping
@@ -153,21 +174,58 @@ def _worker_block(offered: str | None, nbytes: int) -> tuple[str, mmap.mmap]:
     _mapped[name] = mapping = _map_block(name, max(1, nbytes + nbytes // 4))
     _mapped.move_to_end(name, last=False)
     while len(_mapped) > _WORKER_MAPPINGS:
-        _mapped.popitem()[1].close()
+        with suppress(BufferError):
+            _mapped.popitem()[1].close()
     return name, mapping
 
 
+def _same_array(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
+    """``a`` is ``b``'s memory in ``b``'s layout (a view of all of it, or ``b`` itself)."""
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.flags.c_contiguous
+    )
+
+
+def _drop_block(name: str) -> None:
+    """Unmap and unlink a block this worker made and the consumer never saw."""
+    mapping = _mapped.pop(name, None)
+    if mapping is not None:
+        with suppress(BufferError):  # still exported: unmapped when the last view goes
+            mapping.close()
+    with suppress(FileNotFoundError):
+        (_SHM_DIR / name).unlink()
+
+
 def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) -> _Packed:
-    """Run in a worker process: load, and copy the voxels into a shared-memory block."""
-    volume = loader()
+    """Run in a worker process: load a volume, its voxels decoded into a shared block.
+
+    The reader writes the first image it decodes straight into the block
+    (:func:`cbirlib.io._canonical.images_allocated_by`); when the loader returns another
+    array (it read several images, or cut one), that array is copied into the block.
+    """
+    # lazy: cbirlib.io loads nibabel, pydicom and scipy, needed in the workers only
+    from cbirlib.io._canonical import images_allocated_by
+
+    given: list[tuple[str, npt.NDArray[np.float32]]] = []
+
+    def allocate(shape: tuple[int, int, int]) -> npt.NDArray[np.float32]:
+        if given or not _pooled():
+            return np.empty(shape, np.float32)
+        name, mapping = _worker_block(offered, 4 * int(np.prod(shape)))
+        given.append((name, np.ndarray(shape, np.float32, buffer=mapping)))
+        return given[-1][1]
+
+    with images_allocated_by(allocate):
+        volume = loader()
     if not isinstance(volume, Volume):
         raise VolumeSourceError(
             f"read_volumes: loader {loader!r} returned a {type(volume).__name__!r}, not a Volume"
         )
     array = volume.array
-    # every field but the voxels, derived so that a new Volume field is never dropped
-    kept = {f.name: getattr(volume, f.name) for f in fields(volume) if f.init}
-    del kept["array"]
+    shell = _without_array(volume)
     if not _pooled():  # pragma: no cover - other systems: a new block, copied out once
         block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
         try:
@@ -176,10 +234,18 @@ def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) ->
             resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
         finally:
             block.close()
-        return _Packed(block.name, tuple(array.shape), kept)
-    name, mapping = _worker_block(offered, array.nbytes)
-    np.ndarray(array.shape, np.float32, buffer=mapping)[...] = array
-    return _Packed(name, tuple(array.shape), kept, None if name == offered else offered)
+        return _Packed(block.name, tuple(array.shape), shell)
+    if given and _same_array(array, given[0][1]):  # decoded straight into the block
+        name = given[0][0]
+    else:
+        if given:
+            if np.shares_memory(array, given[0][1]):
+                array = array.copy()  # a part of the block: copied before it is overwritten
+            if given[0][0] != offered:
+                _drop_block(given[0][0])
+        name, mapping = _worker_block(offered, array.nbytes)
+        np.ndarray(array.shape, np.float32, buffer=mapping)[...] = array
+    return _Packed(name, tuple(array.shape), shell, None if name == offered else offered)
 
 
 class _Blocks:
@@ -222,7 +288,7 @@ class _Blocks:
         flat = np.frombuffer(mapping, np.float32, count=int(np.prod(packed.shape)))
         # every view of ``flat`` (reshapes, slices, torch.from_numpy) holds it as its base
         weakref.finalize(flat, self.release, packed.block).atexit = False
-        return Volume(array=flat.reshape(packed.shape), **packed.fields)
+        return packed.unpacked(flat.reshape(packed.shape))
 
     def release(self, name: str) -> None:
         """Return a block: it joins the free list (or is unlinked) at the next offer."""
@@ -273,7 +339,7 @@ def _unpack_copy(packed: _Packed) -> Volume:  # pragma: no cover - not Linux
     finally:
         block.close()
         block.unlink()
-    return Volume(array=array, **packed.fields)
+    return packed.unpacked(array)
 
 
 def read_volumes(

@@ -9,6 +9,9 @@ orientation path.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,66 @@ class _Canonical:
     z_positions: npt.NDArray[np.float64]
 
 
+#: Allocates an image's float32 ``(Z, Y, X)`` array, given its shape; None: numpy.
+_ALLOCATE: ContextVar[Callable[[tuple[int, int, int]], npt.NDArray[np.float32]] | None] = (
+    ContextVar("cbirlib_image_allocator", default=None)
+)
+
+#: Voxel types that float32 holds exactly: their conversion is the same by every route.
+_EXACT_IN_FLOAT32 = frozenset(
+    np.dtype(t) for t in ("bool", "int8", "uint8", "int16", "uint16", "float32")
+)
+
+
+@contextmanager
+def images_allocated_by(
+    allocate: Callable[[tuple[int, int, int]], npt.NDArray[np.float32]],
+) -> Iterator[None]:
+    """Within the block, readers write each image's voxels into ``allocate(shape)``.
+
+    ``allocate`` returns a C-contiguous float32 array of the shape ``(Z, Y, X)`` asked
+    for; the volume's array is that array (:mod:`cbirlib.ingest`'s workers use it to
+    decode straight into shared memory). Masks are not affected.
+    """
+    token = _ALLOCATE.set(allocate)
+    try:
+        yield
+    finally:
+        _ALLOCATE.reset(token)
+
+
+def _stored_or_float32(img: Any) -> npt.NDArray[Any]:
+    """The image's voxels ``(X, Y, Z)``, in a type whose float32 cast is nibabel's.
+
+    The stored values when nibabel would not scale them (identity slope and intercept,
+    or an image built from an array) and float32 holds them exactly (8 and 16 bit
+    integers, float32): casting them is bit for bit ``get_fdata(dtype=float32)``, one
+    pass fewer. Otherwise ``get_fdata(dtype=float32)`` itself.
+    """
+    proxy = img.dataobj
+    if isinstance(proxy, np.ndarray) or type(proxy) is nib.arrayproxy.ArrayProxy:
+        unscaled = getattr(proxy, "slope", 1.0) == 1 and getattr(proxy, "inter", 0.0) == 0
+        if unscaled and np.dtype(proxy.dtype).newbyteorder("=") in _EXACT_IN_FLOAT32:
+            return np.asanyarray(proxy)
+    data: npt.NDArray[np.float32] = img.get_fdata(dtype=np.float32)
+    return data
+
+
+def _as_zyx(data: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Image voxels ``(X, Y, Z)`` as a C-contiguous float32 ``(Z, Y, X)`` array.
+
+    Written in one pass into the array of the active allocator
+    (:func:`images_allocated_by`) or a new one.
+    """
+    zyx = data.transpose(2, 1, 0)
+    allocate = _ALLOCATE.get()
+    if allocate is None and zyx.dtype == np.float32:
+        return np.ascontiguousarray(zyx)  # no copy when nibabel's array is in this layout
+    out = np.empty(zyx.shape, np.float32) if allocate is None else allocate(zyx.shape)
+    np.copyto(out, zyx, casting="unsafe")
+    return out
+
+
 def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonical:
     """Reorient a nibabel image to RAS+ and return its data as ``(Z, Y, X)``.
 
@@ -47,10 +110,7 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
         )
     try:
         img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
-        if as_mask:
-            data: npt.NDArray[Any] = _mask_data(img, source)
-        else:
-            data = img.get_fdata(dtype=np.float32)
+        data = _mask_data(img, source) if as_mask else _stored_or_float32(img)
     except Exception as exc:  # nibabel, zlib, gzip and numpy errors of a damaged file
         raise VolumeReadError(
             f"{source}: cannot read the image data ({type(exc).__name__}: {exc}); "
@@ -62,7 +122,7 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
     z = affine[2, 2] * np.arange(n_z, dtype=np.float64) + affine[2, 3]
     dz = _slice_spacing(affine, source) if n_z > 1 and not as_mask else float(zooms[2])
     return _Canonical(
-        array=np.ascontiguousarray(data.transpose(2, 1, 0)),
+        array=np.ascontiguousarray(data.transpose(2, 1, 0)) if as_mask else _as_zyx(data),
         affine=affine,
         spacing=(dz, float(zooms[1]), float(zooms[0])),
         z_positions=z,
