@@ -134,3 +134,24 @@ def test_loaders_that_cut_or_read_several_images_get_their_own_voxels(tmp_path: 
         assert g.z_positions.tobytes() == w.z_positions.tobytes()
     del got
     assert {p for p in os.listdir("/dev/shm") if p.startswith("cbirlib-")} == blocks
+
+
+@pytest.mark.parametrize("stored", ["int16", "float32"])
+def test_voxels_of_a_decompressed_file_are_used_in_place_yet_the_array_is_the_volumes(
+    tmp_path: Path, stored: str
+) -> None:
+    from cbirlib.io._canonical import _over_bytes_in_memory
+    from cbirlib.io.nifti import _load_gzipped_nifti
+
+    path = write(tmp_path / "v.nii.gz", stored, AFFINES["LPI"], False)
+    img = _load_gzipped_nifti(path)
+    in_place = _over_bytes_in_memory(img)
+    assert isinstance(in_place.dataobj, np.ndarray)  # a view of the bytes: no copy
+    assert np.shares_memory(in_place.dataobj, img.dataobj.file_like.getbuffer())
+    assert np.array_equal(in_place.affine, img.affine)
+    scaled = _load_gzipped_nifti(write(tmp_path / "s.nii.gz", stored, AFFINES["LPI"], True))
+    assert _over_bytes_in_memory(scaled) is scaled  # nibabel scales these: its own read
+
+    volume = load_volume(path, modality="CT")
+    volume.array[0, 0, 0] = 12345.0  # the volume's own, writable array
+    assert load_volume(path, modality="CT").array[0, 0, 0] != 12345.0

@@ -8,6 +8,7 @@ orientation path.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,6 +65,34 @@ def images_allocated_by(
         _ALLOCATE.reset(token)
 
 
+def _unscaled_exact(proxy: Any) -> bool:
+    """nibabel would not scale the proxy's voxels and float32 holds them exactly."""
+    unscaled = getattr(proxy, "slope", 1.0) == 1 and getattr(proxy, "inter", 0.0) == 0
+    return unscaled and np.dtype(proxy.dtype).newbyteorder("=") in _EXACT_IN_FLOAT32
+
+
+def _over_bytes_in_memory(img: Any) -> Any:
+    """The image over a view of its voxels when the whole file is in memory already.
+
+    A decompressed ``.nii.gz`` (:func:`cbirlib.io.nifti._load_gzipped_nifti`) is a
+    ``BytesIO``; nibabel would copy its voxels out of it. With unscaled voxels of a
+    type float32 holds exactly, the image is rebuilt over a view of those bytes (its
+    affine unchanged; the header is only used for the layout here), so the one copy
+    is the float32 cast into the volume's array.
+    """
+    proxy = img.dataobj
+    if type(proxy) is not nib.arrayproxy.ArrayProxy or not isinstance(proxy.file_like, io.BytesIO):
+        return img
+    if not _unscaled_exact(proxy):
+        return img
+    buffer = proxy.file_like.getbuffer()
+    dtype = np.dtype(proxy.dtype)
+    if len(buffer) < proxy.offset + int(np.prod(proxy.shape)) * dtype.itemsize:
+        return img  # truncated: nibabel's read reports it
+    view = np.ndarray(proxy.shape, dtype, buffer=buffer, offset=proxy.offset, order=proxy.order)
+    return type(img)(view, img.affine, img.header)
+
+
 def _stored_or_float32(img: Any) -> npt.NDArray[Any]:
     """The image's voxels ``(X, Y, Z)``, in a type whose float32 cast is nibabel's.
 
@@ -73,10 +102,9 @@ def _stored_or_float32(img: Any) -> npt.NDArray[Any]:
     pass fewer. Otherwise ``get_fdata(dtype=float32)`` itself.
     """
     proxy = img.dataobj
-    if isinstance(proxy, np.ndarray) or type(proxy) is nib.arrayproxy.ArrayProxy:
-        unscaled = getattr(proxy, "slope", 1.0) == 1 and getattr(proxy, "inter", 0.0) == 0
-        if unscaled and np.dtype(proxy.dtype).newbyteorder("=") in _EXACT_IN_FLOAT32:
-            return np.asanyarray(proxy)
+    known = isinstance(proxy, np.ndarray) or type(proxy) is nib.arrayproxy.ArrayProxy
+    if known and _unscaled_exact(proxy):
+        return np.asanyarray(proxy)
     data: npt.NDArray[np.float32] = img.get_fdata(dtype=np.float32)
     return data
 
@@ -109,7 +137,7 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
             " (only a 4D image with a trailing dimension of 1 is accepted)"
         )
     try:
-        img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
+        img = nib.as_closest_canonical(_over_bytes_in_memory(img))  # type: ignore[no-untyped-call]
         data = _mask_data(img, source) if as_mask else _stored_or_float32(img)
     except Exception as exc:  # nibabel, zlib, gzip and numpy errors of a damaged file
         raise VolumeReadError(
