@@ -469,8 +469,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20, help="timed region queries")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--top", type=int, default=20)
-    parser.add_argument("--M", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=100)
+    parser.add_argument("--M", type=int, default=HnswConfig().M)
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        default=HnswConfig().ef_construction,
+        help="default: the library's (figures recorded before 2026-12-04 used 100)",
+    )
     parser.add_argument(
         "--ef",
         type=int,
