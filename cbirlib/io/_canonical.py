@@ -75,21 +75,22 @@ def _over_bytes_in_memory(img: Any) -> Any:
     """The image over a view of its voxels when the whole file is in memory already.
 
     A decompressed ``.nii.gz`` (:func:`cbirlib.io.nifti._load_gzipped_nifti`) is a
-    ``BytesIO``; nibabel would copy its voxels out of it. With unscaled voxels of a
-    type float32 holds exactly, the image is rebuilt over a view of those bytes (its
-    affine unchanged; the header is only used for the layout here), so the one copy
-    is the float32 cast into the volume's array.
+    ``BytesIO`` over the inflated bytes; nibabel would copy its voxels out of it. With
+    unscaled voxels of a type float32 holds exactly, the image is rebuilt over a
+    read-only view of those bytes (``getvalue`` hands them over without a copy; its
+    affine unchanged; the header is only used for the layout here), so the one pass is
+    the float32 cast into the volume's array.
     """
     proxy = img.dataobj
     if type(proxy) is not nib.arrayproxy.ArrayProxy or not isinstance(proxy.file_like, io.BytesIO):
         return img
     if not _unscaled_exact(proxy):
         return img
-    buffer = proxy.file_like.getbuffer()
+    data = proxy.file_like.getvalue()
     dtype = np.dtype(proxy.dtype)
-    if len(buffer) < proxy.offset + int(np.prod(proxy.shape)) * dtype.itemsize:
+    if len(data) < proxy.offset + int(np.prod(proxy.shape)) * dtype.itemsize:
         return img  # truncated: nibabel's read reports it
-    view = np.ndarray(proxy.shape, dtype, buffer=buffer, offset=proxy.offset, order=proxy.order)
+    view = np.ndarray(proxy.shape, dtype, buffer=data, offset=proxy.offset, order=proxy.order)
     return type(img)(view, img.affine, img.header)
 
 
@@ -117,7 +118,7 @@ def _as_zyx(data: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     """
     zyx = data.transpose(2, 1, 0)
     allocate = _ALLOCATE.get()
-    if allocate is None and zyx.dtype == np.float32:
+    if allocate is None and zyx.dtype == np.float32 and zyx.flags.writeable:
         return np.ascontiguousarray(zyx)  # no copy when nibabel's array is in this layout
     out = np.empty(zyx.shape, np.float32) if allocate is None else allocate(zyx.shape)
     np.copyto(out, zyx, casting="unsafe")
