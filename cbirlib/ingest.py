@@ -218,12 +218,20 @@ def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) ->
         given.append((name, np.ndarray(shape, np.float32, buffer=mapping)))
         return given[-1][1]
 
-    with images_allocated_by(allocate):
-        volume = loader()
-    if not isinstance(volume, Volume):
-        raise VolumeSourceError(
-            f"read_volumes: loader {loader!r} returned a {type(volume).__name__!r}, not a Volume"
-        )
+    try:
+        with images_allocated_by(allocate):
+            volume = loader()
+        if not isinstance(volume, Volume):
+            raise VolumeSourceError(
+                f"read_volumes: loader {loader!r} returned a {type(volume).__name__!r}, "
+                "not a Volume"
+            )
+    except BaseException:
+        # a block made here would never reach the consumer (an offered one goes back to
+        # its pool there): e.g. an image decoded into it, then refused for NaN voxels
+        if given and given[0][0] != offered:
+            _drop_block(given[0][0])
+        raise
     array = volume.array
     shell = _without_array(volume)
     if not _pooled():  # pragma: no cover - other systems: a new block, copied out once

@@ -157,3 +157,18 @@ def test_voxels_of_a_decompressed_file_are_used_in_place_yet_the_array_is_the_vo
     volume = load_volume(path, modality="CT")
     volume.array[0, 0, 0] = 12345.0  # the volume's own, writable array
     assert load_volume(path, modality="CT").array[0, 0, 0] != 12345.0
+
+
+def test_an_image_refused_after_decoding_leaves_no_shared_block(tmp_path: Path) -> None:
+    import os
+
+    from cbirlib.errors import InvalidVolumeError
+    from cbirlib.ingest import read_volumes
+
+    voxels = np.zeros((8, 8, 4), np.float32)
+    voxels[2, 3, 1] = np.nan  # decoded into the worker's block, then refused by Volume
+    nib.save(nib.Nifti1Image(voxels, AFFINES["RAS"]), tmp_path / "nan.nii.gz")
+    blocks = {p for p in os.listdir("/dev/shm") if p.startswith("cbirlib-")}
+    with pytest.raises(InvalidVolumeError, match="NaN"):
+        list(read_volumes([tmp_path / "nan.nii.gz"], workers=1))
+    assert {p for p in os.listdir("/dev/shm") if p.startswith("cbirlib-")} == blocks
