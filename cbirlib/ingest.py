@@ -4,16 +4,16 @@ Threads that read ``.nii.gz`` files share one interpreter: beyond inflating (whi
 releases the GIL) nibabel's decoding, reorientation and the float32 conversion hold it,
 so threaded read-ahead stops scaling at one or two cores. :func:`read_volumes` runs the
 loaders in ``workers`` processes instead, at most ``ahead`` volumes ahead of the
-consumer (a bounded queue), and yields the volumes in input order. Each worker's
-reader decodes the voxels straight into a shared-memory block (a loader that returns
-another array has it copied there), which becomes the consumer's array (on Linux it is
-mapped, not copied; elsewhere copied out once), so the array never goes through a pipe
-and no model is ever sent to a worker. The consumer's volume is the worker's (its class
-and every attribute), not validated a second time. On Linux a block returns to the
-run's pool when the consumer drops the volume (the array and every view of it) and is
-refilled by the next read, so neither side maps fresh memory for every volume; blocks
-are unlinked when the run ends. The volumes are the ones the loaders return, bit for
-bit.
+consumer (a bounded queue), and yields the volumes in input order. For a path, the
+worker's reader decodes the voxels straight into a shared-memory block (a loader's
+volume is copied there, as a loader may keep what it read), which becomes the
+consumer's array (on Linux it is mapped, not copied; elsewhere copied out once), so the
+array never goes through a pipe and no model is ever sent to a worker. The consumer's
+volume is the worker's (its class and every attribute), not validated a second time.
+On Linux a block returns to the run's pool when the consumer drops the volume (the
+array and every view of it) and is refilled by the next read, so neither side maps
+fresh memory for every volume; blocks are unlinked when the run ends. The volumes are
+the ones the loaders return, bit for bit.
 
 Examples
 --------
@@ -70,12 +70,12 @@ class _Packed:
     """A volume in transit: its voxels in a shared-memory block, the rest pickled.
 
     ``volume`` is the loader's volume (its class and every attribute) without its
-    array; ``spare`` is the pooled block the worker was offered and did not use.
+    array, pickled; ``spare`` is the pooled block the worker was offered and did not use.
     """
 
     block: str
     shape: tuple[int, ...]
-    volume: Volume
+    volume: bytes
     spare: str | None = None
 
     def unpacked(self, array: npt.NDArray[np.float32]) -> Volume:
@@ -83,7 +83,7 @@ class _Packed:
 
         Not validated again: the worker's volume was, and its voxels are these.
         """
-        volume = copy.copy(self.volume)
+        volume: Volume = pickle.loads(self.volume)  # from this run's own worker
         object.__setattr__(volume, "array", array)
         return volume
 
@@ -149,6 +149,10 @@ def _map_block(name: str, size: int | None = None) -> mmap.mmap:
         if size is not None:
             os.ftruncate(fd, size)
         return mmap.mmap(fd, size if size is not None else os.fstat(fd).st_size)
+    except BaseException:
+        if size is not None:  # made here: not left behind (e.g. /dev/shm full)
+            path.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
 
@@ -200,32 +204,25 @@ def _drop_block(name: str) -> None:
 
 
 def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) -> _Packed:
-    """Run in a worker process: load a volume, its voxels decoded into a shared block.
+    """Run in a worker process: load a volume, its voxels put in a shared block.
 
-    The reader writes the first image it decodes straight into the block
-    (:func:`cbirlib.io._canonical.images_allocated_by`); when the loader returns another
-    array (it read several images, or cut one), that array is copied into the block.
+    For a path (:func:`_load_path`) the reader writes the image straight into the block
+    (:func:`cbirlib.io._canonical.images_allocated_by`): nothing else holds that array.
+    Any other loader's array is copied into the block, as a loader may keep what it
+    read (a cache), and a pooled block is overwritten by later reads.
     """
-    # lazy: cbirlib.io loads nibabel, pydicom and scipy, needed in the workers only
-    from cbirlib.io._canonical import images_allocated_by
-
     given: list[tuple[str, npt.NDArray[np.float32]]] = []
-
-    def allocate(shape: tuple[int, int, int]) -> npt.NDArray[np.float32]:
-        if given or not _pooled():
-            return np.empty(shape, np.float32)
-        name, mapping = _worker_block(offered, 4 * int(np.prod(shape)))
-        given.append((name, np.ndarray(shape, np.float32, buffer=mapping)))
-        return given[-1][1]
-
     try:
-        with images_allocated_by(allocate):
+        if isinstance(loader, partial) and loader.func is _load_path:
+            volume = _decode_into_block(loader, offered, given)
+        else:
             volume = loader()
         if not isinstance(volume, Volume):
             raise VolumeSourceError(
                 f"read_volumes: loader {loader!r} returned a {type(volume).__name__!r}, "
                 "not a Volume"
             )
+        shell = _pickled_shell(volume, loader)
     except BaseException:
         # a block made here would never reach the consumer (an offered one goes back to
         # its pool there): e.g. an image decoded into it, then refused for NaN voxels
@@ -233,7 +230,6 @@ def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) ->
             _drop_block(given[0][0])
         raise
     array = volume.array
-    shell = _without_array(volume)
     if not _pooled():  # pragma: no cover - other systems: a new block, copied out once
         block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
         try:
@@ -254,6 +250,43 @@ def _read_in_worker(loader: Callable[[], Volume], offered: str | None = None) ->
         name, mapping = _worker_block(offered, array.nbytes)
         np.ndarray(array.shape, np.float32, buffer=mapping)[...] = array
     return _Packed(name, tuple(array.shape), shell, None if name == offered else offered)
+
+
+def _decode_into_block(
+    loader: Callable[[], Volume],
+    offered: str | None,
+    given: list[tuple[str, npt.NDArray[np.float32]]],
+) -> Volume:
+    """Run a path loader with the first image of this thread decoded into a block.
+
+    ``given`` receives ``(block name, array)`` of the block handed out.
+    """
+    # lazy: cbirlib.io loads nibabel, pydicom and scipy, needed in the workers only
+    from cbirlib.io._canonical import images_allocated_by
+
+    owner = threading.get_ident()
+
+    def allocate(shape: tuple[int, int, int]) -> npt.NDArray[np.float32]:
+        if given or not _pooled() or threading.get_ident() != owner:
+            return np.empty(shape, np.float32)
+        name, mapping = _worker_block(offered, 4 * int(np.prod(shape)))
+        given.append((name, np.ndarray(shape, np.float32, buffer=mapping)))
+        return given[-1][1]
+
+    with images_allocated_by(allocate):
+        return loader()
+
+
+def _pickled_shell(volume: Volume, loader: object) -> bytes:
+    """The volume without its array, pickled here, so that a failure is named here."""
+    try:
+        return pickle.dumps(_without_array(volume), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise VolumeSourceError(
+            f"read_volumes: loader {loader!r} returned a {type(volume).__name__} that "
+            f"cannot be sent back from a worker ({type(exc).__name__}: {exc}); define "
+            "Volume subclasses at module level and keep their attributes picklable"
+        ) from None
 
 
 class _Blocks:

@@ -8,6 +8,10 @@ own values (the reference below), for every stored type, scaling and orientation
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -15,10 +19,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from cbirlib.errors import InvalidVolumeError, VolumeSourceError
+from cbirlib.ingest import read_volumes
 from cbirlib.io import load_volume
 from cbirlib.io._canonical import images_allocated_by
 from cbirlib.queries import RegionVolume
-from cbirlib.volume import RegionOrigin
+from cbirlib.volume import RegionOrigin, Volume
 
 NIFTI_DIR = Path(nib.__file__).parent / "tests" / "data"
 STORED = ["uint8", "int8", "int16", "uint16", "int32", "float32", "float64"]
@@ -53,8 +59,9 @@ def write(path: Path, stored: str, affine: npt.NDArray[np.float64], scaled: bool
 @pytest.mark.parametrize("orientation", list(AFFINES))
 @pytest.mark.parametrize("stored", STORED)
 def test_voxels_are_nibabels_float32_for_every_stored_type(
-    tmp_path: Path, stored: str, orientation: str, scaled: bool
+    tmp_path: Path, stored: str, orientation: str, scaled: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", "zlib")  # inflated here: the in-memory route
     path = write(tmp_path / "v.nii.gz", stored, AFFINES[orientation], scaled)
     proxy = nib.load(path).dataobj
     want_scaling = (0.37, -1024.5) if scaled else (1.0, 0.0)
@@ -63,6 +70,47 @@ def test_voxels_are_nibabels_float32_for_every_stored_type(
     want = nibabel_zyx(path)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     assert got.tobytes() == want.tobytes()
+
+
+def variant(path: Path, kind: str) -> Path:
+    """A file of one of the header layouts real scans come in."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(-1024, 3000, (9, 8, 6)).astype(np.int16)
+    affine = AFFINES["LPI"]
+    if kind == "big-endian int16":
+        img = nib.Nifti1Image(data.astype(">i2"), affine, nib.Nifti1Header(endianness=">"))
+    elif kind == "big-endian float32":
+        f32 = data.astype(">f4") / 3
+        img = nib.Nifti1Image(f32, affine, nib.Nifti1Header(endianness=">"))
+    elif kind == "NIfTI-2":
+        img = nib.Nifti2Image(data, affine)
+    elif kind == "4D, trailing 1":
+        img = nib.Nifti1Image(data[..., None], affine)
+    else:  # "with an extension"
+        img = nib.Nifti1Image(data, affine)
+        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 100))
+    img.set_qform(affine, code=1)
+    nib.save(img, path)
+    return path
+
+
+@pytest.mark.parametrize("route", ["zlib", "nibabel"])
+@pytest.mark.parametrize(
+    "kind",
+    ["big-endian int16", "big-endian float32", "NIfTI-2", "4D, trailing 1", "with an extension"],
+)
+def test_header_layouts_decode_to_nibabels_values(
+    tmp_path: Path, kind: str, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", route)  # zlib: inflated here, the in-memory route
+    path = variant(tmp_path / "v.nii.gz", kind)
+    want = nibabel_zyx(path) if kind != "4D, trailing 1" else nibabel_zyx_squeezed(path)
+    assert load_volume(path, modality="CT").array.tobytes() == want.tobytes()
+
+
+def nibabel_zyx_squeezed(path: Path) -> npt.NDArray[np.float32]:
+    img = nib.as_closest_canonical(nib.funcs.squeeze_image(nib.load(path)))
+    return np.ascontiguousarray(img.get_fdata(dtype=np.float32).transpose(2, 1, 0))
 
 
 @pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii", "standard.nii.gz"])
@@ -110,65 +158,96 @@ def second_of(first: str, second: str) -> object:
     return load_volume(second, modality="CT")
 
 
+def one_by_one(stream: Iterator[Volume], want: list[Volume]) -> None:
+    """Each volume equal to its reference, dropped before the next (blocks get reused)."""
+    for w in want:
+        g = next(stream)
+        assert type(g) is type(w)  # a RegionVolume stays one
+        assert g.array.tobytes() == w.array.tobytes() and g.id == w.id and g.origin == w.origin
+        assert g.z_positions.tobytes() == w.z_positions.tobytes()
+        del g
+    assert next(stream, None) is None
+
+
+def shm_blocks() -> set[str]:
+    return {p for p in os.listdir("/dev/shm") if p.startswith("cbirlib-")}
+
+
 def test_loaders_that_cut_or_read_several_images_get_their_own_voxels(tmp_path: Path) -> None:
-    import os
-    from functools import partial
-
-    from cbirlib.ingest import read_volumes
-
     small = str(write(tmp_path / "small.nii.gz", "int16", AFFINES["RAS"], False))
     big = tmp_path / "big.nii.gz"
     voxels = np.arange(40 * 30 * 20, dtype=np.int16).reshape(40, 30, 20)
     nib.save(nib.Nifti1Image(voxels, AFFINES["RAS"]), big)
-    blocks = {p for p in os.listdir("/dev/shm") if p.startswith("cbirlib-")}
+    blocks = shm_blocks()
     loaders = [
-        partial(region_of, small),  # a slab: a view into the block, copied into it
+        partial(region_of, small),  # a slab: a view of the image
         partial(second_of, small, str(big)),  # a bigger second image than the first
         partial(second_of, str(big), small),
+        partial(region_of, small),
+        small,  # a path between loaders: decoded into a pooled block
+        partial(second_of, small, str(big)),
     ]
-    got = list(read_volumes(loaders, workers=1, ahead=1))
-    want = [loader() for loader in loaders]
-    for g, w in zip(got, want, strict=True):
-        assert type(g) is type(w)  # a RegionVolume stays one
-        assert g.array.tobytes() == w.array.tobytes() and g.id == w.id and g.origin == w.origin
-        assert g.z_positions.tobytes() == w.z_positions.tobytes()
-    del got
-    assert {p for p in os.listdir("/dev/shm") if p.startswith("cbirlib-")} == blocks
+    want = [load_volume(x, modality="CT") if isinstance(x, str) else x() for x in loaders]
+    one_by_one(read_volumes(loaders, workers=1, ahead=1), want)
+    assert shm_blocks() == blocks
 
 
-@pytest.mark.parametrize("orientation", list(AFFINES))
-@pytest.mark.parametrize("stored", ["int16", "float32"])
-def test_voxels_of_a_decompressed_file_are_used_in_place_yet_the_array_is_the_volumes(
-    tmp_path: Path, stored: str, orientation: str
+@functools.lru_cache
+def cached(path: str) -> Volume:
+    """A loader that keeps what it read (a worker-side cache)."""
+    return load_volume(path, modality="CT")
+
+
+def test_a_loader_that_keeps_its_volumes_is_not_overwritten_by_later_reads(
+    tmp_path: Path,
 ) -> None:
-    from cbirlib.io._canonical import _over_bytes_in_memory
-    from cbirlib.io.nifti import _load_gzipped_nifti
+    a = str(write(tmp_path / "a.nii.gz", "int16", AFFINES["RAS"], False))
+    b = tmp_path / "b.nii.gz"  # the same shape, other voxels: fits a's block exactly
+    nib.save(nib.Nifti1Image(np.full((9, 8, 6), 7, np.int16), AFFINES["RAS"]), b)
+    sources: list[object] = [partial(cached, a), b, partial(cached, a), b, partial(cached, a)]
+    want = [load_volume(a if i % 2 == 0 else b, modality="CT") for i in range(len(sources))]
+    one_by_one(read_volumes(sources, workers=1, ahead=1), want)  # type: ignore[arg-type]
 
-    path = write(tmp_path / "v.nii.gz", stored, AFFINES[orientation], False)
-    img = _load_gzipped_nifti(path)
-    in_place = _over_bytes_in_memory(img)
-    assert isinstance(in_place.dataobj, np.ndarray)  # a view of the bytes: no copy
-    inflated = np.frombuffer(img.dataobj.file_like.getvalue(), np.uint8)
-    assert np.shares_memory(in_place.dataobj, inflated)
-    assert np.array_equal(in_place.affine, img.affine)
-    scaled = _load_gzipped_nifti(write(tmp_path / "s.nii.gz", stored, AFFINES[orientation], True))
-    assert _over_bytes_in_memory(scaled) is scaled  # nibabel scales these: its own read
 
+def unsendable(path: str) -> Volume:
     volume = load_volume(path, modality="CT")
-    volume.array[0, 0, 0] = 12345.0  # the volume's own, writable array
-    assert load_volume(path, modality="CT").array[0, 0, 0] != 12345.0
+    object.__setattr__(volume, "note", lambda: "cannot be pickled")
+    return volume
+
+
+def test_a_volume_that_cannot_be_sent_back_is_named_and_leaves_no_block(
+    tmp_path: Path,
+) -> None:
+    path = str(write(tmp_path / "v.nii.gz", "int16", AFFINES["RAS"], False))
+    blocks = shm_blocks()
+    with pytest.raises(VolumeSourceError, match="cannot be sent back from a worker"):
+        list(read_volumes([partial(unsendable, path)], workers=1))
+    assert shm_blocks() == blocks
 
 
 def test_an_image_refused_after_decoding_leaves_no_shared_block(tmp_path: Path) -> None:
-    import os
-
-    from cbirlib.errors import InvalidVolumeError
-    from cbirlib.ingest import read_volumes
-
     voxels = np.zeros((8, 8, 4), np.float32)
     voxels[2, 3, 1] = np.nan  # decoded into the worker's block, then refused by Volume
     nib.save(nib.Nifti1Image(voxels, AFFINES["RAS"]), tmp_path / "nan.nii.gz")
-    blocks = {p for p in os.listdir("/dev/shm") if p.startswith("cbirlib-")}
+    blocks = shm_blocks()
     with pytest.raises(InvalidVolumeError, match="NaN"):
         list(read_volumes([tmp_path / "nan.nii.gz"], workers=1))
-    assert {p for p in os.listdir("/dev/shm") if p.startswith("cbirlib-")} == blocks
+    assert shm_blocks() == blocks
+
+
+@pytest.mark.parametrize("route", ["zlib", "nibabel"])
+def test_a_4d_file_short_of_its_data_is_a_read_error(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    from cbirlib.errors import VolumeReadError
+
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    img = nib.Nifti1Image(np.ones((9, 8, 6, 1), np.int16), AFFINES["RAS"])
+    img.set_qform(AFFINES["RAS"], code=1)
+    nib.save(img, tmp_path / "whole.nii")
+    whole = (tmp_path / "whole.nii").read_bytes()
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(whole[:-100]))  # a valid gzip
+    with pytest.raises(VolumeReadError, match=r"short\.nii\.gz"):
+        load_volume(tmp_path / "short.nii.gz", modality="CT")

@@ -125,26 +125,35 @@ def _as_zyx(data: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return out
 
 
+@contextmanager
+def _reading(source: str) -> Iterator[None]:
+    """nibabel, zlib, gzip and numpy errors of a damaged file as a VolumeReadError."""
+    try:
+        yield
+    except Exception as exc:
+        raise VolumeReadError(
+            f"{source}: cannot read the image data ({type(exc).__name__}: {exc}); "
+            "the file may be truncated or corrupt"
+        ) from None
+
+
 def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonical:
     """Reorient a nibabel image to RAS+ and return its data as ``(Z, Y, X)``.
 
     The one place where the layout convention lives: images and masks both go here.
     """
-    if img.ndim == 4 and img.shape[3] == 1:
-        img = nib.funcs.squeeze_image(img)  # type: ignore[no-untyped-call]
+    with _reading(source):
+        img = _over_bytes_in_memory(img)
+        if img.ndim == 4 and img.shape[3] == 1:
+            img = nib.funcs.squeeze_image(img)  # type: ignore[no-untyped-call]
     if img.ndim != 3:
         raise InvalidVolumeError(
             f"{source}: expected a 3D image, got {img.ndim}D data of shape {tuple(img.shape)}"
             " (only a 4D image with a trailing dimension of 1 is accepted)"
         )
-    try:
-        img = nib.as_closest_canonical(_over_bytes_in_memory(img))  # type: ignore[no-untyped-call]
+    with _reading(source):
+        img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
         data = _mask_data(img, source) if as_mask else _stored_or_float32(img)
-    except Exception as exc:  # nibabel, zlib, gzip and numpy errors of a damaged file
-        raise VolumeReadError(
-            f"{source}: cannot read the image data ({type(exc).__name__}: {exc}); "
-            "the file may be truncated or corrupt"
-        ) from None
     affine = np.asarray(img.affine, dtype=np.float64)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # (dx, dy, dz)
     n_z = data.shape[2]
