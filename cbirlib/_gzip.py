@@ -1,7 +1,8 @@
 """Gzip decompression of whole files: ISA-L's igzip when installed, else zlib.
 
-``.nii.gz`` files are decompressed here in one call and the bytes handed to nibabel,
-which decodes them as before (:func:`cbirlib.io.load_volume`). `python-isal
+``.nii.gz`` files are inflated here, either as a stream (:func:`open_gzip`: the readers
+cast the voxels into the volume's array a few slices at a time) or in one call
+(:func:`gunzip`: the bytes handed to nibabel, which decodes them as before). `python-isal
 <https://pypi.org/project/isal/>`_ (the extra ``cbirlib[fast-gzip]``) decompresses about
 twice as fast as zlib; the bytes are the same whichever backend inflates them.
 
@@ -25,10 +26,11 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from cbirlib.errors import SettingError
 
-__all__ = ["BACKENDS", "ENV_GZIP", "gunzip", "gzip_backend"]
+__all__ = ["BACKENDS", "ENV_GZIP", "gunzip", "gzip_backend", "open_gzip"]
 
 ENV_GZIP = "CBIRLIB_GZIP"
 BACKENDS = ("auto", "isal", "zlib", "nibabel")
@@ -85,3 +87,31 @@ def gunzip(path: str | os.PathLike[str], *, backend: str | None = None) -> bytes
 
         return bytes(igzip.decompress(data))  # type: ignore[no-untyped-call]
     return gzip.decompress(data)
+
+
+def open_gzip(path: str | os.PathLike[str], *, backend: str | None = None) -> BinaryIO:
+    """A gzip file opened for reading its decompressed content as a stream.
+
+    The library's own reader (``isal.igzip.open`` or ``gzip.open``): every member,
+    padding and CRC checked as :func:`gunzip` does, without holding the whole content.
+
+    Parameters
+    ----------
+    path
+        A gzip file.
+    backend
+        ``"isal"`` or ``"zlib"``; default :func:`gzip_backend` (``"nibabel"`` means zlib
+        here).
+
+    Raises
+    ------
+    OSError
+        The file cannot be opened. Reading a truncated or corrupt file raises the
+        backend's own error (``OSError``, ``EOFError``, ``zlib.error``).
+    """
+    chosen = backend or gzip_backend()
+    if chosen == "isal":
+        from isal import igzip
+
+        return cast(BinaryIO, igzip.open(path, "rb"))  # type: ignore[no-untyped-call]
+    return cast(BinaryIO, gzip.open(path, "rb"))

@@ -1,14 +1,18 @@
-"""The readers' voxel decoding: bit for bit nibabel's float32 data, by the fast route too.
+"""The readers' voxel decoding: bit for bit nibabel's float32 data, by the fast routes too.
 
 ``cbirlib.io`` casts the stored voxels to float32 in one pass, straight into the
 volume's array, when nibabel would not scale them and float32 holds them exactly;
-every other case goes through ``get_fdata(dtype=float32)``. Both must give nibabel's
-own values (the reference below), for every stored type, scaling and orientation.
+every other case goes through ``get_fdata(dtype=float32)``. A ``.nii.gz`` inflated by
+cbirlib (isal or zlib) is streamed: its voxels cast into place a few slices at a time
+where the canonical layout only flips axes, else inflated whole. Every route must give
+nibabel's own values (the reference below) and the same geometry, for every stored
+type, scaling and orientation.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -19,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from cbirlib.errors import InvalidVolumeError, VolumeSourceError
+from cbirlib.errors import InvalidVolumeError, VolumeReadError, VolumeSourceError
 from cbirlib.ingest import read_volumes
-from cbirlib.io import load_volume
+from cbirlib.io import _gzipped, load_volume
 from cbirlib.io._canonical import images_allocated_by
 from cbirlib.queries import RegionVolume
 from cbirlib.volume import RegionOrigin, Volume
@@ -31,7 +35,12 @@ STORED = ["uint8", "int8", "int16", "uint16", "int32", "float32", "float64"]
 AFFINES = {
     "RAS": np.diag([0.8, 0.7, 2.5, 1.0]),
     "LPI": np.diag([-0.8, -0.7, -2.5, 1.0]),  # flipped on every axis by the reader
+    "LPS": np.diag([-0.8, -0.7, 2.5, 1.0]),  # DICOM's patient axes, as dcm2niix-like tools write
+    "LAS": np.diag([-0.8, 0.7, 2.5, 1.0]),  # radiological: only x flipped
+    # sagittal storage: file axes (A, S, R), reordered by the reader
+    "sagittal": np.array([[0, 0, 2.5, 0], [0.8, 0, 0, 0], [0, 0.7, 0, 0], [0, 0, 0, 1.0]]),
 }
+ROUTES = ["isal", "zlib"]  # cbirlib inflates: streamed, or whole where streaming does not fit
 
 
 def nibabel_zyx(path: Path) -> npt.NDArray[np.float32]:
@@ -55,21 +64,163 @@ def write(path: Path, stored: str, affine: npt.NDArray[np.float64], scaled: bool
     return path
 
 
+def same_geometry(got: Volume, want: Volume) -> None:
+    assert got.affine is not None and want.affine is not None
+    assert got.affine.tobytes() == want.affine.tobytes()
+    assert got.spacing == want.spacing
+    assert got.z_positions.tobytes() == want.z_positions.tobytes()
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "scaled"])
 @pytest.mark.parametrize("orientation", list(AFFINES))
 @pytest.mark.parametrize("stored", STORED)
 def test_voxels_are_nibabels_float32_for_every_stored_type(
-    tmp_path: Path, stored: str, orientation: str, scaled: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    stored: str,
+    orientation: str,
+    scaled: bool,
+    route: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("CBIRLIB_GZIP", "zlib")  # inflated here: the in-memory route
     path = write(tmp_path / "v.nii.gz", stored, AFFINES[orientation], scaled)
     proxy = nib.load(path).dataobj
     want_scaling = (0.37, -1024.5) if scaled else (1.0, 0.0)
     assert (proxy.slope, proxy.inter) == pytest.approx(want_scaling)
-    got = load_volume(path, modality="CT").array
+    monkeypatch.setenv("CBIRLIB_GZIP", "nibabel")
+    by_nibabel = load_volume(path, modality="CT")
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    monkeypatch.setattr(_gzipped, "PIECE_BYTES", 300)  # 2 of the 9 x 8 slices per piece
+    got = load_volume(path, modality="CT")
     want = nibabel_zyx(path)
-    assert got.dtype == np.float32 and got.flags.c_contiguous
-    assert got.tobytes() == want.tobytes()
+    assert got.array.dtype == np.float32 and got.array.flags.c_contiguous
+    assert got.array.tobytes() == want.tobytes() == by_nibabel.array.tobytes()
+    same_geometry(got, by_nibabel)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_an_oblique_scan_has_nibabels_voxels_and_geometry(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    angle = np.radians(12)  # tilted about the left-right axis, stored LPS
+    rotation = np.array(
+        [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.8, -0.7, 2.5])
+    affine[:3, 3] = [120.5, -80.25, -300.0]
+    path = write(tmp_path / "oblique.nii.gz", "int16", affine, scaled=False)
+    monkeypatch.setenv("CBIRLIB_GZIP", "nibabel")
+    with pytest.warns(UserWarning, match="oblique"):
+        by_nibabel = load_volume(path, modality="CT")
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    monkeypatch.setattr(_gzipped.GzippedNifti, "whole_image", refuse("whole_image"))
+    with pytest.warns(UserWarning, match="oblique"):
+        got = load_volume(path, modality="CT")
+    assert got.array.tobytes() == by_nibabel.array.tobytes() == nibabel_zyx(path).tobytes()
+    same_geometry(got, by_nibabel)
+
+
+def refuse(what: str) -> object:
+    def refused(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"{what} was used")
+
+    return refused
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPI", "LPS", "LAS"])
+@pytest.mark.parametrize("stored", ["uint8", "int16", "uint16", "float32"])
+def test_axial_exact_voxels_are_streamed_never_inflated_whole(
+    tmp_path: Path, stored: str, orientation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "v.nii.gz", stored, AFFINES[orientation], scaled=False)
+    monkeypatch.setattr(_gzipped.GzippedNifti, "whole_image", refuse("whole_image"))
+    assert load_volume(path, modality="CT").array.tobytes() == nibabel_zyx(path).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("stored", "orientation", "scaled"),
+    [("int16", "sagittal", False), ("int16", "RAS", True), ("int32", "RAS", False)],
+)
+def test_other_files_are_inflated_whole_and_decoded_by_nibabel(
+    tmp_path: Path, stored: str, orientation: str, scaled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "v.nii.gz", stored, AFFINES[orientation], scaled)
+    monkeypatch.setattr(_gzipped.GzippedNifti, "cast_voxels_into", refuse("cast_voxels_into"))
+    assert load_volume(path, modality="CT").array.tobytes() == nibabel_zyx(path).tobytes()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_the_shape_is_read_from_the_header_alone(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbirlib.io import nifti_shape
+
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    path = write(tmp_path / "v.nii.gz", "int16", AFFINES["sagittal"], scaled=False)
+    shape = load_volume(path, modality="CT").array.shape
+    monkeypatch.setattr(_gzipped.GzippedNifti, "whole_image", refuse("whole_image"))
+    monkeypatch.setattr(_gzipped.GzippedNifti, "cast_voxels_into", refuse("cast_voxels_into"))
+    assert nifti_shape(path) == shape == (8, 9, 6)
+
+
+def nifti_bytes(shape: tuple[int, ...] = (40, 30, 12)) -> bytes:
+    rng = np.random.default_rng(5)
+    img = nib.Nifti1Image(rng.integers(-1024, 3000, shape).astype(np.int16), AFFINES["LPS"])
+    img.set_qform(AFFINES["LPS"], code=1)
+    return bytes(img.to_bytes())
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(
+    "damage",
+    ["CRC", "stream cut in the voxels", "content short of the voxels", "garbage after"],
+)
+def test_a_damaged_stream_is_a_read_error_naming_the_file(
+    tmp_path: Path, route: str, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    monkeypatch.setattr(_gzipped, "PIECE_BYTES", 4096)
+    raw = nifti_bytes()
+    packed = gzip.compress(raw)
+    if damage == "CRC":  # the trailer: CRC32 then the length
+        packed = packed[:-8] + bytes([packed[-8] ^ 0xFF]) + packed[-7:]
+    elif damage == "stream cut in the voxels":
+        packed = packed[: len(packed) * 2 // 3]
+    elif damage == "content short of the voxels":
+        packed = gzip.compress(raw[: len(raw) - 1000])
+    else:
+        packed += b"not gzip"
+    path = tmp_path / "bad.nii.gz"
+    path.write_bytes(packed)
+    with pytest.raises(VolumeReadError, match=r"bad\.nii\.gz") as info:
+        load_volume(path, modality="CT")
+    assert info.value.__cause__ is None
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_multi_member_and_zero_padded_gzip_read_as_gzip_reads_them(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    monkeypatch.setattr(_gzipped, "PIECE_BYTES", 4096)
+    raw = nifti_bytes()
+    cut = 352 + 5000  # a member ends inside a slice, as bgzip's 64 KiB blocks do
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(raw[:cut]) + gzip.compress(raw[cut:]) + b"\0" * 16)
+    assert gzip.decompress(path.read_bytes()) == raw
+    monkeypatch.setattr(_gzipped.GzippedNifti, "whole_image", refuse("whole_image"))
+    assert load_volume(path, modality="CT").array.tobytes() == nibabel_zyx(path).tobytes()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_volume_smaller_than_the_header_read_is_decoded(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    path = tmp_path / "tiny.nii.gz"
+    path.write_bytes(gzip.compress(nifti_bytes((2, 3, 4))))  # 48 bytes of voxels
+    assert load_volume(path, modality="CT").array.tobytes() == nibabel_zyx(path).tobytes()
 
 
 def variant(path: Path, kind: str) -> Path:
@@ -86,26 +237,43 @@ def variant(path: Path, kind: str) -> Path:
         img = nib.Nifti2Image(data, affine)
     elif kind == "4D, trailing 1":
         img = nib.Nifti1Image(data[..., None], affine)
-    else:  # "with an extension"
+    elif kind == "with an extension":
         img = nib.Nifti1Image(data, affine)
         img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 100))
+    else:  # "scl_slope 0" (no scaling, by the standard; nibabel itself writes NaN)
+        img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
-    nib.save(img, path)
+    raw = bytearray(img.to_bytes())
+    if kind == "scl_slope 0":
+        raw[112:120] = np.array([0.0, 0.0], "<f4").tobytes()  # scl_slope, scl_inter
+    path.write_bytes(gzip.compress(bytes(raw)))
     return path
 
 
-@pytest.mark.parametrize("route", ["zlib", "nibabel"])
-@pytest.mark.parametrize(
-    "kind",
-    ["big-endian int16", "big-endian float32", "NIfTI-2", "4D, trailing 1", "with an extension"],
-)
+LAYOUTS = [
+    "big-endian int16",
+    "big-endian float32",
+    "NIfTI-2",
+    "4D, trailing 1",
+    "with an extension",
+    "scl_slope 0",
+]
+
+
+@pytest.mark.parametrize("route", [*ROUTES, "nibabel"])
+@pytest.mark.parametrize("kind", LAYOUTS)
 def test_header_layouts_decode_to_nibabels_values(
     tmp_path: Path, kind: str, route: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CBIRLIB_GZIP", route)  # zlib: inflated here, the in-memory route
     path = variant(tmp_path / "v.nii.gz", kind)
+    monkeypatch.setenv("CBIRLIB_GZIP", "nibabel")
+    by_nibabel = load_volume(path, modality="CT")
+    monkeypatch.setenv("CBIRLIB_GZIP", route)  # isal, zlib: inflated here, streamed
+    monkeypatch.setattr(_gzipped.GzippedNifti, "whole_image", refuse("whole_image"))
+    got = load_volume(path, modality="CT")
     want = nibabel_zyx(path) if kind != "4D, trailing 1" else nibabel_zyx_squeezed(path)
-    assert load_volume(path, modality="CT").array.tobytes() == want.tobytes()
+    assert got.array.tobytes() == want.tobytes() == by_nibabel.array.tobytes()
+    same_geometry(got, by_nibabel)
 
 
 def nibabel_zyx_squeezed(path: Path) -> npt.NDArray[np.float32]:

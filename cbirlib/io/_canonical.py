@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cbirlib.errors import InvalidVolumeError, VolumeReadError
+from cbirlib.io._gzipped import GzippedNifti
 from cbirlib.provenance import Source
 from cbirlib.volume import Volume
 
@@ -74,7 +75,7 @@ def _unscaled_exact(proxy: Any) -> bool:
 def _over_bytes_in_memory(img: Any) -> Any:
     """The image over a view of its voxels when the whole file is in memory already.
 
-    A decompressed ``.nii.gz`` (:func:`cbirlib.io.nifti._load_gzipped_nifti`) is a
+    A ``.nii.gz`` inflated whole (:meth:`cbirlib.io._gzipped.GzippedNifti.whole_image`) is a
     ``BytesIO`` over the inflated bytes; nibabel would copy its voxels out of it. With
     unscaled voxels of a type float32 holds exactly, the image is rebuilt over a
     read-only view of those bytes (``getvalue`` hands them over without a copy; its
@@ -117,12 +118,19 @@ def _as_zyx(data: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     (:func:`images_allocated_by`) or a new one.
     """
     zyx = data.transpose(2, 1, 0)
-    allocate = _ALLOCATE.get()
-    if allocate is None and zyx.dtype == np.float32 and zyx.flags.writeable:
+    if _ALLOCATE.get() is None and zyx.dtype == np.float32 and zyx.flags.writeable:
         return np.ascontiguousarray(zyx)  # no copy when nibabel's array is in this layout
-    out = np.empty(zyx.shape, np.float32) if allocate is None else allocate(zyx.shape)
+    out = _new_float32(zyx.shape)
     np.copyto(out, zyx, casting="unsafe")
     return out
+
+
+def _new_float32(shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """An image's ``(Z, Y, X)`` array, from the active allocator or numpy."""
+    allocate = _ALLOCATE.get()
+    if allocate is None:
+        return np.empty(shape, np.float32)
+    return allocate((int(shape[0]), int(shape[1]), int(shape[2])))
 
 
 @contextmanager
@@ -154,16 +162,56 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
     with _reading(source):
         img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
         data = _mask_data(img, source) if as_mask else _stored_or_float32(img)
-    affine = np.asarray(img.affine, dtype=np.float64)
+    array = np.ascontiguousarray(data.transpose(2, 1, 0)) if as_mask else _as_zyx(data)
+    return _placed(array, img.affine, source, as_mask=as_mask)
+
+
+def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
+    """The image of a ``.nii.gz``, its voxels cast into place as they are inflated.
+
+    For the files where that is nibabel's result bit for bit, and the slices stay
+    slices: unscaled voxels of a type float32 holds exactly, a plain 3D (or 4D with a
+    trailing 1) image whose canonical layout only flips axes (axial storage in any
+    orientation: RAS, LPS, LPI...). ``None`` for other files (nothing read beyond the
+    header): nibabel decodes them as :func:`_canonical_zyx` does.
+    """
+    img = gz.image
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3 or not gz.voxels_fit() or not _unscaled_exact(img.dataobj):
+        return None
+    with _reading(source):
+        ornt = nib.io_orientation(img.affine)  # type: ignore[no-untyped-call]
+    if not np.array_equal(ornt[:, 0], [0, 1, 2]):
+        return None  # axes swapped (sagittal or coronal storage): nibabel reorders
+    affine = img.affine
+    if (ornt[:, 1] < 0).any():  # as nib.as_closest_canonical computes it
+        affine = affine.dot(nib.orientations.inv_ornt_aff(ornt, shape))  # type: ignore[no-untyped-call]
+    flip_x, flip_y, flip_z = (int(f) for f in ornt[:, 1])
+    array = _new_float32((shape[2], shape[1], shape[0]))
+    with _reading(source):
+        complete = gz.cast_voxels_into(array[::flip_z, ::flip_y, ::flip_x])
+    if not complete:
+        raise VolumeReadError(
+            f"{source}: cannot read the image data (the file ends before its last voxel, "
+            f"shape {tuple(img.shape)} of {img.dataobj.dtype}); the file may be truncated "
+            "or corrupt"
+        )
+    return _placed(array, affine, source, as_mask=False)
+
+
+def _placed(
+    array: npt.NDArray[Any], affine: npt.ArrayLike, source: str, *, as_mask: bool
+) -> _Canonical:
+    """The ``(Z, Y, X)`` array with its geometry, from its canonical affine."""
+    affine = np.asarray(affine, dtype=np.float64)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # (dx, dy, dz)
-    n_z = data.shape[2]
+    n_z = array.shape[0]
     z = affine[2, 2] * np.arange(n_z, dtype=np.float64) + affine[2, 3]
     dz = _slice_spacing(affine, source) if n_z > 1 and not as_mask else float(zooms[2])
     return _Canonical(
-        array=np.ascontiguousarray(data.transpose(2, 1, 0)) if as_mask else _as_zyx(data),
-        affine=affine,
-        spacing=(dz, float(zooms[1]), float(zooms[0])),
-        z_positions=z,
+        array=array, affine=affine, spacing=(dz, float(zooms[1]), float(zooms[0])), z_positions=z
     )
 
 
@@ -196,7 +244,7 @@ def _slice_spacing(affine: npt.NDArray[np.float64], source: str) -> float:
             f"and the slice step {shear:.1f} degrees from their normal; true slice spacing "
             f"{spacing:.3f} mm, z positions advance by {abs(step[2]):.3f} mm per slice",
             UserWarning,
-            stacklevel=5,
+            stacklevel=6,
         )
     return spacing if spacing > 0 else float(np.linalg.norm(step))
 

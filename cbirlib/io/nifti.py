@@ -1,18 +1,21 @@
 """NIfTI files: images, masks and header-only shapes (nibabel).
 
-``.nii`` and ``.nii.gz`` files are read with nibabel (``.nii.gz`` inflated in one call by
-:mod:`cbirlib._gzip` when a faster backend is installed) and brought to the canonical
-layout of :mod:`cbirlib.io`. The modality of an image comes from the ``"Modality"`` of a
+``.nii`` and ``.nii.gz`` files are read with nibabel and brought to the canonical layout
+of :mod:`cbirlib.io`. A ``.nii.gz`` is inflated by :mod:`cbirlib._gzip` (isal when
+installed): as a stream whose voxels are cast into the volume's array a few slices at a
+time where that is nibabel's result bit for bit (:mod:`cbirlib.io._gzipped`), else in
+one call and decoded by nibabel. The modality of an image comes from the ``"Modality"`` of a
 dcm2niix/BIDS JSON sidecar when one lies beside it.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,14 @@ import nibabel as nib
 import numpy as np
 
 from cbirlib._files import NIFTI_SUFFIXES, TOTALSEG_IMAGE_FILES, nifti_stem
-from cbirlib._gzip import gunzip, gzip_backend
+from cbirlib._gzip import gzip_backend
 from cbirlib.errors import (
     InvalidVolumeError,
     SettingError,
     VolumeReadError,
 )
-from cbirlib.io._canonical import _Canonical, _canonical_zyx
+from cbirlib.io._canonical import _Canonical, _canonical_zyx, _streamed_canonical
+from cbirlib.io._gzipped import GzippedNifti
 from cbirlib.io._paths import _check_exists, _unsupported
 from cbirlib.modality import UNKNOWN, normalize_modality
 
@@ -41,31 +45,17 @@ __all__ = [
 #: The readers' one logger (``cbirlib.io``), named in the docs.
 logger = logging.getLogger("cbirlib.io")
 
-# --- gzip-opening hook (cbirlib._gzip): inflate with isal or zlib, nibabel decodes ---
+
+def _inflated_here(path: Path) -> bool:
+    """A ``.nii.gz`` that :mod:`cbirlib._gzip` inflates (not nibabel: ``CBIRLIB_GZIP``)."""
+    return path.name.lower().endswith(".gz") and gzip_backend() != "nibabel"
 
 
-def _load_gzipped_nifti(path: Path) -> Any:
-    """A ``.nii.gz`` image decompressed in one call (:func:`cbirlib._gzip.gunzip`).
-
-    nibabel decodes the bytes (header, data type, scaling) exactly as from the file.
-    """
-    raw = gunzip(path)
-    sizeof_hdr = int.from_bytes(raw[:4], "little")
-    if sizeof_hdr not in (348, 540):
-        sizeof_hdr = int.from_bytes(raw[:4], "big")
-    klass = nib.Nifti2Image if sizeof_hdr == 540 else nib.Nifti1Image
-    holder = nib.FileHolder(filename=str(path), fileobj=io.BytesIO(raw))
-    return klass.from_file_map({"header": holder, "image": holder})  # type: ignore[no-untyped-call]
-
-
-# --- end of the gzip-opening hook -------------------------------------------------------
-
-
-def _load_nifti_image(path: Path) -> Any:
+@contextmanager
+def _nifti_errors(path: Path) -> Iterator[None]:
+    """Errors of opening or inflating a NIfTI file as a VolumeReadError."""
     try:
-        if path.name.lower().endswith(".gz") and gzip_backend() != "nibabel":
-            return _load_gzipped_nifti(path)
-        return nib.load(path)
+        yield
     except Exception as exc:
         raise VolumeReadError(
             f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc}); "
@@ -73,13 +63,38 @@ def _load_nifti_image(path: Path) -> Any:
         ) from None
 
 
+def _load_nifti_image(path: Path) -> Any:
+    """The image nibabel reads (``.nii``, or ``.nii.gz`` when nibabel inflates it)."""
+    with _nifti_errors(path):
+        return nib.load(path)
+
+
+def _header_image(path: Path) -> Any:
+    """The image of a NIfTI file for its header: a ``.nii.gz`` is inflated that far only."""
+    if not _inflated_here(path):
+        return _load_nifti_image(path)
+    with _nifti_errors(path), GzippedNifti(path) as gz:
+        return gz.image
+
+
 def _read_nifti(path: Path, *, as_mask: bool = False) -> _Canonical:
-    img = _load_nifti_image(path)
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise VolumeReadError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
-    _check_nifti_data(img, path)
-    if not as_mask:
-        _warn_unknown_orientation(img, path)
+    gz = None
+    if _inflated_here(path):
+        with _nifti_errors(path):
+            gz = GzippedNifti(path)  # the header, and the stream of the voxels
+    with gz or nullcontext():
+        img = _load_nifti_image(path) if gz is None else gz.image
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise VolumeReadError(f"{path}: not a NIfTI image (read as {type(img).__name__})")
+        _check_nifti_data(img, path)
+        if not as_mask:
+            _warn_unknown_orientation(img, path)
+        if gz is not None:
+            canon = None if as_mask else _streamed_canonical(gz, str(path))
+            if canon is not None:
+                return canon
+            with _nifti_errors(path):
+                img = gz.whole_image()
     return _canonical_zyx(img, str(path), as_mask=as_mask)
 
 
@@ -201,7 +216,7 @@ def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     _check_exists(p)
     if p.is_dir() or nifti_stem(p) is None:
         raise _unsupported(p)
-    img = _load_nifti_image(p)
+    img = _header_image(p)
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
