@@ -112,6 +112,37 @@ def test_volume_rejects_bad_input(array: np.ndarray, kwargs: dict, match: str) -
         Volume("bad", array, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "where", [(0, 0, 0), (6, 2, 3), (-1, -1, -1)], ids=["first", "mid", "last"]
+)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed view", "every other slice"])
+def test_a_non_finite_voxel_is_found_in_any_chunk_and_layout(
+    where: tuple[int, int, int], bad: float, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbirlib import volume as volume_module
+
+    monkeypatch.setattr(volume_module, "_FINITE_CHUNK", 40)  # chunks of 2 slices of 5 x 4
+    base = np.zeros((7, 5, 4), np.float32)
+    array = {
+        "contiguous": base,
+        "transposed view": np.zeros((4, 5, 7), np.float32).transpose(2, 1, 0),
+        "every other slice": np.zeros((14, 5, 4), np.float32)[::2],
+    }[layout]
+    Volume("fine", array)  # all finite: accepted
+    array[where] = bad
+    with pytest.raises(InvalidVolumeError, match="1 voxels are NaN or infinite"):
+        Volume("bad", array)
+
+
+def test_a_large_volume_is_checked_for_non_finite_voxels_in_chunks() -> None:
+    array = np.zeros((12, 256, 256), np.float32)  # 3 chunks of 4 slices
+    Volume("fine", array)
+    array[11, 255, 255] = np.nan
+    with pytest.raises(InvalidVolumeError, match="1 voxels are NaN"):
+        Volume("bad", array)
+
+
 def test_volume_rejects_labels_of_other_length() -> None:
     labels = SliceLabels(("a",), np.zeros((3, 1), bool))
     with pytest.raises(MaskShapeError):
