@@ -419,3 +419,72 @@ def test_a_4d_file_short_of_its_data_is_a_read_error(
     (tmp_path / "short.nii.gz").write_bytes(gzip.compress(whole[:-100]))  # a valid gzip
     with pytest.raises(VolumeReadError, match=r"short\.nii\.gz"):
         load_volume(tmp_path / "short.nii.gz", modality="CT")
+
+
+def odd_header_file(path: Path, *, scaled: bool) -> Path:
+    """An extension whose size is not a multiple of 16: nibabel warns."""
+    img = nib.Nifti1Image(np.arange(120, dtype=np.int16).reshape(4, 5, 6), AFFINES["RAS"])
+    img.set_qform(AFFINES["RAS"], code=1)
+    if scaled:
+        img.header.set_slope_inter(2.0, 0.0)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"x" * 24))
+    raw = bytearray(img.to_bytes())
+    raw[352:356] = np.array([24], "<i4").tobytes()  # the extension's esize: 24, not 32
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["streamed", "inflated whole"])
+@pytest.mark.parametrize("route", ROUTES)
+def test_nibabels_header_warnings_and_messages_come_once_as_before(
+    tmp_path: Path,
+    route: str,
+    scaled: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import warnings
+
+    path = odd_header_file(tmp_path / "odd.nii.gz", scaled=scaled)
+
+    def messages() -> tuple[list[str], list[str]]:
+        caplog.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_volume(path, modality="CT")
+        logged = [r.getMessage() for r in caplog.records if r.name.startswith("nibabel")]
+        return sorted(str(w.message) for w in caught), logged
+
+    monkeypatch.setenv("CBIRLIB_GZIP", "nibabel")
+    want = messages()
+    assert any("multiple of 16" in m for m in want[0])  # the file does make nibabel warn
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    assert messages() == want
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_negative_dimension_is_a_read_error(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    raw = bytearray(nifti_bytes((4, 5, 6)))
+    raw[46:48] = np.array([-6], "<i2").tobytes()  # dim[3]
+    path = tmp_path / "negative.nii.gz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(VolumeReadError, match=r"negative\.nii\.gz.*negative dimensions"):
+        load_volume(path, modality="CT")
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_extensions_longer_than_a_piece_are_read(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    monkeypatch.setattr(_gzipped, "PIECE_BYTES", 4096)  # the header read in pieces
+    img = nib.Nifti1Image(np.arange(120, dtype=np.int16).reshape(4, 5, 6), AFFINES["LPS"])
+    img.set_qform(AFFINES["LPS"], code=1)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"x" * 100_000))
+    path = tmp_path / "long-extension.nii.gz"
+    path.write_bytes(gzip.compress(bytes(img.to_bytes())))
+    monkeypatch.setattr(_gzipped.GzippedNifti, "whole_image", refuse("whole_image"))
+    assert load_volume(path, modality="CT").array.tobytes() == nibabel_zyx(path).tobytes()

@@ -189,8 +189,8 @@ def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
     if (ornt[:, 1] < 0).any():  # as nib.as_closest_canonical computes it
         affine = affine.dot(nib.orientations.inv_ornt_aff(ornt, shape))  # type: ignore[no-untyped-call]
     flip_x, flip_y, flip_z = (int(f) for f in ornt[:, 1])
-    array = _new_float32((shape[2], shape[1], shape[0]))
-    with _reading(source):
+    with _reading(source):  # a header's shape may not fit in memory (MemoryError)
+        array = _new_float32((shape[2], shape[1], shape[0]))
         complete = gz.cast_voxels_into(array[::flip_z, ::flip_y, ::flip_x])
     if not complete:
         raise VolumeReadError(

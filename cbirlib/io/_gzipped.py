@@ -29,7 +29,6 @@ __all__ = ["GzippedNifti"]
 PIECE_BYTES = 2**20
 
 _HEADER_BYTES = 540  # a NIfTI-2 header; a NIfTI-1 one is 348, its extensions follow
-_MAX_OFFSET = 2**26  # a header with more extensions than this is read by nibabel whole
 
 
 class GzippedNifti:
@@ -52,10 +51,7 @@ class GzippedNifti:
         try:
             self._head = self._file.read(_HEADER_BYTES)
             klass = _nifti_class(self._head)
-            block = self._head[: klass.header_class.sizeof_hdr]
-            offset = int(klass.header_class(block, check=False).get_data_offset())
-            if len(self._head) < offset <= _MAX_OFFSET:
-                self._head += self._file.read(offset - len(self._head))
+            self._head += self._read_up_to(_data_offset(klass, self._head) - len(self._head))
             holder = nib.FileHolder(filename=str(path), fileobj=io.BytesIO(self._head))
             #: The image of the header (nibabel's, its voxels not read).
             self.image: Any = klass.from_file_map({"header": holder, "image": holder})
@@ -75,10 +71,28 @@ class GzippedNifti:
         self._file.close()
 
     def whole_image(self) -> Any:
-        """The image over all of the file's inflated bytes (what nibabel would read)."""
+        """The image over all of the file's inflated bytes (what nibabel would read).
+
+        Built as nibabel's ``from_file_map`` builds it, from the header parsed already
+        (parsing it again would repeat nibabel's header warnings and log messages).
+        """
         data = self._head + self._file.read()
-        holder = nib.FileHolder(filename=str(self.path), fileobj=io.BytesIO(data))
-        return type(self.image).from_file_map({"header": holder, "image": holder})
+        old = self.image.dataobj  # the proxy of the header alone: its reading parameters
+        spec = (old.shape, old.dtype, old.offset, old.slope, old.inter)
+        klass = type(self.image)
+        proxy = klass.ImageArrayProxy(io.BytesIO(data), spec, order=old.order)
+        return klass(proxy, self.image.affine, self.image.header)
+
+    def _read_up_to(self, n: int) -> bytes:
+        """Up to ``n`` more bytes (fewer at the end of the file), 1 MiB at a time."""
+        parts = []
+        while n > 0:
+            part = self._file.read(min(n, PIECE_BYTES))
+            if not part:
+                break
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
 
     def voxels_fit(self) -> bool:
         """The stored voxels can be cast into place: a plain proxy, its offset read."""
@@ -141,6 +155,15 @@ class GzippedNifti:
         """Read to the end, so that the gzip trailer (CRC and length) is checked."""
         while self._file.read(PIECE_BYTES):
             pass
+
+
+def _data_offset(klass: Any, head: bytes) -> int:
+    """The header's ``vox_offset`` (0 when unreadable: nibabel's parse then reports it)."""
+    try:
+        block = head[: klass.header_class.sizeof_hdr]
+        return int(klass.header_class(block, check=False).get_data_offset())
+    except (ValueError, OverflowError, TypeError):
+        return 0
 
 
 def _nifti_class(head: bytes) -> Any:

@@ -112,6 +112,11 @@ def _check_nifti_data(img: Any, path: Path) -> None:
             f"{path}: {dtype} voxels (complex or compound data) are not a scalar image; "
             "save the magnitude (or the wanted component) as a real-valued image"
         )
+    if any(int(n) < 0 for n in img.shape):
+        raise VolumeReadError(
+            f"{path}: the header declares negative dimensions {tuple(img.shape)}; the file "
+            "is corrupt"
+        )
     n_voxels = int(np.prod(img.shape, dtype=np.float64))
     if n_voxels > max_voxels():
         raise InvalidVolumeError(
@@ -196,7 +201,8 @@ def _sidecar_modality(path: Path, stem: str) -> str | None:
 def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     """Shape ``(Z, Y, X)`` that :func:`load_volume` would give, read from the header only.
 
-    Cheap: no voxel data are read.
+    Cheap: no voxel data are read (a ``.nii.gz`` is inflated as far as its header), so a
+    file damaged after its header is found when the volume itself is read.
 
     Raises
     ------
