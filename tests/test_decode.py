@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -23,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from cbirlib.errors import InvalidVolumeError, VolumeReadError, VolumeSourceError
+from cbirlib.errors import CbirError, InvalidVolumeError, VolumeReadError, VolumeSourceError
 from cbirlib.ingest import read_volumes
 from cbirlib.io import _gzipped, load_volume
 from cbirlib.io._canonical import images_allocated_by
@@ -488,3 +489,96 @@ def test_extensions_longer_than_a_piece_are_read(
     path.write_bytes(gzip.compress(bytes(img.to_bytes())))
     monkeypatch.setattr(_gzipped.GzippedNifti, "whole_image", refuse("whole_image"))
     assert load_volume(path, modality="CT").array.tobytes() == nibabel_zyx(path).tobytes()
+
+
+def malformed(path: Path, kind: str) -> Path:
+    """Files with damaged headers, as the fuzzing of the readers produced them."""
+    if kind in ("vox_offset 0, extension flag set", "extension running past vox_offset"):
+        nifti2 = kind.startswith("vox_offset 0")
+        header = nib.Nifti2Header() if nifti2 else nib.Nifti1Header()
+        data = np.zeros((4, 4, 4), np.int16) if nifti2 else np.full((4, 4, 4), 16, np.int32)
+        header.set_data_dtype(data.dtype)
+        header.set_data_shape(data.shape)
+        header.set_sform(np.eye(4), code=1)
+        header.extensions.append(nib.nifti1.Nifti1Extension(0, b"x" * (24 if nifti2 else 200)))
+        out = io.BytesIO()
+        header.write_to(out)
+        raw = bytearray(out.getvalue() + data.tobytes("F"))
+        n = header.sizeof_hdr
+        patched = type(header)(bytes(raw[:n]), check=False)
+        patched["vox_offset"] = 0 if nifti2 else 400
+        raw[:n] = patched.binaryblock
+    else:
+        img = nib.Nifti1Image(np.arange(120, dtype=np.int16).reshape(4, 5, 6), np.eye(4))
+        if kind == "NaN in the affine, 4D int32":
+            img = nib.Nifti1Image(np.ones((4, 4, 4, 2), np.int32), np.eye(4), dtype=np.int32)
+        if kind == "scaled, a zero dimension":
+            img.header.set_slope_inter(2.0, 0.0)
+        raw = bytearray(img.to_bytes())
+        if kind == "scaled, a zero dimension":
+            raw[46:48] = np.array([0], "<i2").tobytes()  # dim[3]
+        else:  # "NaN in the affine", "NaN in the affine, 4D int32"
+            header = nib.Nifti1Header(bytes(raw[:348]), check=False)
+            header["srow_x"][2] = np.nan
+            header["sform_code"] = 1
+            header["qform_code"] = 0
+            raw[:348] = header.binaryblock
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+def outcome(path: Path) -> tuple[object, ...]:
+    """What reading gives: the error class, or the voxels and affine; and the warnings."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            volume = load_volume(path, modality="CT")
+            result: tuple[object, ...] = (volume.array.tobytes(), volume.affine.tobytes())
+        except Exception as exc:
+            assert isinstance(exc, CbirError), f"{type(exc).__name__} escaped: {exc}"
+            result = (type(exc).__name__,)
+    return (*result, sorted(f"{w.category.__name__}: {w.message}" for w in caught))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "vox_offset 0, extension flag set",
+        "extension running past vox_offset",
+        "scaled, a zero dimension",
+        "NaN in the affine",
+        "NaN in the affine, 4D int32",
+    ],
+)
+def test_damaged_headers_read_as_nibabel_reads_them(
+    tmp_path: Path, kind: str, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = malformed(tmp_path / "damaged.nii.gz", kind)
+    monkeypatch.setenv("CBIRLIB_GZIP", "nibabel")
+    want = outcome(path)
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    assert outcome(path) == want
+
+
+@pytest.mark.parametrize("route", [*ROUTES, "nibabel"])
+def test_the_shape_of_a_file_with_an_unusable_affine_is_a_read_error(
+    tmp_path: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbirlib.io import nifti_shape
+
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    raw = bytearray(nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.eye(4)).to_bytes())
+    header = nib.Nifti1Header(bytes(raw[:348]), check=False)
+    for row in ("srow_x", "srow_y", "srow_z"):
+        header[row][0] = 0  # the first voxel axis points nowhere
+    header["sform_code"], header["qform_code"] = 1, 0
+    raw[:348] = header.binaryblock
+    path = tmp_path / "flat.nii.gz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(VolumeReadError, match=r"flat\.nii\.gz: unusable affine"):
+        nifti_shape(path)
+    with pytest.raises(VolumeReadError, match=r"flat\.nii\.gz"):
+        load_volume(path, modality="CT")

@@ -28,7 +28,7 @@ __all__ = ["GzippedNifti"]
 #: Bytes inflated at a time when casting (rounded to whole slices; at least one slice).
 PIECE_BYTES = 2**20
 
-_HEADER_BYTES = 540  # a NIfTI-2 header; a NIfTI-1 one is 348, its extensions follow
+_HEADER_BYTES = 544  # a NIfTI-2 header and its extension flag (NIfTI-1: 348 + 4)
 
 
 class GzippedNifti:
@@ -52,7 +52,11 @@ class GzippedNifti:
             self._head = self._file.read(_HEADER_BYTES)
             klass = _nifti_class(self._head)
             self._head += self._read_up_to(_data_offset(klass, self._head) - len(self._head))
-            holder = nib.FileHolder(filename=str(path), fileobj=io.BytesIO(self._head))
+            if _header_end(klass, self._head) is None:  # nibabel would read further
+                self._head += self._file.read()
+            # the image's proxy reads from this buffer: whole_image appends the rest
+            self._bytes = io.BytesIO(self._head)
+            holder = nib.FileHolder(filename=str(path), fileobj=self._bytes)
             #: The image of the header (nibabel's, its voxels not read).
             self.image: Any = klass.from_file_map({"header": holder, "image": holder})
         except BaseException:
@@ -73,15 +77,13 @@ class GzippedNifti:
     def whole_image(self) -> Any:
         """The image over all of the file's inflated bytes (what nibabel would read).
 
-        Built as nibabel's ``from_file_map`` builds it, from the header parsed already
-        (parsing it again would repeat nibabel's header warnings and log messages).
+        :attr:`image` itself, its buffer completed with the rest of the file: nibabel
+        parsed the header from the same bytes it would read from the whole file
+        (:func:`_header_end`), so nothing is parsed twice.
         """
-        data = self._head + self._file.read()
-        old = self.image.dataobj  # the proxy of the header alone: its reading parameters
-        spec = (old.shape, old.dtype, old.offset, old.slope, old.inter)
-        klass = type(self.image)
-        proxy = klass.ImageArrayProxy(io.BytesIO(data), spec, order=old.order)
-        return klass(proxy, self.image.affine, self.image.header)
+        self._bytes.seek(0, io.SEEK_END)
+        self._bytes.write(self._file.read())
+        return self.image
 
     def _read_up_to(self, n: int) -> bytes:
         """Up to ``n`` more bytes (fewer at the end of the file), 1 MiB at a time."""
@@ -160,10 +162,46 @@ class GzippedNifti:
 def _data_offset(klass: Any, head: bytes) -> int:
     """The header's ``vox_offset`` (0 when unreadable: nibabel's parse then reports it)."""
     try:
-        block = head[: klass.header_class.sizeof_hdr]
-        return int(klass.header_class(block, check=False).get_data_offset())
+        return int(_raw_header(klass, head).get_data_offset())
     except (ValueError, OverflowError, TypeError):
         return 0
+
+
+def _raw_header(klass: Any, head: bytes) -> Any:
+    return klass.header_class(head[: klass.header_class.sizeof_hdr], check=False)
+
+
+def _header_end(klass: Any, head: bytes) -> int | None:
+    """Where nibabel's header parse stops reading, if within ``head``; else None.
+
+    It reads the header, the 4-byte extension flag and, when the flag is set, the
+    extensions one after the other while at least 16 bytes remain before
+    ``vox_offset``, each as long as its size field says (to the end of the file when
+    ``vox_offset`` lies before the extensions, or a size is below 8: damaged headers).
+    """
+    n = int(klass.header_class.sizeof_hdr)
+    if len(head) < n + 4 or head[n : n + 1] == b"\0":
+        return n + 4
+    try:
+        raw = _raw_header(klass, head)
+        remaining = float(raw["vox_offset"]) - (n + 4)
+        order = "<" if raw.endianness == "<" else ">"
+    except (ValueError, OverflowError, TypeError):
+        return None
+    if not remaining >= 0:  # negative or NaN
+        return None
+    position = n + 4
+    while remaining >= 16:
+        if position + 8 > len(head):
+            return None
+        size = int(np.frombuffer(head, f"{order}i4", count=1, offset=position)[0])
+        if size < 8:
+            return None
+        position += size
+        remaining -= size
+        if position > len(head):
+            return None
+    return position
 
 
 def _nifti_class(head: bytes) -> Any:

@@ -117,6 +117,8 @@ def _check_nifti_data(img: Any, path: Path) -> None:
             f"{path}: the header declares negative dimensions {tuple(img.shape)}; the file "
             "is corrupt"
         )
+    if 0 in tuple(img.shape)[:3]:
+        raise InvalidVolumeError(f"{path}: the header declares an empty image, shape {img.shape}")
     n_voxels = int(np.prod(img.shape, dtype=np.float64))
     if n_voxels > max_voxels():
         raise InvalidVolumeError(
@@ -234,6 +236,8 @@ def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
         ornt = nib.io_orientation(img.affine)  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise VolumeReadError(f"{p}: unusable affine ({type(exc).__name__}: {exc})") from None
+    if np.isnan(ornt).any():
+        raise VolumeReadError(f"{p}: unusable affine (an axis with no direction in space)")
     ras = [0, 0, 0]
     for axis, (out_axis, _flip) in enumerate(ornt):
         ras[int(out_axis)] = shape[axis]
