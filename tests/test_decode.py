@@ -512,12 +512,14 @@ def malformed(path: Path, kind: str) -> Path:
         img = nib.Nifti1Image(np.arange(120, dtype=np.int16).reshape(4, 5, 6), np.eye(4))
         if kind == "NaN in the affine, 4D int32":
             img = nib.Nifti1Image(np.ones((4, 4, 4, 2), np.int32), np.eye(4), dtype=np.int32)
+        if kind == "NaN in the affine, 4D trailing 1":
+            img = nib.Nifti1Image(np.ones((4, 5, 6, 1), np.int16), np.eye(4))
         if kind == "scaled, a zero dimension":
             img.header.set_slope_inter(2.0, 0.0)
         raw = bytearray(img.to_bytes())
         if kind == "scaled, a zero dimension":
             raw[46:48] = np.array([0], "<i2").tobytes()  # dim[3]
-        else:  # "NaN in the affine", "NaN in the affine, 4D int32"
+        else:  # "NaN in the affine" (3D, 4D int32, 4D with a trailing 1)
             header = nib.Nifti1Header(bytes(raw[:348]), check=False)
             header["srow_x"][2] = np.nan
             header["sform_code"] = 1
@@ -551,6 +553,7 @@ def outcome(path: Path) -> tuple[object, ...]:
         "scaled, a zero dimension",
         "NaN in the affine",
         "NaN in the affine, 4D int32",
+        "NaN in the affine, 4D trailing 1",
     ],
 )
 def test_damaged_headers_read_as_nibabel_reads_them(
@@ -581,4 +584,22 @@ def test_the_shape_of_a_file_with_an_unusable_affine_is_a_read_error(
     with pytest.raises(VolumeReadError, match=r"flat\.nii\.gz: unusable affine"):
         nifti_shape(path)
     with pytest.raises(VolumeReadError, match=r"flat\.nii\.gz"):
+        load_volume(path, modality="CT")
+
+
+@pytest.mark.parametrize("route", [*ROUTES, "nibabel"])
+@pytest.mark.parametrize(("dim", "error"), [(-6, VolumeReadError), (0, InvalidVolumeError)])
+def test_the_shape_of_a_header_with_a_bad_dimension_is_refused_as_reading_it_is(
+    tmp_path: Path, route: str, dim: int, error: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbirlib.io import nifti_shape
+
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    raw = bytearray(nifti_bytes((4, 5, 6)))
+    raw[46:48] = np.array([dim], "<i2").tobytes()  # dim[3]
+    path = tmp_path / "bad-dim.nii.gz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(error, match=r"bad-dim\.nii\.gz"):
+        nifti_shape(path)
+    with pytest.raises(error, match=r"bad-dim\.nii\.gz"):
         load_volume(path, modality="CT")

@@ -178,6 +178,8 @@ def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
     img = gz.image
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
+        if not np.isfinite(img.affine).all():
+            return None  # as nibabel's squeeze_image rebuilds the image, it reports this
         shape = shape[:3]
     if len(shape) != 3 or not gz.voxels_fit() or not _unscaled_exact(img.dataobj):
         return None

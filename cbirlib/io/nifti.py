@@ -104,6 +104,16 @@ def max_voxels() -> int:
     return int(value) if value.strip().isdigit() else 1 << 31
 
 
+def _check_dimensions(shape: tuple[int, ...], path: Path) -> None:
+    """Refuse negative dimensions (a corrupt header) and an empty image."""
+    if any(int(n) < 0 for n in shape):
+        raise VolumeReadError(
+            f"{path}: the header declares negative dimensions {shape}; the file is corrupt"
+        )
+    if 0 in shape[:3]:
+        raise InvalidVolumeError(f"{path}: the header declares an empty image, shape {shape}")
+
+
 def _check_nifti_data(img: Any, path: Path) -> None:
     """Refuse complex data, and a header whose data cannot be in the file, before reading."""
     dtype = img.get_data_dtype()
@@ -112,13 +122,7 @@ def _check_nifti_data(img: Any, path: Path) -> None:
             f"{path}: {dtype} voxels (complex or compound data) are not a scalar image; "
             "save the magnitude (or the wanted component) as a real-valued image"
         )
-    if any(int(n) < 0 for n in img.shape):
-        raise VolumeReadError(
-            f"{path}: the header declares negative dimensions {tuple(img.shape)}; the file "
-            "is corrupt"
-        )
-    if 0 in tuple(img.shape)[:3]:
-        raise InvalidVolumeError(f"{path}: the header declares an empty image, shape {img.shape}")
+    _check_dimensions(tuple(img.shape), path)
     n_voxels = int(np.prod(img.shape, dtype=np.float64))
     if n_voxels > max_voxels():
         raise InvalidVolumeError(
@@ -204,7 +208,8 @@ def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     """Shape ``(Z, Y, X)`` that :func:`load_volume` would give, read from the header only.
 
     Cheap: no voxel data are read (a ``.nii.gz`` is inflated as far as its header), so a
-    file damaged after its header is found when the volume itself is read.
+    file damaged after its header is found when the volume itself is read (or here,
+    when the damage lies in what was inflated to reach the header).
 
     Raises
     ------
@@ -226,6 +231,7 @@ def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
         raise _unsupported(p)
     img = _header_image(p)
     shape = tuple(int(n) for n in img.shape)
+    _check_dimensions(shape, p)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
