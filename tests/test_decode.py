@@ -288,6 +288,30 @@ def test_nibabels_shipped_scans_decode_to_nibabels_values(name: str) -> None:
     assert load_volume(path, modality="MR").array.tobytes() == nibabel_zyx(path).tobytes()
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["as scanned", "blank slices added"])
+@pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii"])
+@pytest.mark.parametrize("route", ROUTES)
+def test_real_mr_scans_gzipped_are_streamed_to_nibabels_values(
+    tmp_path: Path, name: str, padded: bool, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nibabel's real MR volumes (big-endian int16 LAS, float32 RAS), as .nii.gz, and with
+    # blank padding slices at both ends as scanners and converters write them
+    img = nib.load(NIFTI_DIR / name)
+    data = np.asanyarray(img.dataobj)
+    if padded:
+        blank = np.zeros((*data.shape[:2], 5), data.dtype)
+        data = np.concatenate([blank, data, blank], axis=2)
+    path = tmp_path / name.replace(".nii", ".nii.gz")
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+    monkeypatch.setenv("CBIRLIB_GZIP", "nibabel")
+    by_nibabel = load_volume(path, modality="MR")
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    monkeypatch.setattr(_gzipped.GzippedNifti, "whole_image", refuse("whole_image"))
+    got = load_volume(path, modality="MR")
+    assert got.array.tobytes() == by_nibabel.array.tobytes() == nibabel_zyx(path).tobytes()
+    same_geometry(got, by_nibabel)
+
+
 @pytest.mark.parametrize("scaled", [False, True], ids=["decoded into it", "copied into it"])
 def test_an_allocator_receives_the_image_voxels(tmp_path: Path, scaled: bool) -> None:
     path = write(tmp_path / "v.nii.gz", "int16", AFFINES["LPI"], scaled)
