@@ -627,3 +627,62 @@ def test_the_shape_of_a_header_with_a_bad_dimension_is_refused_as_reading_it_is(
         nifti_shape(path)
     with pytest.raises(error, match=r"bad-dim\.nii\.gz"):
         load_volume(path, modality="CT")
+
+
+def _refuse_checks(*_: object) -> bool:
+    raise AssertionError("integer voxels were checked for NaN again")
+
+
+@pytest.mark.parametrize("route", [*ROUTES, "nibabel"])
+@pytest.mark.parametrize("orientation", ["RAS", "LPS", "sagittal"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("stored", ["uint8", "int16", "uint16", "int32"])
+def test_integer_voxels_are_not_checked_for_nan_again(
+    tmp_path: Path,
+    route: str,
+    orientation: str,
+    suffix: str,
+    stored: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    path = write(tmp_path / f"v{suffix}", stored, AFFINES[orientation], False)
+    want = nibabel_zyx(path)
+    monkeypatch.setattr("cbirlib.volume._all_finite", _refuse_checks)
+    vol = load_volume(path, modality="CT")
+    assert np.array_equal(vol.array, want)
+    with pytest.raises(AssertionError, match="checked for NaN"):  # the check is still there
+        Volume("other", np.zeros((2, 3, 4), np.float32))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("route", [*ROUTES, "nibabel"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_scaled_integers_and_floats_are_still_checked_for_nan_and_infinity(
+    tmp_path: Path, route: str, suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    overflow = nib.Nifti1Image(np.full((8, 8, 4), 30000, np.int16), AFFINES["RAS"])
+    overflow.header.set_slope_inter(1e36, 0.0)  # 3e40 is infinite in float32
+    nib.save(overflow, tmp_path / f"inf{suffix}")
+    floats = np.zeros((8, 8, 4), np.float32)
+    floats[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(floats, AFFINES["LPS"]), tmp_path / f"nan{suffix}")
+    for name in ("inf", "nan"):
+        with pytest.raises(InvalidVolumeError, match=r"\d+ voxels are NaN or infinite"):
+            load_volume(tmp_path / f"{name}{suffix}", modality="CT")
+
+
+def test_only_the_readers_array_skips_the_check() -> None:
+    from cbirlib.volume import _finite_by_construction
+
+    made = np.zeros((2, 3, 4), np.float32)
+    other = made.copy()
+    other[0, 0, 0] = np.inf
+    with _finite_by_construction(made):
+        Volume("made", made)
+        with pytest.raises(InvalidVolumeError, match="1 voxels are NaN or infinite"):
+            Volume("other", other)
+    made[0, 0, 0] = np.nan
+    with pytest.raises(InvalidVolumeError, match="NaN or infinite"):  # outside the block
+        Volume("made", made)

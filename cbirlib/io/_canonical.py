@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ import numpy.typing as npt
 from cbirlib.errors import InvalidVolumeError, VolumeReadError
 from cbirlib.io._gzipped import GzippedNifti
 from cbirlib.provenance import Source
-from cbirlib.volume import Volume
+from cbirlib.volume import Volume, _finite_by_construction
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -36,6 +36,7 @@ class _Canonical:
     affine: npt.NDArray[np.float64]  # canonical voxel (x, y, z) -> RAS mm
     spacing: tuple[float, float, float]  # (dz, dy, dx)
     z_positions: npt.NDArray[np.float64]
+    from_integers: bool = False  # cast from stored integers: no NaN or infinity
 
 
 #: Allocates an image's float32 ``(Z, Y, X)`` array, given its shape; None: numpy.
@@ -163,7 +164,7 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
         img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
         data = _mask_data(img, source) if as_mask else _stored_or_float32(img)
     array = np.ascontiguousarray(data.transpose(2, 1, 0)) if as_mask else _as_zyx(data)
-    return _placed(array, img.affine, source, as_mask=as_mask)
+    return _placed(array, img.affine, source, as_mask=as_mask, from_integers=_integers(img.dataobj))
 
 
 def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
@@ -200,11 +201,25 @@ def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
             f"shape {tuple(img.shape)} of {img.dataobj.dtype}); the file may be truncated "
             "or corrupt"
         )
-    return _placed(array, affine, source, as_mask=False)
+    return _placed(array, affine, source, as_mask=False, from_integers=_integers(img.dataobj))
+
+
+def _integers(proxy: Any) -> bool:
+    """Unscaled stored integers (or booleans): their float32 values are all finite.
+
+    Even 64-bit integers stay below float32's largest value (3.4e38).
+    """
+    unscaled = getattr(proxy, "slope", 1.0) == 1 and getattr(proxy, "inter", 0.0) == 0
+    return unscaled and np.dtype(getattr(proxy, "dtype", "float64")).kind in "biu"
 
 
 def _placed(
-    array: npt.NDArray[Any], affine: npt.ArrayLike, source: str, *, as_mask: bool
+    array: npt.NDArray[Any],
+    affine: npt.ArrayLike,
+    source: str,
+    *,
+    as_mask: bool,
+    from_integers: bool = False,
 ) -> _Canonical:
     """The ``(Z, Y, X)`` array with its geometry, from its canonical affine."""
     affine = np.asarray(affine, dtype=np.float64)
@@ -213,7 +228,11 @@ def _placed(
     z = affine[2, 2] * np.arange(n_z, dtype=np.float64) + affine[2, 3]
     dz = _slice_spacing(affine, source) if n_z > 1 and not as_mask else float(zooms[2])
     return _Canonical(
-        array=array, affine=affine, spacing=(dz, float(zooms[1]), float(zooms[0])), z_positions=z
+        array=array,
+        affine=affine,
+        spacing=(dz, float(zooms[1]), float(zooms[0])),
+        z_positions=z,
+        from_integers=from_integers,
     )
 
 
@@ -271,15 +290,17 @@ def _make_volume(
     source: str, canon: _Canonical, *, id: str, modality: str, origin: Source | None = None
 ) -> Volume:
     """Build the Volume, making sure validation errors name the source file."""
+    finite = _finite_by_construction(canon.array) if canon.from_integers else nullcontext()
     try:
-        return Volume(
-            id,
-            canon.array,
-            spacing=canon.spacing,
-            z_positions=canon.z_positions,
-            modality=modality,
-            affine=canon.affine,
-            source=origin,
-        )
+        with finite:
+            return Volume(
+                id,
+                canon.array,
+                spacing=canon.spacing,
+                z_positions=canon.z_positions,
+                modality=modality,
+                affine=canon.affine,
+                source=origin,
+            )
     except InvalidVolumeError as exc:
         raise type(exc)(f"{source}: {exc}") from None
