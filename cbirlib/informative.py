@@ -9,14 +9,16 @@ volume that has them and inflate MaxSim scores between unrelated volumes.
 :class:`~cbirlib.rerank.MaxSimRerank` leave uninformative slices out by default.
 
 A slice is **uninformative** when, in the window the extractor applies (the percentile
-window for MR, see :func:`extractor_window`):
+window for every modality but CT, as the extractors window them; a volume of unknown
+modality as :func:`cbirlib.modality.effective_modality` guesses; see
+:func:`extractor_window`):
 
 * it is **near-constant**: the standard deviation of its windowed values (clipped to
   ``[0, 1]``, as the model sees them) is below :data:`STD_MIN`; or
 * it holds **almost no body**: fewer than :data:`BODY_FRACTION_MIN` of its pixels are
-  body pixels. Body pixels are, for MR, those above :data:`BODY_LEVEL` of the window
-  (``low + BODY_LEVEL * (high - low)``); for CT (HU), those above
-  ``max(BODY_HU, low)``: denser than -500 HU and visible in the window.
+  body pixels. Body pixels are, for CT (HU), those above ``max(BODY_HU, low)``: denser
+  than -500 HU and visible in the window; for any other modality (MR, PET...), those
+  above :data:`BODY_LEVEL` of the window (``low + BODY_LEVEL * (high - low)``).
 
 Examples
 --------
@@ -37,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cbirlib.errors import InputConfigError, SliceOutOfRangeError
+from cbirlib.modality import effective_modality
 from cbirlib.preprocess import PERCENTILE_WINDOW, window_bounds
 from cbirlib.volume import Volume
 
@@ -75,8 +78,9 @@ hold less; a small structure imaged in its own field of view fills far more."""
 _CHUNK = 64  # slices windowed at once (bounds the float32 temporaries)
 
 
-def _default_window(volume: Volume) -> str:
-    return "percentile" if volume.modality == "MR" else "wide"
+def _is_ct(volume: Volume) -> bool:
+    """Windowed in HU, as every extractor decides: CT, or guessed CT when unknown."""
+    return effective_modality(volume.modality, volume.array) == "CT"
 
 
 def _indices(volume: Volume, slices: npt.ArrayLike | None) -> npt.NDArray[np.int64]:
@@ -114,7 +118,7 @@ def informative_slices(
         The intensity window the extractor applies: a preset name of
         :data:`cbirlib.preprocess.WINDOW_PRESETS`, ``(low, high)``, or ``"percentile"``
         (bounds from the whole volume, :func:`cbirlib.preprocess.window_bounds`).
-        ``None``: ``"percentile"`` for MR, ``"wide"`` otherwise. Use
+        ``None``: ``"wide"`` for CT, ``"percentile"`` for any other modality. Use
         :func:`extractor_window` for the window of a given extractor.
     slices
         Indices of the slices to test (default: all), e.g. the strided query slices.
@@ -143,12 +147,12 @@ def informative_slices(
     """
 
     idx = _indices(volume, slices)
-    win = _default_window(volume) if window is None else window
+    ct = _is_ct(volume)
+    win = ("wide" if ct else PERCENTILE_WINDOW) if window is None else window
     percentile = isinstance(win, str) and win == PERCENTILE_WINDOW
     low, high = window_bounds(volume.array if percentile else None, win)
-    # MR: a fraction of the window; CT (HU): denser than BODY_HU and visible in the window
-    mr = volume.modality == "MR"
-    body_level = low + BODY_LEVEL * (high - low) if mr else max(BODY_HU, low)
+    # CT (HU): denser than BODY_HU and visible in the window; MR, PET...: a fraction of it
+    body_level = max(BODY_HU, low) if ct else low + BODY_LEVEL * (high - low)
     out = np.empty(len(idx), dtype=bool)
     for start in range(0, len(idx), _CHUNK):
         part = idx[start : start + _CHUNK]
@@ -163,11 +167,12 @@ def informative_slices(
 def extractor_window(extractor: object, volume: Volume) -> str | tuple[float, float]:
     """The window ``extractor`` applies to ``volume``, for :func:`informative_slices`.
 
-    ``"percentile"`` for an MR volume (what every cbirlib extractor does); otherwise
+    ``"percentile"`` for any volume but a CT (what every cbirlib extractor does: MR,
+    PET..., and an unknown modality unless guessed CT); for a CT
     ``extractor.input_config.window``, or ``to_config()["input_config"]["window"]``, and
     ``"wide"`` when the extractor declares no valid window.
     """
-    if volume.modality == "MR":
+    if not _is_ct(volume):
         return "percentile"
 
     candidates: list[Any] = [getattr(getattr(extractor, "input_config", None), "window", None)]

@@ -385,3 +385,50 @@ def test_maxsim_ignores_blank_slices_on_both_sides() -> None:
     assert old.score[0] == pytest.approx((1 + 1 + np.sqrt(0.5)) / 3, rel=1e-5)
     assert (int(old.extra["loc_first"][0]), int(old.extra["loc_last"][0])) == (10, 13)
     assert repr(MaxSimRerank(keep_blank=True)) == "MaxSimRerank(top=20, keep_blank=True)"
+
+
+# --- every modality but CT is windowed by percentiles, flags included ----------------------
+
+
+def _real_mr() -> npt.NDArray[np.float32]:
+    """nibabel's shipped anatomical MR (a real scan, 25 slices), as ``(Z, Y, X)``."""
+    import nibabel as nib
+
+    path = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+    img = nib.as_closest_canonical(nib.load(path))
+    return np.ascontiguousarray(img.get_fdata(dtype=np.float32).transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("modality", ["PT", "NM", "unknown"])
+def test_other_modalities_are_flagged_in_the_window_the_extractor_uses(modality: str) -> None:
+    """A PET (or a volume of unknown modality, guessed MR) was flagged in the CT window.
+
+    Its intensities (SUV 0-12, or z-scores) all lie below -500 HU's body threshold, so
+    every slice was blank and the volume could never be retrieved, while the extractor
+    windowed it by percentiles, as MR.
+    """
+    mr = _real_mr()
+    array = mr / mr.max() * 12.0 if modality != "unknown" else (mr - mr.mean()) / mr.std()
+    as_mr = informative_slices(Volume("mr", array, modality="MR"))
+    volume = Volume("v", array, modality=modality)
+    ex = BaselineExtractor()
+    assert extractor_window(ex, volume) == "percentile"
+    flags = slice_flags(ex, volume)
+    assert flags.sum() >= 0.8 * len(flags)
+    assert np.array_equal(flags, as_mr)
+
+
+def test_a_pet_volume_is_retrieved_by_itself_and_localized(tmp_path: Path) -> None:
+    mr = _real_mr()
+    pet = Volume("pet", mr / mr.max() * 12.0, spacing=(3.0, 2.0, 2.0), modality="PT")
+    other = Volume("other", np.roll(pet.array, 40, axis=2)[::-1].copy(), modality="PT")
+    ex = BaselineExtractor()
+    index = build_index([pet, other], ex, tmp_path / "idx", exact=True, verbose=False)
+    assert index.slice_meta("pet")["informative"].mean() >= 0.8
+    chain = SliceSearch(ex, index, k=5) >> CountVotes() >> MaxSimRerank(top=2) >> Localize()
+    found = chain.retrieve(pet)
+    assert found.volume_id[0] == "pet"
+    flags = index.slice_meta("pet")["informative"]
+    body = np.flatnonzero(flags)
+    span = (int(found.extra["loc_first"][0]), int(found.extra["loc_last"][0]))
+    assert span == (body[0], body[-1])
