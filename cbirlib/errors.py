@@ -50,6 +50,10 @@ class MissingSliceError(DicomSeriesError):
     """A DICOM series has a gap in its slice positions."""
 
 
+class NotAnImageError(VolumeReadError):
+    """A DICOM object that is not an image: a segmentation (SEG), an RT dose grid..."""
+
+
 class MaskShapeError(InvalidVolumeError):
     """A segmentation mask does not match the shape of its image."""
 
@@ -224,6 +228,7 @@ __all__ = [
     "InvalidVolumeError",
     "DicomSeriesError",
     "MissingSliceError",
+    "NotAnImageError",
     "MaskShapeError",
     "LabelsError",
     "SliceOutOfRangeError",

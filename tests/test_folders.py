@@ -97,3 +97,26 @@ def test_check_split_root_accepts_a_split_root_and_names_what_is_missing(tmp_pat
     (tmp_path / "data" / "meta.csv").unlink()
     with pytest.raises(DatasetError, match=r"has no meta\.csv"):
         check_split_root(tmp_path / "data")
+
+
+@pytest.mark.parametrize("name", ["rtdose.dcm", "rtstruct.dcm", "rtplan.dcm"])
+def test_rt_objects_in_a_data_folder_are_not_volumes(tmp_path, name) -> None:
+    """pydicom's RT dose grid, structure set and plan beside a series and at the top."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from cbirlib.errors import NotAnImageError
+    from cbirlib.io import dicom_series, load_volume
+
+    rt = get_testdata_file(name)
+    array = np.random.default_rng(2).integers(-1000, 1000, size=(4, 6, 5)).astype(np.float32)
+    write_dicom_series(tmp_path / "ct", array, spacing=(2.0, 1.0, 1.0))
+    shutil.copy(rt, tmp_path / "ct" / name)
+    shutil.copy(rt, tmp_path / name)
+    found = dict(discover_volumes(tmp_path))
+    assert sorted(found) == ["ct"]
+    np.testing.assert_array_equal(found["ct"]().array, array)
+    assert [s.n_slices for s in dicom_series(tmp_path / "ct")] == [4]
+    with pytest.raises(NotAnImageError, match=r"not an image \(1 RT"):
+        load_volume(tmp_path / name)

@@ -7,6 +7,7 @@ of known masks on it with ``highdicom.seg.Segmentation`` and checks that
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -163,3 +164,41 @@ def test_missing_highdicom_names_the_extra(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "highdicom", None)
     with pytest.raises(OptionalDependencyError, match=r"pip install cbirlib\[highdicom\]"):
         load_seg_masks(seg, volume)
+
+
+# --- a SEG is not an image: never indexed as one ------------------------------------------
+
+
+def test_a_seg_beside_its_series_is_skipped_not_read_as_a_second_volume(
+    tmp_path: Path,
+) -> None:
+    from cbirlib.datasets.folders import discover_volumes
+    from cbirlib.io import dicom_series
+
+    folder = tmp_path / "data" / "ctA"
+    sources = write_series(folder)
+    write_seg(folder / "seg.dcm", sources, known_masks())
+    series = dicom_series(folder)
+    assert [s.n_slices for s in series] == [SHAPE[0]]  # the CT only
+    found = discover_volumes(tmp_path / "data")
+    assert [vid for vid, _ in found] == ["ctA"]  # not ctA/series-1 and ctA/series-2
+    volume = found[0][1]()
+    assert volume.modality == "CT" and volume.shape == SHAPE
+    got = load_seg_masks(folder / "seg.dcm", volume)  # and the SEG still reads as masks
+    np.testing.assert_array_equal(got["liver"], known_masks()["liver"])
+
+
+def test_loading_a_seg_as_a_volume_is_refused_and_points_to_its_reader(tmp_path: Path) -> None:
+    from cbirlib.datasets.folders import discover_volumes
+    from cbirlib.errors import NotAnImageError
+
+    sources = write_series(tmp_path / "ct")
+    alone = tmp_path / "data" / "segs"
+    alone.mkdir(parents=True)
+    write_seg(alone / "seg.dcm", sources, known_masks())
+    with pytest.raises(NotAnImageError, match=r"not an image \(1 SEG .*load_seg_masks"):
+        load_volume(alone / "seg.dcm")
+    with pytest.raises(NotAnImageError, match="load_seg_masks"):
+        load_volume(alone)  # a folder of segmentations only
+    shutil.copytree(tmp_path / "ct", tmp_path / "data" / "ct")
+    assert [vid for vid, _ in discover_volumes(tmp_path / "data")] == ["ct"]

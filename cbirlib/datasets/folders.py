@@ -33,7 +33,7 @@ from cbirlib.datasets.totalsegmentator import (
     CustomMasks,
     TotalSegmentator,
 )
-from cbirlib.errors import CbirError, DatasetError, VolumeNotFoundError
+from cbirlib.errors import CbirError, DatasetError, NotAnImageError, VolumeNotFoundError
 from cbirlib.modality import ModalitySetting, modality_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -150,6 +150,9 @@ def discover_volumes(
         vid = here.relative_to(root).as_posix() if here != root else root.name
         try:
             series = dicom_series(here)
+        except NotAnImageError as exc:  # only segmentations, RT dose...: nothing to index
+            logger.info("%s; not indexed", exc)
+            continue
         except CbirError:  # no readable series: load_volume reports why, when it is read
             series = []
         if len(series) <= 1:

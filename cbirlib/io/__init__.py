@@ -24,7 +24,11 @@ rows), never by file name or ``InstanceNumber``; ``RescaleSlope``/``RescaleInter
 raises :class:`~cbirlib.errors.MissingSliceError`; smaller spacing irregularities
 (above 1 % of the median spacing, or 0.01 mm) only emit a ``UserWarning`` and the true
 positions are kept in ``z_positions``. Only the files directly inside the folder are
-read (no recursion); files that are not DICOM are skipped.
+read (no recursion); files that are not DICOM are skipped, and so are DICOM objects
+that are not images (segmentations, RT dose grids, structure sets, plans, reports: see
+``cbirlib.io.dicom.NON_IMAGE_MODALITIES``); reading one of those alone raises
+:class:`~cbirlib.errors.NotAnImageError` (a SEG's masks are read by
+:func:`load_seg_masks`).
 
 The modality is never assumed silently: the caller's ``modality=``, else DICOM's
 ``Modality`` tag, else (NIfTI) the ``"Modality"`` of a dcm2niix/BIDS JSON sidecar, else

@@ -24,6 +24,7 @@ from cbirlib._files import is_dicom_file
 from cbirlib.errors import (
     DicomSeriesError,
     MissingSliceError,
+    NotAnImageError,
     SettingError,
     VolumeNotFoundError,
     VolumeReadError,
@@ -47,6 +48,18 @@ SPACING_REL_TOL = 0.01
 SPACING_ABS_TOL = 0.01
 #: Tolerance on ImageOrientationPatient direction cosines within one series.
 ORIENTATION_TOL = 1e-4
+#: Modality codes of DICOM objects that are not images of the anatomy, though some have
+#: Rows and Columns: segmentations, RT dose grids, structure sets, plans, reports,
+#: presentation states, key objects, documents, registrations.
+NON_IMAGE_MODALITIES = frozenset(
+    ["SEG", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "DOC", "REG", "RWV"]
+)
+#: Their SOP classes, for objects whose Modality tag is missing or wrong.
+_NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "SEG",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.7": "SEG",  # Label Map Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.481.2": "RTDOSE",  # RT Dose Storage
+}
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,26 @@ def _tag_modality(value: Any, path: Path) -> str:
         return UNKNOWN
 
 
+def _non_image_kind(ds: Any) -> str | None:
+    """The modality code of a DICOM object that is not an image (``"SEG"``...), else None."""
+    kind = _NON_IMAGE_SOP_CLASSES.get(str(ds.get("SOPClassUID", "")).strip())
+    if kind is None:
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        kind = modality if modality in NON_IMAGE_MODALITIES else None
+    return kind
+
+
+def _not_an_image(where: Path, kinds: dict[str, int]) -> str:
+    """Why ``where`` (a file or folder of such objects) is not read as a volume."""
+    listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    hint = (
+        "; a SEG is a segmentation: read its masks with cbirlib.io.load_seg_masks"
+        if "SEG" in kinds
+        else ""
+    )
+    return f"{where}: not an image ({listed} DICOM object(s), no image series){hint}"
+
+
 def _floats(value: Any) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -165,6 +198,7 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
         raise VolumeNotFoundError(f"{folder}: empty folder (no files; subfolders are not searched)")
     headers: list[_DicomHeader] = []
     unreadable: list[Path] = []
+    non_image: dict[str, int] = {}
     for f in files:
         try:
             ds = _read_header(f)
@@ -172,6 +206,11 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
             if _could_be_dicom(f):
                 unreadable.append(f)
             logger.debug("%s: skipped, not a readable DICOM file (%s)", f, type(exc).__name__)
+            continue
+        kind = _non_image_kind(ds)
+        if kind is not None:
+            non_image[kind] = non_image.get(kind, 0) + 1
+            logger.debug("%s: skipped, a %s object, not an image", f, kind)
             continue
         uid = ds.get("SeriesInstanceUID")
         rows, cols = ds.get("Rows"), ds.get("Columns")
@@ -195,6 +234,14 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
                 frames=_frames(ds.get("NumberOfFrames")),
             )
         )
+    if non_image and headers:
+        logger.info(
+            "%s: skipped %s (not images)",
+            folder,
+            ", ".join(f"{n} {kind} object(s)" for kind, n in sorted(non_image.items())),
+        )
+    if not headers and non_image and not unreadable:
+        raise NotAnImageError(_not_an_image(folder, non_image))
     if not headers:
         what = f"; {len(unreadable)} look like damaged DICOM files" if unreadable else ""
         raise VolumeReadError(
@@ -505,6 +552,9 @@ def _read_dicom_file(path: Path) -> tuple[_Canonical, str, Source]:
         raise VolumeReadError(
             f"{path}: cannot read as DICOM ({type(exc).__name__}: {exc})"
         ) from None
+    kind = _non_image_kind(ds)
+    if kind is not None:
+        raise NotAnImageError(_not_an_image(path, {kind: 1}))
     header = _DicomHeader(
         path=path,
         series_uid=str(ds.get("SeriesInstanceUID", "")),
