@@ -686,3 +686,56 @@ def test_only_the_readers_array_skips_the_check() -> None:
     made[0, 0, 0] = np.nan
     with pytest.raises(InvalidVolumeError, match="NaN or infinite"):  # outside the block
         Volume("made", made)
+
+
+@pytest.mark.parametrize("route", [*ROUTES, "nibabel"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("orientation", ["LPS", "sagittal"])
+@pytest.mark.parametrize(("unit", "mm"), [("meter", 1000.0), ("micron", 0.001), ("mm", 1.0)])
+def test_lengths_in_meters_or_microns_are_read_in_mm(
+    tmp_path: Path,
+    route: str,
+    suffix: str,
+    orientation: str,
+    unit: str,
+    mm: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A header's ``xyzt_units`` (meter, micron) was ignored: spacing 0.0025 'mm'."""
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    affine = AFFINES[orientation].copy()
+    affine[:3, 3] = [12.0, -30.0, 41.5]
+    for stored in ("int16", "float32"):  # streamed and whole-file routes
+        in_mm = load_volume(write(tmp_path / f"mm{suffix}", stored, affine, False), modality="MR")
+        img = nib.load(tmp_path / f"mm{suffix}")
+        scaled = affine.copy()
+        scaled[:3] /= mm
+        other = nib.Nifti1Image(np.asanyarray(img.dataobj), scaled)
+        other.header.set_xyzt_units(unit)
+        nib.save(other, tmp_path / f"in-{unit}{suffix}")
+        vol = load_volume(tmp_path / f"in-{unit}{suffix}", modality="MR")
+        assert np.array_equal(vol.array, in_mm.array)
+        np.testing.assert_allclose(vol.spacing, in_mm.spacing, rtol=1e-6)
+        np.testing.assert_allclose(vol.z_positions, in_mm.z_positions, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(vol.affine, in_mm.affine, rtol=1e-6, atol=1e-6)
+
+
+def test_an_undefined_unit_code_is_read_as_mm(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(np.ones((4, 4, 3), np.int16), AFFINES["RAS"])
+    img.header["xyzt_units"] = 7  # no such unit
+    nib.save(img, tmp_path / "odd.nii.gz")
+    assert load_volume(tmp_path / "odd.nii.gz", modality="MR").spacing == pytest.approx(
+        (2.5, 0.7, 0.8)
+    )
+
+
+@pytest.mark.parametrize("stored", ["float32", "int16"])
+def test_a_volume_does_not_change_when_its_file_is_overwritten(tmp_path: Path, stored: str) -> None:
+    """An uncompressed float32 ``.nii`` was read as a view of nibabel's memory map."""
+    path = write(tmp_path / "v.nii", stored, AFFINES["RAS"], False)
+    vol = load_volume(path, modality="MR")
+    before = vol.array.copy()
+    nib.save(nib.Nifti1Image(np.zeros((9, 8, 6), stored), AFFINES["RAS"]), path)
+    assert np.array_equal(vol.array, before)
+    path.write_bytes(b"")  # cut short: a mapped volume would fault (SIGBUS) when read
+    assert float(vol.array.sum()) == float(before.sum())

@@ -186,3 +186,33 @@ def test_nrrd_label_map_as_mask(tmp_path: Path, data: npt.NDArray[np.int16]) -> 
     mask = load_mask(tmp_path / "liver.nrrd", like=volume)
     assert mask.dtype == np.bool_ and mask.shape == volume.shape and int(mask.sum()) == 7
     np.testing.assert_array_equal(mask, load_mask(tmp_path / "liver.nii.gz"))
+
+
+@pytest.mark.parametrize(("unit", "mm"), [("cm", 10.0), ("m", 1000.0), ("um", 0.001), ("mm", 1.0)])
+def test_space_units_are_converted_to_mm(
+    tmp_path: Path, data: npt.NDArray[np.int16], unit: str, mm: float
+) -> None:
+    space, dirs, signs = GEOMETRIES["lps-sagittal"]
+    header = {
+        "space": space,
+        "space directions": dirs / mm,
+        "space origin": ORIGIN / mm,
+        "space units": [unit] * 3,
+    }
+    nrrd.write(str(tmp_path / "v.nrrd"), data, header)
+    vol = load_volume(tmp_path / "v.nrrd", modality="CT")
+    want = _as_nifti(tmp_path / "v.nii.gz", data, _ras_affine(dirs, signs))
+    np.testing.assert_array_equal(vol.array, want.array)
+    np.testing.assert_allclose(vol.spacing, want.spacing, rtol=1e-6)
+    np.testing.assert_allclose(vol.z_positions, want.z_positions, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(vol.affine, want.affine, rtol=1e-6, atol=1e-5)
+
+
+def test_unknown_or_mixed_space_units(tmp_path: Path, data: npt.NDArray[np.int16]) -> None:
+    header = {"space": "RAS", "space directions": np.diag([0.7, 0.8, 2.5])}
+    nrrd.write(str(tmp_path / "odd.nrrd"), data, {**header, "space units": ["furlong"] * 3})
+    with pytest.warns(UserWarning, match="unknown NRRD 'space units' 'furlong'"):
+        assert load_volume(tmp_path / "odd.nrrd", modality="CT").spacing == (2.5, 0.8, 0.7)
+    nrrd.write(str(tmp_path / "mixed.nrrd"), data, {**header, "space units": ["mm", "cm", "mm"]})
+    with pytest.raises(VolumeReadError, match="'space units' differ between axes"):
+        load_volume(tmp_path / "mixed.nrrd", modality="CT")

@@ -15,7 +15,9 @@ one layout:
   columns left -> right (patient's left to patient's right);
 * ``spacing`` is ``(dz, dy, dx)`` in mm, ``z_positions`` the superior (RAS ``z``)
   world coordinate in mm of voxel ``(0, 0, k)`` of each slice (ascending), and
-  ``affine`` the canonical voxel ``(x, y, z)`` -> RAS mm matrix.
+  ``affine`` the canonical voxel ``(x, y, z)`` -> RAS mm matrix; a header that gives
+  its lengths in other units (NIfTI ``xyzt_units`` meter or micron, NRRD ``space units``
+  m, cm, um) is converted to mm, a header without units is taken as mm.
 
 DICOM series are read with pydicom. Slices are sorted by their ``ImagePositionPatient``
 projected on the slice normal (the cross product of the two ``ImageOrientationPatient``

@@ -9,6 +9,7 @@ orientation path.
 from __future__ import annotations
 
 import io
+import mmap
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -67,6 +68,44 @@ def images_allocated_by(
         _ALLOCATE.reset(token)
 
 
+#: Millimetres in one unit of length, by the names NIfTI (``xyzt_units``) and NRRD
+#: (``space units``) headers use; a header without units is in mm, as both formats'
+#: writers (and every reader) assume.
+MM_PER_UNIT = {
+    "mm": 1.0,
+    "millimeter": 1.0,
+    "millimetre": 1.0,
+    "cm": 10.0,
+    "m": 1000.0,
+    "meter": 1000.0,
+    "metre": 1000.0,
+    "um": 0.001,
+    "\N{MICRO SIGN}m": 0.001,
+    "micron": 0.001,
+}
+
+
+def _mm_per_unit(img: Any) -> float:
+    """Millimetres per unit of a NIfTI image's affine (its header's ``xyzt_units``)."""
+    get_units = getattr(getattr(img, "header", None), "get_xyzt_units", None)
+    if get_units is None:
+        return 1.0
+    try:
+        unit = str(get_units()[0])
+    except (KeyError, ValueError, TypeError, IndexError):  # an undefined unit code
+        return 1.0
+    return MM_PER_UNIT.get(unit, 1.0)  # "unknown": mm
+
+
+def _in_mm(affine: npt.NDArray[np.float64], mm_per_unit: float) -> npt.NDArray[np.float64]:
+    """The affine with its lengths (steps and origin) in mm."""
+    if mm_per_unit == 1.0:
+        return affine
+    scaled = np.array(affine, dtype=np.float64)
+    scaled[:3, :] *= mm_per_unit
+    return scaled
+
+
 def _unscaled_exact(proxy: Any) -> bool:
     """nibabel would not scale the proxy's voxels and float32 holds them exactly."""
     unscaled = getattr(proxy, "slope", 1.0) == 1 and getattr(proxy, "inter", 0.0) == 0
@@ -119,11 +158,26 @@ def _as_zyx(data: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     (:func:`images_allocated_by`) or a new one.
     """
     zyx = data.transpose(2, 1, 0)
-    if _ALLOCATE.get() is None and zyx.dtype == np.float32 and zyx.flags.writeable:
+    owned = zyx.flags.writeable and not _file_backed(zyx)
+    if _ALLOCATE.get() is None and zyx.dtype == np.float32 and owned:
         return np.ascontiguousarray(zyx)  # no copy when nibabel's array is in this layout
     out = _new_float32(zyx.shape)
     np.copyto(out, zyx, casting="unsafe")
     return out
+
+
+def _file_backed(array: npt.NDArray[Any]) -> bool:
+    """A view of a memory-mapped file (nibabel maps an uncompressed ``.nii``).
+
+    Such an array changes when the file is overwritten (and faults when it is cut
+    short), so a volume never keeps one.
+    """
+    base: object = array
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap):
+            return True
+        base = base.base
+    return isinstance(base, mmap.mmap)
 
 
 def _new_float32(shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
@@ -160,11 +214,13 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
             f"{source}: expected a 3D image, got {img.ndim}D data of shape {tuple(img.shape)}"
             " (only a 4D image with a trailing dimension of 1 is accepted)"
         )
+    mm_per_unit = _mm_per_unit(img)
     with _reading(source):
         img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
         data = _mask_data(img, source) if as_mask else _stored_or_float32(img)
     array = np.ascontiguousarray(data.transpose(2, 1, 0)) if as_mask else _as_zyx(data)
-    return _placed(array, img.affine, source, as_mask=as_mask, from_integers=_integers(img.dataobj))
+    affine = _in_mm(img.affine, mm_per_unit)
+    return _placed(array, affine, source, as_mask=as_mask, from_integers=_integers(img.dataobj))
 
 
 def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
@@ -201,6 +257,7 @@ def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
             f"shape {tuple(img.shape)} of {img.dataobj.dtype}); the file may be truncated "
             "or corrupt"
         )
+    affine = _in_mm(affine, _mm_per_unit(img))
     return _placed(array, affine, source, as_mask=False, from_integers=_integers(img.dataobj))
 
 

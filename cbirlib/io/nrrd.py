@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cbirlib.errors import InvalidVolumeError, OptionalDependencyError, VolumeReadError
-from cbirlib.io._canonical import _Canonical, _canonical_zyx
+from cbirlib.io._canonical import MM_PER_UNIT, _Canonical, _canonical_zyx, _in_mm
 from cbirlib.io.nifti import max_voxels
 
 #: ``space`` values -> the signs that take their axes to RAS.
@@ -112,7 +112,34 @@ def _nrrd_affine(header: dict[str, Any], *, source: str = "NRRD") -> npt.NDArray
     affine = np.eye(4)
     affine[:3, :3] = spatial.T  # column a: the step of spatial axis a
     affine[:3, 3] = origin
-    return np.diag([*_SPACE_TO_RAS[space], 1.0]) @ affine
+    return _in_mm(np.diag([*_SPACE_TO_RAS[space], 1.0]) @ affine, _space_mm(header, source))
+
+
+def _space_mm(header: dict[str, Any], source: str) -> float:
+    """Millimetres per unit of the header's ``space units`` (none given: mm).
+
+    Raises
+    ------
+    VolumeReadError
+        The space axes have different units.
+    """
+    units = [str(u).strip() for u in np.atleast_1d(header.get("space units", []))]
+    units = [u for u in units if u]
+    if not units:
+        return 1.0
+    if len(set(units)) > 1:
+        raise VolumeReadError(f"{source}: NRRD 'space units' differ between axes: {units}")
+    unit = units[0]
+    if unit.lower() in MM_PER_UNIT:
+        return MM_PER_UNIT[unit.lower()]
+    if unit in MM_PER_UNIT:
+        return MM_PER_UNIT[unit]
+    warnings.warn(
+        f"{source}: unknown NRRD 'space units' {unit!r}; lengths are taken as mm",
+        UserWarning,
+        stacklevel=5,
+    )
+    return 1.0
 
 
 def _spatial_data(data: npt.NDArray[Any], header: dict[str, Any], path: Path) -> npt.NDArray[Any]:
