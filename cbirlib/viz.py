@@ -233,8 +233,12 @@ def _draw_axial(
 ) -> None:
     # rows are y (posterior -> anterior), columns x (towards the patient's right):
     # origin="lower" puts anterior up, reversing the columns puts the right on the left
+    # in mm, so that pixels of unequal spacing (0.5 x 0.7 mm, a sagittal stack) keep
+    # the anatomy's proportions
     image = volume.array[index][:, ::-1]
-    ax.imshow(image, cmap="gray", vmin=bounds[0], vmax=bounds[1], origin="lower")
+    _, dy, dx = volume.spacing
+    extent = (0.0, image.shape[1] * dx, 0.0, image.shape[0] * dy)
+    ax.imshow(image, cmap="gray", vmin=bounds[0], vmax=bounds[1], origin="lower", extent=extent)
     ax.set_title(title, fontsize=8)
     ax.set_axis_off()
 

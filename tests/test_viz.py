@@ -256,3 +256,22 @@ def test_orientation_markers_of_an_unknown_plane_are_an_error() -> None:
 
     with pytest.raises(VizError, match="unknown plane 'oblique'"):
         orientation_markers(_volume("v"), "oblique")
+
+
+@pytest.mark.parametrize(("shape", "spacing"), [((40, 10), (0.5, 2.0)), ((64, 8), (0.3125, 3.0))])
+def test_axial_panels_keep_the_proportions_of_unequal_pixels(shape, spacing) -> None:
+    """A 20 x 20 mm field of 40 x 10 pixels of 0.5 x 2 mm was drawn 4 times as tall as wide."""
+    ny, nx = shape
+    array = np.full((3, ny, nx), -1000.0, np.float32)
+    array[:, ny // 4 : ny - ny // 4, nx // 4 : nx - nx // 4] = BRIGHT  # the middle half
+    query = Volume("q", array, spacing=(2.0, *spacing))
+    hits = _volume_hits("q", ["q2"], [1.0], [(0, 2)])
+    fig = montage(query, hits, {"q2": query}, plane=None, window=(-1000, 1000))
+    pixels = _render(fig)
+    height = pixels.shape[0]
+    bbox = fig.axes[0].get_window_extent()
+    panel = pixels[height - int(bbox.y1) : height - int(bbox.y0), int(bbox.x0) : int(bbox.x1)]
+    ys, xs = np.nonzero(panel > 250)
+    drawn = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
+    want = (nx - 2 * (nx // 4)) * spacing[1] / ((ny - 2 * (ny // 4)) * spacing[0])
+    assert drawn == pytest.approx(want, rel=0.1)
