@@ -154,8 +154,9 @@ class _VolumeInput:
 
 
 def _volume_input(volume: Volume, window: Window) -> _VolumeInput:
+    percentile = isinstance(window, str) and window == PERCENTILE_WINDOW
     return _VolumeInput(
-        bounds=window_channels(volume.array, window),
+        bounds=(volume.percentile_bounds(),) if percentile else window_channels(None, window),
         spacing=(float(volume.spacing[1]), float(volume.spacing[2])),
         background=background_value(window),
     )

@@ -150,7 +150,7 @@ def informative_slices(
     ct = _is_ct(volume)
     win = ("wide" if ct else PERCENTILE_WINDOW) if window is None else window
     percentile = isinstance(win, str) and win == PERCENTILE_WINDOW
-    low, high = window_bounds(volume.array if percentile else None, win)
+    low, high = volume.percentile_bounds() if percentile else window_bounds(None, win)
     # CT (HU): denser than BODY_HU and visible in the window; MR, PET...: a fraction of it
     body_level = max(BODY_HU, low) if ct else low + BODY_LEVEL * (high - low)
     out = np.empty(len(idx), dtype=bool)

@@ -234,6 +234,8 @@ def region_query(
             informative=flags[first : last + 1] if flags is not None else None,
         )
     slab = volume.slab(first, last + 1)
+    if effective_modality(volume.modality, volume.array) != "CT":  # windowed as its source
+        origin = replace(origin, window_percentiles=volume.percentile_bounds())
     return RegionVolume(
         id=f"{volume.id}:{structure}",
         array=slab.array,

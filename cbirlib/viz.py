@@ -105,7 +105,7 @@ def _check_plane(plane: str) -> None:
 def _bounds(volume: Volume, window: str | tuple[float, float]) -> tuple[float, float]:
     """Display window of a volume: the named CT window, or percentiles for other modalities."""
     is_ct = effective_modality(volume.modality, volume.array) == "CT"
-    return window_bounds(volume.array, window if is_ct else "percentile")
+    return window_bounds(None, window) if is_ct else volume.percentile_bounds()
 
 
 def _z_edges(volume: Volume) -> npt.NDArray[np.float64]:

@@ -39,6 +39,7 @@ from cbirlib._files import nifti_stem
 from cbirlib.errors import InvalidVolumeError, MaskShapeError, SettingError
 from cbirlib.labels import SliceLabels
 from cbirlib.modality import UNKNOWN, normalize_modality
+from cbirlib.preprocess import PERCENTILE_WINDOW, window_bounds
 from cbirlib.provenance import Source
 
 __all__ = ["RegionOrigin", "Volume"]
@@ -87,6 +88,15 @@ def _finite_by_construction(array: npt.NDArray[np.float32]) -> Iterator[None]:
         _FINITE_BY_CONSTRUCTION.reset(token)
 
 
+def _window_pair(value: object) -> tuple[float, float] | None:
+    """``(low, high)`` as two floats, or None when it is not two finite numbers, low < high."""
+    try:
+        low, high = (float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    return (low, high) if np.isfinite([low, high]).all() and low < high else None
+
+
 @dataclass(frozen=True)
 class RegionOrigin:
     """Where a region query was cut from: one source volume's slab around one structure.
@@ -104,11 +114,18 @@ class RegionOrigin:
         The structure (or coarse region) the region query was made for.
     first_slice
         Index, in the source volume, of the slab's first slice.
+    window_percentiles
+        The source volume's ``"percentile"`` window bounds ``(low, high)``
+        (:meth:`Volume.percentile_bounds`), for a volume windowed by percentiles (MR,
+        PET...: any modality but CT): the slab is windowed as its whole source was when
+        indexed, not by the slab's own intensities. ``None``: the slab's own. Not part
+        of the origin's identity (two origins of the same slab compare equal).
 
     Raises
     ------
     InvalidVolumeError
-        An empty ``source_id`` or ``structure``, or a negative ``first_slice``.
+        An empty ``source_id`` or ``structure``, a negative ``first_slice``, or
+        ``window_percentiles`` that are not two finite numbers, low below high.
 
     Examples
     --------
@@ -120,6 +137,7 @@ class RegionOrigin:
     source_id: str
     structure: str
     first_slice: int = 0
+    window_percentiles: tuple[float, float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("source_id", "structure"):
@@ -133,6 +151,14 @@ class RegionOrigin:
             raise InvalidVolumeError(
                 f"RegionOrigin(first_slice=...) needs an integer >= 0, got {first!r}"
             )
+        if self.window_percentiles is not None:
+            bounds = _window_pair(self.window_percentiles)
+            if bounds is None:
+                raise InvalidVolumeError(
+                    "RegionOrigin(window_percentiles=...) needs (low, high), two finite "
+                    f"numbers with low < high, got {self.window_percentiles!r}"
+                )
+            object.__setattr__(self, "window_percentiles", bounds)
         object.__setattr__(self, "first_slice", int(first))
 
     def source_slices(self, n_slices: int) -> npt.NDArray[np.int64]:
@@ -266,6 +292,32 @@ class Volume:
     def n_slices(self) -> int:
         """Number of axial slices."""
         return int(self.array.shape[0])
+
+    def percentile_bounds(self) -> tuple[float, float]:
+        """The bounds of the ``"percentile"`` window for this volume (any modality but CT).
+
+        Its own 0.5th/99.5th intensity percentiles
+        (:func:`cbirlib.preprocess.window_bounds`); for a slab cut by
+        :func:`cbirlib.region_query`, its source volume's
+        (:attr:`RegionOrigin.window_percentiles`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> v = Volume("mr", np.arange(1000, dtype=np.float32).reshape(10, 10, 10))
+        >>> v.percentile_bounds()
+        (4.995, 994.005)
+        >>> part = v.slab(0, 2)
+        >>> part.percentile_bounds()
+        (0.995, 198.005)
+        >>> o = RegionOrigin("mr", "liver", 0, window_percentiles=v.percentile_bounds())
+        >>> replace(part, origin=o).percentile_bounds()
+        (4.995, 994.005)
+        """
+        fixed = None if self.origin is None else self.origin.window_percentiles
+        if fixed is not None:
+            return fixed
+        return window_bounds(self.array, PERCENTILE_WINDOW)
 
     @property
     def shape(self) -> tuple[int, int, int]:

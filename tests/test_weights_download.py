@@ -65,11 +65,13 @@ class Server:
                     cut = server.cut_next > 0
                     server.cut_next -= int(cut)
                 send = body[: len(body) // 2] if cut else body
+                # recorded before sending: the client may be done (and the test reading
+                # the record) before this thread runs again after its last write
+                server.record(header, len(send), not cut)
                 for i in range(0, len(send), 1 << 16):
                     self.wfile.write(send[i : i + (1 << 16)])
                     self.wfile.flush()
                     time.sleep(server.chunk_delay)
-                server.record(header, len(send), not cut)
                 if cut:
                     self.close_connection = True
 

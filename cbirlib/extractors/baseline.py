@@ -59,7 +59,7 @@ from cbirlib.errors import ExtractorError
 from cbirlib.extractor import Extractor
 from cbirlib.hookspecs import Register, hookimpl
 from cbirlib.modality import effective_modality
-from cbirlib.preprocess import PERCENTILE_WINDOW, WINDOW_PRESETS, InputConfig, window_bounds
+from cbirlib.preprocess import WINDOW_PRESETS, InputConfig
 from cbirlib.volume import Volume
 
 WINDOWS = ("lung", "soft_tissue", "bone")
@@ -199,8 +199,7 @@ class BaselineExtractor(Extractor):
         idx = self._slice_indices(volume, slices)
         scale = None
         if effective_modality(volume.modality, volume.array) != "CT":
-            low, high = window_bounds(volume.array, PERCENTILE_WINDOW)
-            scale = (low, high)
+            scale = volume.percentile_bounds()
         _, ny, nx = volume.shape
         # mm per pixel of the size x size working grid, rows and columns (non-square
         # slices and pixels are stretched to it; the shape features are in mm)
