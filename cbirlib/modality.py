@@ -25,7 +25,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePath
 from typing import TypeAlias
 
@@ -46,6 +46,7 @@ __all__ = [
     "modality_for",
     "normalize_modality",
     "parse_modality_setting",
+    "unmatched_keys",
 ]
 
 #: The modality of a volume nobody said anything about.
@@ -285,13 +286,26 @@ def _parts(path: str) -> tuple[str, ...]:
     return tuple(p for p in PurePath(path.replace("\\", "/")).parts if p not in ("", "."))
 
 
-def modality_for(path: str, setting: ModalitySetting) -> str | None:
+def _best_key(names: Sequence[str], setting: Mapping[str, str]) -> str | None:
+    """The longest key of ``setting`` (not ``"*"``) that leads any of ``names``."""
+    best, longest = None, 0
+    for name in names:
+        parts = _parts(name)
+        for key in setting:
+            prefix = _parts(key) if key != "*" else ()
+            if prefix and parts[: len(prefix)] == prefix and len(prefix) > longest:
+                best, longest = key, len(prefix)
+    return best
+
+
+def modality_for(path: str | Sequence[str], setting: ModalitySetting) -> str | None:
     """The modality that ``setting`` gives the volume at ``path`` (None: guess it).
 
     Parameters
     ----------
     path
-        The volume's path relative to the data folder, or its id (a subject name).
+        The volume's path relative to the data folder, or its id (a subject name), or
+        several such names of one volume (its file's path and its id).
     setting
         See :data:`ModalitySetting`. A mapping's keys are matched against whole leading
         path components (``"mr"`` matches ``"mr/s01.nii.gz"``, not ``"mri/s01"``); the
@@ -308,22 +322,37 @@ def modality_for(path: str, setting: ModalitySetting) -> str | None:
     'MR'
     >>> modality_for("abdomen/s02", {"head": "MR"}) is None
     True
+    >>> modality_for(["ct1.nii.gz", "ct1"], {"*": "MR", "ct1": "CT"})
+    'CT'
     """
     if setting is None:
         return None
     if isinstance(setting, str):
         code = normalize_modality(setting)
         return None if code == UNKNOWN else code
-    parts = _parts(path)
-    chosen, longest = setting.get("*"), 0
-    for key, value in setting.items():
-        prefix = _parts(key) if key != "*" else ()
-        if prefix and parts[: len(prefix)] == prefix and len(prefix) > longest:
-            chosen, longest = value, len(prefix)
+    key = _best_key([path] if isinstance(path, str) else list(path), setting)
+    chosen = setting.get("*") if key is None else setting[key]
     if chosen is None:
         return None
     code = normalize_modality(chosen)
     return None if code == UNKNOWN else code
+
+
+def unmatched_keys(volumes: Iterable[Sequence[str]], setting: ModalitySetting) -> list[str]:
+    """The folders of a mapping ``setting`` (not ``"*"``) that lead none of ``volumes``.
+
+    ``volumes`` gives each volume's names (its relative path, its id), as
+    :func:`modality_for` takes them; a key listed here set no volume's modality.
+
+    Examples
+    --------
+    >>> unmatched_keys([["mr/a.nii.gz", "mr/a"]], {"mr": "MR", "ct": "CT", "*": "CT"})
+    ['ct']
+    """
+    if not isinstance(setting, Mapping):
+        return []
+    used = {_best_key(names, setting) for names in volumes}
+    return [key for key in setting if key != "*" and key not in used]
 
 
 def parse_modality_setting(values: Sequence[str] | None) -> ModalitySetting:

@@ -120,3 +120,27 @@ def test_rt_objects_in_a_data_folder_are_not_volumes(tmp_path, name) -> None:
     assert [s.n_slices for s in dicom_series(tmp_path / "ct")] == [4]
     with pytest.raises(NotAnImageError, match=r"not an image \(1 RT"):
         load_volume(tmp_path / name)
+
+
+def test_a_modality_key_may_be_a_volume_id_and_an_unused_key_is_warned_about(
+    tmp_path, caplog
+) -> None:
+    """``--modality ctpad=CT`` (an id: the file is ctpad.nii.gz) matched nothing, silently."""
+    import logging
+
+    ct = np.full((4, 6, 5), -1000.0, np.float32)
+    ct[:, 2:4, 1:4] = 40.0
+    write_nifti(tmp_path / "ctpad.nii.gz", ct)
+    (tmp_path / "brains").mkdir()
+    write_nifti(tmp_path / "brains" / "s01.nii.gz", ct + 1000.0)
+    setting = {"*": "MR", "ctpad": "CT", "no_such_dir": "CT", "brains/s01": "PT"}
+    with caplog.at_level(logging.WARNING, logger="cbirlib"):
+        found = dict(discover_volumes(tmp_path, modality=setting))
+    assert found["ctpad"]().modality == "CT" and found["brains/s01"]().modality == "PT"
+    unused = [r.getMessage() for r in caplog.records if "modality setting" in r.getMessage()]
+    assert len(unused) == 1
+    assert unused[0].startswith("modality setting for 'no_such_dir' unused: no volume under")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cbirlib"):
+        discover_volumes(tmp_path, modality={"*": "MR", "brains": "MR"})
+    assert not [r for r in caplog.records if "modality setting" in r.getMessage()]

@@ -75,7 +75,8 @@ def add_modality_option(parser: argparse.ArgumentParser) -> None:
         "--modality",
         action="append",
         metavar="[FOLDER=]MODALITY",
-        help="modality (CT, MR, ...) of the volumes read, or of those under FOLDER; "
+        help="modality (CT, MR, ...) of the volumes read, or of those under FOLDER (or of "
+        "the volume of that id); "
         "repeatable (default: the DICOM Modality tag, a NIfTI file's JSON sidecar, or a "
         "guess from the intensities, with a warning)",
     )

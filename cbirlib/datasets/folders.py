@@ -34,7 +34,7 @@ from cbirlib.datasets.totalsegmentator import (
     TotalSegmentator,
 )
 from cbirlib.errors import CbirError, DatasetError, NotAnImageError, VolumeNotFoundError
-from cbirlib.modality import ModalitySetting, modality_for
+from cbirlib.modality import ModalitySetting, modality_for, unmatched_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     from cbirlib.volume import Volume
@@ -118,9 +118,11 @@ def discover_volumes(
 
     def loader(path: Path, vid: str, series_uid: str | None = None) -> Callable[[], Volume]:
         relative = path.name if path == root else path.relative_to(root).as_posix()
-        code = modality_for(relative, modality)
+        names.append((relative, vid))
+        code = modality_for((relative, vid), modality)
         return partial(load_volume, path, series_uid=series_uid, id=vid, modality=code)
 
+    names: list[tuple[str, str]] = []  # each volume's relative path and id
     root = Path(data_dir)
     if not root.exists():
         raise VolumeNotFoundError(f"data folder {str(root)!r} does not exist")
@@ -163,6 +165,15 @@ def discover_volumes(
             sid = f"{vid}/series-{i}"
             logger.debug("%s: series %s (%d slices) -> %s", here, info.uid, info.n_slices, sid)
             found.append((sid, loader(here, sid, info.uid)))
+    unused = unmatched_keys(names, modality)
+    if unused and found:
+        logger.warning(
+            "modality setting for %s unused: no volume under %s is in that folder or has "
+            "that id (ids are relative to it, such as %s)",
+            ", ".join(repr(k) for k in unused),
+            root,
+            ", ".join(repr(vid) for vid, _ in found[:3]),
+        )
     if not found:
         raise DatasetError(
             f"no volumes found in {str(root)!r}; expected NIfTI files (.nii, .nii.gz), "
