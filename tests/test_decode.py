@@ -739,3 +739,61 @@ def test_a_volume_does_not_change_when_its_file_is_overwritten(tmp_path: Path, s
     assert np.array_equal(vol.array, before)
     path.write_bytes(b"")  # cut short: a mapped volume would fault (SIGBUS) when read
     assert float(vol.array.sum()) == float(before.sum())
+
+
+@pytest.mark.parametrize("route", [*ROUTES, "nibabel"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("extra", [(1,), (1, 1), (1, 1, 1)])
+def test_dimensions_of_1_beyond_the_third_are_a_3d_image(
+    tmp_path: Path, route: str, suffix: str, extra: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 5D (x, y, z, 1, 1) file, as some converters write, was refused."""
+    from cbirlib.io import nifti_shape
+
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    data = np.arange(9 * 8 * 6, dtype=np.int16).reshape(9, 8, 6)
+    nib.save(nib.Nifti1Image(data, AFFINES["LPS"]), tmp_path / f"3d{suffix}")
+    nib.save(
+        nib.Nifti1Image(data.reshape(9, 8, 6, *extra), AFFINES["LPS"]), tmp_path / f"nd{suffix}"
+    )
+    want = load_volume(tmp_path / f"3d{suffix}", modality="CT")
+    got = load_volume(tmp_path / f"nd{suffix}", modality="CT")
+    assert np.array_equal(got.array, want.array) and got.spacing == want.spacing
+    assert np.array_equal(got.affine, want.affine)
+    assert nifti_shape(tmp_path / f"nd{suffix}") == want.shape
+    nib.save(nib.Nifti1Image(data.reshape(9, 8, 3, 1, 2), AFFINES["LPS"]), tmp_path / f"5d{suffix}")
+    with pytest.raises(InvalidVolumeError, match="beyond the third are all 1"):
+        load_volume(tmp_path / f"5d{suffix}", modality="CT")
+
+
+@pytest.mark.parametrize("route", [*ROUTES, "nibabel"])
+@pytest.mark.parametrize("stored", ["int16", "float32"])
+def test_a_gzipped_nii_and_an_uncompressed_nii_gz_are_read_as_what_they_are(
+    tmp_path: Path,
+    route: str,
+    stored: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both were refused as "truncated or corrupt"."""
+    import logging
+
+    from cbirlib.io import nifti_shape
+
+    monkeypatch.setenv("CBIRLIB_GZIP", route)
+    plain = write(tmp_path / "v.nii", stored, AFFINES["LPS"], False)
+    packed = write(tmp_path / "v.nii.gz", stored, AFFINES["LPS"], False)
+    want = load_volume(plain, modality="CT")
+    (tmp_path / "gzipped.nii").write_bytes(packed.read_bytes())
+    (tmp_path / "plain.nii.gz").write_bytes(plain.read_bytes())
+    for name, said in (("gzipped.nii", "not named .gz"), ("plain.nii.gz", "not gzip-compressed")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cbirlib.io"):
+            got = load_volume(tmp_path / name, modality="CT")
+        assert np.array_equal(got.array, want.array) and got.spacing == want.spacing
+        assert np.array_equal(got.affine, want.affine)
+        assert [r.getMessage().count(said) for r in caplog.records] == [1]
+        assert nifti_shape(tmp_path / name) == want.shape
+    (tmp_path / "cut.nii").write_bytes(packed.read_bytes()[:-30])  # still a damaged stream
+    with pytest.raises(VolumeReadError):
+        load_volume(tmp_path / "cut.nii", modality="CT")

@@ -106,6 +106,11 @@ def _in_mm(affine: npt.NDArray[np.float64], mm_per_unit: float) -> npt.NDArray[n
     return scaled
 
 
+def _trailing_ones(shape: tuple[int, ...]) -> bool:
+    """A 4D or 5D... shape whose dimensions beyond the third are all 1: a 3D image."""
+    return len(shape) > 3 and all(int(n) == 1 for n in shape[3:])
+
+
 def _unscaled_exact(proxy: Any) -> bool:
     """nibabel would not scale the proxy's voxels and float32 holds them exactly."""
     unscaled = getattr(proxy, "slope", 1.0) == 1 and getattr(proxy, "inter", 0.0) == 0
@@ -207,12 +212,12 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
     """
     with _reading(source):
         img = _over_bytes_in_memory(img)
-        if img.ndim == 4 and img.shape[3] == 1:
+        if _trailing_ones(img.shape):
             img = nib.funcs.squeeze_image(img)  # type: ignore[no-untyped-call]
     if img.ndim != 3:
         raise InvalidVolumeError(
             f"{source}: expected a 3D image, got {img.ndim}D data of shape {tuple(img.shape)}"
-            " (only a 4D image with a trailing dimension of 1 is accepted)"
+            " (only images whose dimensions beyond the third are all 1 are accepted)"
         )
     mm_per_unit = _mm_per_unit(img)
     with _reading(source):
@@ -234,7 +239,7 @@ def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
     """
     img = gz.image
     shape = tuple(int(n) for n in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
+    if _trailing_ones(shape):
         if not np.isfinite(img.affine).all():
             return None  # as nibabel's squeeze_image rebuilds the image, it reports this
         shape = shape[:3]

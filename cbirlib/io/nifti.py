@@ -29,8 +29,8 @@ from cbirlib.errors import (
     SettingError,
     VolumeReadError,
 )
-from cbirlib.io._canonical import _Canonical, _canonical_zyx, _streamed_canonical
-from cbirlib.io._gzipped import GzippedNifti
+from cbirlib.io._canonical import _Canonical, _canonical_zyx, _streamed_canonical, _trailing_ones
+from cbirlib.io._gzipped import GzippedNifti, _nifti_class
 from cbirlib.io._paths import _check_exists, _unsupported
 from cbirlib.modality import UNKNOWN, normalize_modality
 
@@ -46,9 +46,44 @@ __all__ = [
 logger = logging.getLogger("cbirlib.io")
 
 
+def _named_gz(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def _gzipped(path: Path) -> bool:
+    """Whether the file is gzip-compressed, by its first bytes (its name when unreadable).
+
+    A ``.nii`` that was gzipped without being renamed, or a ``.nii.gz`` that was never
+    compressed, is read as what it is, not refused as corrupt.
+    """
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+    except OSError:
+        return _named_gz(path)
+    return magic == b"\x1f\x8b" if len(magic) == 2 else _named_gz(path)
+
+
+def _warn_if_misnamed(path: Path) -> None:
+    compressed = _gzipped(path)
+    if compressed != _named_gz(path):
+        logger.warning(
+            "%s: %s; read as %s",
+            path,
+            "gzip-compressed, though not named .gz"
+            if compressed
+            else "named .gz, but not gzip-compressed",
+            "a .nii.gz" if compressed else "a .nii",
+        )
+
+
 def _inflated_here(path: Path) -> bool:
-    """A ``.nii.gz`` that :mod:`cbirlib._gzip` inflates (not nibabel: ``CBIRLIB_GZIP``)."""
-    return path.name.lower().endswith(".gz") and gzip_backend() != "nibabel"
+    """A gzipped NIfTI that :mod:`cbirlib._gzip` inflates (not nibabel: ``CBIRLIB_GZIP``).
+
+    A gzipped file not named ``.gz`` is inflated here whatever the backend (nibabel goes
+    by the name).
+    """
+    return _gzipped(path) and (gzip_backend() != "nibabel" or not _named_gz(path))
 
 
 @contextmanager
@@ -66,6 +101,9 @@ def _nifti_errors(path: Path) -> Iterator[None]:
 def _load_nifti_image(path: Path) -> Any:
     """The image nibabel reads (``.nii``, or ``.nii.gz`` when nibabel inflates it)."""
     with _nifti_errors(path):
+        if _named_gz(path) and not _gzipped(path):  # nibabel would inflate it by its name
+            data = path.read_bytes()
+            return _nifti_class(data).from_bytes(data)
         return nib.load(path)
 
 
@@ -78,6 +116,7 @@ def _header_image(path: Path) -> Any:
 
 
 def _read_nifti(path: Path, *, as_mask: bool = False) -> _Canonical:
+    _warn_if_misnamed(path)
     gz = None
     if _inflated_here(path):
         with _nifti_errors(path):
@@ -151,7 +190,7 @@ def _nifti_data_size(path: Path) -> int:
     last member of multi-member files such as bgzip's).
     """
     size = path.stat().st_size
-    return size * _DEFLATE_MAX_RATIO if path.name.lower().endswith(".gz") else size
+    return size * _DEFLATE_MAX_RATIO if _gzipped(path) else size
 
 
 def _warn_unknown_orientation(img: Any, path: Path) -> None:
@@ -232,7 +271,7 @@ def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     img = _header_image(p)
     shape = tuple(int(n) for n in img.shape)
     _check_dimensions(shape, p)
-    if len(shape) == 4 and shape[3] == 1:
+    if _trailing_ones(shape):
         shape = shape[:3]
     if len(shape) != 3:
         raise InvalidVolumeError(
