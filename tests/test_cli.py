@@ -353,10 +353,11 @@ def test_parser_defaults() -> None:
     assert args.extractor == ["a", "b"] and args.modes == ["region"]
 
 
-def test_the_installed_command_reports_errors_in_one_line(tmp_path) -> None:
+@pytest.mark.parametrize("module", ["cbirlib.cli", "cbirlib"])
+def test_the_installed_command_reports_errors_in_one_line(tmp_path, module) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cbirlib.cli", "query", str(tmp_path / "missing"), "q.nii.gz"],
+        [sys.executable, "-m", module, "query", str(tmp_path / "missing"), "q.nii.gz"],
         capture_output=True,
         text=True,
         env=env,

@@ -331,10 +331,13 @@ def test_dicom_series_uses_series_numbers(tmp_path: Path, zyx: np.ndarray) -> No
     for path in folder.iterdir():  # SeriesNumber 7 (a) and 4 (b)
         ds = pydicom.dcmread(path)
         ds.SeriesNumber = 7 if path.name.startswith("a") else 4
+        if path.name.startswith("b"):  # 5 mm slices 20 mm apart: the listing says 5 mm
+            ds.SliceThickness, ds.SpacingBetweenSlices = 5.0, 20.0
         ds.save_as(path)
     listed = dicom_series(folder)
     assert [(s.number, s.uid, s.n_slices) for s in listed] == [(4, uid_b, 3), (7, uid_a, 5)]
-    assert listed[0].describe().startswith("series 4: 3 slices, 1.0 mm (UID ...")
+    assert listed[0].describe().startswith("series 4: 3 slices, 5.0 mm thick (UID ...")
+    assert listed[0].thickness_mm == 5.0 and listed[1].thickness_mm == 1.0
     assert load_volume(folder, series_uid=7).n_slices == 5
     with pytest.raises(DicomSeriesError, match=r"available: series 4: 3 slices.*series 7"):
         load_volume(folder, series_uid=1)

@@ -111,6 +111,20 @@ def test_irregular_frames_are_refused(tmp_path: Path, zyx: npt.NDArray[np.float3
     assert info.value.__cause__ is None
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_frames_without_positions_are_named(tmp_path: Path, zyx: npt.NDArray[np.float32]) -> None:
+    """As pydicom-data's emri_small.dcm: reported as "not regularly spaced" before."""
+    series = tmp_path / "series"
+    write_dicom_series(series, zyx, spacing=SPACING, origin=ORIGIN)
+    path = write_multiframe(series, tmp_path / "nowhere.dcm")
+    ds = pydicom.dcmread(path)
+    for group in ds.PerFrameFunctionalGroupsSequence:
+        del group.PlanePositionSequence
+    ds.save_as(path)
+    with pytest.raises(DicomSeriesError, match=r"nowhere\.dcm: .* have no positions in space"):
+        load_volume(path)
+
+
 def test_single_frame_file_still_points_to_its_folder(
     tmp_path: Path, zyx: npt.NDArray[np.float32]
 ) -> None:

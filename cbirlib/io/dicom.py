@@ -75,6 +75,7 @@ class _DicomHeader:
     pixel_spacing: tuple[float, ...] | None  # (row spacing, column spacing)
     shape: tuple[int, int]  # (Rows, Columns)
     slice_spacing: float | None  # SpacingBetweenSlices or SliceThickness
+    thickness: float | None = None  # SliceThickness
     frames: int = 1  # NumberOfFrames: more than 1 for an Enhanced (multi-frame) image
 
 
@@ -96,7 +97,8 @@ class DicomSeries:
 
     ``number`` is the series' ``SeriesNumber`` when every series of the folder has a
     distinct one, else its position (from 1) in the listing; ``load_volume(folder,
-    series_uid=number)`` reads it.
+    series_uid=number)`` reads it. ``thickness_mm`` is its first slice's
+    ``SliceThickness`` (None when absent), not the spacing between slices.
     """
 
     number: int
@@ -106,8 +108,8 @@ class DicomSeries:
     modality: str
 
     def describe(self) -> str:
-        """``"series 2: 20 slices, 3.0 mm (UID ...12345678)"``; never the full UID."""
-        mm = f", {self.thickness_mm:.1f} mm" if self.thickness_mm else ""
+        """``"series 2: 20 slices, 3.0 mm thick (UID ...12345678)"``; never the full UID."""
+        mm = f", {self.thickness_mm:.1f} mm thick" if self.thickness_mm else ""
         return f"series {self.number}: {self.n_slices} slices{mm} (UID {_short_uid(self.uid)})"
 
 
@@ -127,7 +129,7 @@ def _group_series(headers: list[_DicomHeader]) -> list[tuple[DicomSeries, list[_
         number = g[0].series_number if distinct else pos
         assert number is not None
         n_slices = sum(h.frames for h in g)  # the frames of an Enhanced file
-        info = DicomSeries(number, uid, n_slices, g[0].slice_spacing, g[0].modality)
+        info = DicomSeries(number, uid, n_slices, g[0].thickness, g[0].modality)
         logger.debug("series %d: SeriesInstanceUID %s", number, uid)
         out.append((info, g))
     return out
@@ -231,6 +233,7 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
                 pixel_spacing=_floats(ds.get("PixelSpacing")),
                 shape=(int(rows), int(cols)),
                 slice_spacing=_positive_float(thickness),
+                thickness=_positive_float(ds.get("SliceThickness")),
                 frames=_frames(ds.get("NumberOfFrames")),
             )
         )
@@ -342,7 +345,8 @@ def _pick_series(
         )
     if len(groups) > 1:
         raise DicomSeriesError(
-            f"{folder}: holds {len(groups)} series; pick one with series_uid= (its number "
+            f"{folder}: holds {len(groups)} series; pick one with series_uid= (--series-uid on "
+            "the command line: its number "
             f"or SeriesInstanceUID): {listing()}"
         )
     return groups[0][1]

@@ -37,6 +37,27 @@ def _highdicom(what: str) -> Any:
     return highdicom
 
 
+def _header(path: Path) -> Any:
+    """The file's DICOM header (None when pydicom cannot read it: highdicom reports that)."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # a damaged file: highdicom's read names it
+        return None
+
+
+def _has_frame_positions(ds: Any) -> bool:
+    """Every frame has an ``ImagePositionPatient``: shared, per frame, or (legacy) top level."""
+    if ds is None or "ImagePositionPatient" in ds:
+        return True
+    for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = ds.get(name)
+        if groups and all("PlanePositionSequence" in group for group in groups):
+            return True
+    return False
+
+
 def _read_enhanced(path: Path) -> _Canonical:
     """Read a multi-frame DICOM image file into the canonical layout.
 
@@ -51,6 +72,12 @@ def _read_enhanced(path: Path) -> _Canonical:
         time points, missing positions).
     """
     hd = _highdicom("reading a multi-frame (Enhanced) DICOM file")
+    if not _has_frame_positions(_header(path)):
+        raise DicomSeriesError(
+            f"{path}: the frames of this multi-frame image have no positions in space (no "
+            "PlanePositionSequence or ImagePositionPatient), so they cannot be stacked into "
+            "a volume"
+        )
     try:
         image = hd.imread(str(path))
     except Exception as exc:  # InvalidDicomError, unsupported SOP class, damaged file
