@@ -51,7 +51,8 @@ class MissingSliceError(DicomSeriesError):
 
 
 class NotAnImageError(VolumeReadError):
-    """A DICOM object that is not an image: a segmentation (SEG), an RT dose grid..."""
+    """DICOM objects that are no slices of a volume: a segmentation (SEG), an RT dose
+    grid, a localizer (scout) image..."""
 
 
 class MaskShapeError(InvalidVolumeError):

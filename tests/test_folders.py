@@ -118,7 +118,7 @@ def test_rt_objects_in_a_data_folder_are_not_volumes(tmp_path, name) -> None:
     assert sorted(found) == ["ct"]
     np.testing.assert_array_equal(found["ct"]().array, array)
     assert [s.n_slices for s in dicom_series(tmp_path / "ct")] == [4]
-    with pytest.raises(NotAnImageError, match=r"not an image \(1 RT"):
+    with pytest.raises(NotAnImageError, match=r"no volume to read: 1 RT"):
         load_volume(tmp_path / name)
 
 
@@ -144,3 +144,31 @@ def test_a_modality_key_may_be_a_volume_id_and_an_unused_key_is_warned_about(
     with caplog.at_level(logging.WARNING, logger="cbirlib"):
         discover_volumes(tmp_path, modality={"*": "MR", "brains": "MR"})
     assert not [r for r in caplog.records if "modality setting" in r.getMessage()]
+
+
+def test_localizer_images_are_no_slices_of_the_volume(tmp_path) -> None:
+    """Scouts stored in the series they planned gave 'mixed orientations'."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from cbirlib.errors import NotAnImageError
+    from cbirlib.io import dicom_series, load_volume
+
+    array = np.random.default_rng(3).integers(-1000, 1000, size=(4, 6, 5)).astype(np.float32)
+    write_dicom_series(tmp_path / "ct", array, spacing=(2.0, 1.0, 1.0))
+    first = sorted((tmp_path / "ct").iterdir())[0]
+    scouts = tmp_path / "scouts"
+    scouts.mkdir()
+    for i, orientation in enumerate(([1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1])):
+        ds = pydicom.dcmread(first)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.ImageOrientationPatient = orientation
+        ds.SOPInstanceUID = generate_uid()
+        ds.save_as(tmp_path / "ct" / f"scout{i}.dcm")
+        ds.SeriesInstanceUID = "1.2.3.4"  # and a scout series of their own
+        ds.save_as(scouts / f"scout{i}.dcm")
+    assert [s.n_slices for s in dicom_series(tmp_path / "ct")] == [4]
+    np.testing.assert_array_equal(load_volume(tmp_path / "ct").array, array)
+    assert sorted(dict(discover_volumes(tmp_path))) == ["ct"]
+    with pytest.raises(NotAnImageError, match="no volume to read: 2 LOCALIZER"):
+        load_volume(scouts)

@@ -196,7 +196,7 @@ def test_loading_a_seg_as_a_volume_is_refused_and_points_to_its_reader(tmp_path:
     alone = tmp_path / "data" / "segs"
     alone.mkdir(parents=True)
     write_seg(alone / "seg.dcm", sources, known_masks())
-    with pytest.raises(NotAnImageError, match=r"not an image \(1 SEG .*load_seg_masks"):
+    with pytest.raises(NotAnImageError, match=r"no volume to read: 1 SEG .*load_seg_masks"):
         load_volume(alone / "seg.dcm")
     with pytest.raises(NotAnImageError, match="load_seg_masks"):
         load_volume(alone)  # a folder of segmentations only

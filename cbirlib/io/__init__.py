@@ -27,8 +27,10 @@ raises :class:`~cbirlib.errors.MissingSliceError`; smaller spacing irregularitie
 (above 1 % of the median spacing, or 0.01 mm) only emit a ``UserWarning`` and the true
 positions are kept in ``z_positions``. Only the files directly inside the folder are
 read (no recursion); files that are not DICOM are skipped, and so are DICOM objects
-that are not images (segmentations, RT dose grids, structure sets, plans, reports: see
-``cbirlib.io.dicom.NON_IMAGE_MODALITIES``); reading one of those alone raises
+that are no slices of a volume: objects that are not images (segmentations, RT dose
+grids, structure sets, plans, reports: see ``cbirlib.io.dicom.NON_IMAGE_MODALITIES``)
+and localizer (scout) images (``ImageType`` LOCALIZER), also when they share the
+series they planned; reading only such objects raises
 :class:`~cbirlib.errors.NotAnImageError` (a SEG's masks are read by
 :func:`load_seg_masks`).
 

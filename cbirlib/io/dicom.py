@@ -54,7 +54,8 @@ ORIENTATION_TOL = 1e-4
 NON_IMAGE_MODALITIES = frozenset(
     ["SEG", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "DOC", "REG", "RWV"]
 )
-#: Their SOP classes, for objects whose Modality tag is missing or wrong.
+#: Their SOP classes, for objects whose Modality tag is missing or wrong. (Localizer
+#: images, ``ImageType`` LOCALIZER, are skipped too.)
 _NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "SEG",  # Segmentation Storage
     "1.2.840.10008.5.1.4.1.1.66.7": "SEG",  # Label Map Segmentation Storage
@@ -164,12 +165,27 @@ def _tag_modality(value: Any, path: Path) -> str:
 
 
 def _non_image_kind(ds: Any) -> str | None:
-    """The modality code of a DICOM object that is not an image (``"SEG"``...), else None."""
+    """What a DICOM object that is no slice of a volume is (``"SEG"``...), else None.
+
+    Objects that are not images (by their SOP class or Modality) and localizer (scout)
+    images (``ImageType`` LOCALIZER: projections planning the scan, which scanners often
+    store in the series they planned).
+    """
     kind = _NON_IMAGE_SOP_CLASSES.get(str(ds.get("SOPClassUID", "")).strip())
     if kind is None:
         modality = str(ds.get("Modality", "") or "").strip().upper()
         kind = modality if modality in NON_IMAGE_MODALITIES else None
+    if kind is None and "LOCALIZER" in _image_type(ds):
+        kind = "LOCALIZER"
     return kind
+
+
+def _image_type(ds: Any) -> list[str]:
+    value = ds.get("ImageType")
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else list(value)
+    return [str(v).strip().upper() for v in values]
 
 
 def _not_an_image(where: Path, kinds: dict[str, int]) -> str:
@@ -180,7 +196,10 @@ def _not_an_image(where: Path, kinds: dict[str, int]) -> str:
         if "SEG" in kinds
         else ""
     )
-    return f"{where}: not an image ({listed} DICOM object(s), no image series){hint}"
+    return (
+        f"{where}: no volume to read: {listed} DICOM object(s), which are not slices of an "
+        f"image series{hint}"
+    )
 
 
 def _floats(value: Any) -> tuple[float, ...] | None:
@@ -212,7 +231,7 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
         kind = _non_image_kind(ds)
         if kind is not None:
             non_image[kind] = non_image.get(kind, 0) + 1
-            logger.debug("%s: skipped, a %s object, not an image", f, kind)
+            logger.debug("%s: skipped, a %s object, not a slice of a volume", f, kind)
             continue
         uid = ds.get("SeriesInstanceUID")
         rows, cols = ds.get("Rows"), ds.get("Columns")
@@ -239,7 +258,7 @@ def _scan_dicom_folder(folder: Path) -> list[_DicomHeader]:
         )
     if non_image and headers:
         logger.info(
-            "%s: skipped %s (not images)",
+            "%s: skipped %s (not slices of a volume)",
             folder,
             ", ".join(f"{n} {kind} object(s)" for kind, n in sorted(non_image.items())),
         )
