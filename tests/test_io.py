@@ -575,3 +575,62 @@ def test_nifti_without_qform_or_sform_warns(tmp_path: Path, zyx: np.ndarray) -> 
     nib.save(nib.Nifti1Image(zyx.transpose(2, 1, 0), np.eye(4)), write)
     load_volume(write)  # a warning would be an error here (filterwarnings = error)
     load_mask(path)  # masks follow their image: no warning per mask file
+
+
+def _with_nan_outside_the_field_of_view(path: Path) -> npt.NDArray[np.float32]:
+    """An MR resampled as SPM writes it: NaN where the source did not reach."""
+    rng = np.random.default_rng(5)
+    data = rng.uniform(50, 900, (12, 10, 8)).astype(np.float32)
+    data[:3] = np.nan
+    data[:, :, -1] = np.nan
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])), path)
+    return data
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nan_outside_the_field_of_view_is_refused_or_filled(
+    tmp_path: Path, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cbirlib.errors import InvalidVolumeError, SettingError
+
+    path = tmp_path / f"wmr{suffix}"
+    data = _with_nan_outside_the_field_of_view(path)
+    with pytest.raises(InvalidVolumeError, match=r"NaN or infinite.*nan_fill='min'"):
+        load_volume(path, modality="MR")
+    with caplog.at_level(logging.WARNING, logger="cbirlib.io"):
+        vol = load_volume(path, modality="MR", nan_fill="min")
+    n_nan = int(np.isnan(data).sum())
+    assert [f"{n_nan} NaN or infinite voxel(s)" in r.getMessage() for r in caplog.records] == [True]
+    want = np.where(np.isnan(data), np.nanmin(data), data).transpose(2, 1, 0)
+    np.testing.assert_array_equal(vol.array, want)
+    assert np.array_equal(load_volume(path, modality="MR", nan_fill=0).array == 0, np.isnan(data).T)
+    for bad in ("max", float("nan"), True):
+        with pytest.raises(SettingError, match="nan_fill"):
+            load_volume(path, modality="MR", nan_fill=bad)  # type: ignore[arg-type]
+
+
+def test_nan_fill_on_the_command_line(tmp_path: Path) -> None:
+    from cbirlib.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _with_nan_outside_the_field_of_view(data / "wmr.nii.gz")
+    assert main(["index", str(data), str(tmp_path / "refused"), "--modality", "MR", "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "index",
+                str(data),
+                str(tmp_path / "idx"),
+                "--modality",
+                "MR",
+                "--nan-fill",
+                "min",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["query", str(tmp_path / "idx"), str(data / "wmr.nii.gz"), "--nan-fill", "min"]) == 0
+    )

@@ -69,6 +69,32 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def _nan_fill(text: str) -> float | str:
+    """``--nan-fill`` value: ``min`` or a finite number."""
+    if text.strip().lower() == "min":
+        return "min"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'min' or a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected 'min' or a finite number, got {text!r}")
+    return value
+
+
+def add_nan_fill_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--nan-fill min|VALUE``: NaN/infinite voxels set to the background or a value."""
+    parser.add_argument(
+        "--nan-fill",
+        type=_nan_fill,
+        default=None,
+        metavar="min|VALUE",
+        help="set NaN and infinite voxels (outside a resampled image's field of view) to "
+        "the smallest finite voxel (min) or VALUE, with a warning (default: such images "
+        "are refused)",
+    )
+
+
 def add_modality_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--modality MODALITY|FOLDER=MODALITY`` (repeatable): see :func:`modality_setting`."""
     parser.add_argument(

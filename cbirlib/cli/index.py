@@ -13,6 +13,7 @@ from cbirlib.cli._command import Command
 from cbirlib.cli._options import (
     add_extractor_options,
     add_modality_option,
+    add_nan_fill_option,
     create_extractor,
     extractor_options,
     modality_setting,
@@ -120,7 +121,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     milvus = args.backend == "milvus"
     index_dir = Path(args.index_dir)
     items = discover_volumes(
-        args.data_dir, modality=modality_setting(args), labels=args.labels and not milvus
+        args.data_dir,
+        modality=modality_setting(args),
+        labels=args.labels and not milvus,
+        nan_fill=args.nan_fill,
     )
     extractor = create_extractor(args.extractor, extractor_options(args))
     saved_meta = check_resumable(index_dir, extractor) if args.resume and not milvus else None
@@ -213,6 +217,7 @@ def add_arguments(index: argparse.ArgumentParser) -> None:
     )
     add_extractor_options(index)
     add_modality_option(index)
+    add_nan_fill_option(index)
 
 
 COMMAND = Command(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from cbirlib.cli._command import Command
 from cbirlib.cli._options import (
     add_modality_option,
+    add_nan_fill_option,
     canonical_structure,
     chain,
     fraction,
@@ -53,7 +54,13 @@ def _query_volume(args: argparse.Namespace, path: str) -> tuple[Volume, str | No
     """The query read from ``path``: the volume (or its region), structure and span."""
     modality = modality_for(path, modality_setting(args))
     wants_region = args.structure is not None
-    query = open_volume(path, series_uid=args.series_uid, modality=modality, custom=wants_region)
+    query = open_volume(
+        path,
+        series_uid=args.series_uid,
+        modality=modality,
+        custom=wants_region,
+        nan_fill=args.nan_fill,
+    )
     if not wants_region:
         return query, None, None
     names = query.labels.names if query.labels is not None else ()
@@ -261,6 +268,7 @@ def add_arguments(query: argparse.ArgumentParser) -> None:
         "default) or min-max normalised score sum (combsum)",
     )
     add_modality_option(query)
+    add_nan_fill_option(query)
     formats = query.add_mutually_exclusive_group()
     formats.add_argument(
         "--json", action="store_true", help="print JSON (a list for several queries)"

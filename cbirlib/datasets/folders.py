@@ -73,6 +73,7 @@ def discover_volumes(
     *,
     modality: ModalitySetting = None,
     labels: bool = False,
+    nan_fill: float | str | None = None,
 ) -> list[tuple[str, Callable[[], Volume]]]:
     """The volumes under ``data_dir`` as ``(volume_id, loader)`` pairs, read lazily.
 
@@ -92,7 +93,9 @@ def discover_volumes(
     path) is passed to :func:`cbirlib.io.load_volume`; where the setting gives none,
     load_volume decides (a DICOM tag, a sidecar, or a guess with a warning), and a
     TotalSegmentator root's volumes have the layout's modality (``"CT"`` for
-    ``ct.nii.gz``, ``"MR"`` for ``mri.nii.gz``).
+    ``ct.nii.gz``, ``"MR"`` for ``mri.nii.gz``). ``nan_fill`` is passed to
+    :func:`cbirlib.io.load_volume` (NaN and infinite voxels: refused, or filled),
+    except for a TotalSegmentator root.
 
     Raises
     ------
@@ -120,7 +123,9 @@ def discover_volumes(
         relative = path.name if path == root else path.relative_to(root).as_posix()
         names.append((relative, vid))
         code = modality_for((relative, vid), modality)
-        return partial(load_volume, path, series_uid=series_uid, id=vid, modality=code)
+        return partial(
+            load_volume, path, series_uid=series_uid, id=vid, modality=code, nan_fill=nan_fill
+        )
 
     names: list[tuple[str, str]] = []  # each volume's relative path and id
     root = Path(data_dir)
@@ -189,6 +194,7 @@ def open_volume(
     series_uid: str | None = None,
     modality: str | None = None,
     custom: CustomMasks = False,
+    nan_fill: float | str | None = None,
 ) -> Volume:
     """One volume from a path, as ``cbirlib query`` reads its query.
 
@@ -196,7 +202,8 @@ def open_volume(
     a folder holding several), or a subject folder of a TotalSegmentator-layout data set
     (read with its labels). A TotalSegmentator image file (``<subject>/ct.nii.gz`` or
     ``<subject>/mri.nii.gz``) is named after its subject, any other file after its name.
-    ``modality`` is passed to :func:`cbirlib.io.load_volume` (``None``: its default, or
+    ``modality`` and ``nan_fill`` are passed to :func:`cbirlib.io.load_volume`
+    (``modality=None``: its default, or
     the layout's modality for a subject folder or image file). ``custom`` adds a subject
     folder's custom masks to its labels, as :meth:`TotalSegmentator.load` does.
 
@@ -234,8 +241,13 @@ def open_volume(
             "(<subject>/ct.nii.gz)"
         )
     if path.is_file() and path.name in IMAGE_FILES and path.parent.name:
-        return load_volume(path, id=path.parent.name, modality=modality or IMAGE_FILES[path.name])
-    return load_volume(path, series_uid=series_uid, modality=modality)
+        return load_volume(
+            path,
+            id=path.parent.name,
+            modality=modality or IMAGE_FILES[path.name],
+            nan_fill=nan_fill,
+        )
+    return load_volume(path, series_uid=series_uid, modality=modality, nan_fill=nan_fill)
 
 
 def check_split_root(data_dir: str | os.PathLike[str]) -> None:

@@ -69,7 +69,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cbirlib._files import NIFTI_SUFFIXES, is_dicom_file, nifti_stem
-from cbirlib.errors import MaskShapeError, VolumeReadError
+from cbirlib.errors import MaskShapeError, SettingError, VolumeReadError
 from cbirlib.io._canonical import TILT_WARN_DEGREES, _make_volume
 from cbirlib.io._paths import NRRD_SUFFIXES, _check_exists, _unsupported, nrrd_stem
 from cbirlib.io.dicom import (
@@ -130,6 +130,7 @@ def load_volume(
     series_uid: str | int | None = None,
     id: str | None = None,
     modality: str | None = None,
+    nan_fill: float | str | None = None,
 ) -> Volume:
     """Read a NIfTI, NRRD or DICOM image as a canonical :class:`Volume`.
 
@@ -164,6 +165,12 @@ def load_volume(
         (``<name>.json`` beside it); failing both, :func:`guess_modality` decides from
         the intensities and a warning is logged (logger ``cbirlib.io``) that states
         the guess. ``"unknown"`` is the same as None.
+    nan_fill
+        What NaN and infinite voxels become: ``None`` (default) refuses the image
+        (:class:`~cbirlib.errors.InvalidVolumeError`); ``"min"`` the smallest finite
+        voxel (the background outside a resampled image's field of view, where SPM and
+        resampling tools write NaN); a number, that value. A filled image logs a warning
+        (logger ``cbirlib.io``) with the count.
 
     Returns
     -------
@@ -188,10 +195,11 @@ def load_volume(
         An NRRD file without pynrrd, an Enhanced DICOM file without highdicom (the
         message names the extra to install).
     InvalidVolumeError
-        Not a 3D image (2D, 4D), NaN or infinite voxels.
+        Not a 3D image (2D, 4D), NaN or infinite voxels (without ``nan_fill``).
 
     SettingError
-        ``modality`` is not a DICOM modality code.
+        ``modality`` is not a DICOM modality code, or ``nan_fill`` is neither None,
+        ``"min"`` nor a finite number.
 
     Warns
     -----
@@ -214,6 +222,7 @@ def load_volume(
     ([0.0, 0.0, 7.0], (2.5, 1.0, 1.0), 'MR')
     """
     p = Path(path)
+    fill = _check_nan_fill(nan_fill)
     _check_exists(p)
     given = None if modality is None else normalize_modality(modality)
     if p.is_dir():
@@ -240,6 +249,8 @@ def load_volume(
         where = "the DICOM file has no Modality tag"
     else:
         raise _unsupported(p)
+    if fill is not None and not canon.from_integers:
+        _fill_non_finite(canon.array, fill, p)
     if found is None:
         found, reason = guess_modality_reason(canon.array)
         logger.warning(
@@ -251,6 +262,36 @@ def load_volume(
             reason,
         )
     return _make_volume(str(p), canon, id=vid, modality=found, origin=origin)
+
+
+def _check_nan_fill(value: float | str | None) -> float | str | None:
+    if value is None or (isinstance(value, str) and value == "min"):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    raise SettingError(f"nan_fill must be None, 'min' or a finite number, got {value!r}")
+
+
+def _fill_non_finite(array: npt.NDArray[np.float32], fill: float | str, path: Path) -> None:
+    """Replace NaN and infinite voxels in place (by ``fill``, or the smallest finite one)."""
+    bad = ~np.isfinite(array)
+    n_bad = int(np.count_nonzero(bad))
+    if not n_bad:
+        return
+    if fill == "min":
+        finite = array[~bad]
+        value = float(finite.min()) if finite.size else 0.0
+    else:
+        value = float(fill)
+    array[bad] = value
+    logger.warning(
+        "%s: %d NaN or infinite voxel(s) (%.1f %% of the image) set to %g (nan_fill=%r)",
+        path,
+        n_bad,
+        100.0 * n_bad / array.size,
+        value,
+        fill,
+    )
 
 
 def load_mask(path: str | os.PathLike[str], *, like: Volume | None = None) -> npt.NDArray[np.bool_]:

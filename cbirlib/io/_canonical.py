@@ -365,4 +365,10 @@ def _make_volume(
                 source=origin,
             )
     except InvalidVolumeError as exc:
-        raise type(exc)(f"{source}: {exc}") from None
+        hint = ""
+        if canon.array.dtype.kind == "f" and not np.isfinite(canon.array).all():
+            hint = (
+                "; to read it, set them to the background with load_volume(..., "
+                "nan_fill='min') (--nan-fill min on the command line)"
+            )
+        raise type(exc)(f"{source}: {exc}{hint}") from None
