@@ -9,7 +9,13 @@ from typing import TextIO
 
 from cbirlib.annotation import annotate
 from cbirlib.cli._command import Command
-from cbirlib.cli._options import add_modality_option, load_index, modality_setting, positive_int
+from cbirlib.cli._options import (
+    add_modality_option,
+    add_nan_fill_option,
+    load_index,
+    modality_setting,
+    positive_int,
+)
 from cbirlib.cli._output import write
 from cbirlib.datasets.folders import open_volume
 from cbirlib.modality import modality_for
@@ -24,7 +30,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
     setting = modality_setting(args)
     index = load_index(Path(args.index_dir))
-    volume = open_volume(args.scan, modality=modality_for(args.scan, setting))
+    volume = open_volume(
+        args.scan, modality=modality_for(args.scan, setting), nan_fill=args.nan_fill
+    )
     config = index.extractor_config or {}
     extractor = create_extractor(**config) if "name" in config else None
     result = annotate(volume, index, extractor=extractor, k=args.k, granularity=args.granularity)
@@ -64,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--png", metavar="PNG", help="write a coronal picture with the spans")
     add_modality_option(parser)
+    add_nan_fill_option(parser)
 
 
 COMMAND = Command(
