@@ -101,6 +101,18 @@ def test_a_bad_modality_is_a_usage_error_before_any_work(value, tmp_path, capsys
     assert args.modality == ["MR"]
 
 
+@pytest.mark.parametrize("value", ["max", "nan", "inf", "1e39"])  # 1e39: inf as a voxel
+def test_a_bad_nan_fill_is_a_usage_error_before_any_work(value, tmp_path, capsys) -> None:
+    data = _mr_folder(tmp_path)
+    assert main(["index", str(data), str(tmp_path / "idx"), "--nan-fill", value]) == 2
+    err = capsys.readouterr().err
+    assert "error: argument --nan-fill: expected 'min' or a number" in err
+    assert not (tmp_path / "idx").exists()
+    args = build_parser().parse_args(["index", "d", "i", "--nan-fill=-3.4e38"])
+    assert args.nan_fill == -3.4e38
+    assert build_parser().parse_args(["index", "d", "i", "--nan-fill", "-1024"]).nan_fill == -1024
+
+
 def test_modality_per_folder(tmp_path) -> None:
     data = _mr_folder(tmp_path)
     (data / "ct").mkdir()

@@ -720,6 +720,17 @@ def test_lengths_in_meters_or_microns_are_read_in_mm(
         np.testing.assert_allclose(vol.affine, in_mm.affine, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("time_code", [0x08, 0x10, 0x38, 0x30])  # sec, msec, undefined ones
+def test_the_space_unit_is_read_whatever_the_time_bits(tmp_path: Path, time_code: int) -> None:
+    """nibabel's get_xyzt_units fails on an undefined time code: meters were read as mm."""
+    img = nib.Nifti1Image(np.ones((4, 4, 3), np.int16), np.diag([0.002, 0.003, 0.004, 1.0]))
+    img.header["xyzt_units"] = 1 | time_code  # meter
+    nib.save(img, tmp_path / "m.nii.gz")
+    assert load_volume(tmp_path / "m.nii.gz", modality="MR").spacing == pytest.approx(
+        (4.0, 3.0, 2.0)
+    )
+
+
 def test_an_undefined_unit_code_is_read_as_mm(tmp_path: Path) -> None:
     img = nib.Nifti1Image(np.ones((4, 4, 3), np.int16), AFFINES["RAS"])
     img.header["xyzt_units"] = 7  # no such unit

@@ -604,9 +604,35 @@ def test_nan_outside_the_field_of_view_is_refused_or_filled(
     want = np.where(np.isnan(data), np.nanmin(data), data).transpose(2, 1, 0)
     np.testing.assert_array_equal(vol.array, want)
     assert np.array_equal(load_volume(path, modality="MR", nan_fill=0).array == 0, np.isnan(data).T)
-    for bad in ("max", float("nan"), True):
+    for bad in ("max", float("nan"), True, 1e39, -np.inf):  # 1e39: inf as a voxel
         with pytest.raises(SettingError, match="nan_fill"):
             load_volume(path, modality="MR", nan_fill=bad)  # type: ignore[arg-type]
+    for number in (np.float32(-5), np.int64(-5), np.float64(-5.0), -5):
+        assert np.array_equal(
+            load_volume(path, modality="MR", nan_fill=number).array == -5, np.isnan(data).T
+        )
+
+
+def test_nan_fill_reaches_totalsegmentator_subjects(tmp_path: Path) -> None:
+    """A subject folder or a data-set root ignored nan_fill (its error said to use it)."""
+    from cbirlib.datasets import TotalSegmentator, discover_volumes, make_phantoms, open_volume
+    from cbirlib.errors import InvalidVolumeError
+
+    make_phantoms(tmp_path, 2, shape=(32, 32))
+    image = tmp_path / "s0000" / "ct.nii.gz"
+    img = nib.load(image)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[0, 0, :] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), image)
+    with pytest.raises(InvalidVolumeError, match="NaN"):
+        open_volume(tmp_path / "s0000")
+    filled = open_volume(tmp_path / "s0000", nan_fill=-3000)
+    assert filled.labels is not None
+    assert np.count_nonzero(filled.array == -3000) == np.isnan(data).sum()
+    found = dict(discover_volumes(tmp_path, nan_fill=-3000))["s0000"]()
+    np.testing.assert_array_equal(found.array, filled.array)
+    by_min = TotalSegmentator(tmp_path, nan_fill="min").load("s0000").array
+    assert by_min.min() == np.nanmin(data) and not np.isnan(by_min).any()
 
 
 def test_nan_fill_on_the_command_line(tmp_path: Path) -> None:

@@ -208,6 +208,18 @@ def test_space_units_are_converted_to_mm(
     np.testing.assert_allclose(vol.affine, want.affine, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize(("unit", "mm"), [("m", 1000.0), ("cm", 10.0)])
+def test_units_of_spacings_are_converted_to_mm(
+    tmp_path: Path, data: npt.NDArray[np.int16], unit: str, mm: float
+) -> None:
+    """A file with ``spacings`` and ``units`` (no ``space directions``) was read as mm."""
+    header = {"spacings": np.array([0.7, 0.8, 2.5]) / mm, "units": [unit] * 3}
+    nrrd.write(str(tmp_path / "s.nrrd"), data, header)
+    with pytest.warns(UserWarning, match="no 'space directions'"):
+        vol = load_volume(tmp_path / "s.nrrd", modality="CT")
+    assert vol.spacing == pytest.approx((2.5, 0.8, 0.7))
+
+
 def test_unknown_or_mixed_space_units(tmp_path: Path, data: npt.NDArray[np.int16]) -> None:
     header = {"space": "RAS", "space directions": np.diag([0.7, 0.8, 2.5])}
     nrrd.write(str(tmp_path / "odd.nrrd"), data, {**header, "space units": ["furlong"] * 3})

@@ -72,6 +72,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.viz": 7,
     "cbirlib.benchmarking": 8,
     "cbirlib.cli": 9,
+    "cbirlib.__main__": 10,  # ``python -m cbirlib``: runs the command line
 }
 
 

@@ -69,6 +69,9 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+_FLOAT32_MAX = 3.4028234663852886e38  # what a voxel can hold
+
+
 def _nan_fill(text: str) -> float | str:
     """``--nan-fill`` value: ``min`` or a finite number."""
     if text.strip().lower() == "min":
@@ -77,8 +80,10 @@ def _nan_fill(text: str) -> float | str:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'min' or a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected 'min' or a finite number, got {text!r}")
+    if not abs(value) <= _FLOAT32_MAX:  # NaN, infinite, or infinite once stored
+        raise argparse.ArgumentTypeError(
+            f"expected 'min' or a number within float32's range, got {text!r}"
+        )
     return value
 
 

@@ -137,7 +137,7 @@ def discover_volumes(
             raise DatasetError(f"{str(root)!r} is neither a folder nor a NIfTI or NRRD file")
         return [(stem, loader(root, stem))]
     if is_totalsegmentator_root(root):
-        ds = TotalSegmentator(root, modality=modality)
+        ds = TotalSegmentator(root, modality=modality, nan_fill=nan_fill)
         if labels:
             return [(s, partial(_with_labels, ds, s)) for s in ds.subjects]
         return [(s, partial(ds.load, s, labels=False)) for s in ds.subjects]
@@ -231,7 +231,7 @@ def open_volume(
     path = Path(path)
 
     if path.is_dir() and _is_subject(path):
-        dataset = TotalSegmentator(path.parent, modality=modality)
+        dataset = TotalSegmentator(path.parent, modality=modality, nan_fill=nan_fill)
         return dataset.load(path.name, custom=custom)
     entries = list(path.iterdir()) if path.is_dir() else []
     if entries and not any(p.is_file() and is_dicom_file(p) for p in entries):

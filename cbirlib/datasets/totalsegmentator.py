@@ -205,6 +205,9 @@ class TotalSegmentator(Mapping[str, Volume]):
         (one ``.npy`` per subject, :class:`~cbirlib.datasets.label_cache.LabelCache`),
         so that later runs read no mask whose files are unchanged (same names, sizes
         and modification times). Default: no cache.
+    nan_fill
+        NaN and infinite voxels of the images: None (default) refuses such an image,
+        ``"min"`` or a number sets them (as :func:`cbirlib.io.load_volume`).
 
     Raises
     ------
@@ -213,7 +216,8 @@ class TotalSegmentator(Mapping[str, Volume]):
         (or ``mri.nii.gz``), ``meta.csv`` is malformed, ``split`` is invalid, or
         ``modality`` names a subject that is not in the data set.
     SettingError
-        A modality that is not a DICOM modality code.
+        A modality that is not a DICOM modality code, or a ``nan_fill`` that is neither
+        None, ``"min"`` nor a number.
     UnknownStructureError
         A name in ``classes`` is not a v1 class or coarse region.
 
@@ -232,8 +236,12 @@ class TotalSegmentator(Mapping[str, Volume]):
         classes: Sequence[str] | None = None,
         modality: DatasetModality = None,
         labels_cache: str | os.PathLike[str] | None = None,
+        nan_fill: float | str | None = None,
     ) -> None:
+        from cbirlib.io import _check_nan_fill  # lazy: nibabel and pydicom, as in load()
+
         self.root = Path(root)
+        self.nan_fill = _check_nan_fill(nan_fill)
         self.labels_cache = None if labels_cache is None else LabelCache(labels_cache)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: not a folder; expected a TotalSegmentator root")
@@ -410,7 +418,9 @@ class TotalSegmentator(Mapping[str, Volume]):
         from cbirlib.io import load_volume
 
         path = self.image_path(subject_id)
-        volume = load_volume(path, id=subject_id, modality=self.modality_of(subject_id))
+        volume = load_volume(
+            path, id=subject_id, modality=self.modality_of(subject_id), nan_fill=self.nan_fill
+        )
         # provenance: the image relative to the data root, and the subject id
         volume = replace(volume, source=Source.from_file(path, root=self.root, subject=subject_id))
         if not labels:

@@ -62,6 +62,7 @@ True
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 
@@ -267,9 +268,13 @@ def load_volume(
 def _check_nan_fill(value: float | str | None) -> float | str | None:
     if value is None or (isinstance(value, str) and value == "min"):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
-        return float(value)
-    raise SettingError(f"nan_fill must be None, 'min' or a finite number, got {value!r}")
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+        number = float(value)
+        if abs(number) <= float(np.finfo(np.float32).max):  # NaN fails this too
+            return number
+    raise SettingError(
+        f"nan_fill must be None, 'min' or a number within float32's range, got {value!r}"
+    )
 
 
 def _fill_non_finite(array: npt.NDArray[np.float32], fill: float | str, path: Path) -> None:

@@ -81,20 +81,23 @@ MM_PER_UNIT = {
     "metre": 1000.0,
     "um": 0.001,
     "\N{MICRO SIGN}m": 0.001,
+    "\N{GREEK SMALL LETTER MU}m": 0.001,
     "micron": 0.001,
 }
 
 
+_SPACE_UNIT_BITS = 0x07  # the space part of NIfTI's xyzt_units (time is in bits 3-5)
+_MM_PER_SPACE_CODE = {1: 1000.0, 2: 1.0, 3: 0.001}  # meter, mm, micron
+
+
 def _mm_per_unit(img: Any) -> float:
     """Millimetres per unit of a NIfTI image's affine (its header's ``xyzt_units``)."""
-    get_units = getattr(getattr(img, "header", None), "get_xyzt_units", None)
-    if get_units is None:
-        return 1.0
+    header = getattr(img, "header", None)
     try:
-        unit = str(get_units()[0])
-    except (KeyError, ValueError, TypeError, IndexError):  # an undefined unit code
+        code = int(header["xyzt_units"]) & _SPACE_UNIT_BITS  # type: ignore[index]
+    except (KeyError, ValueError, TypeError, IndexError):  # no xyzt_units (not NIfTI)
         return 1.0
-    return MM_PER_UNIT.get(unit, 1.0)  # "unknown": mm
+    return _MM_PER_SPACE_CODE.get(code, 1.0)  # 0 "unknown" and undefined codes: mm
 
 
 def _in_mm(affine: npt.NDArray[np.float64], mm_per_unit: float) -> npt.NDArray[np.float64]:

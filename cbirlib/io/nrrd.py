@@ -92,7 +92,7 @@ def _nrrd_affine(header: dict[str, Any], *, source: str = "NRRD") -> npt.NDArray
             UserWarning,
             stacklevel=4,
         )
-        return np.diag([*spacings.tolist(), 1.0])
+        return np.diag([*(spacings * _units_mm(header, "units", source, axes=3)).tolist(), 1.0])
     space = str(header.get("space", "")).lower().removesuffix("-time")
     if space not in _SPACE_TO_RAS:
         raise VolumeReadError(
@@ -112,30 +112,34 @@ def _nrrd_affine(header: dict[str, Any], *, source: str = "NRRD") -> npt.NDArray
     affine = np.eye(4)
     affine[:3, :3] = spatial.T  # column a: the step of spatial axis a
     affine[:3, 3] = origin
-    return _in_mm(np.diag([*_SPACE_TO_RAS[space], 1.0]) @ affine, _space_mm(header, source))
+    return _in_mm(
+        np.diag([*_SPACE_TO_RAS[space], 1.0]) @ affine, _units_mm(header, "space units", source)
+    )
 
 
-def _space_mm(header: dict[str, Any], source: str) -> float:
-    """Millimetres per unit of the header's ``space units`` (none given: mm).
+def _units_mm(header: dict[str, Any], field: str, source: str, axes: int | None = None) -> float:
+    """Millimetres per unit of the header's ``field`` (``space units``, or the per-axis
+    ``units`` of a file without ``space directions``, of its first ``axes`` axes); none
+    given: mm.
 
     Raises
     ------
     VolumeReadError
-        The space axes have different units.
+        The spatial axes have different units.
     """
-    units = [str(u).strip() for u in np.atleast_1d(header.get("space units", []))]
+    units = [str(u).strip() for u in np.atleast_1d(header.get(field, []))][:axes]
     units = [u for u in units if u]
     if not units:
         return 1.0
     if len(set(units)) > 1:
-        raise VolumeReadError(f"{source}: NRRD 'space units' differ between axes: {units}")
+        raise VolumeReadError(f"{source}: NRRD {field!r} differ between axes: {units}")
     unit = units[0]
     if unit.lower() in MM_PER_UNIT:
         return MM_PER_UNIT[unit.lower()]
     if unit in MM_PER_UNIT:
         return MM_PER_UNIT[unit]
     warnings.warn(
-        f"{source}: unknown NRRD 'space units' {unit!r}; lengths are taken as mm",
+        f"{source}: unknown NRRD {field!r} {unit!r}; lengths are taken as mm",
         UserWarning,
         stacklevel=5,
     )
