@@ -234,7 +234,8 @@ def region_query(
             informative=flags[first : last + 1] if flags is not None else None,
         )
     slab = volume.slab(first, last + 1)
-    if effective_modality(volume.modality, volume.array) != "CT":  # windowed as its source
+    modality = effective_modality(volume.modality, volume.array)  # as its source: not the
+    if modality != "CT":  # slab's own guess; windowed by its source's percentiles
         origin = replace(origin, window_percentiles=volume.percentile_bounds())
     return RegionVolume(
         id=f"{volume.id}:{structure}",
@@ -242,7 +243,7 @@ def region_query(
         spacing=slab.spacing,
         z_positions=slab.z_positions,
         labels=slab.labels,
-        modality=slab.modality,
+        modality=modality,
         affine=slab.affine,
         origin=origin,
     )

@@ -132,3 +132,20 @@ def test_exclude_source_keeps_k_for_every_query_in_a_batch() -> None:
         mine = hits.volume_id[hits.query_id == q]
         assert q not in set(mine)
         assert len(mine) == n * 5, q
+
+
+def test_region_of_an_unknown_modality_volume_is_windowed_as_its_source() -> None:
+    """A slab once re-guessed its own modality: CT guessed from fat below the region, a
+    soft-tissue-only slab guessed MR and windowed by its own percentiles."""
+    from cbirlib import SliceLabels, Volume, region_query
+    from tests.fakes import TinyNet
+
+    rng = np.random.default_rng(0)
+    array = rng.normal(40.0, 20.0, (20, 32, 32)).astype(np.float32)
+    array[:10, :, :8] = -100.0  # fat in the lower slices only
+    present = np.r_[np.zeros(10, bool), np.ones(10, bool)][:, None]
+    vol = Volume("ct", array, labels=SliceLabels(("liver",), present))  # modality unknown
+    region = region_query(vol, "liver")
+    assert region.modality == "CT"
+    ex = TinyNet(device="cpu")
+    np.testing.assert_allclose(ex.extract(region), ex.extract(vol)[10:], atol=1e-5)

@@ -170,8 +170,9 @@ def load_volume(
         What NaN and infinite voxels become: ``None`` (default) refuses the image
         (:class:`~cbirlib.errors.InvalidVolumeError`); ``"min"`` the smallest finite
         voxel (the background outside a resampled image's field of view, where SPM and
-        resampling tools write NaN); a number, that value. A filled image logs a warning
-        (logger ``cbirlib.io``) with the count.
+        resampling tools write NaN); a number, that value (``0`` for a signed
+        statistical map, whose smallest voxel is its strongest negative value). A filled
+        image logs a warning (logger ``cbirlib.io``) with the count.
 
     Returns
     -------
