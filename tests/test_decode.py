@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import logging
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -729,6 +730,21 @@ def test_the_space_unit_is_read_whatever_the_time_bits(tmp_path: Path, time_code
     assert load_volume(tmp_path / "m.nii.gz", modality="MR").spacing == pytest.approx(
         (4.0, 3.0, 2.0)
     )
+
+
+def test_a_thick_sagittal_stack_is_named_when_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Resliced axially, 5 mm sagittal slices are 0.9 x 5 mm strips: said, not silent."""
+    sagittal = np.array([[0, 0, 5.0, 0], [0.9, 0, 0, 0], [0, 0.9, 0, 0], [0, 0, 0, 1.0]])
+    for name, affine in (("sag", sagittal), ("ax", AFFINES["RAS"])):
+        nib.save(nib.Nifti1Image(np.ones((8, 8, 6), np.int16), affine), tmp_path / f"{name}.nii")
+    with caplog.at_level(logging.WARNING, logger="cbirlib.io"):
+        spacing = load_volume(tmp_path / "sag.nii", modality="MR").spacing
+        assert spacing == pytest.approx((0.9, 0.9, 5.0))
+        load_volume(tmp_path / "ax.nii", modality="MR")
+    said = [r.getMessage() for r in caplog.records if "sagittal or coronal" in r.getMessage()]
+    assert len(said) == 1 and "sag.nii" in said[0] and "0.9 x 5 mm" in said[0]
 
 
 def test_an_undefined_unit_code_is_read_as_mm(tmp_path: Path) -> None:

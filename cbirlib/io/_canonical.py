@@ -9,6 +9,7 @@ orientation path.
 from __future__ import annotations
 
 import io
+import logging
 import mmap
 import warnings
 from collections.abc import Callable, Iterator
@@ -351,10 +352,33 @@ def _mask_data(img: Any, source: str) -> npt.NDArray[np.bool_]:
     return present
 
 
+logger = logging.getLogger("cbirlib.io")
+
+#: In-plane spacing ratio of axial slices past which a volume is said to be stored in
+#: another plane (a sagittal or coronal stack: its axial slices are strips).
+ANISOTROPY_WARN_RATIO = 3.0
+
+
+def _warn_if_not_axial(source: str, spacing: tuple[float, float, float]) -> None:
+    """Log when the axial slices' pixels are far from square (resliced from thick
+    sagittal or coronal slices): their embeddings compare poorly with axial scans'."""
+    dy, dx = spacing[1], spacing[2]
+    if max(dy, dx) > ANISOTROPY_WARN_RATIO * min(dy, dx):
+        logger.warning(
+            "%s: its axial slices have pixels of %.3g x %.3g mm (stored as sagittal or "
+            "coronal slices?); slices are embedded axially, and such strips compare "
+            "poorly with the slices of axial scans",
+            source,
+            dy,
+            dx,
+        )
+
+
 def _make_volume(
     source: str, canon: _Canonical, *, id: str, modality: str, origin: Source | None = None
 ) -> Volume:
     """Build the Volume, making sure validation errors name the source file."""
+    _warn_if_not_axial(source, canon.spacing)
     finite = _finite_by_construction(canon.array) if canon.from_integers else nullcontext()
     try:
         with finite:
