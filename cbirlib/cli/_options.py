@@ -69,21 +69,19 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
-_FLOAT32_MAX = 3.4028234663852886e38  # what a voxel can hold
-
-
 def _nan_fill(text: str) -> float | str:
-    """``--nan-fill`` value: ``min`` or a finite number."""
+    """``--nan-fill`` value: ``min`` or a number within float32's range."""
+    from cbirlib.io import _check_nan_fill  # lazy: nibabel, only when the option is given
+
     if text.strip().lower() == "min":
         return "min"
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'min' or a number, got {text!r}") from None
-    if not abs(value) <= _FLOAT32_MAX:  # NaN, infinite, or infinite once stored
+        value = _check_nan_fill(float(text))
+    except (ValueError, SettingError):
         raise argparse.ArgumentTypeError(
             f"expected 'min' or a number within float32's range, got {text!r}"
-        )
+        ) from None
+    assert isinstance(value, float)
     return value
 
 

@@ -238,7 +238,8 @@ class TotalSegmentator(Mapping[str, Volume]):
         labels_cache: str | os.PathLike[str] | None = None,
         nan_fill: float | str | None = None,
     ) -> None:
-        from cbirlib.io import _check_nan_fill  # lazy: nibabel and pydicom, as in load()
+        # lazy: nibabel and pydicom, loaded here so that a bad nan_fill fails before a read
+        from cbirlib.io import _check_nan_fill
 
         self.root = Path(root)
         self.nan_fill = _check_nan_fill(nan_fill)

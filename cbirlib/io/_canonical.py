@@ -69,9 +69,9 @@ def images_allocated_by(
         _ALLOCATE.reset(token)
 
 
-#: Millimetres in one unit of length, by the names NIfTI (``xyzt_units``) and NRRD
-#: (``space units``) headers use; a header without units is in mm, as both formats'
-#: writers (and every reader) assume.
+#: Millimetres in one unit of length, by the names NRRD headers use (``space units``,
+#: ``units``; NIfTI's ``xyzt_units`` codes are ``_MM_PER_SPACE_CODE``); a header without
+#: units is in mm, as both formats' writers (and every reader) assume.
 MM_PER_UNIT = {
     "mm": 1.0,
     "millimeter": 1.0,
