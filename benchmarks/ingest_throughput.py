@@ -16,8 +16,11 @@ printing slices/s of:
 ``(t) threads, the library's reader``
     The same threads with the library's own ``.nii.gz`` reading (isal or zlib, the
     voxels cast into place as they are inflated, :mod:`cbirlib.io._gzipped`), as
-    ``extract_many`` and ``build_index`` read by default: the GIL is released while
-    inflating and casting, so threads scale too.
+    ``extract_many`` and ``build_index`` read by default
+    (:func:`cbirlib.ingest.read_ahead`): the GIL is released while inflating and
+    casting, so threads scale too, and each volume goes on memory of one already
+    dropped (:mod:`cbirlib._reused_arrays`). Also printed: the same threads with each
+    volume on new memory (plain :func:`cbirlib.prefetch.prefetch`), to measure that.
 ``(c) limit``
     ``--workers`` x the single-process rate of decompressing the same files with isal,
     without decoding: what N processes can at best reach. Measured four ways: inflating
@@ -55,7 +58,7 @@ from pathlib import Path
 
 from cbirlib._gzip import gunzip, gzip_backend, open_gzip
 from cbirlib.datasets.phantom import make_phantoms
-from cbirlib.ingest import _init_worker, default_read_workers, read_volumes
+from cbirlib.ingest import _init_worker, default_read_workers, read_ahead, read_volumes
 from cbirlib.io import load_volume
 from cbirlib.prefetch import prefetch
 
@@ -126,13 +129,18 @@ def main() -> None:
         def today() -> None:
             os.environ["CBIRLIB_GZIP"] = "nibabel"
             try:
-                threads_now()
+                threads_fresh()
             finally:
                 del os.environ["CBIRLIB_GZIP"]
 
-        def threads_now() -> None:
+        def threads_fresh() -> None:  # each volume on new memory (plain prefetch)
             loaders = [partial(load_volume, p) for p in paths]
             for _ in prefetch(loaders, workers=args.threads, ahead=max(2, args.threads)):
+                pass
+
+        def threads_now() -> None:  # as extract_many and build_index read
+            loaders = [partial(load_volume, p) for p in paths]
+            for _ in read_ahead(loaders, workers=args.threads):
                 pass
 
         arrivals: list[tuple[float, int]] = []  # (seconds since the start, slices)
@@ -157,14 +165,17 @@ def main() -> None:
 
         rounds_a: list[float] = []
         rounds_t: list[float] = []
+        rounds_f: list[float] = []
         rounds_b: list[tuple[float, float, float, float]] = []
         for _ in range(args.rounds):
             rounds_a.append(slices / _timed(today))
             rounds_t.append(slices / _timed(threads_now))
+            rounds_f.append(slices / _timed(threads_fresh))
             arrivals.clear()
             rounds_b.append(rates(_timed(processes)))
         a = max(rounds_a)
         t = max(rounds_t)
+        f = max(rounds_f)
         b, steady, warm, first_at = max(rounds_b)
         c_ways = {
             f"{how} {where}": args.workers * slices / seconds(paths, how == "streamed")
@@ -192,6 +203,10 @@ def main() -> None:
         f"streamed): {t:9.1f} slices/s (rounds "
         + ", ".join(f"{r:.1f}" for r in rounds_t)
         + f"); (t)/(c) = {t / c:.2f}, (t)/(a) = {t / a:.2f}"
+    )
+    print(
+        f"    the same on new memory for every volume (plain prefetch): {f:9.1f} slices/s "
+        "(rounds " + ", ".join(f"{r:.1f}" for r in rounds_f) + f"); (t)/that = {t / f:.2f}"
     )
     print(f"(c) limit     ({args.workers} x isal inflate alone):   {c:9.1f} slices/s")
     print("    (" + ", ".join(f"{way} {rate:.1f}" for way, rate in c_ways.items()) + ")")

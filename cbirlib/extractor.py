@@ -47,9 +47,8 @@ import torch.nn.functional as F
 from cbirlib._cuda_pipeline import CudaPipeline, consecutive
 from cbirlib._progress import progress
 from cbirlib.errors import ExtractorError
-from cbirlib.ingest import read_volumes
+from cbirlib.ingest import read_ahead
 from cbirlib.modality import effective_modality
-from cbirlib.prefetch import prefetch
 from cbirlib.preprocess import (
     PERCENTILE_WINDOW,
     Bounds,
@@ -225,7 +224,7 @@ class Extractor(ABC):
     ) -> Iterator[tuple[str, npt.NDArray[np.float32]]]:
         """Embed volumes one at a time, yielding ``(volume.id, embeddings)`` in input order.
 
-        Volumes are read ahead on ``workers`` threads (see :func:`cbirlib.prefetch.prefetch`)
+        Volumes are read ahead on ``workers`` threads (see :func:`cbirlib.ingest.read_ahead`)
         while the current one is embedded.
 
         Parameters
@@ -252,11 +251,7 @@ class Extractor(ABC):
         workers = default_workers() if workers is None else int(workers)
         total = len(volumes) if isinstance(volumes, Sized) else None
         loaders = map(_as_loader, volumes)
-        loaded = (
-            read_volumes(loaders, workers=workers, ahead=max(2, workers))
-            if processes and workers > 0
-            else prefetch(loaders, workers=workers, ahead=max(2, workers))
-        )
+        loaded = read_ahead(loaders, workers=workers, processes=processes)
         stream = self._embed_stream(loaded)
         try:
             with progress(

@@ -50,11 +50,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cbirlib._reused_arrays import ReusedArrays
 from cbirlib.errors import SettingError, VolumeReadError, VolumeSourceError
-from cbirlib.prefetch import run_ahead
+from cbirlib.prefetch import prefetch, run_ahead
 from cbirlib.volume import Volume
 
-__all__ = ["default_read_workers", "read_volumes"]
+__all__ = ["default_read_workers", "read_ahead", "read_volumes"]
 
 
 def default_read_workers() -> int:
@@ -491,3 +492,33 @@ def _read(
     finally:
         if blocks is not None:
             blocks.close()
+
+
+def read_ahead(
+    loaders: Iterable[Callable[[], Volume]], *, workers: int, processes: bool = False
+) -> Generator[Volume, None, None]:
+    """Volumes read ahead of the consumer, as ``extract_many`` and ``build_index`` read.
+
+    Parameters
+    ----------
+    loaders
+        Zero-argument callables returning a :class:`~cbirlib.volume.Volume`.
+    workers
+        Reading threads (:func:`cbirlib.prefetch.prefetch`; ``0``: each volume read when
+        it is asked for), or processes with ``processes`` (:func:`read_volumes`). At
+        most ``max(2, workers)`` volumes are read ahead.
+    processes
+        Read in worker processes (the loaders must be picklable).
+
+    Yields
+    ------
+    Volume
+        One per loader, in input order. On threads, images go on memory reused from
+        volumes already dropped (:class:`cbirlib._reused_arrays.ReusedArrays`): a
+        volume still held, or any view of its array, is never overwritten.
+    """
+    ahead = max(2, int(workers))
+    if processes and workers > 0:
+        return read_volumes(loaders, workers=workers, ahead=ahead)
+    arrays = ReusedArrays(keep=ahead + 1)
+    return prefetch(map(arrays.reading, loaders), workers=workers, ahead=ahead)

@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "cbirlib.io.nrrd": 4,
     "cbirlib.io.seg": 4,
     "cbirlib.ingest": 4,
+    "cbirlib._reused_arrays": 4,
     "cbirlib.datasets": 5,
     "cbirlib.hookspecs": 4,
     "cbirlib._cuda_pipeline": 4,

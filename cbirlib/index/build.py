@@ -57,10 +57,9 @@ from cbirlib.index.hnsw import SliceIndex
 from cbirlib.index.meta import IndexMeta, check_compatible, parse_meta
 from cbirlib.index.milvus import MilvusIndex
 from cbirlib.informative import slice_flags
-from cbirlib.ingest import read_volumes
+from cbirlib.ingest import read_ahead
 from cbirlib.labels import SliceLabels
 from cbirlib.modality import effective_modality
-from cbirlib.prefetch import prefetch
 from cbirlib.provenance import Source
 from cbirlib.structures import TOTALSEG_V1_CLASSES
 from cbirlib.volume import Volume
@@ -467,11 +466,7 @@ def _fill(
 
     current: str | None = None
     try:
-        reader = (
-            read_volumes(pending(), workers=workers, ahead=max(2, workers))
-            if processes and workers > 0
-            else prefetch(pending(), workers=workers, ahead=max(2, workers))
-        )
+        reader = read_ahead(pending(), workers=workers, processes=processes)
         with closing(reader) as loaded:
             for volume in loaded:
                 current = volume.id

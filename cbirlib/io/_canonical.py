@@ -41,9 +41,12 @@ class _Canonical:
     from_integers: bool = False  # cast from stored integers: no NaN or infinity
 
 
-#: Allocates an image's float32 ``(Z, Y, X)`` array, given its shape; None: numpy.
-_ALLOCATE: ContextVar[Callable[[tuple[int, int, int]], npt.NDArray[np.float32]] | None] = (
-    ContextVar("cbirlib_image_allocator", default=None)
+_Allocate = Callable[[tuple[int, int, int]], npt.NDArray[np.float32]]
+
+#: Allocates an image's float32 ``(Z, Y, X)`` array, given its shape, and whether only
+#: where a new array would be made anyway (``only_new``); None: numpy.
+_ALLOCATE: ContextVar[tuple[_Allocate, bool] | None] = ContextVar(
+    "cbirlib_image_allocator", default=None
 )
 
 #: Voxel types that float32 holds exactly: their conversion is the same by every route.
@@ -53,16 +56,16 @@ _EXACT_IN_FLOAT32 = frozenset(
 
 
 @contextmanager
-def images_allocated_by(
-    allocate: Callable[[tuple[int, int, int]], npt.NDArray[np.float32]],
-) -> Iterator[None]:
+def images_allocated_by(allocate: _Allocate, *, only_new: bool = False) -> Iterator[None]:
     """Within the block, readers write each image's voxels into ``allocate(shape)``.
 
     ``allocate`` returns a C-contiguous float32 array of the shape ``(Z, Y, X)`` asked
     for; the volume's array is that array (:mod:`cbirlib.ingest`'s workers use it to
-    decode straight into shared memory). Masks are not affected.
+    decode straight into shared memory). With ``only_new``, an image whose float32 array
+    nibabel made in that layout keeps it (no copy; :mod:`cbirlib._reused_arrays`).
+    Masks are not affected.
     """
-    token = _ALLOCATE.set(allocate)
+    token = _ALLOCATE.set((allocate, only_new))
     try:
         yield
     finally:
@@ -167,9 +170,11 @@ def _as_zyx(data: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     (:func:`images_allocated_by`) or a new one.
     """
     zyx = data.transpose(2, 1, 0)
-    owned = zyx.flags.writeable and not _file_backed(zyx)
-    if _ALLOCATE.get() is None and zyx.dtype == np.float32 and owned:
-        return np.ascontiguousarray(zyx)  # no copy when nibabel's array is in this layout
+    active = _ALLOCATE.get()
+    kept = active is None or active[1]  # nibabel's own array may be the volume's
+    fits = zyx.dtype == np.float32 and zyx.flags.c_contiguous and zyx.flags.writeable
+    if kept and fits and not _file_backed(zyx):
+        return zyx  # no copy: nibabel's array is in this layout
     out = _new_float32(zyx.shape)
     np.copyto(out, zyx, casting="unsafe")
     return out
@@ -191,10 +196,10 @@ def _file_backed(array: npt.NDArray[Any]) -> bool:
 
 def _new_float32(shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
     """An image's ``(Z, Y, X)`` array, from the active allocator or numpy."""
-    allocate = _ALLOCATE.get()
-    if allocate is None:
+    active = _ALLOCATE.get()
+    if active is None:
         return np.empty(shape, np.float32)
-    return allocate((int(shape[0]), int(shape[1]), int(shape[2])))
+    return active[0]((int(shape[0]), int(shape[1]), int(shape[2])))
 
 
 @contextmanager
