@@ -227,3 +227,79 @@ def test_side_files_without_suffix_are_not_lost_slices(tmp_path: Path, zyx: np.n
     (folder / "IM0009").write_bytes(b"")  # an empty file where a slice should be
     with pytest.raises(MissingSliceError, match="IM0009"):
         load_volume(folder)
+
+
+def _sform_only(path: Path, shape: tuple[int, ...], rows: list[list[float]]) -> Path:
+    img = nib.Nifti1Image(np.zeros(shape, np.int16), None)
+    img.header.set_qform(None, code=0)
+    for name, row in zip(("srow_x", "srow_y", "srow_z"), rows, strict=True):
+        img.header[name] = row
+    img.header["sform_code"] = 1
+    nib.save(img, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_affine_is_refused_naming_the_header(
+    tmp_path: Path, suffix: str, bad: float
+) -> None:
+    from cbirlib.io import nifti_shape
+
+    rows = [[1, 0, 0, bad], [0, 1, 0, 0], [0, 0, 2, 0]]  # an x offset only: z was fine
+    path = _sform_only(tmp_path / f"a{suffix}", (10, 12, 6), rows)
+    for read in (lambda: load_volume(path, modality="MR"), lambda: nifti_shape(path)):
+        with pytest.raises(VolumeReadError, match=r"unusable affine .* NaN or infinite"):
+            read()  # the volume's affine was NaN, silently
+
+
+def test_an_axis_with_no_direction_is_named_without_numpy_warnings(tmp_path: Path) -> None:
+    path = _sform_only(tmp_path / "flat.nii", (8, 9, 1), [[1, 0, 0, 0], [0, 1, 0, 0], [0] * 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nibabel's RuntimeWarnings leaked before
+        with pytest.raises(VolumeReadError, match="an axis with no direction in space"):
+            load_volume(path, modality="MR")  # was "truncated or corrupt"
+
+
+def test_float64_voxels_beyond_float32_are_refused_and_not_filled(tmp_path: Path) -> None:
+    data = np.where(np.arange(500).reshape(10, 10, 5) % 2, 1e300, 5.0)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "f.nii")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy "overflow encountered in cast"
+        for fill in (None, "min"):  # nan_fill made the brightest voxels background
+            with pytest.raises(InvalidVolumeError, match="beyond float32's range"):
+                load_volume(tmp_path / "f.nii", modality="MR", nan_fill=fill)
+
+
+def test_a_2d_image_is_told_how_to_be_a_single_slice(tmp_path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.zeros((8, 9), np.int16), np.eye(4)), tmp_path / "2d.nii")
+    with pytest.raises(InvalidVolumeError, match=r"saved as \(x, y, 1\)"):
+        load_volume(tmp_path / "2d.nii", modality="MR")
+
+
+def test_qform_and_sform_that_disagree_are_named(tmp_path: Path) -> None:
+    sform = np.diag([-1.0, -1.0, 2.0, 1.0])
+    img = nib.Nifti1Image(np.arange(10 * 12 * 6, dtype=np.int16).reshape(10, 12, 6), sform)
+    img.set_qform(np.diag([1.0, 1.0, 2.0, 1.0]), code=1)
+    img.set_sform(sform, code=2)
+    nib.save(img, tmp_path / "qs.nii")
+    with pytest.warns(UserWarning, match=r"sform \(LPS\) and the qform \(RAS\) disagree"):
+        vol = load_volume(tmp_path / "qs.nii", modality="MR")
+    want = nib.as_closest_canonical(nib.load(tmp_path / "qs.nii")).get_fdata()
+    np.testing.assert_array_equal(vol.array, want.transpose(2, 1, 0))  # the sform's
+    img.set_qform(sform, code=1)  # agreeing forms: no warning
+    nib.save(img, tmp_path / "agree.nii")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_volume(tmp_path / "agree.nii", modality="MR")
+
+
+def test_slices_rotated_in_their_plane_are_named(tmp_path: Path) -> None:
+    t = np.radians(30)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    affine = rotation @ np.diag([1.0, 1.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((10, 12, 6), np.int16), affine), tmp_path / "r.nii")
+    with pytest.warns(UserWarning, match=r"rotated in plane.*rows 30\.0 degrees"):
+        vol = load_volume(tmp_path / "r.nii", modality="MR")
+    assert vol.spacing[0] == pytest.approx(3.0)

@@ -228,3 +228,40 @@ def test_unknown_or_mixed_space_units(tmp_path: Path, data: npt.NDArray[np.int16
     nrrd.write(str(tmp_path / "mixed.nrrd"), data, {**header, "space units": ["mm", "cm", "mm"]})
     with pytest.raises(VolumeReadError, match="'space units' differ between axes"):
         load_volume(tmp_path / "mixed.nrrd", modality="CT")
+
+
+def test_a_negative_spacing_runs_its_axis_back_and_a_zero_one_is_named(
+    tmp_path: Path, data: npt.NDArray[np.int16]
+) -> None:
+    path = tmp_path / "back.nrrd"
+    nrrd.write(str(path), data, {"spacings": [0.7, 0.8, -2.5]})
+    with pytest.warns(UserWarning, match="orientation is unknown"):
+        vol = load_volume(path, modality="CT")
+    np.testing.assert_allclose(vol.spacing, (2.5, 0.8, 0.7))  # was 1 mm, silently
+    np.testing.assert_array_equal(vol.array, data.transpose(2, 1, 0)[::-1])
+    nrrd.write(str(path), data, {"spacings": [0.7, 0.0, 2.5]})
+    with pytest.warns(UserWarning) as record:
+        vol = load_volume(path, modality="CT")
+    assert any("no usable spacing on axes [1]; 1 mm" in str(w.message) for w in record)
+    np.testing.assert_allclose(vol.spacing, (2.5, 1.0, 0.7))
+
+
+def test_a_nan_origin_component_keeps_the_others(
+    tmp_path: Path, data: npt.NDArray[np.int16]
+) -> None:
+    path = tmp_path / "nan-origin.nrrd"
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([0.7, 0.8, 2.5]),
+        "space origin": np.array([np.nan, -90.0, 40.0]),
+    }
+    nrrd.write(str(path), data, header)
+    with pytest.warns(UserWarning, match=r"'space origin' .* not finite on axes \[0\]"):
+        vol = load_volume(path, modality="CT")
+    assert vol.z_positions[0] == pytest.approx(40.0)  # the whole origin was zeroed
+    # posterior -90 is anterior +90 in RAS; the y axis flipped to run anterior
+    assert vol.affine[1, 3] == pytest.approx(90.0 - 0.8 * (data.shape[1] - 1))
+    header["space origin"] = np.array([1.0, 2.0])
+    nrrd.write(str(path), data, header)
+    with pytest.raises(VolumeReadError, match="'space origin' must give 3 numbers"):
+        load_volume(path, modality="CT")

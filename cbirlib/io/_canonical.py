@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-from cbirlib.errors import InvalidVolumeError, VolumeReadError
+from cbirlib.errors import CbirError, InvalidVolumeError, VolumeReadError
 from cbirlib.io._gzipped import GzippedNifti
 from cbirlib.provenance import Source
 from cbirlib.volume import Volume, _finite_by_construction
@@ -147,7 +147,7 @@ def _over_bytes_in_memory(img: Any) -> Any:
     return type(img)(view, img.affine, img.header)
 
 
-def _stored_or_float32(img: Any) -> npt.NDArray[Any]:
+def _stored_or_float32(img: Any, source: str) -> npt.NDArray[Any]:
     """The image's voxels ``(X, Y, Z)``, in a type whose float32 cast is nibabel's.
 
     The stored values when nibabel would not scale them (identity slope and intercept,
@@ -159,7 +159,15 @@ def _stored_or_float32(img: Any) -> npt.NDArray[Any]:
     known = isinstance(proxy, np.ndarray) or type(proxy) is nib.arrayproxy.ArrayProxy
     if known and _unscaled_exact(proxy):
         return np.asanyarray(proxy)
-    data: npt.NDArray[np.float32] = img.get_fdata(dtype=np.float32)
+    try:
+        with np.errstate(over="raise"):  # a value past float32's range would become inf
+            data: npt.NDArray[np.float32] = img.get_fdata(dtype=np.float32)
+    except FloatingPointError:
+        raise InvalidVolumeError(
+            f"{source}: voxel values beyond float32's range (|value| > "
+            f"{np.finfo(np.float32).max:.3g}); cbirlib holds voxels as float32: rescale "
+            "the image before reading it"
+        ) from None
     return data
 
 
@@ -207,6 +215,8 @@ def _reading(source: str) -> Iterator[None]:
     """nibabel, zlib, gzip and numpy errors of a damaged file as a VolumeReadError."""
     try:
         yield
+    except CbirError:
+        raise
     except Exception as exc:
         raise VolumeReadError(
             f"{source}: cannot read the image data ({type(exc).__name__}: {exc}); "
@@ -219,22 +229,59 @@ def _canonical_zyx(img: Any, source: str, *, as_mask: bool = False) -> _Canonica
 
     The one place where the layout convention lives: images and masks both go here.
     """
+    _check_affine(img.affine, source)
     with _reading(source):
         img = _over_bytes_in_memory(img)
         if _trailing_ones(img.shape):
             img = nib.funcs.squeeze_image(img)  # type: ignore[no-untyped-call]
     if img.ndim != 3:
+        why = (
+            "a single slice is read when saved as (x, y, 1), its position in the affine"
+            if img.ndim < 3
+            else "only images whose dimensions beyond the third are all 1 are accepted"
+        )
         raise InvalidVolumeError(
-            f"{source}: expected a 3D image, got {img.ndim}D data of shape {tuple(img.shape)}"
-            " (only images whose dimensions beyond the third are all 1 are accepted)"
+            f"{source}: expected a 3D image, got {img.ndim}D data of shape "
+            f"{tuple(img.shape)} ({why})"
         )
     mm_per_unit = _mm_per_unit(img)
     with _reading(source):
         img = nib.as_closest_canonical(img)  # type: ignore[no-untyped-call]
-        data = _mask_data(img, source) if as_mask else _stored_or_float32(img)
+        data = _mask_data(img, source) if as_mask else _stored_or_float32(img, source)
     array = np.ascontiguousarray(data.transpose(2, 1, 0)) if as_mask else _as_zyx(data)
     affine = _in_mm(img.affine, mm_per_unit)
     return _placed(array, affine, source, as_mask=as_mask, from_integers=_integers(img.dataobj))
+
+
+def _check_affine(affine: npt.NDArray[np.float64], source: str) -> None:
+    """Refuse an affine that places no voxel: not finite, or an axis with no direction.
+
+    Raises
+    ------
+    VolumeReadError
+        Naming the header, not the voxels (nibabel's own error would be an SVD failure
+        or an orientation error, read as a damaged file).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise VolumeReadError(
+            f"{source}: unusable affine (voxel to mm): it holds NaN or infinite values "
+            f"{affine[:3].tolist()}; the header's orientation (NIfTI sform/qform, NRRD "
+            "space directions) is damaged"
+        )
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            ornt = nib.io_orientation(affine)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise VolumeReadError(
+                f"{source}: unusable affine ({type(exc).__name__}: {exc})"
+            ) from None
+    if np.isnan(ornt).any():
+        raise VolumeReadError(
+            f"{source}: unusable affine (an axis with no direction in space: "
+            f"{affine[:3].tolist()}); the header's orientation is damaged"
+        )
 
 
 def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
@@ -248,9 +295,8 @@ def _streamed_canonical(gz: GzippedNifti, source: str) -> _Canonical | None:
     """
     img = gz.image
     shape = tuple(int(n) for n in img.shape)
+    _check_affine(img.affine, source)
     if _trailing_ones(shape):
-        if not np.isfinite(img.affine).all():
-            return None  # as nibabel's squeeze_image rebuilds the image, it reports this
         shape = shape[:3]
     if len(shape) != 3 or not gz.voxels_fit() or not _unscaled_exact(img.dataobj):
         return None
@@ -329,10 +375,19 @@ def _slice_spacing(affine: npt.NDArray[np.float64], source: str) -> float:
     spacing = abs(float(step @ normal))
     shear = np.degrees(np.arccos(min(1.0, spacing / float(np.linalg.norm(step)))))
     oblique = np.degrees(np.arccos(min(1.0, abs(float(normal[2])))))
-    if max(shear, oblique) > TILT_WARN_DEGREES:
-        kind = "gantry tilt" if shear > TILT_WARN_DEGREES else "oblique slices"
+    row = affine[:3, 0]  # rows run along x (left to right) in an axial slice
+    rotated = np.degrees(np.arccos(min(1.0, abs(float(row[0])) / float(np.linalg.norm(row)))))
+    if max(shear, oblique, rotated) > TILT_WARN_DEGREES:
+        kind = (
+            "gantry tilt"
+            if shear > TILT_WARN_DEGREES
+            else "oblique slices"
+            if oblique > TILT_WARN_DEGREES
+            else "slices rotated in plane"
+        )
         warnings.warn(
-            f"{source}: {kind}: the slice planes are tilted {oblique:.1f} degrees from axial "
+            f"{source}: {kind}: the slice planes are tilted {oblique:.1f} degrees from axial, "
+            f"their rows {rotated:.1f} degrees from left-right, "
             f"and the slice step {shear:.1f} degrees from their normal; true slice spacing "
             f"{spacing:.3f} mm, z positions advance by {abs(step[2]):.3f} mm per slice",
             UserWarning,

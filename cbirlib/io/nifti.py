@@ -29,7 +29,13 @@ from cbirlib.errors import (
     SettingError,
     VolumeReadError,
 )
-from cbirlib.io._canonical import _Canonical, _canonical_zyx, _streamed_canonical, _trailing_ones
+from cbirlib.io._canonical import (
+    _Canonical,
+    _canonical_zyx,
+    _check_affine,
+    _streamed_canonical,
+    _trailing_ones,
+)
 from cbirlib.io._gzipped import GzippedNifti, _nifti_class
 from cbirlib.io._paths import _check_exists, _unsupported
 from cbirlib.modality import UNKNOWN, normalize_modality
@@ -194,7 +200,11 @@ def _nifti_data_size(path: Path) -> int:
 
 
 def _warn_unknown_orientation(img: Any, path: Path) -> None:
-    """Warn when neither the qform nor the sform says how the voxels lie in space."""
+    """Warn when neither the qform nor the sform says how the voxels lie in space.
+
+    Or when both say it and disagree on the axes' directions (a left-right flip, axes
+    swapped): the sform is used, as nibabel's ``img.affine`` does.
+    """
     header = img.header
     try:
         codes = (int(header["qform_code"]), int(header["sform_code"]))
@@ -205,6 +215,23 @@ def _warn_unknown_orientation(img: Any, path: Path) -> None:
             f"{path}: qform_code and sform_code are both 0, so the orientation is unknown; "
             "assumed LAS (nibabel's default). Check that the slices run inferior -> superior, "
             "or fix the header (e.g. with nibabel's set_qform/set_sform).",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    if 0 in codes:
+        return
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # a damaged form is refused when it is used
+        try:
+            q, s = (nib.aff2axcodes(f) for f in (header.get_qform(), header.get_sform()))  # type: ignore[no-untyped-call]
+        except Exception:
+            return
+    if q != s:
+        warnings.warn(
+            f"{path}: the sform ({''.join(s)}) and the qform ({''.join(q)}) disagree on the "
+            "orientation; the sform is used, as nibabel does, but tools that read the qform "
+            "see the image flipped or rotated: check left-right and fix the header",
             UserWarning,
             stacklevel=4,
         )
@@ -277,12 +304,8 @@ def nifti_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
         raise InvalidVolumeError(
             f"{p}: expected a 3D image, got {len(shape)}D data of shape {tuple(img.shape)}"
         )
-    try:
-        ornt = nib.io_orientation(img.affine)  # type: ignore[no-untyped-call]
-    except Exception as exc:
-        raise VolumeReadError(f"{p}: unusable affine ({type(exc).__name__}: {exc})") from None
-    if np.isnan(ornt).any():
-        raise VolumeReadError(f"{p}: unusable affine (an axis with no direction in space)")
+    _check_affine(img.affine, str(p))
+    ornt = nib.io_orientation(img.affine)  # type: ignore[no-untyped-call]
     ras = [0, 0, 0]
     for axis, (out_axis, _flip) in enumerate(ornt):
         ras[int(out_axis)] = shape[axis]

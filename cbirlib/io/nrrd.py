@@ -84,8 +84,16 @@ def _nrrd_affine(header: dict[str, Any], *, source: str = "NRRD") -> npt.NDArray
     """
     dirs = header.get("space directions")
     if dirs is None:
-        spacings = np.asarray(header.get("spacings", [1.0, 1.0, 1.0]), dtype=np.float64)
-        spacings = np.where(np.isfinite(spacings) & (spacings > 0), spacings, 1.0)[:3]
+        spacings = np.asarray(header.get("spacings", [1.0, 1.0, 1.0]), dtype=np.float64)[:3]
+        unusable = ~np.isfinite(spacings) | (spacings == 0)
+        if unusable.any():
+            warnings.warn(
+                f"{source}: 'spacings' {spacings.tolist()} has no usable spacing on axes "
+                f"{np.flatnonzero(unusable).tolist()}; 1 mm is assumed there",
+                UserWarning,
+                stacklevel=4,
+            )
+        spacings = np.where(unusable, 1.0, spacings)  # a negative one: the axis runs back
         warnings.warn(
             f"{source}: no 'space directions', so the orientation is unknown; the axes are "
             "assumed to run right, anterior, superior with the 'spacings' given",
@@ -107,8 +115,19 @@ def _nrrd_affine(header: dict[str, Any], *, source: str = "NRRD") -> npt.NDArray
             f"got {rows.tolist()}"
         )
     origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
-    if origin.shape != (3,) or not np.isfinite(origin).all():
-        origin = np.zeros(3)
+    if origin.shape != (3,):
+        raise VolumeReadError(
+            f"{source}: NRRD 'space origin' must give 3 numbers, got {origin.tolist()}"
+        )
+    if not np.isfinite(origin).all():  # pynrrd reads an absent origin "(nan,nan,nan)" too
+        warnings.warn(
+            f"{source}: NRRD 'space origin' {origin.tolist()} is not finite on axes "
+            f"{np.flatnonzero(~np.isfinite(origin)).tolist()}; 0 mm is assumed there "
+            "(slice positions along such an axis are relative to the first slice)",
+            UserWarning,
+            stacklevel=4,
+        )
+        origin = np.where(np.isfinite(origin), origin, 0.0)
     affine = np.eye(4)
     affine[:3, :3] = spatial.T  # column a: the step of spatial axis a
     affine[:3, 3] = origin
